@@ -1,0 +1,82 @@
+#pragma once
+// Activation arena: a bump allocator reset once per forward pass. The first pass sizes it (growing by whole blocks);
+// reset() then merges the blocks into one, so every later pass of the same shape does no heap allocation at all.
+#include <Eigen/Core>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "xtr/core/tensor.hpp"
+
+namespace xtr {
+
+class Arena {
+ public:
+  static constexpr std::size_t alignment = 64;
+
+  /// `count` uninitialised elements of U, 64-byte aligned, valid until the next reset().
+  template <class U>
+  U* allocate(Index count) {
+    const std::size_t bytes = round_up(sizeof(U) * static_cast<std::size_t>(std::max<Index>(count, 1)));
+    if (blocks_.empty() || used_ + bytes > blocks_.back().size) {
+      grow(bytes);
+    }
+    std::byte* p = blocks_.back().data.get() + used_;
+    used_ += bytes;
+    total_ += bytes;
+    high_water_ = std::max(high_water_, total_);
+    return reinterpret_cast<U*>(p);
+  }
+  /// A (rows, cols) row-major view of fresh, uninitialised memory.
+  template <class T>
+  MatrixView<T> matrix(Index rows, Index cols) {
+    return {allocate<T>(rows * cols), rows, cols};
+  }
+  template <class T>
+  MatrixView<T> zeros(Index rows, Index cols) {
+    auto m = matrix<T>(rows, cols);
+    m.setZero();
+    return m;
+  }
+
+  /// Frees nothing; makes all memory reusable. Several blocks from a first pass become one block.
+  void reset() {
+    if (blocks_.size() > 1) {
+      blocks_.clear();
+      grow(high_water_);
+    }
+    used_ = 0;
+    total_ = 0;
+  }
+  /// Heap allocations made so far (for tests: a steady-state pass adds none).
+  [[nodiscard]] std::size_t heap_allocations() const { return heap_allocations_; }
+  [[nodiscard]] std::size_t bytes_reserved() const {
+    std::size_t n = 0;
+    for (const auto& b : blocks_) n += b.size;
+    return n;
+  }
+
+ private:
+  struct Free {
+    void operator()(std::byte* p) const { Eigen::internal::aligned_free(p); }
+  };
+  struct Block {
+    std::unique_ptr<std::byte, Free> data;
+    std::size_t size;
+  };
+  static std::size_t round_up(std::size_t n) { return (n + alignment - 1) / alignment * alignment; }
+  void grow(std::size_t at_least) {
+    const std::size_t size = std::max<std::size_t>(at_least, std::size_t{1} << 20);
+    blocks_.push_back({std::unique_ptr<std::byte, Free>(static_cast<std::byte*>(Eigen::internal::aligned_malloc(size))),
+                       size});
+    used_ = 0;
+    ++heap_allocations_;
+  }
+
+  std::vector<Block> blocks_;
+  std::size_t used_ = 0, total_ = 0, high_water_ = 0, heap_allocations_ = 0;
+};
+
+}  // namespace xtr

@@ -1,0 +1,98 @@
+#pragma once
+// Named parameters in two flat buffers (values, gradients). Names follow x-transformers' state_dict, so checkpoints
+// read like theirs; one flat buffer lets the optimiser, the gradient norm and zero_grad run as one loop.
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "xtr/core/error.hpp"
+#include "xtr/core/rng.hpp"
+#include "xtr/core/tensor.hpp"
+
+namespace xtr {
+
+/// A handle to one registered parameter (stable across moves of the store).
+struct ParameterId {
+  int index = -1;
+};
+
+/// How a parameter is initialised (PyTorch defaults, as x-transformers leaves them).
+struct Init {
+  enum Kind { constant, uniform, normal } kind = constant;
+  double a = 0;  // constant value, uniform bound, or normal std
+  static Init fill(double v) { return {constant, v}; }
+  static Init uniform_bound(double bound) { return {uniform, bound}; }
+  static Init normal_std(double std) { return {normal, std}; }
+};
+
+template <class T>
+class ParameterStore {
+ public:
+  struct Entry {
+    std::string name;
+    Shape shape;
+    Index offset = 0;
+    Init init;
+    bool decay = true;  // weight decay applies (matrices), or not (gains, biases)
+  };
+
+  /// Registers a parameter; storage is laid out by allocate().
+  ParameterId add(std::string name, Shape shape, Init init, bool decay) {
+    require(!allocated(), "parameter '", name, "' registered after the store was allocated");
+    for (const auto& e : entries_) require(e.name != name, "parameter name '", name, "' registered twice");
+    entries_.push_back({std::move(name), shape, total_, init, decay});
+    total_ += shape.numel();
+    return {static_cast<int>(entries_.size()) - 1};
+  }
+
+  /// Allocates values and gradients and initialises values from `seed` (each parameter its own random stream).
+  void allocate(std::uint64_t seed) {
+    values_.resize({total_});
+    grads_.resize({total_});
+    const RandomStream root{seed, 0};
+    for (std::size_t i = 0; i < entries_.size(); ++i) {
+      const auto& e = entries_[i];
+      const RandomStream rs = root.fork(i);
+      T* v = values_.data() + e.offset;
+      for (Index j = 0; j < e.shape.numel(); ++j) {
+        switch (e.init.kind) {
+          case Init::constant: v[j] = T(e.init.a); break;
+          case Init::uniform: v[j] = T(e.init.a * (2.0 * rs.open_uniform(j) - 1.0)); break;
+          case Init::normal: v[j] = T(e.init.a * rs.normal(j)); break;
+        }
+      }
+    }
+  }
+  [[nodiscard]] bool allocated() const { return values_.size() == total_ && total_ > 0; }
+
+  [[nodiscard]] MatrixView<T> value(ParameterId id) { return view(values_, id); }
+  [[nodiscard]] MatrixView<T> grad(ParameterId id) { return view(grads_, id); }
+  [[nodiscard]] const Entry& entry(ParameterId id) const { return entries_[id.index]; }
+  [[nodiscard]] const std::vector<Entry>& entries() const { return entries_; }
+  [[nodiscard]] Index count() const { return total_; }  // scalars in all parameters
+
+  [[nodiscard]] Tensor<T>& values() { return values_; }
+  [[nodiscard]] const Tensor<T>& values() const { return values_; }
+  [[nodiscard]] Tensor<T>& grads() { return grads_; }
+  [[nodiscard]] const Tensor<T>& grads() const { return grads_; }
+
+  [[nodiscard]] const Entry* find(const std::string& name) const {
+    auto it = std::find_if(entries_.begin(), entries_.end(), [&](const Entry& e) { return e.name == name; });
+    return it == entries_.end() ? nullptr : &*it;
+  }
+  void zero_grad() { grads_.fill(T(0)); }
+
+ private:
+  MatrixView<T> view(Tensor<T>& buffer, ParameterId id) {
+    const Entry& e = entries_[id.index];
+    return {buffer.data() + e.offset, e.shape.rows(), e.shape.cols()};
+  }
+
+  std::vector<Entry> entries_;
+  Index total_ = 0;
+  Tensor<T> values_, grads_;
+};
+
+}  // namespace xtr
