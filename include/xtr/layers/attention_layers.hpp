@@ -1,0 +1,112 @@
+#pragma once
+// Layer stacks described by policies: Decoder<Policies...> (causal) and Encoder<Policies...> (bidirectional).
+// Each axis takes at most one policy, in any order; a missing axis gets x-transformers' default:
+//   position AbsoluteLearned, norm LayerNorm, feed-forward GELU, attention MultiHeadAttention.
+// Sizes are run-time values in LayersConfig (x-transformers' AttentionLayers keywords and defaults).
+#include <boost/hana/find_if.hpp>
+#include <boost/hana/optional.hpp>
+#include <boost/hana/tuple.hpp>
+#include <boost/hana/type.hpp>
+
+#include <string>
+#include <type_traits>
+
+#include "xtr/core/tensor.hpp"
+#include "xtr/policies/absolute_learned.hpp"
+#include "xtr/policies/attention.hpp"
+#include "xtr/policies/concepts.hpp"
+#include "xtr/policies/feedforward.hpp"
+#include "xtr/policies/layer_norm.hpp"
+#include "xtr/policies/no_position.hpp"
+#include "xtr/policies/rms_norm.hpp"
+#include "xtr/policies/rotary.hpp"
+
+namespace xtr {
+
+/// Sizes and rates of a layer stack. x-transformers: Decoder(dim, depth, heads=8, attn_dim_head=64,
+/// attn_kv_heads=None, ff_mult=4, attn_dropout=0, ff_dropout=0, rotary_emb_dim=None, rotary_base=10000).
+struct LayersConfig {
+  Index dim = 0;           // model width (required)
+  Index depth = 0;         // number of (attention, feed-forward) layer pairs (required)
+  Index heads = 8;         // query heads
+  Index dim_head = 64;     // width of each head, independent of dim
+  Index kv_heads = 0;      // key/value heads for grouped-query attention; 0 = heads
+  Index ff_mult = 4;       // feed-forward inner width = ff_mult · dim
+  double attn_dropout = 0;  // on the attention probabilities
+  double ff_dropout = 0;    // after the feed-forward activation
+  Index rotary_dim = 0;     // Rotary: rotated channels per head; 0 = dim_head / 2
+  double rotary_theta = 10000;
+};
+
+namespace detail {
+template <class P>
+struct axis_of {
+  using type = void;
+};
+template <Policy P>
+struct axis_of<P> {
+  using type = typename P::axis;
+};
+template <class Axis, class... Ps>
+inline constexpr int count_axis = (0 + ... + int(std::is_same_v<typename axis_of<Ps>::type, Axis>));
+
+/// The policy of `Axis` among Ps, or Default.
+template <class Axis, class Default, class... Ps>
+struct pick_axis_impl {
+  static constexpr auto found = boost::hana::find_if(boost::hana::tuple_t<Ps...>, [](auto t) {
+                                  using P = typename std::decay_t<decltype(t)>::type;
+                                  return boost::hana::bool_c<std::is_same_v<typename axis_of<P>::type, Axis>>;
+                                }).value_or(boost::hana::type_c<Default>);
+  using type = typename std::decay_t<decltype(found)>::type;
+};
+template <class Axis, class Default, class... Ps>
+using pick_axis = typename pick_axis_impl<Axis, Default, Ps...>::type;
+}  // namespace detail
+
+/// A stack of depth × (attention, feed-forward) pre-norm residual layers with a final norm.
+template <bool Causal, class... Policies>
+struct AttentionLayers {
+  static_assert((Policy<Policies> && ...),
+                "xtr: every argument of Decoder<...>/Encoder<...> must be a policy: a position encoding, a norm, a "
+                "feed-forward or an attention type");
+  static_assert(detail::count_axis<axis::position, Policies...> <= 1,
+                "xtr: a layer stack takes one position encoding; keep one of AbsoluteLearned, Rotary, NoPosition");
+  static_assert(detail::count_axis<axis::norm, Policies...> <= 1,
+                "xtr: a layer stack takes one norm; keep one of LayerNorm, RMSNorm");
+  static_assert(detail::count_axis<axis::feedforward, Policies...> <= 1,
+                "xtr: a layer stack takes one feed-forward; keep one of GELU, GEGLU, SwiGLU");
+  static_assert(detail::count_axis<axis::attention, Policies...> <= 1,
+                "xtr: a layer stack takes one attention policy; keep one MultiHeadAttention");
+
+  static constexpr bool causal = Causal;
+  using position = detail::pick_axis<axis::position, AbsoluteLearned, Policies...>;
+  using norm = detail::pick_axis<axis::norm, LayerNorm, Policies...>;
+  using feedforward = detail::pick_axis<axis::feedforward, GELU, Policies...>;
+  using attention = detail::pick_axis<axis::attention, MultiHeadAttention, Policies...>;
+
+  /// What this type resolved to, e.g. "Decoder<Rotary, LayerNorm, GELU, MultiHeadAttention>".
+  static std::string describe() {
+    return std::string(Causal ? "Decoder<" : "Encoder<") + std::string(position::name) + ", " +
+           std::string(norm::name) + ", " + std::string(feedforward::name) + ", " + std::string(attention::name) +
+           ">";
+  }
+};
+
+/// Causal self-attention stack (x-transformers' Decoder).
+template <class... Policies>
+struct Decoder : AttentionLayers<true, Policies...> {};
+
+/// Bidirectional self-attention stack (x-transformers' Encoder).
+template <class... Policies>
+struct Encoder : AttentionLayers<false, Policies...> {};
+
+template <class L>
+concept LayerStack = requires {
+  { L::causal } -> std::convertible_to<bool>;
+  requires PositionEncoding<typename L::position>;
+  requires NormPolicy<typename L::norm>;
+  requires FeedForwardPolicy<typename L::feedforward>;
+  requires AttentionPolicy<typename L::attention>;
+};
+
+}  // namespace xtr

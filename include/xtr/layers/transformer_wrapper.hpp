@@ -1,0 +1,524 @@
+#pragma once
+// TransformerWrapper<Layers, Backend>: token (and position) embedding → layer stack → final norm → logits, with a
+// manual backward (no tape) and a KV-cached incremental forward for generation.
+//
+//   x = emb[tok] (+ pos)                                           (B·T, D)
+//   per layer:  x += Wₒ attn(rot(W_q h), rot(W_k h), W_v h),  h = norm₁(x)
+//               x += W₂ ff(W₁ h + b₁) + b₂,                    h = norm₂(x)
+//   logits = W_logits norm_f(x)                                   (B·T, V)
+//
+// Parameters carry x-transformers' state_dict names (`attn_layers.layers.0.1.to_q.weight`, ...). Activations live in
+// an arena reset at each forward, so a steady-state training step allocates nothing.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "xtr/backend/cpu/attention.hpp"
+#include "xtr/backend/cpu/embedding.hpp"
+#include "xtr/backend/cpu/feedforward.hpp"
+#include "xtr/backend/cpu/linear.hpp"
+#include "xtr/backend/cpu/norm.hpp"
+#include "xtr/backend/cpu/rotary.hpp"
+#include "xtr/core/arena.hpp"
+#include "xtr/core/parameters.hpp"
+#include "xtr/core/rng.hpp"
+#include "xtr/core/tokens.hpp"
+#include "xtr/layers/attention_layers.hpp"
+
+namespace xtr {
+
+/// The CPU backend (Eigen), in float (training) or double (gradient checks).
+template <class T>
+struct Cpu {
+  using scalar = T;
+  static constexpr std::string_view name = std::is_same_v<T, float> ? "Cpu<float>" : "Cpu<double>";
+};
+
+template <class B>
+concept CpuBackend = std::is_same_v<B, Cpu<typename B::scalar>> &&
+                     (std::is_same_v<typename B::scalar, float> || std::is_same_v<typename B::scalar, double>);
+
+/// x-transformers' TransformerWrapper keywords; `layers` holds the attn_layers keywords.
+struct TransformerConfig {
+  Index num_tokens = 0;    // vocabulary size (required)
+  Index max_seq_len = 0;   // longest sequence (required)
+  double emb_dropout = 0;  // dropout on the summed embeddings
+  LayersConfig layers{};
+  std::uint64_t seed = 0;  // parameter initialisation and dropout streams
+};
+
+/// What a decoder keeps between generation steps: per layer K and V of the tokens seen so far.
+template <class T>
+struct KVCache {
+  Index batch = 0, capacity = 0;  // rows per sequence held (2 · max_seq_len: a sliding window moves rarely)
+  Index start = 0, length = 0;    // live rows [start, start + length)
+  Index position = 0;             // position of the next token (keeps counting past max_seq_len)
+  std::vector<Tensor<T>> k, v;    // per layer (batch, capacity, kv_heads · dim_head)
+};
+
+template <LayerStack Layers, class Backend = Cpu<float>>
+class TransformerWrapper {
+  static_assert(CpuBackend<Backend>,
+                "xtr: TransformerWrapper supports the Cpu<float> and Cpu<double> backends in this build");
+
+ public:
+  using scalar = typename Backend::scalar;
+  using layers_type = Layers;
+  using backend_type = Backend;
+  using Position = typename Layers::position;
+  using Norm = typename Layers::norm;
+  using FeedForward = typename Layers::feedforward;
+  using Cache = KVCache<scalar>;
+  static constexpr bool has_absolute_positions = std::is_same_v<Position, AbsoluteLearned>;
+  static constexpr bool has_rotary = std::is_same_v<Position, Rotary>;
+
+  explicit TransformerWrapper(TransformerConfig config) : config_(validated(config)) {
+    const auto& L = config_.layers;
+    const Index D = L.dim, V = config_.num_tokens, HD = L.heads * L.dim_head, KD = kv_heads() * L.dim_head;
+    const Index F = L.ff_mult * D, W1 = FeedForward::gated ? 2 * F : F;
+    auto bound = [](Index fan_in) { return Init::uniform_bound(1.0 / std::sqrt(double(fan_in))); };
+    token_emb_ = params_.add("token_emb.emb.weight", {V, D}, Init::normal_std(std::sqrt(2.0 / double(D))), true);
+    if constexpr (has_absolute_positions)
+      pos_emb_ = params_.add("pos_emb.emb.weight", {config_.max_seq_len, D}, Init::normal_std(1.0), true);
+    const std::string gain(Norm::gain_name);
+    for (Index l = 0; l < L.depth; ++l) {
+      const std::string a = "attn_layers.layers." + std::to_string(2 * l) + ".";
+      const std::string f = "attn_layers.layers." + std::to_string(2 * l + 1) + ".";
+      LayerParameters p;
+      p.attn_norm = params_.add(a + "0.0." + gain, {D}, Init::fill(0), false);
+      p.to_q = params_.add(a + "1.to_q.weight", {HD, D}, bound(D), true);
+      p.to_k = params_.add(a + "1.to_k.weight", {KD, D}, bound(D), true);
+      p.to_v = params_.add(a + "1.to_v.weight", {KD, D}, bound(D), true);
+      p.to_out = params_.add(a + "1.to_out.weight", {D, HD}, bound(HD), true);
+      p.ff_norm = params_.add(f + "0.0." + gain, {D}, Init::fill(0), false);
+      const std::string in = FeedForward::gated ? "1.ff.0.proj." : "1.ff.0.0.";
+      p.ff_in = params_.add(f + in + "weight", {W1, D}, bound(D), true);
+      p.ff_in_bias = params_.add(f + in + "bias", {W1}, bound(D), false);
+      p.ff_out = params_.add(f + "1.ff.2.weight", {D, F}, bound(F), true);
+      p.ff_out_bias = params_.add(f + "1.ff.2.bias", {D}, bound(F), false);
+      layers_.push_back(p);
+    }
+    final_norm_ = params_.add("attn_layers.final_norm." + gain, {D}, Init::fill(0), false);
+    to_logits_ = params_.add("to_logits.weight", {V, D}, bound(D), true);
+    params_.allocate(config_.seed);
+    if constexpr (has_rotary) rotary_ = cpu::RotaryTable<scalar>(rotary_dim(), L.rotary_theta, config_.max_seq_len);
+    activations_.resize(std::size_t(L.depth));
+  }
+
+  // Copies share no state with the original (the arena is per model).
+  TransformerWrapper(const TransformerWrapper& other)
+      : config_(other.config_), params_(other.params_), layers_(other.layers_), token_emb_(other.token_emb_),
+        pos_emb_(other.pos_emb_), final_norm_(other.final_norm_), to_logits_(other.to_logits_),
+        rotary_(other.rotary_), training_(other.training_), forward_count_(other.forward_count_) {
+    activations_.resize(layers_.size());
+  }
+
+  [[nodiscard]] const TransformerConfig& config() const { return config_; }
+  [[nodiscard]] ParameterStore<scalar>& parameters() { return params_; }
+  [[nodiscard]] const ParameterStore<scalar>& parameters() const { return params_; }
+  [[nodiscard]] Index num_tokens() const { return config_.num_tokens; }
+  [[nodiscard]] Index max_seq_len() const { return config_.max_seq_len; }
+  [[nodiscard]] Index kv_heads() const { return config_.layers.kv_heads ? config_.layers.kv_heads : config_.layers.heads; }
+  [[nodiscard]] Index rotary_dim() const {
+    return config_.layers.rotary_dim ? config_.layers.rotary_dim : config_.layers.dim_head / 2;
+  }
+
+  /// Training mode enables dropout (PyTorch's module.train() / module.eval()).
+  void train(bool on = true) { training_ = on; }
+  void eval() { training_ = false; }
+  [[nodiscard]] bool training() const { return training_; }
+
+  /// Forward passes so far; a backward must follow the forward it differentiates.
+  [[nodiscard]] std::uint64_t forward_count() const { return forward_count_; }
+  /// Restores the dropout stream position (checkpoint resume).
+  void set_forward_count(std::uint64_t n) { forward_count_ = n; }
+
+  /// What the model type resolved to.
+  static std::string describe() {
+    return "TransformerWrapper<" + Layers::describe() + ", " + std::string(Backend::name) + ">";
+  }
+
+  /// Logits (batch·length, num_tokens) for `tokens` (batch, length ≤ max_seq_len); `mask` (batch, length) marks the
+  /// keys to attend to. The view stays valid until the next forward; activations are kept for backward().
+  MatrixView<scalar> forward(TokensView tokens, MaskView mask = {}) {
+    check_tokens(tokens, mask);
+    run_forward(tokens, mask);
+    return logits();
+  }
+
+  /// Logits of the last forward, writable: a loss writes d loss / d logits here before backward().
+  [[nodiscard]] MatrixView<scalar> logits() { return {logits_, batch_ * length_, config_.num_tokens}; }
+
+  /// Backward of the last forward, with the logits buffer holding d loss / d logits; parameter gradients += α · grad.
+  void backward(scalar alpha);
+
+  /// A cache for generating `batch` sequences.
+  [[nodiscard]] Cache make_cache(Index batch) const {
+    require(Layers::causal, "KV-cached decoding needs a causal stack (Decoder)");
+    Cache c;
+    c.batch = batch;
+    c.capacity = 2 * config_.max_seq_len;
+    const Index KD = kv_heads() * config_.layers.dim_head;
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+      c.k.emplace_back(Shape{batch, c.capacity, KD});
+      c.v.emplace_back(Shape{batch, c.capacity, KD});
+    }
+    return c;
+  }
+
+  /// Appends `tokens` (batch, n) to the cached sequence and returns the logits of the last new position (batch, V).
+  /// Rotary and position-free stacks slide past max_seq_len (the oldest keys drop out); AbsoluteLearned cannot.
+  MatrixView<scalar> forward_cached(TokensView tokens, Cache& cache);
+
+ private:
+  using T = scalar;
+  struct LayerParameters {
+    ParameterId attn_norm, to_q, to_k, to_v, to_out, ff_norm, ff_in, ff_in_bias, ff_out, ff_out_bias;
+  };
+  struct LayerActivations {
+    T *attn_xhat, *attn_rstd, *attn_h, *q, *k, *v, *o, *lse;
+    T *ff_xhat, *ff_rstd, *ff_h, *ff_a, *ff_g;
+  };
+
+  static TransformerConfig validated(TransformerConfig c) {
+    const auto& L = c.layers;
+    require(c.num_tokens > 0, "num_tokens must be > 0, got ", c.num_tokens);
+    require(c.max_seq_len > 0, "max_seq_len must be > 0, got ", c.max_seq_len);
+    require(L.dim > 0, "layers.dim must be > 0, got ", L.dim);
+    require(L.depth > 0, "layers.depth must be > 0, got ", L.depth);
+    require(L.heads > 0, "layers.heads must be > 0, got ", L.heads);
+    require(L.dim_head > 0, "layers.dim_head must be > 0, got ", L.dim_head);
+    require(L.ff_mult > 0, "layers.ff_mult must be > 0, got ", L.ff_mult);
+    const Index kv = L.kv_heads ? L.kv_heads : L.heads;
+    require(kv > 0 && L.heads % kv == 0, "layers.heads ", L.heads, " must be a multiple of layers.kv_heads ", kv);
+    for (double p : {c.emb_dropout, L.attn_dropout, L.ff_dropout})
+      require(p >= 0 && p < 1, "dropout rates must be in [0, 1), got ", p);
+    if constexpr (has_rotary) {
+      const Index r = L.rotary_dim ? L.rotary_dim : L.dim_head / 2;
+      require(r % 2 == 0 && r >= 2 && r <= L.dim_head, "layers.rotary_dim ", r,
+              " must be even, at least 2 and at most dim_head ", L.dim_head);
+      require(L.rotary_theta > 0, "layers.rotary_theta must be > 0, got ", L.rotary_theta);
+    }
+    return c;
+  }
+
+  void check_tokens(TokensView tokens, MaskView mask) const {
+    require(tokens.data != nullptr && tokens.batch > 0 && tokens.length > 0, "empty token batch (", tokens.batch, ", ",
+            tokens.length, ")");
+    require(tokens.length <= config_.max_seq_len, "sequence length ", tokens.length, " > max_seq_len ",
+            config_.max_seq_len);
+    for (Index b = 0; b < tokens.batch; ++b)
+      for (Index t = 0; t < tokens.length; ++t) {
+        const std::int32_t id = tokens(b, t);
+        require(id >= 0 && id < config_.num_tokens, "token id ", id, (id < 0 ? " < 0" : " >= num_tokens "),
+                (id < 0 ? std::string() : std::to_string(config_.num_tokens)), " at batch ", b, ", position ", t);
+      }
+    if (!mask.empty())
+      require(mask.batch == tokens.batch && mask.length == tokens.length, "mask shape (", mask.batch, ", ",
+              mask.length, ") does not match tokens (", tokens.batch, ", ", tokens.length, ")");
+  }
+
+  /// Dropout in place with a counter-based mask; the same (stream, index) gives the same mask in the backward.
+  static void dropout(MatrixView<T> x, double p, RandomStream stream) {
+    if (p <= 0) return;
+    const T keep_scale = T(1.0 / (1.0 - p));
+    const float threshold = float(p);
+    const Index cols = x.cols();
+    cpu::parallel_rows(x.rows(), [&](Index begin, Index end) {
+      for (Index n = begin; n < end; ++n)
+        for (Index c = 0; c < cols; ++c)
+          x(n, c) *= stream.uniform(std::uint64_t(n * cols + c)) >= threshold ? keep_scale : T(0);
+    });
+  }
+  /// Dropout streams: (forward pass, site); sites: 0 embeddings, 3l+1 attention, 3l+2 feed-forward of layer l.
+  [[nodiscard]] RandomStream dropout_stream(std::uint64_t site) const {
+    return RandomStream{config_.seed, 1}.fork(forward_count_ * 1024 + site);
+  }
+
+  cpu::AttentionProblem<T> attention_problem(Index batch, Index q_len, Index k_len, Index q_offset,
+                                             const std::uint8_t* key_mask, Index key_mask_stride) const {
+    cpu::AttentionProblem<T> p;
+    p.batch = batch;
+    p.heads = config_.layers.heads;
+    p.kv_heads = kv_heads();
+    p.dim_head = config_.layers.dim_head;
+    p.q_len = q_len;
+    p.k_len = k_len;
+    p.q_offset = q_offset;
+    p.causal = Layers::causal;
+    p.scale = T(1.0 / std::sqrt(double(config_.layers.dim_head)));
+    p.key_mask = key_mask;
+    p.key_mask_stride = key_mask_stride;
+    return p;
+  }
+
+  void run_forward(TokensView tokens, MaskView mask);
+  /// Feed-forward sublayer: x += W₂ act(W₁ h + b₁) + b₂ with h = norm(x); saves into `act` when given.
+  void feedforward_sublayer(const LayerParameters& p, MatrixView<T> x, LayerActivations& a, double dropout_p,
+                            RandomStream stream);
+
+  TransformerConfig config_;
+  ParameterStore<T> params_;
+  std::vector<LayerParameters> layers_;
+  ParameterId token_emb_, pos_emb_, final_norm_, to_logits_;
+  cpu::RotaryTable<T> rotary_;
+  bool training_ = true;
+  std::uint64_t forward_count_ = 0;
+
+  // State of the last forward (arena memory).
+  Arena arena_;
+  Index batch_ = 0, length_ = 0;
+  std::int32_t* ids_ = nullptr;
+  std::uint8_t* mask_ = nullptr;
+  bool dropout_active_ = false;
+  std::vector<LayerActivations> activations_;
+  T *final_xhat_ = nullptr, *final_rstd_ = nullptr;
+  T* final_h_ = nullptr;  // (B·T, D)
+  T* logits_ = nullptr;   // (B·T, V)
+};
+
+// ---------------------------------------------------------------------------------------------------------------------
+
+template <LayerStack Layers, class Backend>
+void TransformerWrapper<Layers, Backend>::feedforward_sublayer(const LayerParameters& p, MatrixView<T> x,
+                                                               LayerActivations& a, double dropout_p,
+                                                               RandomStream stream) {
+  const Index N = x.rows(), D = x.cols(), F = config_.layers.ff_mult * D, W1 = FeedForward::gated ? 2 * F : F;
+  MatrixView<T> h(a.ff_h, N, D), pre(a.ff_a, N, W1), g(a.ff_g, N, F);
+  cpu::norm_forward<Norm, T>(x, params_.value(p.ff_norm).data(), h, a.ff_xhat, a.ff_rstd);
+  cpu::linear_forward<T>(h, params_.value(p.ff_in), pre);
+  cpu::feedforward_activation_forward<FeedForward, T>(pre, params_.value(p.ff_in_bias).data(), g);
+  dropout(g, dropout_p, stream);
+  cpu::linear_forward<T>(g, params_.value(p.ff_out), x, /*accumulate=*/true);
+  x.rowwise() += params_.value(p.ff_out_bias).row(0);
+}
+
+template <LayerStack Layers, class Backend>
+void TransformerWrapper<Layers, Backend>::run_forward(TokensView tokens, MaskView mask) {
+  const auto& L = config_.layers;
+  const Index B = tokens.batch, Tn = tokens.length, N = B * Tn, D = L.dim, V = config_.num_tokens;
+  const Index H = L.heads, dh = L.dim_head, HD = H * dh, KD = kv_heads() * dh;
+  const Index F = L.ff_mult * D, W1 = FeedForward::gated ? 2 * F : F;
+  ++forward_count_;
+  arena_.reset();
+  batch_ = B;
+  length_ = Tn;
+  dropout_active_ = training_;
+  ids_ = arena_.allocate<std::int32_t>(N);
+  std::copy_n(tokens.data, N, ids_);
+  mask_ = nullptr;
+  if (!mask.empty()) {
+    mask_ = arena_.allocate<std::uint8_t>(N);
+    std::copy_n(mask.data, N, mask_);
+  }
+
+  MatrixView<T> x = arena_.matrix<T>(N, D);  // the residual stream
+  const T* positions = nullptr;
+  if constexpr (has_absolute_positions) positions = params_.value(pos_emb_).data();
+  cpu::embedding_forward<T>(ids_, N, Tn, 0, params_.value(token_emb_), positions, T(1.0 / std::sqrt(double(D))), x);
+  if (training_) dropout(x, config_.emb_dropout, dropout_stream(0));
+
+  for (std::size_t l = 0; l < layers_.size(); ++l) {
+    const LayerParameters& p = layers_[l];
+    LayerActivations& a = activations_[l];
+    a.attn_xhat = arena_.allocate<T>(N * D);
+    a.attn_rstd = arena_.allocate<T>(N);
+    a.attn_h = arena_.allocate<T>(N * D);
+    a.q = arena_.allocate<T>(N * HD);
+    a.k = arena_.allocate<T>(N * KD);
+    a.v = arena_.allocate<T>(N * KD);
+    a.o = arena_.allocate<T>(N * HD);
+    a.lse = arena_.allocate<T>(B * H * Tn);
+    a.ff_xhat = arena_.allocate<T>(N * D);
+    a.ff_rstd = arena_.allocate<T>(N);
+    a.ff_h = arena_.allocate<T>(N * D);
+    a.ff_a = arena_.allocate<T>(N * W1);
+    a.ff_g = arena_.allocate<T>(N * F);
+
+    // attention sublayer: x += Wₒ attn(q, k, v)
+    MatrixView<T> h(a.attn_h, N, D), q(a.q, N, HD), k(a.k, N, KD), v(a.v, N, KD), o(a.o, N, HD);
+    cpu::norm_forward<Norm, T>(x, params_.value(p.attn_norm).data(), h, a.attn_xhat, a.attn_rstd);
+    cpu::linear_forward<T>(h, params_.value(p.to_q), q);
+    cpu::linear_forward<T>(h, params_.value(p.to_k), k);
+    cpu::linear_forward<T>(h, params_.value(p.to_v), v);
+    if constexpr (has_rotary) {
+      rotary_.apply(q, H, dh, Tn, 0, false);
+      rotary_.apply(k, kv_heads(), dh, Tn, 0, false);
+    }
+    auto problem = attention_problem(B, Tn, Tn, 0, mask_, Tn);
+    if (training_ && L.attn_dropout > 0) {
+      problem.dropout = L.attn_dropout;
+      problem.dropout_stream = dropout_stream(3 * l + 1);
+    }
+    cpu::attention_forward<T>(problem, {a.q, Tn * HD, HD}, {a.k, Tn * KD, KD}, {a.v, Tn * KD, KD},
+                              {a.o, Tn * HD, HD}, a.lse, arena_);
+    cpu::linear_forward<T>(o, params_.value(p.to_out), x, /*accumulate=*/true);
+
+    feedforward_sublayer(p, x, a, training_ ? L.ff_dropout : 0.0, dropout_stream(3 * l + 2));
+  }
+  final_xhat_ = arena_.allocate<T>(N * D);
+  final_rstd_ = arena_.allocate<T>(N);
+  MatrixView<T> final_h = arena_.matrix<T>(N, D), logits = arena_.matrix<T>(N, V);
+  cpu::norm_forward<Norm, T>(x, params_.value(final_norm_).data(), final_h, final_xhat_, final_rstd_);
+  cpu::linear_forward<T>(final_h, params_.value(to_logits_), logits);
+  final_h_ = final_h.data();
+  logits_ = logits.data();
+}
+
+template <LayerStack Layers, class Backend>
+void TransformerWrapper<Layers, Backend>::backward(T alpha) {
+  require(logits_ != nullptr, "backward() needs a training forward() first (generation keeps no activations)");
+  const auto& L = config_.layers;
+  const Index B = batch_, Tn = length_, N = B * Tn, D = L.dim;
+  const Index H = L.heads, dh = L.dim_head, HD = H * dh, KD = kv_heads() * dh;
+  const Index F = L.ff_mult * D, W1 = FeedForward::gated ? 2 * F : F;
+
+  MatrixView<T> dx = arena_.zeros<T>(N, D);  // gradient of the residual stream
+  MatrixView<T> dh_buf = arena_.matrix<T>(N, D);
+  MatrixView<T> dg = arena_.matrix<T>(N, F);
+  MatrixView<T> da = FeedForward::gated ? arena_.matrix<T>(N, W1) : dg;
+  MatrixView<T> dq = arena_.matrix<T>(N, HD), dk = arena_.matrix<T>(N, KD), dv = arena_.matrix<T>(N, KD);
+  MatrixView<T> dout = arena_.matrix<T>(N, HD);
+
+  // logits = h_f W_logitsᵀ
+  const MatrixView<T> dlogits(logits_, N, config_.num_tokens), final_h(final_h_, N, D);
+  cpu::linear_backward_weight<T>(dlogits, final_h, params_.grad(to_logits_), alpha);
+  cpu::linear_backward_input<T>(dlogits, params_.value(to_logits_), dh_buf, alpha, false);
+  cpu::norm_backward<Norm, T>(dh_buf, final_xhat_, final_rstd_, params_.value(final_norm_).data(), dx,
+                              params_.grad(final_norm_).data(), arena_);
+
+  for (std::size_t li = layers_.size(); li-- > 0;) {
+    const LayerParameters& p = layers_[li];
+    const LayerActivations& a = activations_[li];
+    // feed-forward: x += g W₂ᵀ + b₂
+    MatrixView<T> g(a.ff_g, N, F), h2(a.ff_h, N, D);
+    cpu::linear_backward_weight<T>(dx, g, params_.grad(p.ff_out), T(1));
+    cpu::bias_backward<T>(dx, params_.grad(p.ff_out_bias), T(1));
+    cpu::linear_backward_input<T>(dx, params_.value(p.ff_out), dg, T(1), false);
+    if (dropout_active_ && L.ff_dropout > 0) dropout(dg, L.ff_dropout, dropout_stream(3 * li + 2));
+    cpu::feedforward_activation_backward<FeedForward, T>(MatrixView<T>(a.ff_a, N, W1), dg.data(), da.data(),
+                                                         params_.grad(p.ff_in_bias).data(), arena_);
+    cpu::linear_backward_weight<T>(da, h2, params_.grad(p.ff_in), T(1));
+    cpu::linear_backward_input<T>(da, params_.value(p.ff_in), dh_buf, T(1), false);
+    cpu::norm_backward<Norm, T>(dh_buf, a.ff_xhat, a.ff_rstd, params_.value(p.ff_norm).data(), dx,
+                                params_.grad(p.ff_norm).data(), arena_);
+
+    // attention: x += o Wₒᵀ
+    MatrixView<T> o(a.o, N, HD), h1(a.attn_h, N, D);
+    cpu::linear_backward_weight<T>(dx, o, params_.grad(p.to_out), T(1));
+    cpu::linear_backward_input<T>(dx, params_.value(p.to_out), dout, T(1), false);
+    dq.setZero();
+    dk.setZero();
+    dv.setZero();
+    auto problem = attention_problem(B, Tn, Tn, 0, mask_, Tn);
+    if (dropout_active_ && L.attn_dropout > 0) {
+      problem.dropout = L.attn_dropout;
+      problem.dropout_stream = dropout_stream(3 * li + 1);
+    }
+    cpu::attention_backward<T>(problem, {a.q, Tn * HD, HD}, {a.k, Tn * KD, KD}, {a.v, Tn * KD, KD},
+                               {a.o, Tn * HD, HD}, a.lse, {dout.data(), Tn * HD, HD}, {dq.data(), Tn * HD, HD},
+                               {dk.data(), Tn * KD, KD}, {dv.data(), Tn * KD, KD}, arena_);
+    if constexpr (has_rotary) {
+      rotary_.apply(dq, H, dh, Tn, 0, true);
+      rotary_.apply(dk, kv_heads(), dh, Tn, 0, true);
+    }
+    cpu::linear_backward_weight<T>(dq, h1, params_.grad(p.to_q), T(1));
+    cpu::linear_backward_weight<T>(dk, h1, params_.grad(p.to_k), T(1));
+    cpu::linear_backward_weight<T>(dv, h1, params_.grad(p.to_v), T(1));
+    cpu::linear_backward_input<T>(dq, params_.value(p.to_q), dh_buf, T(1), false);
+    cpu::linear_backward_input<T>(dk, params_.value(p.to_k), dh_buf, T(1), true);
+    cpu::linear_backward_input<T>(dv, params_.value(p.to_v), dh_buf, T(1), true);
+    cpu::norm_backward<Norm, T>(dh_buf, a.attn_xhat, a.attn_rstd, params_.value(p.attn_norm).data(), dx,
+                                params_.grad(p.attn_norm).data(), arena_);
+  }
+  if (dropout_active_) dropout(dx, config_.emb_dropout, dropout_stream(0));
+  T* dpos = nullptr;
+  if constexpr (has_absolute_positions) dpos = params_.grad(pos_emb_).data();
+  cpu::embedding_backward<T>(ids_, N, Tn, dx, params_.grad(token_emb_).data(), dpos, T(1.0 / std::sqrt(double(D))));
+}
+
+template <LayerStack Layers, class Backend>
+auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cache& cache) -> MatrixView<T> {
+  require(cache.batch == tokens.batch, "cache holds ", cache.batch, " sequences, tokens have batch ", tokens.batch);
+  require(tokens.length <= config_.max_seq_len, "appending ", tokens.length, " tokens > max_seq_len ",
+          config_.max_seq_len);
+  check_tokens(tokens, {});
+  const auto& L = config_.layers;
+  const Index B = tokens.batch, n = tokens.length, N = B * n, D = L.dim, V = config_.num_tokens;
+  const Index H = L.heads, dh = L.dim_head, HD = H * dh, KD = kv_heads() * dh;
+  const Index F = L.ff_mult * D, W1 = FeedForward::gated ? 2 * F : F;
+  if constexpr (has_absolute_positions) {
+    require(cache.position + n <= config_.max_seq_len, "absolute positions end at max_seq_len ", config_.max_seq_len,
+            ": cannot decode position ", cache.position + n - 1, " with a KV cache (use Rotary or NoPosition)");
+  }
+  // Sliding window: keep at most max_seq_len keys including the new ones; move the live rows to the front when the
+  // end of the buffer is reached (amortised: once per max_seq_len tokens).
+  if (cache.length + n > config_.max_seq_len) {
+    const Index drop = cache.length + n - config_.max_seq_len;
+    cache.start += drop;
+    cache.length -= drop;
+  }
+  if (cache.start + cache.length + n > cache.capacity) {
+    for (std::size_t l = 0; l < layers_.size(); ++l)
+      for (Tensor<T>* t : {&cache.k[l], &cache.v[l]})
+        for (Index b = 0; b < B; ++b) {
+          T* base = t->data() + b * cache.capacity * KD;
+          std::memmove(base, base + cache.start * KD, sizeof(T) * cache.length * KD);
+        }
+    cache.start = 0;
+  }
+  if constexpr (has_rotary) rotary_.ensure(cache.position + n);
+
+  ++forward_count_;
+  arena_.reset();
+  logits_ = nullptr;  // invalidates backward(): this pass keeps no activations
+  auto* ids = arena_.allocate<std::int32_t>(N);
+  std::copy_n(tokens.data, N, ids);
+  MatrixView<T> x = arena_.matrix<T>(N, D);
+  const T* positions = nullptr;
+  if constexpr (has_absolute_positions) positions = params_.value(pos_emb_).data();
+  cpu::embedding_forward<T>(ids, N, n, cache.position, params_.value(token_emb_), positions,
+                            T(1.0 / std::sqrt(double(D))), x);
+  MatrixView<T> h = arena_.matrix<T>(N, D), q = arena_.matrix<T>(N, HD), k = arena_.matrix<T>(N, KD),
+                v = arena_.matrix<T>(N, KD), o = arena_.matrix<T>(N, HD);
+  LayerActivations scratch{};
+  scratch.ff_h = arena_.allocate<T>(N * D);
+  scratch.ff_a = arena_.allocate<T>(N * W1);
+  scratch.ff_g = arena_.allocate<T>(N * F);
+  for (std::size_t l = 0; l < layers_.size(); ++l) {
+    const LayerParameters& p = layers_[l];
+    cpu::norm_forward<Norm, T>(x, params_.value(p.attn_norm).data(), h, nullptr, nullptr);
+    cpu::linear_forward<T>(h, params_.value(p.to_q), q);
+    cpu::linear_forward<T>(h, params_.value(p.to_k), k);
+    cpu::linear_forward<T>(h, params_.value(p.to_v), v);
+    if constexpr (has_rotary) {
+      rotary_.apply(q, H, dh, n, cache.position, false);
+      rotary_.apply(k, kv_heads(), dh, n, cache.position, false);
+    }
+    const Index row0 = cache.start + cache.length;  // where the new keys go
+    for (Index b = 0; b < B; ++b) {
+      std::copy_n(k.data() + b * n * KD, n * KD, cache.k[l].data() + (b * cache.capacity + row0) * KD);
+      std::copy_n(v.data() + b * n * KD, n * KD, cache.v[l].data() + (b * cache.capacity + row0) * KD);
+    }
+    const auto problem = attention_problem(B, n, cache.length + n, cache.length, nullptr, 0);
+    const cpu::HeadsView<const T> keys{cache.k[l].data() + cache.start * KD, cache.capacity * KD, KD};
+    const cpu::HeadsView<const T> values{cache.v[l].data() + cache.start * KD, cache.capacity * KD, KD};
+    cpu::attention_forward<T>(problem, {q.data(), n * HD, HD}, keys, values, {o.data(), n * HD, HD}, nullptr, arena_);
+    cpu::linear_forward<T>(o, params_.value(p.to_out), x, /*accumulate=*/true);
+    feedforward_sublayer(p, x, scratch, 0.0, {});
+  }
+  cache.length += n;
+  cache.position += n;
+  // logits of the last new position of each sequence only
+  MatrixView<T> last = arena_.matrix<T>(B, D), last_h = arena_.matrix<T>(B, D);
+  for (Index b = 0; b < B; ++b) last.row(b) = x.row(b * n + n - 1);
+  cpu::norm_forward<Norm, T>(last, params_.value(final_norm_).data(), last_h, nullptr, nullptr);
+  MatrixView<T> out = arena_.matrix<T>(B, V);
+  cpu::linear_forward<T>(last_h, params_.value(to_logits_), out);
+  return out;
+}
+
+}  // namespace xtr

@@ -1,0 +1,95 @@
+#pragma once
+// AdamW (Loshchilov & Hutter): decoupled weight decay; with weight_decay = 0 it is Adam (PyTorch's defaults).
+//   m ← β₁ m + (1 − β₁) g;   v ← β₂ v + (1 − β₂) g²;   m̂ = m / (1 − β₁ᵗ);   v̂ = v / (1 − β₂ᵗ)
+//   θ ← θ (1 − lr · λ) − lr · m̂ / (sqrt(v̂) + ε)
+// One loop over the flat parameter buffer; state is kept in double-free T, step count in the optimiser.
+#include <cmath>
+#include <cstdint>
+
+#include "xtr/backend/cpu/parallel.hpp"
+#include "xtr/core/parameters.hpp"
+
+namespace xtr {
+
+struct AdamWOptions {
+  double lr = 1e-3;
+  double beta1 = 0.9, beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 1e-2;  // PyTorch AdamW's default; 0 gives Adam
+};
+
+template <class T>
+class AdamW {
+ public:
+  AdamW(ParameterStore<T>& params, AdamWOptions options = {}) : params_(&params), options_(options) {
+    require(options.lr >= 0, "learning rate must be >= 0, got ", options.lr);
+    require(options.beta1 >= 0 && options.beta1 < 1, "beta1 must be in [0, 1), got ", options.beta1);
+    require(options.beta2 >= 0 && options.beta2 < 1, "beta2 must be in [0, 1), got ", options.beta2);
+    require(options.eps >= 0, "eps must be >= 0, got ", options.eps);
+    require(options.weight_decay >= 0, "weight_decay must be >= 0, got ", options.weight_decay);
+    exp_avg_.resize({params.count()});
+    exp_avg_sq_.resize({params.count()});
+  }
+
+  /// One update from the current gradients.
+  void step() {
+    ++step_;
+    const double lr = options_.lr, b1 = options_.beta1, b2 = options_.beta2;
+    const T bias1 = T(1 - std::pow(b1, double(step_))), bias2_sqrt = T(std::sqrt(1 - std::pow(b2, double(step_))));
+    const T step_size = T(lr) / bias1, decay = T(1 - lr * options_.weight_decay), eps = T(options_.eps);
+    const T c1 = T(1 - b1), c2 = T(1 - b2), tb1 = T(b1), tb2 = T(b2);
+    T* w = params_->values().data();
+    const T* g = params_->grads().data();
+    T* m = exp_avg_.data();
+    T* v = exp_avg_sq_.data();
+    cpu::parallel_rows(params_->count(), [&](Index begin, Index end) {
+      for (Index i = begin; i < end; ++i) {
+        m[i] = tb1 * m[i] + c1 * g[i];
+        v[i] = tb2 * v[i] + c2 * g[i] * g[i];
+        w[i] = w[i] * decay - step_size * m[i] / (std::sqrt(v[i]) / bias2_sqrt + eps);
+      }
+    }, 4096);
+  }
+  void zero_grad() { params_->zero_grad(); }
+
+  [[nodiscard]] std::int64_t steps() const { return step_; }
+  void set_steps(std::int64_t s) { step_ = s; }
+  [[nodiscard]] AdamWOptions& options() { return options_; }
+  [[nodiscard]] Tensor<T>& exp_avg() { return exp_avg_; }
+  [[nodiscard]] Tensor<T>& exp_avg_sq() { return exp_avg_sq_; }
+
+ private:
+  ParameterStore<T>* params_;
+  AdamWOptions options_;
+  std::int64_t step_ = 0;
+  Tensor<T> exp_avg_, exp_avg_sq_;
+};
+
+/// Adam = AdamW without weight decay (torch.optim.Adam, as x-transformers' training scripts use).
+template <class T>
+AdamW<T> Adam(ParameterStore<T>& params, AdamWOptions options = {.weight_decay = 0}) {
+  options.weight_decay = 0;
+  return AdamW<T>(params, options);
+}
+
+/// Scales all gradients so that their global L2 norm is at most max_norm (torch.nn.utils.clip_grad_norm_);
+/// returns the norm before clipping.
+template <class T>
+double clip_grad_norm(ParameterStore<T>& params, double max_norm) {
+  require(max_norm > 0, "max_norm must be > 0, got ", max_norm);
+  T* g = params.grads().data();
+  const Index n = params.count();
+  double sq = 0;
+#pragma omp parallel for reduction(+ : sq) schedule(static)
+  for (Index i = 0; i < n; ++i) sq += double(g[i]) * double(g[i]);
+  const double norm = std::sqrt(sq);
+  const double coef = max_norm / (norm + 1e-6);
+  if (coef < 1) {
+    const T c = T(coef);
+#pragma omp parallel for schedule(static)
+    for (Index i = 0; i < n; ++i) g[i] *= c;
+  }
+  return norm;
+}
+
+}  // namespace xtr

@@ -1,0 +1,101 @@
+// Finite-difference gradient checks in double of whole models (every parameter) for each policy, and of the
+// autoregressive loss.
+#include <catch2/catch.hpp>
+
+#include "testing.hpp"
+#include "xtr/xtr.hpp"
+
+using namespace xtr;
+using xtr::testing::check_gradient;
+
+namespace {
+
+TransformerConfig tiny(double dropout = 0) {
+  return {.num_tokens = 11,
+          .max_seq_len = 9,
+          .emb_dropout = dropout,
+          .layers = {.dim = 8, .depth = 2, .heads = 2, .dim_head = 4, .attn_dropout = dropout, .ff_dropout = dropout},
+          .seed = 3};
+}
+
+/// loss = Σ logits ⊙ R for a fixed random R; checks d loss / d θ for every parameter θ.
+template <class Net>
+void check_network(Net& net, const TokenBatch& tokens, MaskView mask = {}) {
+  const Index V = net.num_tokens();
+  const auto R = xtr::testing::random_values(tokens.batch * tokens.length * V, 5);
+  const std::uint64_t fixed = 41;  // same dropout masks in every forward
+  auto loss = [&]() {
+    net.set_forward_count(fixed);
+    auto logits = net.forward(tokens, mask);
+    double s = 0;
+    for (Index i = 0; i < logits.size(); ++i) s += logits.data()[i] * R[i];
+    return s;
+  };
+  net.parameters().zero_grad();
+  net.set_forward_count(fixed);
+  auto logits = net.forward(tokens, mask);
+  for (Index i = 0; i < logits.size(); ++i) logits.data()[i] = R[i];
+  net.backward(1.0);
+  auto& store = net.parameters();
+  for (const auto& e : store.entries()) {
+    std::vector<double*> x;
+    std::vector<double> analytic;
+    const Index n = e.shape.numel(), stride = std::max<Index>(1, n / 40);  // up to ~40 entries per tensor
+    for (Index i = 0; i < n; i += stride) {
+      x.push_back(store.values().data() + e.offset + i);
+      analytic.push_back(store.grads()[e.offset + i]);
+    }
+    XTR_REQUIRE_GRADIENT(check_gradient(x, analytic, loss, e.name));
+  }
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("whole-model gradients match finite differences", "[gradient][model]",
+                   (Decoder<Rotary, LayerNorm, GELU>), (Decoder<AbsoluteLearned, RMSNorm, SwiGLU>),
+                   (Decoder<NoPosition, LayerNorm, GEGLU>), (Encoder<Rotary, RMSNorm, GELU>),
+                   (Encoder<AbsoluteLearned, LayerNorm, SwiGLU>)) {
+  TransformerWrapper<TestType, Cpu<double>> net(tiny());
+  const auto tokens = xtr::testing::random_tokens(2, 7, 11, 1);
+  SECTION("no mask") { check_network(net, tokens); }
+  SECTION("key padding mask") {
+    Mask mask(2, 7);
+    mask(0, 5) = mask(0, 6) = 0;
+    mask(1, 0) = 0;
+    check_network(net, tokens, mask);
+  }
+}
+
+TEST_CASE("whole-model gradients with grouped-query attention and partial rotary", "[gradient][model]") {
+  auto config = tiny();
+  config.layers.heads = 4;
+  config.layers.kv_heads = 2;
+  config.layers.rotary_dim = 2;
+  TransformerWrapper<Decoder<Rotary, LayerNorm, GEGLU>, Cpu<double>> net(config);
+  check_network(net, xtr::testing::random_tokens(2, 9, 11, 2));
+}
+
+TEST_CASE("whole-model gradients with dropout on embeddings, attention and feed-forward", "[gradient][model]") {
+  TransformerWrapper<Decoder<Rotary, LayerNorm, GELU>, Cpu<double>> net(tiny(0.3));
+  net.train();
+  check_network(net, xtr::testing::random_tokens(2, 8, 11, 4));
+}
+
+TEST_CASE("autoregressive loss gradient, with ignore_index", "[gradient][model]") {
+  using Net = TransformerWrapper<Decoder<Rotary, RMSNorm, SwiGLU>, Cpu<double>>;
+  AutoregressiveWrapper<Net> model(Net(tiny()), {.ignore_index = -1, .pad_value = 0});
+  auto x = xtr::testing::random_tokens(2, 9, 11, 8);
+  x(0, 8) = -1;  // an ignored target
+  x(1, 3) = -1;  // ignored as target, fed as pad_value
+  model.parameters().zero_grad();
+  auto loss = model(x);
+  (loss / 2.0).backward();
+  auto& store = model.parameters();
+  std::vector<double*> params;
+  std::vector<double> analytic;
+  for (Index i = 0; i < store.count(); i += 7) {
+    params.push_back(store.values().data() + i);
+    analytic.push_back(store.grads()[i]);
+  }
+  XTR_REQUIRE_GRADIENT(check_gradient(params, analytic, [&] { return model(x).item() / 2.0; }, "all parameters"));
+}

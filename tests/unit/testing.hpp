@@ -1,0 +1,88 @@
+#pragma once
+// Test helpers: finite-difference gradient checks (central differences in double; a failure needs both the relative
+// and the absolute error over threshold; the worst entry is reported) and random inputs.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <functional>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "xtr/core/rng.hpp"
+#include "xtr/core/tokens.hpp"
+
+namespace xtr::testing {
+
+/// Tolerances per dtype.
+template <class T>
+struct Tolerance;
+template <>
+struct Tolerance<double> {
+  static constexpr double rel = 1e-5, abs = 1e-8, fd_step = 1e-6;
+};
+template <>
+struct Tolerance<float> {
+  static constexpr double rel = 1e-4, abs = 1e-5;
+};
+
+struct GradientReport {
+  double worst_rel = 0, worst_abs = 0;
+  std::string worst_where;
+  int failures = 0;
+  int checked = 0;
+};
+
+/// Compares analytic[i] with (f(x + h e_i) − f(x − h e_i)) / 2h for every i in `indices` of `x`.
+inline GradientReport check_gradient(std::vector<double*> x, const std::vector<double>& analytic,
+                                     const std::function<double()>& f, const std::string& what,
+                                     double rel_tol = Tolerance<double>::rel, double abs_tol = 1e-7) {
+  GradientReport r;
+  const double h = Tolerance<double>::fd_step;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double saved = *x[i];
+    *x[i] = saved + h;
+    const double up = f();
+    *x[i] = saved - h;
+    const double down = f();
+    *x[i] = saved;
+    const double numeric = (up - down) / (2 * h);
+    const double abs_err = std::abs(numeric - analytic[i]);
+    const double rel_err = abs_err / std::max(std::abs(numeric), std::abs(analytic[i]) + 1e-30);
+    ++r.checked;
+    if (abs_err > abs_tol && rel_err > rel_tol) ++r.failures;
+    if (abs_err > abs_tol && rel_err > r.worst_rel) {
+      r.worst_rel = rel_err;
+      r.worst_abs = abs_err;
+      std::ostringstream where;
+      where << what << "[" << i << "]: analytic " << analytic[i] << " numeric " << numeric;
+      r.worst_where = where.str();
+    }
+  }
+  return r;
+}
+
+/// A batch of uniform random token ids in [0, num_tokens).
+inline TokenBatch random_tokens(Index batch, Index length, Index num_tokens, std::uint64_t seed) {
+  TokenBatch t(batch, length);
+  RandomStream rs{seed, 7};
+  for (Index i = 0; i < batch * length; ++i) t.data[i] = std::int32_t(rs.below(std::uint64_t(i), std::uint64_t(num_tokens)));
+  return t;
+}
+
+inline std::vector<double> random_values(Index n, std::uint64_t seed, double scale = 1.0) {
+  std::vector<double> v(static_cast<std::size_t>(n));
+  RandomStream rs{seed, 11};
+  for (Index i = 0; i < n; ++i) v[i] = scale * rs.normal(std::uint64_t(i));
+  return v;
+}
+
+}  // namespace xtr::testing
+
+#define XTR_REQUIRE_GRADIENT(report)                                                          \
+  do {                                                                                        \
+    const auto& xtr_report_ = (report);                                                       \
+    INFO("worst: " << xtr_report_.worst_where << " (rel " << xtr_report_.worst_rel << ", abs " \
+                   << xtr_report_.worst_abs << ", " << xtr_report_.checked << " checked)");    \
+    REQUIRE(xtr_report_.failures == 0);                                                       \
+  } while (0)
