@@ -1,0 +1,633 @@
+#!/usr/bin/env python3
+"""Golden fixtures from the real x-transformers, for xtr's parity tests.
+
+For each named configuration this script builds
+    AutoregressiveWrapper(TransformerWrapper(num_tokens, max_seq_len, attn_layers=Decoder(...)))
+trains it briefly (Adam, random windows of a small English text embedded below), and writes ONE file
+    <out>/<name>.safetensors
+holding the TransformerWrapper state dict under x-transformers' own names, plus
+    fixture.tokens  (I64, (B, T+1))      held-out text windows
+    fixture.logits  (F32, (B, T, V))     net(tokens[:, :-1]) in eval mode
+    fixture.loss    (F32, (1,))          AutoregressiveWrapper(tokens), i.e. what training minimises
+    grad.<param>    (F32, like <param>)  d fixture.loss / d param, one backward from zeroed grads
+    fixture.prompt  (I64, (1, 8))        first 8 tokens of row 0
+    fixture.greedy  (I64, (1, 16))       generate(prompt, 16, temperature=0., cache_kv=True)
+and string metadata (config JSON, versions, description, vocabulary, training settings).
+
+After writing, each file is re-read with safetensors.torch.load_file, the model is rebuilt from the
+`config` metadata alone, and the forward must reproduce fixture.logits bit for bit. An independent
+plain-tensor re-implementation of the forward (`reference_forward`, written from the facts this
+script prints) must reproduce the logits to 1e-4 (observed <= 1.2e-5 with |logits| up to 12), and autograd through
+it in float64 must reproduce every grad.* tensor: that is what "verified in code" means for the facts.
+
+Usage:
+    python3 tools/xt_fixture.py [names...|all] [--out tests/fixtures] [--facts] [--steps N]
+Python is only a tool here: nothing in the C++ build or tests runs this script.
+"""
+import argparse
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import struct
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import safetensors
+import safetensors.torch
+import x_transformers
+from x_transformers import AutoregressiveWrapper, Decoder, TransformerWrapper
+
+try:  # x-transformers warns (via loguru) that rotary dim < 32 is small; these are toy models on purpose
+    from loguru import logger as _loguru
+    _loguru.disable("x_transformers")
+except ImportError:  # pragma: no cover
+    pass
+
+# ----------------------------------------------------------------------------------------------------------------------
+# data: a small deterministic English text; the vocabulary is its sorted character set (ids < NUM_TOKENS)
+
+TRAIN_TEXT = (
+    "The quick brown fox jumps over the lazy dog. "
+    "A small model learns to spell the words it sees again and again. "
+    "Every morning the baker opens the shop and sells warm bread to the people of the town. "
+    "The river runs past the old mill, and the children play on the green hill by the water. "
+    "She reads a book by the window while the rain falls on the quiet street. "
+    "We write the same sentences many times, so the network can remember them well. "
+)
+HELD_OUT_TEXT = (
+    "The old baker reads the book by the river while the children sell bread on the hill. "
+    "In the morning the quick dog runs to the mill and the fox sleeps by the warm window. "
+)
+NUM_TOKENS = 64
+VOCAB = "".join(sorted(set(TRAIN_TEXT + HELD_OUT_TEXT)))
+assert len(VOCAB) <= NUM_TOKENS, len(VOCAB)
+STOI = {c: i for i, c in enumerate(VOCAB)}
+
+MAX_SEQ_LEN = 32
+SEED = 1234
+BATCH = 2          # fixture batch
+SEQ = 24           # fixture T (tokens hold T+1)
+PROMPT = 8
+GREEDY = 16
+TRAIN = dict(steps=250, lr=3e-3, batch=16, window=MAX_SEQ_LEN, optimizer="torch.optim.Adam (default betas/eps)")
+
+
+def encode(s):
+    return [STOI[c] for c in s]
+
+
+def decode(ids):
+    return "".join(VOCAB[i] if i < len(VOCAB) else "?" for i in ids)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# configurations: `config` is exactly the constructor keywords (attn_layers carries its class under "type")
+
+CONFIGS = {
+    "decoder_rotary_layernorm": dict(
+        config={"num_tokens": NUM_TOKENS, "max_seq_len": MAX_SEQ_LEN,
+                "attn_layers": {"type": "Decoder", "dim": 32, "depth": 2, "heads": 2, "attn_dim_head": 16,
+                                "rotary_pos_emb": True}},
+        description="Decoder, rotary positions (rotary dim = dim_head // 2), default pre-LayerNorm (gain stored as "
+                    "gamma = gain - 1), GELU feed-forward (mult 4, with biases), untied to_logits.",
+    ),
+    "decoder_absolute_rmsnorm_swiglu": dict(
+        config={"num_tokens": NUM_TOKENS, "max_seq_len": MAX_SEQ_LEN,
+                "attn_layers": {"type": "Decoder", "dim": 32, "depth": 2, "heads": 2, "attn_dim_head": 16,
+                                "use_rmsnorm": True, "ff_glu": True, "ff_swish": True}},
+        description="Decoder, learned absolute positions (scaled by dim ** -0.5), pre-RMSNorm (gain stored as "
+                    "g = gain - 1), SwiGLU feed-forward (inner dim = 4 * dim, proj rows [value; gate]).",
+    ),
+    "decoder_rotary_gqa_geglu": dict(
+        config={"num_tokens": NUM_TOKENS, "max_seq_len": MAX_SEQ_LEN,
+                "attn_layers": {"type": "Decoder", "dim": 32, "depth": 2, "heads": 4, "attn_kv_heads": 2,
+                                "attn_dim_head": 16, "rotary_pos_emb": True, "ff_glu": True}},
+        description="Decoder, rotary positions, grouped-query attention (4 query heads, 2 kv heads; query head i "
+                    "uses kv head i % kv_heads), default pre-LayerNorm, GEGLU feed-forward (exact-erf GELU gate).",
+    ),
+}
+
+LAYER_CLASSES = {"Decoder": Decoder}
+
+
+def build(config):
+    """TransformerWrapper from the `config` dict alone (what a reader of the fixture has)."""
+    cfg = json.loads(json.dumps(config))
+    al = cfg.pop("attn_layers")
+    cls = LAYER_CLASSES[al.pop("type")]
+    return TransformerWrapper(**cfg, attn_layers=cls(**al))
+
+
+def setup_torch():
+    torch.set_num_threads(1)               # fixed reduction order: same bytes on every rerun
+    torch.use_deterministic_algorithms(True)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# an independent plain-tensor forward, written from the facts below; it must match x-transformers to 1e-4
+
+def reference_forward(sd, config, tokens, gqa_map="modulo"):
+    al = config["attn_layers"]
+    dim, depth = al["dim"], al["depth"]
+    H = al.get("heads", 8)
+    dh = al.get("attn_dim_head", 64)
+    kvh = al.get("attn_kv_heads", H)
+    rms = al.get("use_rmsnorm", False)
+    glu, swish = al.get("ff_glu", False), al.get("ff_swish", False)
+    B, T = tokens.shape
+    gain_name = "g" if rms else "gamma"
+
+    def norm(x, stored):  # stored = gain - 1  (norm_add_unit_offset=True)
+        if rms:   # F.normalize: x / max(||x||_2, 1e-12), times sqrt(dim)
+            return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) * math.sqrt(dim) * (stored + 1.0)
+        mu = x.mean(-1, keepdim=True)
+        var = ((x - mu) ** 2).mean(-1, keepdim=True)              # biased variance, eps 1e-5, no bias term
+        return (x - mu) / torch.sqrt(var + 1e-5) * (stored + 1.0)
+
+    x = sd["token_emb.emb.weight"][tokens]                        # (B, T, dim)
+    if "pos_emb.emb.weight" in sd:
+        x = x + sd["pos_emb.emb.weight"][:T] * dim ** -0.5
+
+    rot = None
+    if al.get("rotary_pos_emb"):
+        rd = dh // 2
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, rd, 2).float() / rd))  # (rd/2,)
+        assert torch.equal(inv_freq, sd["attn_layers.rotary_pos_emb.inv_freq"])
+        ang = torch.arange(T).float()[:, None] * inv_freq[None, :]          # (T, rd/2)
+        rot = (rd, ang.to(x.dtype).cos(), ang.to(x.dtype).sin())      # angles in fp32, as x-transformers
+
+    def rope(t):  # (B, h, T, dh): pairs (2i, 2i+1) of the first rd dims rotated by angle p * inv_freq[i]
+        rd, c, s = rot
+        a, rest = t[..., :rd], t[..., rd:]
+        x0, x1 = a[..., 0::2], a[..., 1::2]
+        y = torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).flatten(-2)
+        return torch.cat((y, rest), dim=-1)
+
+    causal = torch.ones(T, T, dtype=torch.bool).triu(1)
+    for l in range(depth):
+        a, f = f"attn_layers.layers.{2 * l}", f"attn_layers.layers.{2 * l + 1}"
+        h = norm(x, sd[f"{a}.0.0.{gain_name}"])
+        q = (h @ sd[f"{a}.1.to_q.weight"].T).view(B, T, H, dh).transpose(1, 2)
+        k = (h @ sd[f"{a}.1.to_k.weight"].T).view(B, T, kvh, dh).transpose(1, 2)
+        v = (h @ sd[f"{a}.1.to_v.weight"].T).view(B, T, kvh, dh).transpose(1, 2)
+        if rot is not None:
+            q, k = rope(q), rope(k)
+        idx = torch.arange(H) % kvh if gqa_map == "modulo" else torch.arange(H) // (H // kvh)
+        k, v = k[:, idx], v[:, idx]
+        sim = (q @ k.transpose(-1, -2)) * dh ** -0.5
+        sim = sim.masked_fill(causal, -torch.finfo(sim.dtype).max)
+        o = sim.softmax(-1) @ v                                    # (B, H, T, dh)
+        o = o.transpose(1, 2).reshape(B, T, H * dh)
+        x = x + o @ sd[f"{a}.1.to_out.weight"].T
+
+        h = norm(x, sd[f"{f}.0.0.{gain_name}"])
+        if glu:
+            pj = h @ sd[f"{f}.1.ff.0.proj.weight"].T + sd[f"{f}.1.ff.0.proj.bias"]
+            up, gate = pj.chunk(2, dim=-1)
+            h = up * (F.silu(gate) if swish else F.gelu(gate))
+        else:
+            h = h @ sd[f"{f}.1.ff.0.0.weight"].T + sd[f"{f}.1.ff.0.0.bias"]
+            h = F.silu(h) if swish else F.gelu(h)
+        x = x + h @ sd[f"{f}.1.ff.2.weight"].T + sd[f"{f}.1.ff.2.bias"]
+
+    x = norm(x, sd[f"attn_layers.final_norm.{gain_name}"])
+    return x @ sd["to_logits.weight"].T
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# facts, each checked against the installed x-transformers
+
+def check_init(name, config, out):
+    """Default init of each parameter kind, measured on a widened copy of the config (tight statistics)."""
+    from x_transformers.x_transformers import LayerNorm, RMSNorm
+    wide = json.loads(json.dumps(config))
+    wide["num_tokens"] = 512
+    wide["attn_layers"]["dim"] = 256
+    torch.manual_seed(0)
+    net = build(wide)
+    dim = 256
+    lines = []
+
+    def uniform(t, bound, what):
+        t = t.detach().flatten().double()
+        assert t.abs().max() <= bound * (1 + 1e-6), (what, t.abs().max().item(), bound)
+        assert t.abs().max() >= 0.97 * bound, (what, t.abs().max().item(), bound)
+        assert abs(t.std().item() / (bound / math.sqrt(3)) - 1) < 0.05, (what, t.std().item(), bound)
+
+    def normal(t, std, what):
+        t = t.detach().flatten().double()
+        assert abs(t.std().item() / std - 1) < 0.05, (what, t.std().item(), std)
+        assert t.abs().max().item() > 3.5 * std, (what, "tails too short for a normal")
+        assert abs(t.mean().item()) < 0.05 * std, what
+
+    normal(net.token_emb.emb.weight, math.sqrt(2.0 / dim), "token_emb")
+    lines.append("`token_emb.emb.weight` (num_tokens, dim): kaiming_normal_, N(0, std = sqrt(2 / dim))")
+    if hasattr(net.pos_emb, "emb"):
+        normal(net.pos_emb.emb.weight, 1.0, "pos_emb")
+        lines.append("`pos_emb.emb.weight` (max_seq_len, dim): nn.Embedding default N(0, 1); "
+                     "the forward multiplies it by dim ** -0.5")
+    n_lin = 0
+    for mname, m in net.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            bound = 1.0 / math.sqrt(m.in_features)
+            uniform(m.weight, bound, mname)
+            if m.bias is not None:
+                uniform(m.bias, bound, mname + ".bias")
+            n_lin += 1
+        if isinstance(m, (LayerNorm, RMSNorm)):
+            p = m.gamma if isinstance(m, LayerNorm) else m.g
+            assert torch.all(p == 0), mname
+    lines.append(f"every nn.Linear ({n_lin} checked: to_q/to_k/to_v/to_out, ff, to_logits): PyTorch default, "
+                 "weight and bias U(-1/sqrt(in_features), +1/sqrt(in_features)); to_q/k/v/out and to_logits have "
+                 "no bias, feed-forward linears do")
+    lines.append("norm gains (`gamma` for LayerNorm, `g` for RMSNorm): stored 0 at init (gain 1, unit offset)")
+    acc = out.setdefault("init", [])
+    acc.extend(line for line in lines if line not in acc)
+
+
+def check_misc(net, model, tokens, config, out):
+    """Behaviours that are easy to get wrong, each observed on the real modules."""
+    from x_transformers.x_transformers import Attention, FeedForward
+    lines = out.setdefault("misc", [])
+
+    def add(line):
+        if line not in lines:
+            lines.append(line)
+
+    al = config["attn_layers"]
+    for m in net.modules():
+        if isinstance(m, torch.nn.GELU):
+            assert m.approximate == "none"
+            add("GELU is exact (erf), nn.GELU(approximate='none')")
+        if isinstance(m, Attention):
+            assert m.scale == al.get("attn_dim_head", 64) ** -0.5 and not m.attend.flash
+            add("attention: sim = q k^T * dim_head ** -0.5, causal positions j > i filled with -finfo(float32).max "
+                "before softmax; einsum path (attn_flash defaults to False); q/k/v/out projections have no bias")
+        if isinstance(m, FeedForward):
+            lin = [x for x in m.modules() if isinstance(x, torch.nn.Linear)]
+            assert lin[0].in_features == al["dim"]
+            inner = lin[-1].in_features
+            assert inner == 4 * al["dim"]
+            add("feed-forward inner dim = int(dim * ff_mult), ff_mult 4, also for GLU variants (no 2/3 rescale); "
+                "GLU proj is Linear(dim, 2 * inner) whose output splits as [value | gate] (value first): "
+                "out = value * act(gate); proj_out is `ff.2` because the Sequential drops None entries and keeps "
+                "Dropout at index 1")
+    single = Attention(16, heads=1, dim_head=16)
+    assert isinstance(single.to_out, torch.nn.Identity)
+    add("with heads == 1 (and dim_out == dim) Attention has NO to_out projection (nn.Identity)")
+
+    # the wrapper feeds all T+1 tokens to the net and drops the last logit
+    seen = []
+    h = net.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[1]))
+    with torch.no_grad():
+        model(tokens)
+    h.remove()
+    assert seen == [tokens.shape[1]], seen
+    add("AutoregressiveWrapper.forward runs net on all T+1 tokens, then cross_entropy(logits[:, :-1], x[:, 1:]) "
+        "(mean, ignore_index -100); not net(x[:, :-1]) (equal up to float rounding, thanks to causality)")
+
+    # the kv cache holds keys before rotary
+    if al.get("rotary_pos_emb"):
+        cap = []
+        attn0 = net.attn_layers.layers[0][1]
+        h = attn0.to_k.register_forward_hook(lambda mod, args, res: cap.append(res))
+        with torch.no_grad():
+            _, inter = net(tokens, return_intermediates=True)
+        h.remove()
+        B, T = tokens.shape
+        kvh = al.get("attn_kv_heads", al.get("heads", 8))
+        k_pre = cap[0].view(B, T, kvh, -1).transpose(1, 2)
+        assert torch.equal(inter.attn_intermediates[0].cached_kv[0], k_pre)
+        add("kv cache (generate with cache_kv=True) stores keys BEFORE rotary; rotary is re-applied to the whole "
+            "cached key sequence at every step (positions 0..n-1), the query takes the last positions")
+
+
+def check_facts(name, config, sd, tokens, logits, grads, loss_value, out):
+    from x_transformers.x_transformers import LayerNorm, RMSNorm, apply_rotary_pos_emb, RotaryEmbedding
+    from x_transformers.attend import Attend
+    al = config["attn_layers"]
+    dim = al["dim"]
+    facts = {}
+
+    # parameter list
+    facts["params"] = [(k, tuple(v.shape)) for k, v in sd.items()]
+
+    # norm gain storage: y = normalize(x) * (stored + 1)
+    torch.manual_seed(5)
+    x = torch.randn(3, 5, dim)
+    r = torch.randn(dim)
+    ln = LayerNorm(dim, unit_offset=True)
+    assert torch.all(ln.gamma == 0) and ln.ln.eps == 1e-5 and ln.ln.weight is None and ln.ln.bias is None
+    ln.gamma.data.copy_(r)
+    assert torch.allclose(ln(x), F.layer_norm(x, (dim,), eps=1e-5) * (r + 1), atol=1e-6)
+    rn = RMSNorm(dim, unit_offset=True)
+    assert torch.all(rn.g == 0)
+    rn.g.data.copy_(r)
+    rms = x.pow(2).mean(-1, keepdim=True).sqrt()
+    assert torch.allclose(rn(x), x / rms * (r + 1), atol=1e-5)
+    facts["norm"] = (
+        "norm_add_unit_offset=True (x-transformers 2.x default): stored gain = gain - 1, init 0. "
+        "LayerNorm: y = (x - mean) / sqrt(biased var + 1e-5) * (gamma + 1), no bias, param `gamma`. "
+        "RMSNorm: y = x / max(||x||_2, 1e-12) * sqrt(dim) * (g + 1), param `g` (an L2 clamp, not eps inside the sqrt)."
+    )
+
+    # rotary
+    if al.get("rotary_pos_emb"):
+        dh = al.get("attn_dim_head", 64)
+        rd = dh // 2
+        inv = sd["attn_layers.rotary_pos_emb.inv_freq"]
+        assert inv.shape == (rd // 2,), inv.shape
+        assert torch.equal(inv, 1.0 / (10000 ** (torch.arange(0, rd, 2).float() / rd)))
+        re = RotaryEmbedding(rd)
+        freqs, scale = re.forward_from_seq_len(7)                       # (1, 7, rd): [f0, f0, f1, f1, ...]
+        assert scale == 1.0 and freqs.shape == (1, 7, rd)
+        assert torch.equal(freqs[0, :, 0::2], freqs[0, :, 1::2])
+        t = torch.randn(2, 3, 7, dh)
+        got = apply_rotary_pos_emb(t, freqs)
+        ang = torch.arange(7).float()[:, None] * inv[None, :]
+        c, s = ang.cos(), ang.sin()
+        x0, x1 = t[..., 0:rd:2], t[..., 1:rd:2]
+        want = torch.cat((torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), -1).flatten(-2), t[..., rd:]), -1)
+        assert torch.allclose(got, want, atol=1e-6)
+        assert torch.equal(got[..., rd:], t[..., rd:])
+        facts["rotary"] = (
+            f"rotary dim = dim_head // 2 = {rd} (of dim_head {dh}); buffer `attn_layers.rotary_pos_emb.inv_freq` "
+            f"shape ({rd // 2},) = 1 / 10000 ** (arange(0, {rd}, 2) / {rd}). Interleaved pairs: dims (2i, 2i+1) of "
+            f"the first {rd} rotate by angle pos * inv_freq[i]: y[2i] = x[2i] cos - x[2i+1] sin, y[2i+1] = x[2i+1] "
+            f"cos + x[2i] sin; dims {rd}..{dh - 1} pass through. Applied to q and k (k per kv head) after the head "
+            f"split, positions 0..T-1; no abs pos emb when rotary is on."
+        )
+
+    # GQA mapping, straight from Attend's repeat
+    H = al.get("heads", 8)
+    kvh = al.get("attn_kv_heads", H)
+    if kvh != H:
+        att = Attend(heads=H, causal=True)
+        T = 4
+        q = torch.randn(1, H, T, 8)
+        k = torch.randn(1, kvh, T, 8)
+        v = torch.randn(1, kvh, T, 8)
+        o, _ = att(q, k, v)
+        idx = torch.arange(H) % kvh
+        o2, _ = att(q, k[:, idx], v[:, idx])
+        assert torch.allclose(o, o2, atol=1e-6)
+        idx_wrong = torch.arange(H) // (H // kvh)
+        o3, _ = att(q, k[:, idx_wrong], v[:, idx_wrong])
+        assert not torch.allclose(o, o3, atol=1e-3)
+        facts["gqa"] = (f"heads {H}, kv heads {kvh}: query head i uses kv head i % {kvh} (Attend repeats "
+                        f"'b kvh n d -> b (r kvh) n d'), NOT i // {H // kvh}; to_k/to_v weights are "
+                        f"(kv_heads * dim_head, dim) with heads contiguous along rows")
+
+    # the independent forward
+    ref = reference_forward(sd, config, tokens[:, :-1])
+    err = (ref - logits).abs().max().item()
+    assert err < 1e-4, f"{name}: reference forward differs from x-transformers by {err}"
+    facts["reference_forward_max_abs_err"] = err
+    if kvh != H:
+        bad = reference_forward(sd, config, tokens[:, :-1], gqa_map="block")
+        assert (bad - logits).abs().max().item() > 1e-3, "GQA mapping check cannot discriminate"
+    # the same forward in float64: how far x-transformers' own fp32 logits are from exact
+    sd64 = {k: v.double() for k, v in sd.items()}
+    sd64["attn_layers.rotary_pos_emb.inv_freq"] = sd["attn_layers.rotary_pos_emb.inv_freq"] \
+        if "attn_layers.rotary_pos_emb.inv_freq" in sd else None
+    sd64 = {k: v for k, v in sd64.items() if v is not None}
+    ref64 = reference_forward(sd64, config, tokens[:, :-1])
+    facts["fp32_logits_vs_fp64_max_abs_err"] = (ref64 - logits.double()).abs().max().item()
+    facts["max_abs_logit"] = logits.abs().max().item()
+
+    # gradients: autograd through the float64 reference forward vs the saved grad.* tensors
+    params64 = {k: v.clone().requires_grad_(True) for k, v in sd64.items() if k != "attn_layers.rotary_pos_emb.inv_freq"}
+    full = {**sd64, **params64}
+    lg = reference_forward(full, config, tokens[:, :-1])
+    loss64 = F.cross_entropy(lg.transpose(1, 2), tokens[:, 1:])
+    loss64.backward()
+    worst = (0.0, "")
+    for k, p in params64.items():
+        g = grads[k].double()
+        d = (p.grad - g).abs().max().item() / max(g.abs().max().item(), 1e-30)
+        worst = max(worst, (d, k))
+    assert worst[0] < 1e-3, f"{name}: grad.{worst[1]} differs from fp64 reference by relative {worst[0]}"
+    facts["grad_vs_fp64_worst_rel_err"] = worst
+    facts["loss_vs_fp64_abs_err"] = abs(loss64.item() - loss_value)
+
+    facts["to_logits"] = ("`to_logits` = LinearNoBias(dim, num_tokens): weight (num_tokens, dim), no bias, separate "
+                          "from token_emb (tie_embedding=False), applied to attn_layers.final_norm output")
+    out[name] = facts
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+def canonical_safetensors(raw):
+    """safetensors writes `__metadata__` in hash-map order, which changes from run to run; rewrite the header with
+    sorted metadata keys (tensor entries keep their order, data offsets are relative to the data block)."""
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    out = {}
+    if meta is not None:
+        out["__metadata__"] = dict(sorted(meta.items()))
+    out.update(header)
+    text = json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + raw[8 + n:]
+
+
+def make_fixture(name, out_dir, steps, facts_out):
+    spec = CONFIGS[name]
+    config = spec["config"]
+    setup_torch()
+    torch.manual_seed(SEED)
+
+    net = build(config)
+    model = AutoregressiveWrapper(net)
+
+    # --- brief training so weights are not near init
+    data = torch.tensor(encode(TRAIN_TEXT * 4), dtype=torch.long)
+    gen = torch.Generator().manual_seed(SEED)
+    opt = torch.optim.Adam(model.parameters(), lr=TRAIN["lr"])
+    model.train()
+    first_loss = last_loss = None
+    for step in range(steps):
+        starts = torch.randint(0, len(data) - TRAIN["window"], (TRAIN["batch"],), generator=gen)
+        batch = torch.stack([data[s: s + TRAIN["window"]] for s in starts.tolist()])
+        loss = model(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        first_loss = loss.item() if first_loss is None else first_loss
+        last_loss = loss.item()
+    print(f"[{name}] trained {steps} steps: loss {first_loss:.4f} -> {last_loss:.4f}")
+
+    # --- fixture inputs: held-out windows
+    held = encode(HELD_OUT_TEXT)
+    rows = [held[0: SEQ + 1], held[len(held) // 2: len(held) // 2 + SEQ + 1]]
+    tokens = torch.tensor(rows, dtype=torch.long)                      # (B, T+1)
+    assert tokens.shape == (BATCH, SEQ + 1) and int(tokens.max()) < config["num_tokens"]
+
+    # --- logits in eval mode
+    model.eval()
+    with torch.no_grad():
+        logits = net(tokens[:, :-1])                                    # (B, T, V)
+        logits_full = net(tokens)[:, :-1]                               # what the wrapper's loss sees
+    assert torch.allclose(logits, logits_full, atol=1e-5), "causality: net(x)[:, :-1] != net(x[:, :-1])"
+
+    # --- loss and gradients exactly as the wrapper computes them
+    model.train()
+    for p in model.parameters():
+        p.grad = None
+    loss = model(tokens)
+    loss.backward()
+    ce = F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:])
+    assert abs(ce.item() - loss.item()) < 1e-5, (ce.item(), loss.item())
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(tokens), loss.detach()), "train vs eval loss differ (dropout should be 0)"
+
+    # --- greedy generation, cached vs uncached
+    prompt = tokens[:1, :PROMPT].clone()
+    greedy = model.generate(prompt, GREEDY, temperature=0., cache_kv=True)
+    greedy_nc = model.generate(prompt, GREEDY, temperature=0., cache_kv=False)
+    if not torch.equal(greedy, greedy_nc):
+        raise SystemExit(f"[{name}] FAIL: cache_kv=True gives {greedy.tolist()} but cache_kv=False gives "
+                         f"{greedy_nc.tolist()}")
+    with torch.no_grad():   # how close greedy came to a tie: (top1 - top2) logit at each generated step
+        full = torch.cat((prompt, greedy), dim=-1)
+        step_logits = net(full[:, :-1])[0, PROMPT - 1:]                  # (GREEDY, V)
+        top2 = step_logits.topk(2, dim=-1).values
+        assert torch.equal(step_logits.argmax(-1), greedy[0])
+        margin = (top2[:, 0] - top2[:, 1]).min().item()
+    print(f"[{name}] prompt {decode(prompt[0].tolist())!r} -> greedy {decode(greedy[0].tolist())!r} "
+          f"(smallest top1 - top2 logit margin {margin:.3f})")
+
+    # --- assemble
+    tensors = {}
+    sd = net.state_dict()
+    for k, v in sd.items():
+        assert not k.startswith("fixture.") and not k.startswith("grad.")
+        tensors[k] = v.detach().clone().contiguous()
+    for k, p in net.named_parameters():
+        assert p.requires_grad and p.grad is not None, k
+        tensors["grad." + k] = p.grad.detach().clone().contiguous()
+    tensors["fixture.tokens"] = tokens.contiguous()
+    tensors["fixture.logits"] = logits.contiguous()
+    tensors["fixture.loss"] = loss.detach().reshape(1).contiguous()
+    tensors["fixture.prompt"] = prompt.contiguous()
+    tensors["fixture.greedy"] = greedy.to(torch.long).contiguous()
+    for k, v in tensors.items():
+        assert v.dtype in (torch.float32, torch.int64), (k, v.dtype)
+
+    meta = {
+        "config": json.dumps(config, sort_keys=False),
+        "x_transformers_version": importlib.metadata.version("x-transformers"),
+        "torch_version": torch.__version__,
+        "safetensors_version": safetensors.__version__,
+        "description": spec["description"],
+        "vocab": VOCAB,
+        "token_mapping": "id = index of the character in `vocab` (sorted character set of the texts); "
+                         "ids >= len(vocab) are unused",
+        "train": json.dumps({**TRAIN, "steps": steps, "seed": SEED, "first_loss": round(first_loss, 4),
+                             "last_loss": round(last_loss, 4)}),
+        "generate": json.dumps({"seq_len": GREEDY, "temperature": 0.0, "cache_kv": True,
+                                "filter_logits_fn": "unused (greedy)"}),
+        "greedy_min_margin": f"{margin:.4f}",
+        "logits": "net(fixture.tokens[:, :-1]) in eval mode",
+        "loss": "AutoregressiveWrapper(net)(fixture.tokens): cross_entropy(net(tokens)[:, :-1], tokens[:, 1:]), "
+                "mean over B*T",
+        "grads": "grad.<name> = d fixture.loss / d <name>, one backward from zeroed grads",
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{name}.safetensors")
+    with open(path, "wb") as fh:
+        fh.write(canonical_safetensors(safetensors.torch.save(tensors, metadata=meta)))
+
+    # --- verify: reload, rebuild from metadata alone, forward must be bit-identical
+    loaded = safetensors.torch.load_file(path)
+    with safetensors.safe_open(path, "pt") as fh:
+        meta_back = fh.metadata()
+    assert meta_back == meta
+    assert set(loaded) == set(tensors)
+    for k in tensors:
+        assert torch.equal(loaded[k], tensors[k]), k
+    net2 = build(json.loads(meta_back["config"])).eval()
+    weights = {k: v for k, v in loaded.items() if not k.startswith(("fixture.", "grad."))}
+    net2.load_state_dict(weights, strict=True)
+    with torch.no_grad():
+        re_logits = net2(loaded["fixture.tokens"][:, :-1])
+    if not torch.equal(re_logits, loaded["fixture.logits"]):
+        raise SystemExit(f"[{name}] FAIL: forward from saved weights differs by "
+                         f"{(re_logits - loaded['fixture.logits']).abs().max().item()}")
+    m2 = AutoregressiveWrapper(net2)
+    g2 = m2.generate(loaded["fixture.prompt"], GREEDY, temperature=0., cache_kv=True)
+    assert torch.equal(g2, loaded["fixture.greedy"]), "greedy from saved weights differs"
+
+    size = os.path.getsize(path)
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:16]
+    n_params = sum(p.numel() for p in net.parameters())
+    print(f"[{name}] wrote {path}: {size} bytes, sha256 {digest}..., {n_params} params, "
+          f"loss {loss.item():.6f}; reload + rebuild reproduces logits exactly")
+
+    if facts_out is not None:
+        ordered = {k: weights[k] for k in sd}                            # state_dict order
+        grads = {k[len("grad."):]: v for k, v in loaded.items() if k.startswith("grad.")}
+        check_facts(name, config, ordered, loaded["fixture.tokens"], loaded["fixture.logits"], grads,
+                    loaded["fixture.loss"].item(), facts_out)
+        check_misc(net, model, tokens, config, facts_out)
+        check_init(name, config, facts_out)
+    return path
+
+
+def print_facts(facts):
+    print("\n## Facts verified against the installed x-transformers\n")
+    for name in CONFIGS:
+        if name not in facts:
+            continue
+        f = facts[name]
+        print(f"### {name}\n")
+        print(f"config: `{json.dumps(CONFIGS[name]['config'])}`\n")
+        print("| name | shape |\n|---|---|")
+        for k, s in f["params"]:
+            print(f"| `{k}` | {s} |")
+        print()
+        for key in ("norm", "rotary", "gqa", "to_logits"):
+            if key in f:
+                print(f"- {key}: {f[key]}")
+        print(f"- independent plain-tensor forward (fp32) vs x-transformers logits: max |diff| = "
+              f"{f['reference_forward_max_abs_err']:.3g}; max |logit| = {f['max_abs_logit']:.3g}")
+        print(f"- x-transformers fp32 logits vs the same forward in fp64: max |diff| = "
+              f"{f['fp32_logits_vs_fp64_max_abs_err']:.3g}; loss vs fp64: {f['loss_vs_fp64_abs_err']:.3g}")
+        print(f"- grad.* vs autograd through the fp64 reference: worst max|diff| / max|grad| = "
+              f"{f['grad_vs_fp64_worst_rel_err'][0]:.3g} (grad.{f['grad_vs_fp64_worst_rel_err'][1]})\n")
+    if "init" in facts:
+        print("### default init (measured on a dim-256 copy of each config)\n")
+        for line in facts["init"]:
+            print(f"- {line}")
+    if "misc" in facts:
+        print("\n### other behaviours (observed on the real modules)\n")
+        for line in facts["misc"]:
+            print(f"- {line}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("names", nargs="*", default=["all"], help=f"config names or 'all': {', '.join(CONFIGS)}")
+    ap.add_argument("--out", default="tests/fixtures", help="output folder (default tests/fixtures)")
+    ap.add_argument("--steps", type=int, default=TRAIN["steps"], help="Adam steps before export")
+    ap.add_argument("--facts", action="store_true", help="check and print the facts the C++ side must match")
+    args = ap.parse_args(argv)
+    names = list(CONFIGS) if (not args.names or "all" in args.names) else args.names
+    for n in names:
+        if n not in CONFIGS:
+            ap.error(f"unknown config {n!r}; known: {', '.join(CONFIGS)}")
+    facts = {} if args.facts else None
+    for n in names:
+        make_fixture(n, args.out, args.steps, facts)
+    if facts is not None:
+        print_facts(facts)
+
+
+if __name__ == "__main__":
+    main()
