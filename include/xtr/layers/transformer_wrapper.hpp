@@ -112,7 +112,8 @@ class TransformerWrapper {
   TransformerWrapper(const TransformerWrapper& other)
       : config_(other.config_), params_(other.params_), layers_(other.layers_), token_emb_(other.token_emb_),
         pos_emb_(other.pos_emb_), final_norm_(other.final_norm_), to_logits_(other.to_logits_),
-        rotary_(other.rotary_), training_(other.training_), forward_count_(other.forward_count_) {
+        rotary_(other.rotary_), training_(other.training_), dropout_seed_(other.dropout_seed_),
+        forward_count_(other.forward_count_) {
     activations_.resize(layers_.size());
   }
 
@@ -133,8 +134,16 @@ class TransformerWrapper {
 
   /// Forward passes so far; a backward must follow the forward it differentiates.
   [[nodiscard]] std::uint64_t forward_count() const { return forward_count_; }
-  /// Restores the dropout stream position (checkpoint resume).
+  /// Dropout masks are drawn from (dropout_seed, forward pass, site): saving both resumes a run exactly.
+  [[nodiscard]] std::uint64_t dropout_seed() const { return dropout_seed_; }
+  void set_random_state(std::uint64_t dropout_seed, std::uint64_t forward_count) {
+    dropout_seed_ = dropout_seed;
+    forward_count_ = forward_count;
+  }
   void set_forward_count(std::uint64_t n) { forward_count_ = n; }
+
+  /// The activation arena (tests check that a steady-state step makes no heap allocation).
+  [[nodiscard]] const Arena& activation_arena() const { return arena_; }
 
   /// What the model type resolved to.
   static std::string describe() {
@@ -235,7 +244,7 @@ class TransformerWrapper {
   }
   /// Dropout streams: (forward pass, site); sites: 0 embeddings, 3l+1 attention, 3l+2 feed-forward of layer l.
   [[nodiscard]] RandomStream dropout_stream(std::uint64_t site) const {
-    return RandomStream{config_.seed, 1}.fork(forward_count_ * 1024 + site);
+    return RandomStream{dropout_seed_, 1}.fork(forward_count_ * 1024 + site);
   }
 
   cpu::AttentionProblem<T> attention_problem(Index batch, Index q_len, Index k_len, Index q_offset,
@@ -266,6 +275,7 @@ class TransformerWrapper {
   ParameterId token_emb_, pos_emb_, final_norm_, to_logits_;
   cpu::RotaryTable<T> rotary_;
   bool training_ = true;
+  std::uint64_t dropout_seed_ = config_.seed;
   std::uint64_t forward_count_ = 0;
 
   // State of the last forward (arena memory).

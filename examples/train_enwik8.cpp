@@ -1,0 +1,237 @@
+// The seed workflow of x-transformers (examples/enwik8_simple/train.py), in C++: a byte-level decoder-only language
+// model trained on random windows of seq_len + 1 bytes with gradient accumulation and clipping, periodic validation
+// (loss and bits per character) and sampled text.
+//
+//   train_enwik8 --data ../shared/data/enwik8-4M.gz --dim 256 --depth 4 --heads 4 --seq-len 256 --batch-size 8
+//                --gradient-accumulate-every 1 --learning-rate 1e-3 --num-batches 1500 --log-jsonl run.jsonl
+#include <omp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <string>
+
+#include "xtr/xtr.hpp"
+
+namespace {
+
+using Net = xtr::TransformerWrapper<xtr::Decoder<xtr::Rotary, xtr::LayerNorm, xtr::GELU>>;
+using Model = xtr::AutoregressiveWrapper<Net>;
+
+struct Options {
+  // x-transformers' script constants, as flags with its defaults
+  long num_batches = 100000;
+  long batch_size = 4;
+  long gradient_accumulate_every = 4;
+  double learning_rate = 1e-4;
+  long validate_every = 100;
+  long generate_every = 500;
+  long generate_length = 512;
+  long seq_len = 1024;
+  // model size (the script's Decoder(dim=512, depth=6, heads=8, rotary_pos_emb=True))
+  long dim = 512, depth = 6, heads = 8;
+  // ours
+  std::string data = "/usr/share/games/fortunes";
+  double clip = 0.5;
+  long val_batches = 1;
+  long prime_length = 128;
+  long seed = 0;
+  int threads = 0;
+  std::string save, resume, log_jsonl;
+};
+
+[[noreturn]] void usage(const char* why) {
+  std::fprintf(stderr,
+               "train_enwik8: %s\n"
+               "usage: train_enwik8 [--data PATH (file, .gz, .zip or directory; default /usr/share/games/fortunes)]\n"
+               "  [--num-batches N] [--batch-size N] [--gradient-accumulate-every N] [--learning-rate X]\n"
+               "  [--validate-every N] [--generate-every N] [--generate-length N] [--seq-len N]\n"
+               "  [--dim N] [--depth N] [--heads N] [--clip X] [--val-batches N] [--prime-length N]\n"
+               "  [--seed N] [--threads N] [--save PATH] [--resume PATH] [--log-jsonl PATH]\n",
+               why);
+  std::exit(2);
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  const std::map<std::string, long*> integers{
+      {"--num-batches", &o.num_batches},     {"--batch-size", &o.batch_size},
+      {"--gradient-accumulate-every", &o.gradient_accumulate_every},
+      {"--validate-every", &o.validate_every}, {"--generate-every", &o.generate_every},
+      {"--generate-length", &o.generate_length}, {"--seq-len", &o.seq_len},
+      {"--dim", &o.dim},                     {"--depth", &o.depth},
+      {"--heads", &o.heads},                 {"--val-batches", &o.val_batches},
+      {"--prime-length", &o.prime_length},   {"--seed", &o.seed}};
+  const std::map<std::string, double*> reals{{"--learning-rate", &o.learning_rate}, {"--clip", &o.clip}};
+  const std::map<std::string, std::string*> strings{
+      {"--data", &o.data}, {"--save", &o.save}, {"--resume", &o.resume}, {"--log-jsonl", &o.log_jsonl}};
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--help" || flag == "-h") usage("train a byte-level language model");
+    if (i + 1 >= argc) usage(("missing value after " + flag).c_str());
+    const std::string value = argv[++i];
+    try {
+      std::size_t used = 0;
+      if (auto it = integers.find(flag); it != integers.end()) {
+        *it->second = std::stol(value, &used);
+      } else if (auto jt = reals.find(flag); jt != reals.end()) {
+        *jt->second = std::stod(value, &used);
+      } else if (auto kt = strings.find(flag); kt != strings.end()) {
+        *kt->second = value;
+        used = value.size();
+      } else if (flag == "--threads") {
+        o.threads = std::stoi(value, &used);
+      } else {
+        usage(("unknown flag " + flag).c_str());
+      }
+      if (used != value.size()) throw std::invalid_argument(value);
+    } catch (const std::logic_error&) {
+      usage(("bad value '" + value + "' for " + flag).c_str());
+    }
+  }
+  auto positive = [](long v, const char* name) {
+    if (v < 1) usage((std::string(name) + " must be >= 1, got " + std::to_string(v)).c_str());
+  };
+  positive(o.num_batches, "--num-batches");
+  positive(o.batch_size, "--batch-size");
+  positive(o.gradient_accumulate_every, "--gradient-accumulate-every");
+  positive(o.validate_every, "--validate-every");
+  positive(o.generate_every, "--generate-every");
+  positive(o.seq_len, "--seq-len");
+  positive(o.val_batches, "--val-batches");
+  if (o.generate_length < 0) usage("--generate-length must be >= 0");
+  if (!(o.learning_rate > 0)) usage("--learning-rate must be > 0");
+  if (!(o.clip > 0)) usage("--clip must be > 0");
+  return o;
+}
+
+/// Bytes as printable text: control bytes other than newline and tab become '.'.
+std::string printable(const std::vector<std::int32_t>& tokens) {
+  std::string s;
+  for (auto t : tokens) s += (t == '\n' || t == '\t' || (t >= 32 && t < 127) || t >= 128) ? char(t) : '.';
+  return s;
+}
+
+std::string json_number(std::optional<double> v) {
+  if (!v || !std::isfinite(*v)) return "null";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.6g", *v);
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options o = parse(argc, argv);
+  if (o.threads > 0) omp_set_num_threads(o.threads);
+  const bool terminal = isatty(fileno(stdout));
+  try {
+    const auto [train_data, val_data] = xtr::TextDataset::load(o.data).split(0.9);
+    std::printf("data: %s (%ld training bytes, %ld validation bytes)\n", o.data.c_str(), long(train_data.size()),
+                long(val_data.size()));
+    xtr::BatchLoader train_loader(train_data, o.batch_size, o.seq_len, std::uint64_t(o.seed), 1);
+    xtr::BatchLoader val_loader(val_data, o.batch_size, o.seq_len, std::uint64_t(o.seed), 2);
+
+    Model model(Net({.num_tokens = 256,
+                     .max_seq_len = o.seq_len,
+                     .layers = {.dim = o.dim, .depth = o.depth, .heads = o.heads},
+                     .seed = std::uint64_t(o.seed)}));
+    auto optimizer = xtr::Adam(model.parameters(), {.lr = o.learning_rate});
+    std::printf("model: %s, %ld parameters, %d threads\n", Net::describe().c_str(), long(model.parameters().count()),
+                omp_get_max_threads());
+
+    long step = 0;
+    if (!o.resume.empty()) {
+      const auto state = xtr::load_checkpoint(o.resume, model.net, optimizer);
+      step = long(state.step);
+      train_loader.seek(state.data_position);
+      if (auto it = state.extra.find("val_position"); it != state.extra.end()) val_loader.seek(std::stoull(it->second));
+      std::printf("resumed from %s at step %ld\n", o.resume.c_str(), step);
+    }
+    std::ofstream log;
+    if (!o.log_jsonl.empty()) {
+      log.open(o.log_jsonl, std::ios::app);
+      if (!log) throw xtr::Error("xtr: cannot open --log-jsonl file '" + o.log_jsonl + "' for appending");
+    }
+    auto write_row = [&](long s, std::optional<double> train, std::optional<double> val, std::optional<double> tps) {
+      if (!log.is_open()) return;
+      log << "{\"step\": " << s << ", \"train_loss\": " << json_number(train) << ", \"val_loss\": " << json_number(val)
+          << ", \"bpc\": " << json_number(val ? std::optional<double>(*val / std::log(2.0)) : std::nullopt)
+          << ", \"tokens_per_s\": " << json_number(tps) << "}\n";
+      log.flush();
+    };
+
+    const double tokens_per_step = double(o.batch_size * o.seq_len * o.gradient_accumulate_every);
+    double last_train = 0;
+    while (step < o.num_batches) {
+      const auto started = std::chrono::steady_clock::now();
+      model.train();
+      double train_loss = 0;
+      for (long micro = 0; micro < o.gradient_accumulate_every; ++micro) {
+        auto loss = model(train_loader.next());
+        train_loss += loss.item() / double(o.gradient_accumulate_every);
+        (loss / double(o.gradient_accumulate_every)).backward();
+      }
+      if (!std::isfinite(train_loss)) {
+        std::fprintf(stderr,
+                     "\ntrain_enwik8: training loss is %g at step %ld; stopping%s\n", train_loss, step + 1,
+                     o.save.empty() ? "" : (" (the last checkpoint, " + o.save + ", is intact)").c_str());
+        return 3;
+      }
+      xtr::clip_grad_norm(model.parameters(), o.clip);
+      optimizer.step();
+      optimizer.zero_grad();
+      ++step;
+      last_train = train_loss;
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+      const double tokens_per_s = tokens_per_step / seconds;
+      write_row(step, train_loss, std::nullopt, tokens_per_s);
+      if (terminal) {
+        const int width = 30, filled = int(width * step / o.num_batches);
+        std::printf("\r%6ld/%ld [%s%s] loss %.4f | %.0f tok/s ", step, o.num_batches, std::string(filled, '=').c_str(),
+                    std::string(width - filled, ' ').c_str(), train_loss, tokens_per_s);
+        std::fflush(stdout);
+      } else if (step % 10 == 0 || step == 1) {
+        std::printf("step %ld: training loss %.4f, %.0f tokens/s\n", step, train_loss, tokens_per_s);
+        std::fflush(stdout);
+      }
+
+      if (step % o.validate_every == 0 || step == o.num_batches) {
+        model.eval();
+        double val_loss = 0;
+        for (long v = 0; v < o.val_batches; ++v) val_loss += model(val_loader.next()).item() / double(o.val_batches);
+        std::printf("%sstep %ld: validation loss %.4f, %.4f bits per character\n", terminal ? "\n" : "", step,
+                    val_loss, val_loss / std::log(2.0));
+        write_row(step, last_train, val_loss, std::nullopt);
+      }
+      if ((step % o.generate_every == 0 || step == o.num_batches) && o.generate_length > 0) {
+        model.eval();
+        xtr::TokenBatch window;
+        val_loader.fill(std::uint64_t(1) << 40 | std::uint64_t(step), window);  // a fresh validation window
+        const long prime = std::min(o.prime_length, o.seq_len);
+        xtr::TokenBatch prompt(1, prime);
+        std::copy_n(window.data.begin(), prime, prompt.data.begin());
+        const auto sample = model.generate(prompt, o.generate_length, {.seed = std::uint64_t(step)});
+        std::printf("%s%s\n%s\n%s\n", terminal ? "\n" : "", std::string(60, '-').c_str(),
+                    printable(prompt.row(0)).c_str(), std::string(60, '*').c_str());
+        std::printf("%s\n%s\n", printable(sample.row(0)).c_str(), std::string(60, '-').c_str());
+      }
+      if (!o.save.empty() && (step % o.validate_every == 0 || step == o.num_batches)) {
+        xtr::save_checkpoint(o.save, model.net, optimizer,
+                             {.step = step,
+                              .data_position = train_loader.position(),
+                              .extra = {{"val_position", std::to_string(val_loader.position())}}});
+      }
+    }
+    if (terminal) std::printf("\n");
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "\ntrain_enwik8: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

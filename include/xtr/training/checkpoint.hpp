@@ -1,0 +1,127 @@
+#pragma once
+// Training checkpoints in safetensors (readable by Python's `safetensors`):
+//   <name>                      model parameters, x-transformers names
+//   optimizer.exp_avg.<name>    AdamW first moments
+//   optimizer.exp_avg_sq.<name> AdamW second moments
+//   __metadata__                xtr.model (type), xtr.config (JSON), step, optimizer.steps, forward_count,
+//                               dropout_seed, data_position, and the caller's own entries
+// Written to a temporary file and renamed, so a crash never leaves a half-written checkpoint under the final name.
+#include <filesystem>
+#include <map>
+#include <string>
+
+#include "xtr/io/json.hpp"
+#include "xtr/io/safetensors.hpp"
+#include "xtr/io/state_dict.hpp"
+#include "xtr/layers/transformer_wrapper.hpp"
+#include "xtr/training/adamw.hpp"
+
+namespace xtr {
+
+/// The configuration as JSON (compared on load, so a checkpoint only loads into the model it came from).
+inline json::Value to_json(const TransformerConfig& c) {
+  auto layers = json::Value::object();
+  for (const auto& [key, value] : {std::pair<const char*, json::Value>{"dim", c.layers.dim},
+                                   {"depth", c.layers.depth},
+                                   {"heads", c.layers.heads},
+                                   {"dim_head", c.layers.dim_head},
+                                   {"kv_heads", c.layers.kv_heads},
+                                   {"ff_mult", c.layers.ff_mult},
+                                   {"attn_dropout", c.layers.attn_dropout},
+                                   {"ff_dropout", c.layers.ff_dropout},
+                                   {"rotary_dim", c.layers.rotary_dim},
+                                   {"rotary_theta", c.layers.rotary_theta}})
+    layers.set(key, value);
+  auto v = json::Value::object();
+  v.set("num_tokens", c.num_tokens);
+  v.set("max_seq_len", c.max_seq_len);
+  v.set("emb_dropout", c.emb_dropout);
+  v.set("layers", std::move(layers));
+  return v;
+}
+
+/// Where a training run stands, besides parameters and optimiser state.
+struct TrainingState {
+  std::int64_t step = 0;             // optimiser steps done
+  std::uint64_t data_position = 0;   // batches drawn from the training loader
+  std::map<std::string, std::string> extra;  // caller's metadata (e.g. validation loader position)
+};
+
+template <class Net>
+void save_checkpoint(const std::filesystem::path& path, const Net& net, AdamW<typename Net::scalar>& optimizer,
+                     const TrainingState& state) {
+  using T = typename Net::scalar;
+  const auto& params = net.parameters();
+  safetensors::File file;
+  append_state_dict(params, file);
+  for (const auto& [moments, prefix] : {std::pair{&optimizer.exp_avg(), "optimizer.exp_avg."},
+                                        std::pair{&optimizer.exp_avg_sq(), "optimizer.exp_avg_sq."}})
+    for (const auto& e : params.entries())
+      file.tensors.push_back(safetensors::make_record<T>(
+          prefix + e.name, e.shape.dims(), std::span<const T>(moments->data() + e.offset, std::size_t(e.shape.numel()))));
+  file.metadata = state.extra;
+  file.metadata["xtr.model"] = Net::describe();
+  file.metadata["xtr.config"] = to_json(net.config()).dump();
+  file.metadata["step"] = std::to_string(state.step);
+  file.metadata["optimizer.steps"] = std::to_string(optimizer.steps());
+  file.metadata["forward_count"] = std::to_string(net.forward_count());
+  file.metadata["dropout_seed"] = std::to_string(net.dropout_seed());
+  file.metadata["data_position"] = std::to_string(state.data_position);
+  safetensors::write(path, file);
+}
+
+/// Restores parameters, optimiser state and the dropout stream; returns the training state. Errors when the file
+/// comes from another model type or configuration.
+template <class Net>
+TrainingState load_checkpoint(const std::filesystem::path& path, Net& net, AdamW<typename Net::scalar>& optimizer) {
+  using T = typename Net::scalar;
+  const auto file = safetensors::read(path);
+  const std::string what = "checkpoint '" + path.string() + "'";
+  auto meta = [&](const std::string& key) -> const std::string& {
+    auto it = file.metadata.find(key);
+    require(it != file.metadata.end(), what, " has no metadata entry '", key, "' (not an xtr training checkpoint?)");
+    return it->second;
+  };
+  require(meta("xtr.model") == Net::describe(), what, " holds a ", meta("xtr.model"), ", this model is a ",
+          Net::describe());
+  const std::string config = to_json(net.config()).dump();
+  require(meta("xtr.config") == config, what, " was saved with config ", meta("xtr.config"),
+          ", this model has config ", config);
+  auto number = [&](const std::string& key) {
+    const std::string& s = meta(key);
+    std::size_t used = 0;
+    long long v = 0;
+    try {
+      v = std::stoll(s, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    require(used == s.size() && !s.empty() && v >= 0, what, " metadata '", key, "' is not a count: '", s, "'");
+    return v;
+  };
+  load_state_dict(net.parameters(), file, {.ignore = {"optimizer."}}, what);
+  for (const auto& [moments, prefix] : {std::pair{&optimizer.exp_avg(), "optimizer.exp_avg."},
+                                        std::pair{&optimizer.exp_avg_sq(), "optimizer.exp_avg_sq."}}) {
+    const auto& params = net.parameters();
+    for (const auto& e : params.entries()) {
+      const auto* t = file.find(prefix + e.name);
+      require(t != nullptr, what, " is missing optimizer state '", prefix, e.name, "'");
+      require(t->shape == e.shape.dims(), what, " optimizer state '", prefix, e.name, "' has shape ",
+              safetensors::detail::shape_str(t->shape), ", the parameter has ", e.shape.str());
+      const auto values = safetensors::to_vector<T>(*t);
+      std::copy(values.begin(), values.end(), moments->data() + e.offset);
+    }
+  }
+  optimizer.set_steps(number("optimizer.steps"));
+  net.set_random_state(std::uint64_t(number("dropout_seed")), std::uint64_t(number("forward_count")));
+  TrainingState state;
+  state.step = number("step");
+  state.data_position = std::uint64_t(number("data_position"));
+  for (const auto& [k, v] : file.metadata)
+    if (!k.starts_with("xtr.") && k != "step" && k != "optimizer.steps" && k != "forward_count" && k != "dropout_seed" &&
+        k != "data_position")
+      state.extra[k] = v;
+  return state;
+}
+
+}  // namespace xtr

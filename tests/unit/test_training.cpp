@@ -1,0 +1,238 @@
+// Training machinery: AdamW and clipping against their formulas, gradient accumulation, checkpoints (save → load →
+// identical logits, resume → identical loss trajectory, mismatches and corrupt files), no allocation per step.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <new>
+
+#include "testing.hpp"
+#include "xtr/xtr.hpp"
+
+// Counts operator new calls in this test binary (a steady-state training step must make none).
+namespace {
+std::atomic<long> g_news{0};
+}
+void* operator new(std::size_t n) {
+  ++g_news;
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) { return operator new(n); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+
+using namespace xtr;
+
+namespace {
+
+using Net = TransformerWrapper<Decoder<Rotary, LayerNorm, GELU>>;
+using Model = AutoregressiveWrapper<Net>;
+
+TransformerConfig small_config(double dropout = 0, std::uint64_t seed = 1) {
+  return {.num_tokens = 64,
+          .max_seq_len = 32,
+          .emb_dropout = dropout,
+          .layers = {.dim = 32, .depth = 2, .heads = 2, .dim_head = 16, .attn_dropout = dropout, .ff_dropout = dropout},
+          .seed = seed};
+}
+
+TextDataset synthetic_text() {
+  std::vector<std::uint8_t> bytes;
+  const std::string words[] = {"the cat ", "sat on ", "a mat. ", "dogs run ", "fast! "};
+  RandomStream rs{9, 0};
+  for (int i = 0; i < 3000; ++i) {
+    const auto& w = words[rs.below(std::uint64_t(i), 5)];
+    for (char c : w) bytes.push_back(std::uint8_t(c) % 64);
+  }
+  return TextDataset(std::move(bytes));
+}
+
+std::filesystem::path temp_path(const std::string& name) {
+  return std::filesystem::temp_directory_path() / ("xtr_test_" + std::to_string(::getpid()) + "_" + name);
+}
+
+/// One optimiser step over `accumulate` micro-batches; returns the mean loss.
+double train_step(Model& model, AdamW<float>& opt, BatchLoader& loader, int accumulate = 1) {
+  double total = 0;
+  for (int i = 0; i < accumulate; ++i) {
+    auto loss = model(loader.next());
+    total += loss.item() / accumulate;
+    (loss / double(accumulate)).backward();
+  }
+  clip_grad_norm(model.parameters(), 0.5);
+  opt.step();
+  opt.zero_grad();
+  return total;
+}
+
+}  // namespace
+
+TEST_CASE("AdamW follows its update formula; weight_decay 0 is Adam", "[training]") {
+  for (double wd : {0.0, 0.1}) {
+    ParameterStore<double> store;
+    store.add("w", {5}, Init::normal_std(1.0), true);
+    store.allocate(3);
+    std::vector<double> w(store.values().span().begin(), store.values().span().end()), m(5, 0), v(5, 0);
+    AdamW<double> opt(store, {.lr = 0.01, .beta1 = 0.8, .beta2 = 0.9, .eps = 1e-6, .weight_decay = wd});
+    for (int t = 1; t <= 4; ++t) {
+      for (int i = 0; i < 5; ++i) store.grads()[i] = std::sin(1.0 + i * t);
+      opt.step();
+      for (int i = 0; i < 5; ++i) {
+        const double g = std::sin(1.0 + i * t);
+        m[i] = 0.8 * m[i] + 0.2 * g;
+        v[i] = 0.9 * v[i] + 0.1 * g * g;
+        const double mhat = m[i] / (1 - std::pow(0.8, t)), vhat = v[i] / (1 - std::pow(0.9, t));
+        w[i] = w[i] * (1 - 0.01 * wd) - 0.01 * mhat / (std::sqrt(vhat) + 1e-6);
+        REQUIRE(store.values()[i] == Approx(w[i]).epsilon(1e-12));
+      }
+    }
+  }
+}
+
+TEST_CASE("clip_grad_norm scales to the max norm and reports the norm before", "[training]") {
+  ParameterStore<float> store;
+  store.add("a", {3}, Init::fill(0), true);
+  store.add("b", {1}, Init::fill(0), true);
+  store.allocate(0);
+  const float g[] = {3, 0, 0, 4};
+  std::copy(g, g + 4, store.grads().data());
+  REQUIRE(clip_grad_norm(store, 0.5) == Approx(5.0));
+  REQUIRE(store.grads()[0] == Approx(0.3).epsilon(1e-5));
+  REQUIRE(store.grads()[3] == Approx(0.4).epsilon(1e-5));
+  REQUIRE(clip_grad_norm(store, 10.0) == Approx(0.5).epsilon(1e-5));  // below the limit: unchanged
+  REQUIRE(store.grads()[3] == Approx(0.4).epsilon(1e-5));
+  REQUIRE_THROWS_WITH(clip_grad_norm(store, 0.0), Catch::Contains("max_norm must be > 0, got 0"));
+}
+
+TEST_CASE("gradient accumulation over two halves equals the full batch", "[training]") {
+  Model model{Net{small_config()}};
+  const auto x = xtr::testing::random_tokens(4, 17, 64, 5);
+  TokenBatch first(2, 17), second(2, 17);
+  std::copy_n(x.data.begin(), 34, first.data.begin());
+  std::copy_n(x.data.begin() + 34, 34, second.data.begin());
+  model.parameters().zero_grad();
+  model(x).backward();
+  const std::vector<float> full(model.parameters().grads().span().begin(), model.parameters().grads().span().end());
+  model.parameters().zero_grad();
+  (model(first) / 2.0).backward();
+  (model(second) / 2.0).backward();
+  const auto& acc = model.parameters().grads();
+  double worst = 0, scale = 0;
+  for (std::size_t i = 0; i < full.size(); ++i) {
+    worst = std::max(worst, double(std::abs(acc[Index(i)] - full[i])));
+    scale = std::max(scale, double(std::abs(full[i])));
+  }
+  REQUIRE(worst <= 1e-5 * scale);
+}
+
+TEST_CASE("save then load gives identical logits; a resumed run repeats the loss trajectory exactly", "[training][checkpoint]") {
+  const auto path = temp_path("resume.safetensors");
+  const auto data = synthetic_text();
+  const double dropout = 0.1;  // the dropout streams must resume too
+  std::vector<double> uninterrupted, resumed;
+  {
+    Model model(Net(small_config(dropout)));
+    auto opt = AdamW<float>(model.parameters(), {.lr = 3e-3});
+    BatchLoader loader(data, 4, 24, 7, 1);
+    for (int s = 0; s < 8; ++s) {
+      uninterrupted.push_back(train_step(model, opt, loader, 2));
+      if (s == 3) save_checkpoint(path, model.net, opt, {.step = 4, .data_position = loader.position()});
+    }
+  }
+  {
+    Model model(Net(small_config(dropout, /*seed=*/99)));  // different initial weights: all must come from the file
+    auto opt = AdamW<float>(model.parameters(), {.lr = 3e-3});
+    BatchLoader loader(data, 4, 24, 7, 1);
+    const auto state = load_checkpoint(path, model.net, opt);
+    REQUIRE(state.step == 4);
+    loader.seek(state.data_position);
+    for (int s = 4; s < 8; ++s) resumed.push_back(train_step(model, opt, loader, 2));
+  }
+  for (int s = 4; s < 8; ++s) REQUIRE(resumed[std::size_t(s - 4)] == uninterrupted[std::size_t(s)]);
+  REQUIRE(uninterrupted.back() < uninterrupted.front());  // it trained
+
+  // logits of a loaded model equal the saved model's
+  Model a(Net(small_config(0, 5))), b(Net(small_config(0, 6)));
+  auto opt_a = Adam(a.parameters()), opt_b = Adam(b.parameters());
+  save_checkpoint(path, a.net, opt_a, {});
+  load_checkpoint(path, b.net, opt_b);
+  const auto x = xtr::testing::random_tokens(2, 20, 64, 3);
+  a.eval();
+  b.eval();
+  auto la = a.net.forward(x);
+  const std::vector<float> logits_a(la.data(), la.data() + la.size());
+  auto lb = b.net.forward(x);
+  REQUIRE(std::equal(logits_a.begin(), logits_a.end(), lb.data()));
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("checkpoints from another configuration or type, and corrupt files, are clear errors", "[training][checkpoint][errors]") {
+  const auto path = temp_path("mismatch.safetensors");
+  Model model{Net{small_config()}};
+  auto opt = Adam(model.parameters());
+  save_checkpoint(path, model.net, opt, {.step = 3});
+
+  auto other_config = small_config();
+  other_config.layers.depth = 3;
+  Model deeper(Net{other_config});
+  auto opt_deeper = Adam(deeper.parameters());
+  REQUIRE_THROWS_WITH(load_checkpoint(path, deeper.net, opt_deeper),
+                      Catch::Contains("was saved with config") && Catch::Contains("\"depth\":2") &&
+                          Catch::Contains("\"depth\":3"));
+
+  using Other = TransformerWrapper<Decoder<Rotary, RMSNorm, GELU>>;
+  Other rms(small_config());
+  auto opt_rms = Adam(rms.parameters());
+  REQUIRE_THROWS_WITH(load_checkpoint(path, rms, opt_rms),
+                      Catch::Contains("holds a TransformerWrapper<Decoder<Rotary, LayerNorm") &&
+                          Catch::Contains("this model is a TransformerWrapper<Decoder<Rotary, RMSNorm"));
+
+  // truncated file
+  const auto size = std::filesystem::file_size(path);
+  std::filesystem::resize_file(path, size / 2);
+  REQUIRE_THROWS_WITH(load_checkpoint(path, model.net, opt), Catch::Contains(path.string()));
+  // a safetensors file that is not a checkpoint
+  safetensors::File plain;
+  append_state_dict(model.parameters(), plain);
+  safetensors::write(path, plain);
+  REQUIRE_THROWS_WITH(load_checkpoint(path, model.net, opt), Catch::Contains("has no metadata entry 'xtr.model'"));
+  // missing file
+  std::filesystem::remove(path);
+  REQUIRE_THROWS_WITH(load_checkpoint(path, model.net, opt), Catch::Contains(path.string()));
+}
+
+TEST_CASE("a failed save leaves the previous checkpoint intact", "[training][checkpoint][errors]") {
+  const auto dir = temp_path("dir");
+  std::filesystem::create_directories(dir);
+  const auto path = dir / "ck.safetensors";
+  Model model{Net{small_config()}};
+  auto opt = Adam(model.parameters());
+  save_checkpoint(path, model.net, opt, {.step = 1});
+  const auto before = std::filesystem::file_size(path);
+  // the temporary file cannot be created: a directory occupies its name
+  std::filesystem::create_directories(dir / ("ck.safetensors.tmp." + std::to_string(::getpid())));
+  REQUIRE_THROWS(save_checkpoint(path, model.net, opt, {.step = 2}));
+  REQUIRE(std::filesystem::file_size(path) == before);
+  Model reloaded(Net(small_config(0, 7)));
+  auto opt2 = Adam(reloaded.parameters());
+  REQUIRE(load_checkpoint(path, reloaded.net, opt2).step == 1);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("a steady-state training step makes no heap allocation", "[training][allocation]") {
+  Model model(Net(small_config(0.1)));
+  auto opt = Adam(model.parameters());
+  BatchLoader loader(synthetic_text(), 4, 24, 1, 1);
+  train_step(model, opt, loader, 2);  // first steps size the arena
+  train_step(model, opt, loader, 2);
+  const auto arena_allocations = model.net.activation_arena().heap_allocations();
+  const long news = g_news.load();
+  for (int i = 0; i < 3; ++i) train_step(model, opt, loader, 2);
+  REQUIRE(g_news.load() - news == 0);
+  REQUIRE(model.net.activation_arena().heap_allocations() == arena_allocations);
+}
