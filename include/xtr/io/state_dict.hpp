@@ -1,7 +1,8 @@
 #pragma once
 // Parameters ↔ safetensors records under their x-transformers names (a state_dict).
-// Loading is strict: every parameter must be filled with a tensor of its exact shape and every tensor under the
-// prefix must be consumed; one error lists everything missing, unexpected and mismatched.
+// Loading is strict and all-or-nothing: every parameter must be filled with a floating-point tensor of its exact
+// shape and every tensor under the prefix must be consumed; otherwise one error lists everything missing, unexpected,
+// mismatched in shape or of the wrong dtype, and no parameter has changed.
 #include <algorithm>
 #include <span>
 #include <string>
@@ -30,7 +31,7 @@ struct StateDictOptions {
 template <class T>
 void load_state_dict(ParameterStore<T>& params, const safetensors::File& file, const StateDictOptions& options = {},
                      const std::string& what = "state dict") {
-  std::vector<std::string> missing, unexpected, mismatched;
+  std::vector<std::string> missing, unexpected, mismatched, wrong_dtype;
   std::vector<const safetensors::TensorRecord*> source(params.entries().size(), nullptr);
   for (const auto& t : file.tensors) {
     if (!t.name.starts_with(options.prefix)) continue;
@@ -46,14 +47,22 @@ void load_state_dict(ParameterStore<T>& params, const safetensors::File& file, c
       mismatched.push_back(name + " " + safetensors::detail::shape_str(t.shape) + " vs parameter " + e->shape.str());
       continue;
     }
+    using safetensors::Dtype;
+    if (t.dtype != Dtype::F32 && t.dtype != Dtype::F64 && t.dtype != Dtype::F16 && t.dtype != Dtype::BF16) {
+      wrong_dtype.push_back(name + " " + std::string(safetensors::dtype_name(t.dtype)) +
+                            " (expected F32, F64, F16 or BF16)");
+      continue;
+    }
     source[std::size_t(e - params.entries().data())] = &t;
   }
   for (std::size_t i = 0; i < source.size(); ++i)
     if (!source[i] && std::none_of(mismatched.begin(), mismatched.end(), [&](const std::string& m) {
           return m.starts_with(params.entries()[i].name + " ");
+        }) && std::none_of(wrong_dtype.begin(), wrong_dtype.end(), [&](const std::string& m) {
+          return m.starts_with(params.entries()[i].name + " ");
         }))
       missing.push_back(params.entries()[i].name);
-  if (!missing.empty() || !unexpected.empty() || !mismatched.empty()) {
+  if (!missing.empty() || !unexpected.empty() || !mismatched.empty() || !wrong_dtype.empty()) {
     std::string msg = "xtr: " + what + " does not fit the model:";
     auto list = [&](const char* title, const std::vector<std::string>& names) {
       if (names.empty()) return;
@@ -63,6 +72,7 @@ void load_state_dict(ParameterStore<T>& params, const safetensors::File& file, c
     list("missing", missing);
     list("unexpected", unexpected);
     list("shape mismatch", mismatched);
+    list("wrong dtype", wrong_dtype);
     throw Error(msg);
   }
   for (std::size_t i = 0; i < source.size(); ++i) {

@@ -1,0 +1,11 @@
+// Every argument of Decoder<...> is a policy: Decoder<int> must not compile.
+// expect: xtr: every argument of Decoder<...>/Encoder<...> must be a policy: a position encoding, a norm, a feed-forward or an attention type
+#include "xtr/layers/attention_layers.hpp"
+
+#ifdef SHOULD_FAIL
+using Stack = xtr::Decoder<int>;
+#else
+using Stack = xtr::Decoder<>;
+#endif
+
+int main() { return Stack::describe().empty() ? 1 : 0; }

@@ -1,0 +1,11 @@
+// The CPU backend computes in float or double: TransformerWrapper<..., Cpu<int>> must not compile.
+// expect: xtr: TransformerWrapper supports the Cpu<float> and Cpu<double> backends in this build
+#include "xtr/layers/transformer_wrapper.hpp"
+
+#ifdef SHOULD_FAIL
+using Backend = xtr::Cpu<int>;
+#else
+using Backend = xtr::Cpu<double>;
+#endif
+
+int main() { return sizeof(xtr::TransformerWrapper<xtr::Decoder<xtr::Rotary>, Backend>) > 0 ? 0 : 1; }
