@@ -1,4 +1,4 @@
-// The seed workflow of x-transformers (examples/enwik8_simple/train.py), in C++: a byte-level decoder-only language
+// The seed workflow of x-transformers (train_enwik8.py), in C++: a byte-level decoder-only language
 // model trained on random windows of seq_len + 1 bytes with gradient accumulation and clipping, periodic validation
 // (loss and bits per character) and sampled text.
 //
@@ -31,7 +31,7 @@ struct Options {
   double learning_rate = 1e-4;
   long validate_every = 100;
   long generate_every = 500;
-  long generate_length = 512;
+  long generate_length = 1024;
   long seq_len = 1024;
   // model size (the script's Decoder(dim=512, depth=6, heads=8, rotary_pos_emb=True))
   long dim = 512, depth = 6, heads = 8;
@@ -45,15 +45,18 @@ struct Options {
   std::string save, resume, log_jsonl;
 };
 
-[[noreturn]] void usage(const char* why) {
-  std::fprintf(stderr,
-               "train_enwik8: %s\n"
+void usage_text(std::FILE* out) {
+  std::fprintf(out,
                "usage: train_enwik8 [--data PATH (file, .gz, .zip or directory; default /usr/share/games/fortunes)]\n"
                "  [--num-batches N] [--batch-size N] [--gradient-accumulate-every N] [--learning-rate X]\n"
                "  [--validate-every N] [--generate-every N] [--generate-length N] [--seq-len N]\n"
                "  [--dim N] [--depth N] [--heads N] [--clip X] [--val-batches N] [--prime-length N]\n"
-               "  [--seed N] [--threads N] [--save PATH] [--resume PATH] [--log-jsonl PATH]\n",
-               why);
+               "  [--seed N] [--threads N] [--save PATH] [--resume PATH] [--log-jsonl PATH]\n");
+}
+
+[[noreturn]] void usage(const char* why) {
+  std::fprintf(stderr, "train_enwik8: %s\n", why);
+  usage_text(stderr);
   std::exit(2);
 }
 
@@ -72,7 +75,11 @@ Options parse(int argc, char** argv) {
       {"--data", &o.data}, {"--save", &o.save}, {"--resume", &o.resume}, {"--log-jsonl", &o.log_jsonl}};
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
-    if (flag == "--help" || flag == "-h") usage("train a byte-level language model");
+    if (flag == "--help" || flag == "-h") {
+      std::printf("train_enwik8: train a byte-level language model; flags as below\n");
+      usage_text(stdout);
+      std::exit(0);
+    }
     if (i + 1 >= argc) usage(("missing value after " + flag).c_str());
     const std::string value = argv[++i];
     try {

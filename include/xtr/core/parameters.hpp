@@ -35,14 +35,13 @@ class ParameterStore {
     Shape shape;
     Index offset = 0;
     Init init;
-    bool decay = true;  // weight decay applies (matrices), or not (gains, biases)
   };
 
   /// Registers a parameter; storage is laid out by allocate().
-  ParameterId add(std::string name, Shape shape, Init init, bool decay) {
+  ParameterId add(std::string name, Shape shape, Init init) {
     require(!allocated(), "parameter '", name, "' registered after the store was allocated");
     for (const auto& e : entries_) require(e.name != name, "parameter name '", name, "' registered twice");
-    entries_.push_back({std::move(name), shape, total_, init, decay});
+    entries_.push_back({std::move(name), shape, total_, init});
     total_ += shape.numel();
     return {static_cast<int>(entries_.size()) - 1};
   }

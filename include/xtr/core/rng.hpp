@@ -60,7 +60,8 @@ struct RandomStream {
   }
   /// Uniform integer in [0, n), n > 0 (multiply-shift; bias below 2^-32 for n < 2^32).
   XTR_HOST_DEVICE std::uint64_t below(std::uint64_t index, std::uint64_t n) const {
-    return static_cast<std::uint64_t>((static_cast<unsigned __int128>(bits64(index)) * n) >> 64);
+    __extension__ using u128 = unsigned __int128;
+    return static_cast<std::uint64_t>((static_cast<u128>(bits64(index)) * n) >> 64);
   }
   /// Standard normal (Box-Muller on two open uniforms).
   double normal(std::uint64_t index) const {

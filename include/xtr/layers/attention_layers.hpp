@@ -24,7 +24,8 @@
 namespace xtr {
 
 /// Sizes and rates of a layer stack. x-transformers: Decoder(dim, depth, heads=8, attn_dim_head=64,
-/// attn_kv_heads=None, ff_mult=4, attn_dropout=0, ff_dropout=0, rotary_emb_dim=None, rotary_base=10000).
+/// attn_kv_heads=None, ff_mult=4, attn_dropout=0, ff_dropout=0, rotary_emb_dim=None); its rotary base is fixed at
+/// 10000 (rotary_theta is xtr's, for models trained here).
 struct LayersConfig {
   Index dim = 0;           // model width (required)
   Index depth = 0;         // number of (attention, feed-forward) layer pairs (required)
@@ -47,6 +48,9 @@ template <Policy P>
 struct axis_of<P> {
   using type = typename P::axis;
 };
+template <class P, class... Options>
+inline constexpr bool one_of = (std::is_same_v<P, Options> || ...);
+
 template <class Axis, class... Ps>
 inline constexpr int count_axis = (0 + ... + int(std::is_same_v<typename axis_of<Ps>::type, Axis>));
 

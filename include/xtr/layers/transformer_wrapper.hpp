@@ -63,6 +63,17 @@ template <LayerStack Layers, class Backend = Cpu<float>>
 class TransformerWrapper {
   static_assert(CpuBackend<Backend>,
                 "xtr: TransformerWrapper supports the Cpu<float> and Cpu<double> backends in this build");
+  static_assert(detail::one_of<typename Layers::position, AbsoluteLearned, Rotary, NoPosition>,
+                "xtr: the Cpu backend implements the positions AbsoluteLearned, Rotary and NoPosition; add a kernel "
+                "for this position policy or use one of those");
+  static_assert(detail::one_of<typename Layers::norm, LayerNorm, RMSNorm>,
+                "xtr: the Cpu backend implements the norms LayerNorm and RMSNorm; add a kernel for this norm policy "
+                "or use one of those");
+  static_assert(detail::one_of<typename Layers::feedforward, GELU, GEGLU, SwiGLU>,
+                "xtr: the Cpu backend implements the feed-forwards GELU, GEGLU and SwiGLU; add a kernel for this "
+                "feed-forward policy or use one of those");
+  static_assert(detail::one_of<typename Layers::attention, MultiHeadAttention>,
+                "xtr: the Cpu backend implements MultiHeadAttention; add a kernel for this attention policy or use it");
 
  public:
   using scalar = typename Backend::scalar;
@@ -80,29 +91,29 @@ class TransformerWrapper {
     const Index D = L.dim, V = config_.num_tokens, HD = L.heads * L.dim_head, KD = kv_heads() * L.dim_head;
     const Index F = L.ff_mult * D, W1 = FeedForward::gated ? 2 * F : F;
     auto bound = [](Index fan_in) { return Init::uniform_bound(1.0 / std::sqrt(double(fan_in))); };
-    token_emb_ = params_.add("token_emb.emb.weight", {V, D}, Init::normal_std(std::sqrt(2.0 / double(D))), true);
+    token_emb_ = params_.add("token_emb.emb.weight", {V, D}, Init::normal_std(std::sqrt(2.0 / double(D))));
     if constexpr (has_absolute_positions)
-      pos_emb_ = params_.add("pos_emb.emb.weight", {config_.max_seq_len, D}, Init::normal_std(1.0), true);
+      pos_emb_ = params_.add("pos_emb.emb.weight", {config_.max_seq_len, D}, Init::normal_std(1.0));
     const std::string gain(Norm::gain_name);
     for (Index l = 0; l < L.depth; ++l) {
       const std::string a = "attn_layers.layers." + std::to_string(2 * l) + ".";
       const std::string f = "attn_layers.layers." + std::to_string(2 * l + 1) + ".";
       LayerParameters p;
-      p.attn_norm = params_.add(a + "0.0." + gain, {D}, Init::fill(0), false);
-      p.to_q = params_.add(a + "1.to_q.weight", {HD, D}, bound(D), true);
-      p.to_k = params_.add(a + "1.to_k.weight", {KD, D}, bound(D), true);
-      p.to_v = params_.add(a + "1.to_v.weight", {KD, D}, bound(D), true);
-      p.to_out = params_.add(a + "1.to_out.weight", {D, HD}, bound(HD), true);
-      p.ff_norm = params_.add(f + "0.0." + gain, {D}, Init::fill(0), false);
+      p.attn_norm = params_.add(a + "0.0." + gain, {D}, Init::fill(0));
+      p.to_q = params_.add(a + "1.to_q.weight", {HD, D}, bound(D));
+      p.to_k = params_.add(a + "1.to_k.weight", {KD, D}, bound(D));
+      p.to_v = params_.add(a + "1.to_v.weight", {KD, D}, bound(D));
+      p.to_out = params_.add(a + "1.to_out.weight", {D, HD}, bound(HD));
+      p.ff_norm = params_.add(f + "0.0." + gain, {D}, Init::fill(0));
       const std::string in = FeedForward::gated ? "1.ff.0.proj." : "1.ff.0.0.";
-      p.ff_in = params_.add(f + in + "weight", {W1, D}, bound(D), true);
-      p.ff_in_bias = params_.add(f + in + "bias", {W1}, bound(D), false);
-      p.ff_out = params_.add(f + "1.ff.2.weight", {D, F}, bound(F), true);
-      p.ff_out_bias = params_.add(f + "1.ff.2.bias", {D}, bound(F), false);
+      p.ff_in = params_.add(f + in + "weight", {W1, D}, bound(D));
+      p.ff_in_bias = params_.add(f + in + "bias", {W1}, bound(D));
+      p.ff_out = params_.add(f + "1.ff.2.weight", {D, F}, bound(F));
+      p.ff_out_bias = params_.add(f + "1.ff.2.bias", {D}, bound(F));
       layers_.push_back(p);
     }
-    final_norm_ = params_.add("attn_layers.final_norm." + gain, {D}, Init::fill(0), false);
-    to_logits_ = params_.add("to_logits.weight", {V, D}, bound(D), true);
+    final_norm_ = params_.add("attn_layers.final_norm." + gain, {D}, Init::fill(0));
+    to_logits_ = params_.add("to_logits.weight", {V, D}, bound(D));
     params_.allocate(config_.seed);
     if constexpr (has_rotary) rotary_ = cpu::RotaryTable<scalar>(rotary_dim(), L.rotary_theta, config_.max_seq_len);
     activations_.resize(std::size_t(L.depth));
@@ -165,8 +176,9 @@ class TransformerWrapper {
   void backward(scalar alpha);
 
   /// A cache for generating `batch` sequences.
-  [[nodiscard]] Cache make_cache(Index batch) const {
-    require(Layers::causal, "KV-cached decoding needs a causal stack (Decoder)");
+  [[nodiscard]] Cache make_cache(Index batch) const
+    requires(Layers::causal)
+  {
     Cache c;
     c.batch = batch;
     c.capacity = 2 * config_.max_seq_len;
@@ -180,7 +192,8 @@ class TransformerWrapper {
 
   /// Appends `tokens` (batch, n) to the cached sequence and returns the logits of the last new position (batch, V).
   /// Rotary and position-free stacks slide past max_seq_len (the oldest keys drop out); AbsoluteLearned cannot.
-  MatrixView<scalar> forward_cached(TokensView tokens, Cache& cache);
+  MatrixView<scalar> forward_cached(TokensView tokens, Cache& cache)
+    requires(Layers::causal);
 
  private:
   using T = scalar;
@@ -244,7 +257,7 @@ class TransformerWrapper {
   }
   /// Dropout streams: (forward pass, site); sites: 0 embeddings, 3l+1 attention, 3l+2 feed-forward of layer l.
   [[nodiscard]] RandomStream dropout_stream(std::uint64_t site) const {
-    return RandomStream{dropout_seed_, 1}.fork(forward_count_ * 1024 + site);
+    return RandomStream{dropout_seed_, 1}.fork(forward_count_).fork(site);
   }
 
   cpu::AttentionProblem<T> attention_problem(Index batch, Index q_len, Index k_len, Index q_offset,
@@ -451,7 +464,9 @@ void TransformerWrapper<Layers, Backend>::backward(T alpha) {
 }
 
 template <LayerStack Layers, class Backend>
-auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cache& cache) -> MatrixView<T> {
+auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cache& cache) -> MatrixView<T>
+  requires(Layers::causal)
+{
   require(cache.batch == tokens.batch, "cache holds ", cache.batch, " sequences, tokens have batch ", tokens.batch);
   require(tokens.length <= config_.max_seq_len, "appending ", tokens.length, " tokens > max_seq_len ",
           config_.max_seq_len);

@@ -3,9 +3,14 @@
 //   <name>                      model parameters, x-transformers names
 //   optimizer.exp_avg.<name>    AdamW first moments
 //   optimizer.exp_avg_sq.<name> AdamW second moments
-//   __metadata__                xtr.model (type), xtr.config (JSON), step, optimizer.steps, forward_count,
-//                               dropout_seed, data_position, and the caller's own entries
+//   __metadata__                xtr.model (type), xtr.config (JSON), step, optimizer.steps and hyperparameters
+//                               (optimizer.lr, .beta1, .beta2, .eps, .weight_decay: restored on load, as PyTorch's
+//                               optimizer state_dict does), forward_count, dropout_seed, data_position, and the
+//                               caller's own entries
+// Loading checks the whole file first: on any error neither model nor optimiser has changed.
 // Written to a temporary file and renamed, so a crash never leaves a half-written checkpoint under the final name.
+#include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -64,6 +69,14 @@ void save_checkpoint(const std::filesystem::path& path, const Net& net, AdamW<ty
   file.metadata["xtr.config"] = to_json(net.config()).dump();
   file.metadata["step"] = std::to_string(state.step);
   file.metadata["optimizer.steps"] = std::to_string(optimizer.steps());
+  const auto& o = optimizer.options();
+  for (auto [key, value] : {std::pair{"optimizer.lr", o.lr}, std::pair{"optimizer.beta1", o.beta1},
+                            std::pair{"optimizer.beta2", o.beta2}, std::pair{"optimizer.eps", o.eps},
+                            std::pair{"optimizer.weight_decay", o.weight_decay}}) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.17g", value);
+    file.metadata[key] = text;
+  }
   file.metadata["forward_count"] = std::to_string(net.forward_count());
   file.metadata["dropout_seed"] = std::to_string(net.dropout_seed());
   file.metadata["data_position"] = std::to_string(state.data_position);
@@ -99,27 +112,53 @@ TrainingState load_checkpoint(const std::filesystem::path& path, Net& net, AdamW
     require(used == s.size() && !s.empty() && v >= 0, what, " metadata '", key, "' is not a count: '", s, "'");
     return v;
   };
-  load_state_dict(net.parameters(), file, {.ignore = {"optimizer."}}, what);
-  for (const auto& [moments, prefix] : {std::pair{&optimizer.exp_avg(), "optimizer.exp_avg."},
-                                        std::pair{&optimizer.exp_avg_sq(), "optimizer.exp_avg_sq."}}) {
-    const auto& params = net.parameters();
-    for (const auto& e : params.entries()) {
+  auto real = [&](const std::string& key) {
+    const std::string& s = meta(key);
+    std::size_t used = 0;
+    double v = 0;
+    try {
+      v = std::stod(s, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    require(used == s.size() && !s.empty() && std::isfinite(v), what, " metadata '", key, "' is not a number: '", s,
+            "'");
+    return v;
+  };
+  // Check everything before changing anything: a failed load leaves model and optimiser as they were.
+  std::vector<std::pair<const safetensors::TensorRecord*, T*>> moments;
+  for (const auto& [buffer, prefix] : {std::pair{&optimizer.exp_avg(), "optimizer.exp_avg."},
+                                       std::pair{&optimizer.exp_avg_sq(), "optimizer.exp_avg_sq."}})
+    for (const auto& e : net.parameters().entries()) {
       const auto* t = file.find(prefix + e.name);
       require(t != nullptr, what, " is missing optimizer state '", prefix, e.name, "'");
       require(t->shape == e.shape.dims(), what, " optimizer state '", prefix, e.name, "' has shape ",
               safetensors::detail::shape_str(t->shape), ", the parameter has ", e.shape.str());
-      const auto values = safetensors::to_vector<T>(*t);
-      std::copy(values.begin(), values.end(), moments->data() + e.offset);
+      require(t->dtype == safetensors::dtype_of<T>, what, " optimizer state '", prefix, e.name, "' has dtype ",
+              safetensors::dtype_name(t->dtype), ", expected ", safetensors::dtype_name(safetensors::dtype_of<T>));
+      moments.emplace_back(t, buffer->data() + e.offset);
     }
+  AdamWOptions hyper;
+  for (auto [key, field] : {std::pair{"optimizer.lr", &hyper.lr}, std::pair{"optimizer.beta1", &hyper.beta1},
+                            std::pair{"optimizer.beta2", &hyper.beta2}, std::pair{"optimizer.eps", &hyper.eps},
+                            std::pair{"optimizer.weight_decay", &hyper.weight_decay}})
+    *field = real(key);
+  const auto steps = number("optimizer.steps"), forward_count = number("forward_count");
+  const auto dropout_seed = number("dropout_seed"), step = number("step"), position = number("data_position");
+  load_state_dict(net.parameters(), file, StateDictOptions{.prefix = "", .ignore = {"optimizer."}}, what);
+  for (const auto& [record, destination] : moments) {
+    const auto values = safetensors::to_vector<T>(*record);
+    std::copy(values.begin(), values.end(), destination);
   }
-  optimizer.set_steps(number("optimizer.steps"));
-  net.set_random_state(std::uint64_t(number("dropout_seed")), std::uint64_t(number("forward_count")));
+  optimizer.options() = hyper;
+  optimizer.set_steps(steps);
+  net.set_random_state(std::uint64_t(dropout_seed), std::uint64_t(forward_count));
   TrainingState state;
-  state.step = number("step");
-  state.data_position = std::uint64_t(number("data_position"));
+  state.step = step;
+  state.data_position = std::uint64_t(position);
   for (const auto& [k, v] : file.metadata)
-    if (!k.starts_with("xtr.") && k != "step" && k != "optimizer.steps" && k != "forward_count" && k != "dropout_seed" &&
-        k != "data_position")
+    if (!k.starts_with("xtr.") && !k.starts_with("optimizer.") && k != "step" && k != "forward_count" &&
+        k != "dropout_seed" && k != "data_position")
       state.extra[k] = v;
   return state;
 }

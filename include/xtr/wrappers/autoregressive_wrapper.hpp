@@ -82,12 +82,16 @@ class AutoregressiveWrapper {
       require(prompts.data[i] >= 0 && prompts.data[i] < net.num_tokens(), "prompt token id ", prompts.data[i],
               " outside [0, num_tokens ", net.num_tokens(), ") at batch ", i / prompts.length, ", position ",
               i % prompts.length);
-    const bool was_training = net.training();
-    net.eval();
     const Index B = prompts.batch, P = prompts.length, L = net.max_seq_len(), V = net.num_tokens();
+    Sampler sampler(sampling, V);  // validates the options before anything changes
+    struct RestoreMode {           // eval() for generation; the caller's mode comes back even on an exception
+      Net& net;
+      bool was_training;
+      ~RestoreMode() { net.train(was_training); }
+    } restore{net, net.training()};
+    net.eval();
     TokenBatch out(B, P + length);
     for (Index b = 0; b < B; ++b) std::copy_n(prompts.data + b * P, P, out.data.data() + b * (P + length));
-    Sampler sampler(sampling, V);
     std::vector<std::uint8_t> done(std::size_t(B), 0);
     std::vector<std::int32_t> step(static_cast<std::size_t>(B));
     auto cache = net.make_cache(B);
@@ -129,7 +133,6 @@ class AutoregressiveWrapper {
       if (use_cache && Net::has_absolute_positions && cache.position + 1 > L) use_cache = false;  // see forward_cached
       logits = use_cache ? net.forward_cached({step.data(), B, 1}, cache).data() : recompute(cur);
     }
-    net.train(was_training);
     // new tokens only; after an eos, pad_value (x-transformers masks everything after the first eos)
     TokenBatch result(B, length, options_.pad_value);
     for (Index b = 0; b < B; ++b) {

@@ -15,9 +15,9 @@ class Loss {
   Loss(double value, void* owner, BackwardFn fn, std::uint64_t forward_id)
       : value_(value), owner_(owner), backward_(fn), forward_id_(forward_id) {}
 
-  /// The (unscaled) mean loss.
+  /// The loss value, times the scale applied with / and * (as PyTorch's (loss / k).item()).
   [[nodiscard]] double item() const { return value_ * scale_; }
-  operator double() const { return item(); }  // NOLINT: a loss reads as its value
+  explicit operator double() const { return item(); }
 
   /// Adds scale · d loss / d parameter to every parameter's gradient.
   void backward() const {
