@@ -26,13 +26,15 @@ struct Sampling {
   double min_p = 0;                        // in (0, 1]; 0: off
   std::optional<std::int32_t> eos_token;  // stop a sequence here; later positions become pad_value
   bool cache_kv = true;                    // KV cache (false: recompute the window every step)
-  std::uint64_t seed = 0;                  // the draws come from stream (seed, "sample")
+  std::optional<std::uint64_t> seed;       // fixed draws; unset: a fresh stream per generate() call
 };
 
 /// Draws tokens from rows of logits; scratch buffers are reused across calls.
 class Sampler {
  public:
-  explicit Sampler(const Sampling& s, Index num_tokens) : s_(s), rng_{s.seed, 0x73616D706C65} {  // "sample"
+  /// Draws from stream (seed, "sample"); the two-argument form uses s.seed (0 when unset).
+  Sampler(const Sampling& s, Index num_tokens) : Sampler(s, num_tokens, s.seed.value_or(0)) {}
+  Sampler(const Sampling& s, Index num_tokens, std::uint64_t seed) : s_(s), rng_{seed, 0x73616D706C65} {
     require(s.temperature >= 0, "temperature must be >= 0, got ", s.temperature);
     require(s.top_k >= -1, "top_k must be >= 0 (or -1 for the default), got ", s.top_k);
     require(s.top_p >= 0 && s.top_p <= 1, "top_p must be in [0, 1], got ", s.top_p);

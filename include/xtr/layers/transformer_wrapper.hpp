@@ -249,7 +249,7 @@ class TransformerWrapper {
     const T keep_scale = T(1.0 / (1.0 - p));
     const float threshold = float(p);
     const Index cols = x.cols();
-    cpu::parallel_rows(x.rows(), [&](Index begin, Index end) {
+    cpu::parallel_rows(x.rows(), 20 * cols, [&](Index begin, Index end) {
       for (Index n = begin; n < end; ++n)
         for (Index c = 0; c < cols; ++c)
           x(n, c) *= stream.uniform(std::uint64_t(n * cols + c)) >= threshold ? keep_scale : T(0);

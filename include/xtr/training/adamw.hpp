@@ -42,13 +42,13 @@ class AdamW {
     const T* g = params_->grads().data();
     T* m = exp_avg_.data();
     T* v = exp_avg_sq_.data();
-    cpu::parallel_rows(params_->count(), [&](Index begin, Index end) {
+    cpu::parallel_rows(params_->count(), 8, [&](Index begin, Index end) {
       for (Index i = begin; i < end; ++i) {
         m[i] = tb1 * m[i] + c1 * g[i];
         v[i] = tb2 * v[i] + c2 * g[i] * g[i];
         w[i] = w[i] * decay - step_size * m[i] / (std::sqrt(v[i]) / bias2_sqrt + eps);
       }
-    }, 4096);
+    });
   }
   void zero_grad() { params_->zero_grad(); }
 

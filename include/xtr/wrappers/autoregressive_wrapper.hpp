@@ -83,7 +83,8 @@ class AutoregressiveWrapper {
               " outside [0, num_tokens ", net.num_tokens(), ") at batch ", i / prompts.length, ", position ",
               i % prompts.length);
     const Index B = prompts.batch, P = prompts.length, L = net.max_seq_len(), V = net.num_tokens();
-    Sampler sampler(sampling, V);  // validates the options before anything changes
+    // validates the options before anything changes; without a seed, each call draws a fresh stream
+    Sampler sampler(sampling, V, sampling.seed ? *sampling.seed : RandomStream{net.config().seed, 3}.bits64(generate_calls_++));
     struct RestoreMode {           // eval() for generation; the caller's mode comes back even on an exception
       Net& net;
       bool was_training;
@@ -94,8 +95,8 @@ class AutoregressiveWrapper {
     for (Index b = 0; b < B; ++b) std::copy_n(prompts.data + b * P, P, out.data.data() + b * (P + length));
     std::vector<std::uint8_t> done(std::size_t(B), 0);
     std::vector<std::int32_t> step(static_cast<std::size_t>(B));
-    auto cache = net.make_cache(B);
     bool use_cache = sampling.cache_kv;
+    auto cache = use_cache ? net.make_cache(B) : typename Net::Cache{};
     const scalar* logits = nullptr;  // (B, V): the last position of each row
     std::vector<std::int32_t> window;
     Index produced = 0;
@@ -152,6 +153,9 @@ class AutoregressiveWrapper {
     auto& me = *static_cast<AutoregressiveWrapper*>(self);
     require(forward_id == me.net.forward_count(),
             "backward() on a loss whose forward pass was replaced by a later forward; call backward() first");
+    require(forward_id != me.last_backward_,
+            "backward() called twice for the same forward pass (its gradients are already in); run the forward again");
+    me.last_backward_ = forward_id;
     me.net.backward(scalar(scale));
   }
 
@@ -159,6 +163,8 @@ class AutoregressiveWrapper {
   std::vector<std::int32_t> input_, target_;
   std::vector<std::uint8_t> input_mask_;
   std::vector<scalar> last_rows_;
+  std::uint64_t generate_calls_ = 0;
+  std::uint64_t last_backward_ = 0;  // forward pass whose backward has run
 };
 
 }  // namespace xtr

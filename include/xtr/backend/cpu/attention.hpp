@@ -93,7 +93,7 @@ void attention_forward(const AttentionProblem<T>& p, HeadsView<const T> q, Heads
   T* per_thread = arena.allocate<T>(Index(max_threads()) * scratch);
   const T neg_inf = -std::numeric_limits<T>::infinity();
 
-  parallel_tasks(p.batch * p.heads, [&](Index task, int thread) {
+  parallel_tasks(p.batch * p.heads, 4 * p.q_len * p.k_len * dh, [&](Index task, int thread) {
     const Index b = task / p.heads, h = task % p.heads, g = h % p.kv_heads;
     T* mem = per_thread + Index(thread) * scratch;
     for (Index i0 = 0; i0 < p.q_len; i0 += tile_q) {
@@ -153,7 +153,7 @@ void attention_backward(const AttentionProblem<T>& p, HeadsView<const T> q, Head
   const Index dh = p.dim_head;
   // Δ (batch, heads, q_len) = rowsum(dO ⊙ O)
   T* delta = arena.allocate<T>(p.batch * p.heads * p.q_len);
-  parallel_tasks(p.batch * p.heads, [&](Index task, int) {
+  parallel_tasks(p.batch * p.heads, 2 * p.q_len * dh, [&](Index task, int) {
     const Index b = task / p.heads, h = task % p.heads;
     for (Index i = 0; i < p.q_len; ++i) {
       const T* a = dout.at(b, i, h, dh);
@@ -167,7 +167,7 @@ void attention_backward(const AttentionProblem<T>& p, HeadsView<const T> q, Head
   T* per_thread = arena.allocate<T>(Index(max_threads()) * scratch);
   const Index group = p.heads / p.kv_heads;
 
-  parallel_tasks(p.batch * p.kv_heads, [&](Index task, int thread) {
+  parallel_tasks(p.batch * p.kv_heads, 10 * group * p.q_len * p.k_len * dh, [&](Index task, int thread) {
     const Index b = task / p.kv_heads, g = task % p.kv_heads;
     T* mem = per_thread + Index(thread) * scratch;
     for (Index r = 0; r < group; ++r) {

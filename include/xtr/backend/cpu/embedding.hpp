@@ -14,7 +14,7 @@ template <class T>
 void embedding_forward(const std::int32_t* ids, Index N, Index T_len, Index offset, MatrixView<T> table,
                        const T* positions, T position_scale, MatrixView<T> x) {
   const Index D = x.cols();
-  parallel_rows(N, [&](Index begin, Index end) {
+  parallel_rows(N, D, [&](Index begin, Index end) {
     for (Index n = begin; n < end; ++n) {
       const T* e = table.data() + Index(ids[n]) * D;
       T* out = x.data() + n * D;
@@ -33,7 +33,7 @@ void embedding_backward(const std::int32_t* ids, Index N, Index T_len, MatrixVie
                         T* dpositions, T position_scale) {
   const Index D = dx.cols();
   constexpr Index block = 64;
-  parallel_rows((D + block - 1) / block, [&](Index begin, Index end) {
+  parallel_rows((D + block - 1) / block, N * block, [&](Index begin, Index end) {
     const Index d0 = begin * block, d1 = std::min(D, end * block);
     for (Index n = 0; n < N; ++n) {
       const T* g = dx.data() + n * D;
@@ -44,7 +44,7 @@ void embedding_backward(const std::int32_t* ids, Index N, Index T_len, MatrixVie
         for (Index d = d0; d < d1; ++d) p[d] += position_scale * g[d];
       }
     }
-  }, 1);
+  });
 }
 
 }  // namespace xtr::cpu

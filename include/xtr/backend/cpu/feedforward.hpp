@@ -55,7 +55,7 @@ void feedforward_activation_forward(MatrixView<T> a, const T* bias, MatrixView<T
   using Row = Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>>;
   using ConstRow = Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>>;
   const Index W = a.cols(), F = g.cols();
-  parallel_rows(a.rows(), [&](Index begin, Index end) {
+  parallel_rows(a.rows(), 20 * W, [&](Index begin, Index end) {
     const ConstRow b(bias, W);
     for (Index n = begin; n < end; ++n) {
       Row ar(a.data() + n * W, W), gr(g.data() + n * F, F);
@@ -66,7 +66,7 @@ void feedforward_activation_forward(MatrixView<T> a, const T* bias, MatrixView<T
         gr = Math::value(ar);
       }
     }
-  }, 4);
+  });
 }
 
 /// dg (N, F) → da (N, W) (may alias dg when plain); db += Σ_rows da. Per-thread partial sums live in `arena`.
@@ -79,7 +79,7 @@ void feedforward_activation_backward(MatrixView<T> a, const T* dg, T* da, T* dbi
   const int threads = max_threads();
   T* partial = arena.allocate<T>(Index(threads) * W);
   std::fill_n(partial, Index(threads) * W, T(0));
-  parallel_rows(N, [&](Index begin, Index end) {
+  parallel_rows(N, 30 * W, [&](Index begin, Index end) {
     Row db(partial + Index(omp_get_thread_num()) * W, W);
     for (Index n = begin; n < end; ++n) {
       const ConstRow ar(a.data() + n * W, W);
@@ -95,7 +95,7 @@ void feedforward_activation_backward(MatrixView<T> a, const T* dg, T* da, T* dbi
       }
       db += dr;
     }
-  }, 4);
+  });
   for (int t = 0; t < threads; ++t)
     for (Index w = 0; w < W; ++w) dbias[w] += partial[Index(t) * W + w];
 }

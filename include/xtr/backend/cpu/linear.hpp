@@ -16,15 +16,15 @@ template <class T, class X, class W, class Y>
 void linear_forward(const X& x, const W& w, Y&& y, bool accumulate = false) {
   // A few rows (decoding): a matrix-vector product bound by reading W; Eigen's GEMV is single-threaded, so split
   // the output features (rows of W) over the threads, each streaming its share of the weights.
-  if (x.rows() <= 8 && w.rows() >= 256 && max_threads() > 1 && !omp_in_parallel()) {
-    parallel_rows(w.rows(), [&](Index begin, Index end) {
+  if (x.rows() <= 8) {
+    parallel_rows(w.rows(), 2 * x.rows() * w.cols(), [&](Index begin, Index end) {
       auto part = y.middleCols(begin, end - begin);
       if (accumulate) {
         part.noalias() += x * w.middleRows(begin, end - begin).transpose();
       } else {
         part.noalias() = x * w.middleRows(begin, end - begin).transpose();
       }
-    }, 64);
+    });
     return;
   }
   if (accumulate) {

@@ -22,7 +22,7 @@ inline constexpr bool subtracts_mean = std::is_same_v<Norm, LayerNorm>;
 template <class Norm, class T>
 void norm_forward(MatrixView<T> x, const T* gamma, MatrixView<T> h, T* xhat, T* rstd) {
   const Index D = x.cols();
-  parallel_rows(x.rows(), [&](Index begin, Index end) {
+  parallel_rows(x.rows(), 6 * D, [&](Index begin, Index end) {
     for (Index n = begin; n < end; ++n) {
       const T* xr = x.data() + n * D;
       T* hr = h.data() + n * D;
@@ -59,7 +59,7 @@ void norm_backward(MatrixView<T> dh, const T* xhat, const T* rstd, const T* gamm
   T* partial = arena.allocate<T>(Index(threads) * D);
   std::fill_n(partial, Index(threads) * D, T(0));
   const T sqrt_d = T(std::sqrt(double(D)));
-  parallel_rows(N, [&](Index begin, Index end) {
+  parallel_rows(N, 8 * D, [&](Index begin, Index end) {
     T* dg = partial + Index(omp_get_thread_num()) * D;
     for (Index n = begin; n < end; ++n) {
       const T* g = dh.data() + n * D;
@@ -80,7 +80,7 @@ void norm_backward(MatrixView<T> dh, const T* xhat, const T* rstd, const T* gamm
       const T r = rstd[n];
       for (Index d = 0; d < D; ++d) out[d] += r * (g[d] * (T(1) + gamma[d]) - mean_dxhat - xh[d] * mean_proj);
     }
-  }, 4);
+  });
   for (int t = 0; t < threads; ++t)
     for (Index d = 0; d < D; ++d) dgamma[d] += partial[Index(t) * D + d];
 }

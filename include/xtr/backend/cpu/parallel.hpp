@@ -12,10 +12,14 @@ namespace xtr::cpu {
 /// Threads a parallel region will use.
 inline int max_threads() { return omp_get_max_threads(); }
 
-/// Calls f(begin, end) over [0, n) split into contiguous chunks, one per thread; serial below `grain` items.
+/// Below this many elementary operations a parallel region costs more than it saves (waking a thread, and on a
+/// loaded machine waiting for one the OS has parked), so the work runs on the calling thread.
+inline constexpr Index parallel_work_threshold = Index{1} << 16;
+
+/// Calls f(begin, end) over [0, n) split into contiguous chunks, one per thread, when n · work_per_row is worth it.
 template <class F>
-void parallel_rows(Index n, F&& f, Index grain = 16) {
-  if (n < 2 * grain || max_threads() == 1 || omp_in_parallel()) {
+void parallel_rows(Index n, Index work_per_row, F&& f) {
+  if (n < 2 || n * work_per_row < parallel_work_threshold || max_threads() == 1 || omp_in_parallel()) {
     f(Index{0}, n);
     return;
   }
@@ -28,10 +32,12 @@ void parallel_rows(Index n, F&& f, Index grain = 16) {
   }
 }
 
-/// Calls f(task, thread) for every task in [0, n), dynamically scheduled (attention: tasks are (batch, head) pairs).
+/// Calls f(task, thread) for every task in [0, n), dynamically scheduled (attention: (batch, head) pairs), in
+/// parallel when n · work_per_task is worth it.
 template <class F>
-void parallel_tasks(Index n, F&& f) {
-#pragma omp parallel for schedule(dynamic, 1) if (n > 1 && !omp_in_parallel())
+void parallel_tasks(Index n, Index work_per_task, F&& f) {
+  const bool parallel = n > 1 && n * work_per_task >= parallel_work_threshold && max_threads() > 1 && !omp_in_parallel();
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
   for (Index task = 0; task < n; ++task) f(task, omp_get_thread_num());
 }
 

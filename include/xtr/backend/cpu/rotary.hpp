@@ -41,7 +41,7 @@ class RotaryTable {
     if (pairs_ == 0) return;
     const Index W = x.cols();
     const T sign = inverse ? T(-1) : T(1);
-    parallel_rows(x.rows(), [&](Index begin, Index end) {
+    parallel_rows(x.rows(), heads * pairs_ * 6, [&](Index begin, Index end) {
       for (Index n = begin; n < end; ++n) {
         const Index pos = n % T_len + offset;
         const T* c = cos_.data() + pos * pairs_;
