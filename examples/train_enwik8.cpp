@@ -173,6 +173,7 @@ int main(int argc, char** argv) {
       log.flush();
     };
 
+    const long started_at = step;
     const double tokens_per_step = double(o.batch_size * o.seq_len * o.gradient_accumulate_every);
     double last_train = 0;
     while (step < o.num_batches) {
@@ -234,6 +235,14 @@ int main(int argc, char** argv) {
                               .data_position = train_loader.position(),
                               .extra = {{"val_position", std::to_string(val_loader.position())}}});
       }
+    }
+    if (step == started_at) {  // resumed at or past --num-batches: evaluate the checkpoint
+      model.eval();
+      double val_loss = 0;
+      for (long v = 0; v < o.val_batches; ++v) val_loss += model(val_loader.next()).item() / double(o.val_batches);
+      std::printf("step %ld: validation loss %.4f, %.4f bits per character (%ld batches)\n", step, val_loss,
+                  val_loss / std::log(2.0), o.val_batches);
+      write_row(step, std::nullopt, val_loss, std::nullopt);
     }
     if (terminal) std::printf("\n");
   } catch (const std::exception& e) {

@@ -25,19 +25,7 @@ namespace {
 constexpr double nan_v = std::numeric_limits<double>::quiet_NaN();
 constexpr std::size_t sz(Index n) { return static_cast<std::size_t>(n); }
 
-/// Makes the enclosed finite-difference loop single-threaded: it calls a kernel thousands of times on tiny inputs,
-/// where OpenMP wake-ups would dominate (and crawl on a loaded machine). The threaded paths are covered by the
-/// analytic passes and the reference comparisons, which run with the default thread count.
-class SerialOpenMP {
- public:
-  SerialOpenMP() : saved_(omp_get_max_threads()) { omp_set_num_threads(1); }
-  ~SerialOpenMP() { omp_set_num_threads(saved_); }
-  SerialOpenMP(const SerialOpenMP&) = delete;
-  SerialOpenMP& operator=(const SerialOpenMP&) = delete;
-
- private:
-  int saved_;
-};
+using xtr::testing::SerialOpenMP;
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Attention

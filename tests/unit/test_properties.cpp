@@ -75,21 +75,7 @@ concept CanCache = requires(Net& net, TokensView tokens) {
 static_assert(CanCache<FloatNet<Decoder<Rotary>>>);
 static_assert(!CanCache<FloatNet<Encoder<Rotary>>>);
 
-/// Makes the enclosed generation loop single-threaded. These tiny models (32 wide, ≤ 144 rows) give each OpenMP
-/// region microseconds of work; on a machine whose cores are busy with other jobs every region then waits for a
-/// descheduled thread, and a loop of thousands of regions takes minutes instead of a fraction of a second. The
-/// threaded paths (attention tasks, row loops, the decode GEMV) stay covered by the forward, causality, padding and
-/// cached-vs-full tests, which run with the default thread count.
-class SerialOpenMP {
- public:
-  SerialOpenMP() : saved_(omp_get_max_threads()) { omp_set_num_threads(1); }
-  ~SerialOpenMP() { omp_set_num_threads(saved_); }
-  SerialOpenMP(const SerialOpenMP&) = delete;
-  SerialOpenMP& operator=(const SerialOpenMP&) = delete;
-
- private:
-  int saved_;
-};
+using xtr::testing::SerialOpenMP;
 
 /// Relative tolerance for float logits of these small models, against their scale max(1, max |logit|).
 constexpr double kLogitTol = 1e-5;

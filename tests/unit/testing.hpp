@@ -2,6 +2,7 @@
 // Test helpers: finite-difference gradient checks (central differences in double; a failure needs both the relative
 // and the absolute error over threshold; the worst entry is reported) and random inputs.
 #include <catch2/catch.hpp>
+#include <omp.h>
 
 #include <cmath>
 #include <functional>
@@ -13,6 +14,20 @@
 #include "xtr/core/tokens.hpp"
 
 namespace xtr::testing {
+
+/// Makes the enclosed loop single-threaded: finite-difference and generation loops call kernels thousands of times on
+/// tiny inputs, where OpenMP wake-ups would dominate (and crawl on a loaded machine). The threaded paths stay covered
+/// by the analytic passes and the reference comparisons, which run with the default thread count.
+class SerialOpenMP {
+ public:
+  SerialOpenMP() : saved_(omp_get_max_threads()) { omp_set_num_threads(1); }
+  ~SerialOpenMP() { omp_set_num_threads(saved_); }
+  SerialOpenMP(const SerialOpenMP&) = delete;
+  SerialOpenMP& operator=(const SerialOpenMP&) = delete;
+
+ private:
+  int saved_;
+};
 
 /// Tolerances per dtype.
 template <class T>
