@@ -3,7 +3,8 @@
 // manual backward (no tape) and a KV-cached incremental forward for generation.
 //
 //   x = emb[tok] (+ pos)                                           (B·T, D)
-//   per layer:  x += Wₒ attn(rot(W_q h), rot(W_k h), W_v h),  h = norm₁(x)
+//   per layer:  x += Wₒ attn(rot(q), rot(k), v),  [q | k | v] = W_qkv h,  h = norm₁(x)   (one GEMM: to_q, to_k
+//               and to_v are adjacent in the parameter buffer, so W_qkv = [W_q; W_k; W_v] is a view)
 //               x += W₂ ff(W₁ h + b₁) + b₂,                    h = norm₂(x)
 //   logits = W_logits norm_f(x)                                   (B·T, V)
 //
@@ -113,6 +114,10 @@ class TransformerWrapper {
       layers_.push_back(p);
     }
     final_norm_ = params_.add("attn_layers.final_norm." + gain, {D}, Init::fill(0));
+    for (const auto& p : layers_)  // the fused qkv projection relies on this layout
+      require(params_.entry(p.to_k).offset == params_.entry(p.to_q).offset + HD * D &&
+                  params_.entry(p.to_v).offset == params_.entry(p.to_k).offset + KD * D,
+              "internal: to_q, to_k, to_v must be adjacent in the parameter buffer");
     to_logits_ = params_.add("to_logits.weight", {V, D}, bound(D));
     params_.allocate(config_.seed);
     if constexpr (has_rotary) rotary_ = cpu::RotaryTable<scalar>(rotary_dim(), L.rotary_theta, config_.max_seq_len);
@@ -201,7 +206,7 @@ class TransformerWrapper {
     ParameterId attn_norm, to_q, to_k, to_v, to_out, ff_norm, ff_in, ff_in_bias, ff_out, ff_out_bias;
   };
   struct LayerActivations {
-    T *attn_xhat, *attn_rstd, *attn_h, *q, *k, *v, *o, *lse;
+    T *attn_xhat, *attn_rstd, *attn_h, *qkv, *o, *lse;  // qkv: (N, HD + 2·KD) rows [q | k | v]
     T *ff_xhat, *ff_rstd, *ff_h, *ff_a, *ff_g;
   };
 
@@ -278,6 +283,10 @@ class TransformerWrapper {
   }
 
   void run_forward(TokensView tokens, MaskView mask);
+  /// [W_q; W_k; W_v] (HD + 2·KD, D): one view over three adjacent parameters, and its gradient.
+  MatrixView<T> qkv_weight(const LayerParameters& p) { return {params_.value(p.to_q).data(), qkv_width(), config_.layers.dim}; }
+  MatrixView<T> qkv_grad(const LayerParameters& p) { return {params_.grad(p.to_q).data(), qkv_width(), config_.layers.dim}; }
+  [[nodiscard]] Index qkv_width() const { return (config_.layers.heads + 2 * kv_heads()) * config_.layers.dim_head; }
   /// Feed-forward sublayer: x += W₂ act(W₁ h + b₁) + b₂ with h = norm(x); saves into `act` when given.
   void feedforward_sublayer(const LayerParameters& p, MatrixView<T> x, LayerActivations& a, double dropout_p,
                             RandomStream stream);
@@ -323,7 +332,7 @@ template <LayerStack Layers, class Backend>
 void TransformerWrapper<Layers, Backend>::run_forward(TokensView tokens, MaskView mask) {
   const auto& L = config_.layers;
   const Index B = tokens.batch, Tn = tokens.length, N = B * Tn, D = L.dim, V = config_.num_tokens;
-  const Index H = L.heads, dh = L.dim_head, HD = H * dh, KD = kv_heads() * dh;
+  const Index H = L.heads, dh = L.dim_head, HD = H * dh, KD = kv_heads() * dh, QKV = HD + 2 * KD;
   const Index F = L.ff_mult * D, W1 = FeedForward::gated ? 2 * F : F;
   ++forward_count_;
   arena_.reset();
@@ -350,9 +359,7 @@ void TransformerWrapper<Layers, Backend>::run_forward(TokensView tokens, MaskVie
     a.attn_xhat = arena_.allocate<T>(N * D);
     a.attn_rstd = arena_.allocate<T>(N);
     a.attn_h = arena_.allocate<T>(N * D);
-    a.q = arena_.allocate<T>(N * HD);
-    a.k = arena_.allocate<T>(N * KD);
-    a.v = arena_.allocate<T>(N * KD);
+    a.qkv = arena_.allocate<T>(N * QKV);
     a.o = arena_.allocate<T>(N * HD);
     a.lse = arena_.allocate<T>(B * H * Tn);
     a.ff_xhat = arena_.allocate<T>(N * D);
@@ -362,22 +369,20 @@ void TransformerWrapper<Layers, Backend>::run_forward(TokensView tokens, MaskVie
     a.ff_g = arena_.allocate<T>(N * F);
 
     // attention sublayer: x += Wₒ attn(q, k, v)
-    MatrixView<T> h(a.attn_h, N, D), q(a.q, N, HD), k(a.k, N, KD), v(a.v, N, KD), o(a.o, N, HD);
+    MatrixView<T> h(a.attn_h, N, D), qkv(a.qkv, N, QKV), o(a.o, N, HD);
     cpu::norm_forward<Norm, T>(x, params_.value(p.attn_norm).data(), h, a.attn_xhat, a.attn_rstd);
-    cpu::linear_forward<T>(h, params_.value(p.to_q), q);
-    cpu::linear_forward<T>(h, params_.value(p.to_k), k);
-    cpu::linear_forward<T>(h, params_.value(p.to_v), v);
+    cpu::linear_forward<T>(h, qkv_weight(p), qkv);
     if constexpr (has_rotary) {
-      rotary_.apply(q, H, dh, Tn, 0, false);
-      rotary_.apply(k, kv_heads(), dh, Tn, 0, false);
+      rotary_.apply(a.qkv, N, QKV, H, dh, Tn, 0, false);
+      rotary_.apply(a.qkv + HD, N, QKV, kv_heads(), dh, Tn, 0, false);
     }
     auto problem = attention_problem(B, Tn, Tn, 0, mask_, Tn);
     if (training_ && L.attn_dropout > 0) {
       problem.dropout = L.attn_dropout;
       problem.dropout_stream = dropout_stream(3 * l + 1);
     }
-    cpu::attention_forward<T>(problem, {a.q, Tn * HD, HD}, {a.k, Tn * KD, KD}, {a.v, Tn * KD, KD},
-                              {a.o, Tn * HD, HD}, a.lse, arena_);
+    cpu::attention_forward<T>(problem, {a.qkv, Tn * QKV, QKV}, {a.qkv + HD, Tn * QKV, QKV},
+                              {a.qkv + HD + KD, Tn * QKV, QKV}, {a.o, Tn * HD, HD}, a.lse, arena_);
     cpu::linear_forward<T>(o, params_.value(p.to_out), x, /*accumulate=*/true);
 
     feedforward_sublayer(p, x, a, training_ ? L.ff_dropout : 0.0, dropout_stream(3 * l + 2));
@@ -396,14 +401,14 @@ void TransformerWrapper<Layers, Backend>::backward(T alpha) {
   require(logits_ != nullptr, "backward() needs a training forward() first (generation keeps no activations)");
   const auto& L = config_.layers;
   const Index B = batch_, Tn = length_, N = B * Tn, D = L.dim;
-  const Index H = L.heads, dh = L.dim_head, HD = H * dh, KD = kv_heads() * dh;
+  const Index H = L.heads, dh = L.dim_head, HD = H * dh, KD = kv_heads() * dh, QKV = HD + 2 * KD;
   const Index F = L.ff_mult * D, W1 = FeedForward::gated ? 2 * F : F;
 
   MatrixView<T> dx = arena_.zeros<T>(N, D);  // gradient of the residual stream
   MatrixView<T> dh_buf = arena_.matrix<T>(N, D);
   MatrixView<T> dg = arena_.matrix<T>(N, F);
   MatrixView<T> da = FeedForward::gated ? arena_.matrix<T>(N, W1) : dg;
-  MatrixView<T> dq = arena_.matrix<T>(N, HD), dk = arena_.matrix<T>(N, KD), dv = arena_.matrix<T>(N, KD);
+  MatrixView<T> dqkv = arena_.matrix<T>(N, QKV);
   MatrixView<T> dout = arena_.matrix<T>(N, HD);
 
   // logits = h_f W_logitsᵀ
@@ -433,27 +438,23 @@ void TransformerWrapper<Layers, Backend>::backward(T alpha) {
     MatrixView<T> o(a.o, N, HD), h1(a.attn_h, N, D);
     cpu::linear_backward_weight<T>(dx, o, params_.grad(p.to_out), T(1));
     cpu::linear_backward_input<T>(dx, params_.value(p.to_out), dout, T(1), false);
-    dq.setZero();
-    dk.setZero();
-    dv.setZero();
+    dqkv.setZero();
     auto problem = attention_problem(B, Tn, Tn, 0, mask_, Tn);
     if (dropout_active_ && L.attn_dropout > 0) {
       problem.dropout = L.attn_dropout;
       problem.dropout_stream = dropout_stream(3 * li + 1);
     }
-    cpu::attention_backward<T>(problem, {a.q, Tn * HD, HD}, {a.k, Tn * KD, KD}, {a.v, Tn * KD, KD},
-                               {a.o, Tn * HD, HD}, a.lse, {dout.data(), Tn * HD, HD}, {dq.data(), Tn * HD, HD},
-                               {dk.data(), Tn * KD, KD}, {dv.data(), Tn * KD, KD}, arena_);
+    T* dq = dqkv.data();
+    cpu::attention_backward<T>(problem, {a.qkv, Tn * QKV, QKV}, {a.qkv + HD, Tn * QKV, QKV},
+                               {a.qkv + HD + KD, Tn * QKV, QKV}, {a.o, Tn * HD, HD}, a.lse,
+                               {dout.data(), Tn * HD, HD}, {dq, Tn * QKV, QKV}, {dq + HD, Tn * QKV, QKV},
+                               {dq + HD + KD, Tn * QKV, QKV}, arena_);
     if constexpr (has_rotary) {
-      rotary_.apply(dq, H, dh, Tn, 0, true);
-      rotary_.apply(dk, kv_heads(), dh, Tn, 0, true);
+      rotary_.apply(dq, N, QKV, H, dh, Tn, 0, true);
+      rotary_.apply(dq + HD, N, QKV, kv_heads(), dh, Tn, 0, true);
     }
-    cpu::linear_backward_weight<T>(dq, h1, params_.grad(p.to_q), T(1));
-    cpu::linear_backward_weight<T>(dk, h1, params_.grad(p.to_k), T(1));
-    cpu::linear_backward_weight<T>(dv, h1, params_.grad(p.to_v), T(1));
-    cpu::linear_backward_input<T>(dq, params_.value(p.to_q), dh_buf, T(1), false);
-    cpu::linear_backward_input<T>(dk, params_.value(p.to_k), dh_buf, T(1), true);
-    cpu::linear_backward_input<T>(dv, params_.value(p.to_v), dh_buf, T(1), true);
+    cpu::linear_backward_weight<T>(dqkv, h1, qkv_grad(p), T(1));
+    cpu::linear_backward_input<T>(dqkv, qkv_weight(p), dh_buf, T(1), false);
     cpu::norm_backward<Norm, T>(dh_buf, a.attn_xhat, a.attn_rstd, params_.value(p.attn_norm).data(), dx,
                                 params_.grad(p.attn_norm).data(), arena_);
   }
@@ -473,7 +474,7 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
   check_tokens(tokens, {});
   const auto& L = config_.layers;
   const Index B = tokens.batch, n = tokens.length, N = B * n, D = L.dim, V = config_.num_tokens;
-  const Index H = L.heads, dh = L.dim_head, HD = H * dh, KD = kv_heads() * dh;
+  const Index H = L.heads, dh = L.dim_head, HD = H * dh, KD = kv_heads() * dh, QKV = HD + 2 * KD;
   const Index F = L.ff_mult * D, W1 = FeedForward::gated ? 2 * F : F;
   if constexpr (has_absolute_positions) {
     require(cache.position + n <= config_.max_seq_len, "absolute positions end at max_seq_len ", config_.max_seq_len,
@@ -507,8 +508,7 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
   if constexpr (has_absolute_positions) positions = params_.value(pos_emb_).data();
   cpu::embedding_forward<T>(ids, N, n, cache.position, params_.value(token_emb_), positions,
                             T(1.0 / std::sqrt(double(D))), x);
-  MatrixView<T> h = arena_.matrix<T>(N, D), q = arena_.matrix<T>(N, HD), k = arena_.matrix<T>(N, KD),
-                v = arena_.matrix<T>(N, KD), o = arena_.matrix<T>(N, HD);
+  MatrixView<T> h = arena_.matrix<T>(N, D), qkv = arena_.matrix<T>(N, QKV), o = arena_.matrix<T>(N, HD);
   LayerActivations scratch{};
   scratch.ff_h = arena_.allocate<T>(N * D);
   scratch.ff_a = arena_.allocate<T>(N * W1);
@@ -516,22 +516,23 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     const LayerParameters& p = layers_[l];
     cpu::norm_forward<Norm, T>(x, params_.value(p.attn_norm).data(), h, nullptr, nullptr);
-    cpu::linear_forward<T>(h, params_.value(p.to_q), q);
-    cpu::linear_forward<T>(h, params_.value(p.to_k), k);
-    cpu::linear_forward<T>(h, params_.value(p.to_v), v);
+    cpu::linear_forward<T>(h, qkv_weight(p), qkv);
     if constexpr (has_rotary) {
-      rotary_.apply(q, H, dh, n, cache.position, false);
-      rotary_.apply(k, kv_heads(), dh, n, cache.position, false);
+      rotary_.apply(qkv.data(), N, QKV, H, dh, n, cache.position, false);
+      rotary_.apply(qkv.data() + HD, N, QKV, kv_heads(), dh, n, cache.position, false);
     }
     const Index row0 = cache.start + cache.length;  // where the new keys go
-    for (Index b = 0; b < B; ++b) {
-      std::copy_n(k.data() + b * n * KD, n * KD, cache.k[l].data() + (b * cache.capacity + row0) * KD);
-      std::copy_n(v.data() + b * n * KD, n * KD, cache.v[l].data() + (b * cache.capacity + row0) * KD);
-    }
+    for (Index b = 0; b < B; ++b)
+      for (Index t = 0; t < n; ++t) {
+        const T* row = qkv.data() + (b * n + t) * QKV;
+        std::copy_n(row + HD, KD, cache.k[l].data() + (b * cache.capacity + row0 + t) * KD);
+        std::copy_n(row + HD + KD, KD, cache.v[l].data() + (b * cache.capacity + row0 + t) * KD);
+      }
     const auto problem = attention_problem(B, n, cache.length + n, cache.length, nullptr, 0);
     const cpu::HeadsView<const T> keys{cache.k[l].data() + cache.start * KD, cache.capacity * KD, KD};
     const cpu::HeadsView<const T> values{cache.v[l].data() + cache.start * KD, cache.capacity * KD, KD};
-    cpu::attention_forward<T>(problem, {q.data(), n * HD, HD}, keys, values, {o.data(), n * HD, HD}, nullptr, arena_);
+    cpu::attention_forward<T>(problem, {qkv.data(), n * QKV, QKV}, keys, values, {o.data(), n * HD, HD}, nullptr,
+                              arena_);
     cpu::linear_forward<T>(o, params_.value(p.to_out), x, /*accumulate=*/true);
     feedforward_sublayer(p, x, scratch, 0.0, {});
   }

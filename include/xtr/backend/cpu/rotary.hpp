@@ -38,16 +38,20 @@ class RotaryTable {
 
   /// Rotates the first r channels of every head of x (N, heads·dim_head); `inverse` applies the transpose.
   void apply(MatrixView<T> x, Index heads, Index dim_head, Index T_len, Index offset, bool inverse) const {
+    apply(x.data(), x.rows(), x.cols(), heads, dim_head, T_len, offset, inverse);
+  }
+  /// The same on `rows` rows that start `row_stride` apart (the q or k columns of a fused qkv projection).
+  void apply(T* x, Index rows, Index row_stride, Index heads, Index dim_head, Index T_len, Index offset,
+             bool inverse) const {
     if (pairs_ == 0) return;
-    const Index W = x.cols();
     const T sign = inverse ? T(-1) : T(1);
-    parallel_rows(x.rows(), heads * pairs_ * 6, [&](Index begin, Index end) {
+    parallel_rows(rows, heads * pairs_ * 6, [&](Index begin, Index end) {
       for (Index n = begin; n < end; ++n) {
         const Index pos = n % T_len + offset;
         const T* c = cos_.data() + pos * pairs_;
         const T* s = sin_.data() + pos * pairs_;
         for (Index h = 0; h < heads; ++h) {
-          T* v = x.data() + n * W + h * dim_head;
+          T* v = x + n * row_stride + h * dim_head;
           for (Index i = 0; i < pairs_; ++i) {
             const T a = v[2 * i], b = v[2 * i + 1], si = sign * s[i];
             v[2 * i] = a * c[i] - b * si;
