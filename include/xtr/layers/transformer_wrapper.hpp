@@ -132,6 +132,8 @@ class TransformerWrapper {
         forward_count_(other.forward_count_) {
     activations_.resize(layers_.size());
   }
+  // Moves keep the arena (its blocks do not move, so saved activations stay valid).
+  TransformerWrapper(TransformerWrapper&&) noexcept = default;
 
   [[nodiscard]] const TransformerConfig& config() const { return config_; }
   [[nodiscard]] ParameterStore<scalar>& parameters() { return params_; }
@@ -284,10 +286,17 @@ class TransformerWrapper {
 
   void run_forward(TokensView tokens, MaskView mask);
   /// [W_q; W_k; W_v] (HD + 2·KD, D): one view over three adjacent parameters, and its gradient.
-  MatrixView<T> qkv_weight(const LayerParameters& p) { return {params_.value(p.to_q).data(), qkv_width(), config_.layers.dim}; }
-  MatrixView<T> qkv_grad(const LayerParameters& p) { return {params_.grad(p.to_q).data(), qkv_width(), config_.layers.dim}; }
-  [[nodiscard]] Index qkv_width() const { return (config_.layers.heads + 2 * kv_heads()) * config_.layers.dim_head; }
-  /// Feed-forward sublayer: x += W₂ act(W₁ h + b₁) + b₂ with h = norm(x); saves into `act` when given.
+  MatrixView<T> qkv_weight(const LayerParameters& p) {
+    return {params_.value(p.to_q).data(), qkv_width(), config_.layers.dim};
+  }
+  MatrixView<T> qkv_grad(const LayerParameters& p) {
+    return {params_.grad(p.to_q).data(), qkv_width(), config_.layers.dim};
+  }
+  [[nodiscard]] Index qkv_width() const {
+    return (config_.layers.heads + 2 * kv_heads()) * config_.layers.dim_head;
+  }
+  /// Feed-forward sublayer: x += W₂ act(W₁ h + b₁) + b₂ with h = norm(x); norm statistics are kept when `a`
+  /// has buffers for them (training), not when it is decoding scratch.
   void feedforward_sublayer(const LayerParameters& p, MatrixView<T> x, LayerActivations& a, double dropout_p,
                             RandomStream stream);
 
