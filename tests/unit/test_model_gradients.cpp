@@ -99,3 +99,16 @@ TEST_CASE("autoregressive loss gradient, with ignore_index", "[gradient][model]"
   }
   XTR_REQUIRE_GRADIENT(check_gradient(params, analytic, [&] { return model(x).item() / 2.0; }, "all parameters"));
 }
+
+TEST_CASE("whole-model gradients with one head (no output projection, as x-transformers)", "[gradient][model]") {
+  auto config = tiny();
+  config.layers.heads = 1;
+  config.layers.dim_head = config.layers.dim;
+  TransformerWrapper<Decoder<Rotary, LayerNorm, GELU>, Cpu<double>> net(config);
+  REQUIRE(net.parameters().find("attn_layers.layers.0.1.to_out.weight") == nullptr);
+  check_network(net, xtr::testing::random_tokens(2, 7, 11, 6));
+  config.layers.dim_head = 4;
+  REQUIRE_THROWS_WITH((TransformerWrapper<Decoder<Rotary>, Cpu<double>>(config)),
+                      Catch::Contains("with heads = 1 there is no output projection") &&
+                          Catch::Contains("dim_head 4 must equal dim 8"));
+}

@@ -104,7 +104,7 @@ class TransformerWrapper {
       p.to_q = params_.add(a + "1.to_q.weight", {HD, D}, bound(D));
       p.to_k = params_.add(a + "1.to_k.weight", {KD, D}, bound(D));
       p.to_v = params_.add(a + "1.to_v.weight", {KD, D}, bound(D));
-      p.to_out = params_.add(a + "1.to_out.weight", {D, HD}, bound(HD));
+      if (has_out_projection()) p.to_out = params_.add(a + "1.to_out.weight", {D, HD}, bound(HD));
       p.ff_norm = params_.add(f + "0.0." + gain, {D}, Init::fill(0));
       const std::string in = FeedForward::gated ? "1.ff.0.proj." : "1.ff.0.0.";
       p.ff_in = params_.add(f + in + "weight", {W1, D}, bound(D));
@@ -141,6 +141,9 @@ class TransformerWrapper {
   [[nodiscard]] Index num_tokens() const { return config_.num_tokens; }
   [[nodiscard]] Index max_seq_len() const { return config_.max_seq_len; }
   [[nodiscard]] Index kv_heads() const { return config_.layers.kv_heads ? config_.layers.kv_heads : config_.layers.heads; }
+  /// x-transformers projects the heads' output back to dim only when heads > 1; one head of width dim is added to
+  /// the residual stream as it is.
+  [[nodiscard]] bool has_out_projection() const { return config_.layers.heads > 1; }
   [[nodiscard]] Index rotary_dim() const {
     return config_.layers.rotary_dim ? config_.layers.rotary_dim : config_.layers.dim_head / 2;
   }
@@ -223,6 +226,8 @@ class TransformerWrapper {
     require(L.ff_mult > 0, "layers.ff_mult must be > 0, got ", L.ff_mult);
     const Index kv = L.kv_heads ? L.kv_heads : L.heads;
     require(kv > 0 && L.heads % kv == 0, "layers.heads ", L.heads, " must be a multiple of layers.kv_heads ", kv);
+    require(L.heads > 1 || L.dim_head == L.dim, "with heads = 1 there is no output projection (as in x-transformers), "
+            "so dim_head ", L.dim_head, " must equal dim ", L.dim);
     for (double p : {c.emb_dropout, L.attn_dropout, L.ff_dropout})
       require(p >= 0 && p < 1, "dropout rates must be in [0, 1), got ", p);
     if constexpr (has_rotary) {
@@ -285,6 +290,14 @@ class TransformerWrapper {
   }
 
   void run_forward(TokensView tokens, MaskView mask);
+  /// x += o Wₒᵀ, or x += o when there is no output projection (heads = 1).
+  void add_attention_output(const LayerParameters& p, MatrixView<T> o, MatrixView<T> x) {
+    if (has_out_projection()) {
+      cpu::linear_forward<T>(o, params_.value(p.to_out), x, /*accumulate=*/true);
+    } else {
+      x += o;
+    }
+  }
   /// [W_q; W_k; W_v] (HD + 2·KD, D): one view over three adjacent parameters, and its gradient.
   MatrixView<T> qkv_weight(const LayerParameters& p) {
     return {params_.value(p.to_q).data(), qkv_width(), config_.layers.dim};
@@ -392,7 +405,7 @@ void TransformerWrapper<Layers, Backend>::run_forward(TokensView tokens, MaskVie
     }
     cpu::attention_forward<T>(problem, {a.qkv, Tn * QKV, QKV}, {a.qkv + HD, Tn * QKV, QKV},
                               {a.qkv + HD + KD, Tn * QKV, QKV}, {a.o, Tn * HD, HD}, a.lse, arena_);
-    cpu::linear_forward<T>(o, params_.value(p.to_out), x, /*accumulate=*/true);
+    add_attention_output(p, o, x);
 
     feedforward_sublayer(p, x, a, training_ ? L.ff_dropout : 0.0, dropout_stream(3 * l + 2));
   }
@@ -443,10 +456,14 @@ void TransformerWrapper<Layers, Backend>::backward(T alpha) {
     cpu::norm_backward<Norm, T>(dh_buf, a.ff_xhat, a.ff_rstd, params_.value(p.ff_norm).data(), dx,
                                 params_.grad(p.ff_norm).data(), arena_);
 
-    // attention: x += o Wₒᵀ
+    // attention: x += o Wₒᵀ (or x += o with one head)
     MatrixView<T> o(a.o, N, HD), h1(a.attn_h, N, D);
-    cpu::linear_backward_weight<T>(dx, o, params_.grad(p.to_out), T(1));
-    cpu::linear_backward_input<T>(dx, params_.value(p.to_out), dout, T(1), false);
+    const T* dattn = dx.data();
+    if (has_out_projection()) {
+      cpu::linear_backward_weight<T>(dx, o, params_.grad(p.to_out), T(1));
+      cpu::linear_backward_input<T>(dx, params_.value(p.to_out), dout, T(1), false);
+      dattn = dout.data();
+    }
     dqkv.setZero();
     auto problem = attention_problem(B, Tn, Tn, 0, mask_, Tn);
     if (dropout_active_ && L.attn_dropout > 0) {
@@ -456,7 +473,7 @@ void TransformerWrapper<Layers, Backend>::backward(T alpha) {
     T* dq = dqkv.data();
     cpu::attention_backward<T>(problem, {a.qkv, Tn * QKV, QKV}, {a.qkv + HD, Tn * QKV, QKV},
                                {a.qkv + HD + KD, Tn * QKV, QKV}, {a.o, Tn * HD, HD}, a.lse,
-                               {dout.data(), Tn * HD, HD}, {dq, Tn * QKV, QKV}, {dq + HD, Tn * QKV, QKV},
+                               {dattn, Tn * HD, HD}, {dq, Tn * QKV, QKV}, {dq + HD, Tn * QKV, QKV},
                                {dq + HD + KD, Tn * QKV, QKV}, arena_);
     if constexpr (has_rotary) {
       rotary_.apply(dq, N, QKV, H, dh, Tn, 0, true);
@@ -542,7 +559,7 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
     const cpu::HeadsView<const T> values{cache.v[l].data() + cache.start * KD, cache.capacity * KD, KD};
     cpu::attention_forward<T>(problem, {qkv.data(), n * QKV, QKV}, keys, values, {o.data(), n * HD, HD}, nullptr,
                               arena_);
-    cpu::linear_forward<T>(o, params_.value(p.to_out), x, /*accumulate=*/true);
+    add_attention_output(p, o, x);
     feedforward_sublayer(p, x, scratch, 0.0, {});
   }
   cache.length += n;
