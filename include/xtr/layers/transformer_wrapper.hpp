@@ -308,10 +308,10 @@ class TransformerWrapper {
   [[nodiscard]] Index qkv_width() const {
     return (config_.layers.heads + 2 * kv_heads()) * config_.layers.dim_head;
   }
-  /// Feed-forward sublayer: x += W₂ act(W₁ h + b₁) + b₂ with h = norm(x); norm statistics are kept when `a`
-  /// has buffers for them (training), not when it is decoding scratch.
-  void feedforward_sublayer(const LayerParameters& p, MatrixView<T> x, LayerActivations& a, double dropout_p,
-                            RandomStream stream);
+  /// Feed-forward sublayer: x += W₂ act(W₁ h + b₁) with h = norm(x); returns b₂, which the next norm adds to x in
+  /// its own pass (residual + norm fused). Norm statistics are kept when `a` has buffers for them (training).
+  const T* feedforward_sublayer(const LayerParameters& p, MatrixView<T> x, LayerActivations& a, double dropout_p,
+                                RandomStream stream);
 
   TransformerConfig config_;
   ParameterStore<T> params_;
@@ -337,9 +337,9 @@ class TransformerWrapper {
 // ---------------------------------------------------------------------------------------------------------------------
 
 template <LayerStack Layers, class Backend>
-void TransformerWrapper<Layers, Backend>::feedforward_sublayer(const LayerParameters& p, MatrixView<T> x,
+auto TransformerWrapper<Layers, Backend>::feedforward_sublayer(const LayerParameters& p, MatrixView<T> x,
                                                                LayerActivations& a, double dropout_p,
-                                                               RandomStream stream) {
+                                                               RandomStream stream) -> const T* {
   const Index N = x.rows(), D = x.cols(), F = config_.layers.ff_mult * D, W1 = FeedForward::gated ? 2 * F : F;
   MatrixView<T> h(a.ff_h, N, D), pre(a.ff_a, N, W1), g(a.ff_g, N, F);
   cpu::norm_forward<Norm, T>(x, params_.value(p.ff_norm).data(), h, a.ff_xhat, a.ff_rstd);
@@ -347,7 +347,7 @@ void TransformerWrapper<Layers, Backend>::feedforward_sublayer(const LayerParame
   cpu::feedforward_activation_forward<FeedForward, T>(pre, params_.value(p.ff_in_bias).data(), g);
   dropout(g, dropout_p, stream);
   cpu::linear_forward<T>(g, params_.value(p.ff_out), x, /*accumulate=*/true);
-  x.rowwise() += params_.value(p.ff_out_bias).row(0);
+  return params_.value(p.ff_out_bias).data();
 }
 
 template <LayerStack Layers, class Backend>
@@ -374,6 +374,7 @@ void TransformerWrapper<Layers, Backend>::run_forward(TokensView tokens, MaskVie
   if constexpr (has_absolute_positions) positions = params_.value(pos_emb_).data();
   cpu::embedding_forward<T>(ids_, N, Tn, 0, params_.value(token_emb_), positions, T(1.0 / std::sqrt(double(D))), x);
   if (training_) dropout(x, config_.emb_dropout, dropout_stream(0));
+  const T* pending_bias = nullptr;  // the last feed-forward's b₂, added by the next norm
 
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     const LayerParameters& p = layers_[l];
@@ -392,7 +393,7 @@ void TransformerWrapper<Layers, Backend>::run_forward(TokensView tokens, MaskVie
 
     // attention sublayer: x += Wₒ attn(q, k, v)
     MatrixView<T> h(a.attn_h, N, D), qkv(a.qkv, N, QKV), o(a.o, N, HD);
-    cpu::norm_forward<Norm, T>(x, params_.value(p.attn_norm).data(), h, a.attn_xhat, a.attn_rstd);
+    cpu::norm_forward<Norm, T>(x, params_.value(p.attn_norm).data(), h, a.attn_xhat, a.attn_rstd, pending_bias);
     cpu::linear_forward<T>(h, qkv_weight(p), qkv);
     if constexpr (has_rotary) {
       rotary_.apply(a.qkv, N, QKV, H, dh, Tn, 0, false);
@@ -407,12 +408,12 @@ void TransformerWrapper<Layers, Backend>::run_forward(TokensView tokens, MaskVie
                               {a.qkv + HD + KD, Tn * QKV, QKV}, {a.o, Tn * HD, HD}, a.lse, arena_);
     add_attention_output(p, o, x);
 
-    feedforward_sublayer(p, x, a, training_ ? L.ff_dropout : 0.0, dropout_stream(3 * l + 2));
+    pending_bias = feedforward_sublayer(p, x, a, training_ ? L.ff_dropout : 0.0, dropout_stream(3 * l + 2));
   }
   final_xhat_ = arena_.allocate<T>(N * D);
   final_rstd_ = arena_.allocate<T>(N);
   MatrixView<T> final_h = arena_.matrix<T>(N, D), logits = arena_.matrix<T>(N, V);
-  cpu::norm_forward<Norm, T>(x, params_.value(final_norm_).data(), final_h, final_xhat_, final_rstd_);
+  cpu::norm_forward<Norm, T>(x, params_.value(final_norm_).data(), final_h, final_xhat_, final_rstd_, pending_bias);
   cpu::linear_forward<T>(final_h, params_.value(to_logits_), logits);
   final_h_ = final_h.data();
   logits_ = logits.data();
@@ -539,9 +540,10 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
   scratch.ff_h = arena_.allocate<T>(N * D);
   scratch.ff_a = arena_.allocate<T>(N * W1);
   scratch.ff_g = arena_.allocate<T>(N * F);
+  const T* pending_bias = nullptr;  // the last feed-forward's b₂, added by the next norm
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     const LayerParameters& p = layers_[l];
-    cpu::norm_forward<Norm, T>(x, params_.value(p.attn_norm).data(), h, nullptr, nullptr);
+    cpu::norm_forward<Norm, T>(x, params_.value(p.attn_norm).data(), h, nullptr, nullptr, pending_bias);
     cpu::linear_forward<T>(h, qkv_weight(p), qkv);
     if constexpr (has_rotary) {
       rotary_.apply(qkv.data(), N, QKV, H, dh, n, cache.position, false);
@@ -560,14 +562,14 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
     cpu::attention_forward<T>(problem, {qkv.data(), n * QKV, QKV}, keys, values, {o.data(), n * HD, HD}, nullptr,
                               arena_);
     add_attention_output(p, o, x);
-    feedforward_sublayer(p, x, scratch, 0.0, {});
+    pending_bias = feedforward_sublayer(p, x, scratch, 0.0, {});
   }
   cache.length += n;
   cache.position += n;
   // logits of the last new position of each sequence only
   MatrixView<T> last = arena_.matrix<T>(B, D), last_h = arena_.matrix<T>(B, D);
   for (Index b = 0; b < B; ++b) last.row(b) = x.row(b * n + n - 1);
-  cpu::norm_forward<Norm, T>(last, params_.value(final_norm_).data(), last_h, nullptr, nullptr);
+  cpu::norm_forward<Norm, T>(last, params_.value(final_norm_).data(), last_h, nullptr, nullptr, pending_bias);
   MatrixView<T> out = arena_.matrix<T>(B, V);
   cpu::linear_forward<T>(last_h, params_.value(to_logits_), out);
   return out;

@@ -18,14 +18,19 @@ namespace xtr::cpu {
 template <class Norm>
 inline constexpr bool subtracts_mean = std::is_same_v<Norm, LayerNorm>;
 
-/// h = norm(x) ⊙ (1 + γ); keeps x̂ (N, D) and r (N) for the backward when they are non-null.
+/// h = norm(x) ⊙ (1 + γ); keeps x̂ (N, D) and r (N) for the backward when they are non-null. With `residual_bias`,
+/// the residual stream is first updated in the same pass, x += b (the feed-forward's output bias): residual + norm
+/// read and write each row once.
 template <class Norm, class T>
-void norm_forward(MatrixView<T> x, const T* gamma, MatrixView<T> h, T* xhat, T* rstd) {
+void norm_forward(MatrixView<T> x, const T* gamma, MatrixView<T> h, T* xhat, T* rstd,
+                  const T* residual_bias = nullptr) {
   const Index D = x.cols();
   parallel_rows(x.rows(), 6 * D, [&](Index begin, Index end) {
     for (Index n = begin; n < end; ++n) {
-      const T* xr = x.data() + n * D;
+      T* xr = x.data() + n * D;
       T* hr = h.data() + n * D;
+      if (residual_bias)
+        for (Index d = 0; d < D; ++d) xr[d] += residual_bias[d];
       T* xh = xhat ? xhat + n * D : hr;  // without a save buffer, normalise in place in h
       double mean = 0, sq = 0;
       if constexpr (subtracts_mean<Norm>) {
