@@ -1,6 +1,7 @@
 // Benchmarks mirroring ../shared/peer/bench_xt.py (same configurations, same measurement), plus the two ceilings used
 // for roofline fractions on this machine (GEMM rate, memory bandwidth). One JSON line per measurement.
 //   xtr_bench --bench train_step|generate_kv|gemm|bandwidth [--config small|enwik8] [--threads N] [--steps N]
+//             [--bf16-weights]   (generate_kv: decode from bfloat16 weights)
 #include <omp.h>
 
 #include <Eigen/Core>
@@ -64,24 +65,24 @@ void train_step(const BenchConfig& c, int steps) {
 }
 
 // batch 1, 16-token prompt, 256 new tokens, KV cache, best of 3 after a warm-up of 8 tokens
-void generate_kv(const BenchConfig& c, int repeats) {
+void generate_kv(const BenchConfig& c, int repeats, bool bf16) {
   auto model = make(c);
   model.eval();
   xtr::TokenBatch prompt(1, 16);
   xtr::RandomStream rs{0, 1};
   for (std::size_t i = 0; i < prompt.data.size(); ++i) prompt.data[i] = std::int32_t(rs.below(i, 256));
-  model.generate(prompt, 8);
+  model.generate(prompt, 8, {.bf16_weights = bf16});
   const int new_tokens = 256;
   double best = 1e30;
   for (int r = 0; r < repeats; ++r) {
     const auto t = Clock::now();
-    auto out = model.generate(prompt, new_tokens, {.seed = std::uint64_t(r)});
+    auto out = model.generate(prompt, new_tokens, {.bf16_weights = bf16, .seed = std::uint64_t(r)});
     best = std::min(best, seconds_since(t));
   }
   std::printf(
       "{\"impl\": \"xtr\", \"bench\": \"generate_kv\", \"config\": \"%s\", \"threads\": %d, \"batch\": 1, "
-      "\"new_tokens\": %d, \"best_s\": %.4f, \"tokens_per_s\": %.1f}\n",
-      c.name, omp_get_max_threads(), new_tokens, best, new_tokens / best);
+      "\"new_tokens\": %d, \"weights\": \"%s\", \"best_s\": %.4f, \"tokens_per_s\": %.1f}\n",
+      c.name, omp_get_max_threads(), new_tokens, bf16 ? "bf16" : "f32", best, new_tokens / best);
 }
 
 // ceiling 1: float GEMM rate (Eigen or, with XTR_USE_BLAS, BLAS) at the model's GEMM shapes
@@ -127,6 +128,7 @@ void bandwidth(int repeats) {
 int main(int argc, char** argv) {
   std::string bench = "train_step", config = "small";
   int steps = -1;
+  bool bf16 = false;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     auto value = [&]() -> std::string {
@@ -140,10 +142,11 @@ int main(int argc, char** argv) {
     else if (arg == "--config") config = value();
     else if (arg == "--threads") omp_set_num_threads(std::stoi(value()));
     else if (arg == "--steps") steps = std::stoi(value());
+    else if (arg == "--bf16-weights") bf16 = true;
     else {
       std::fprintf(stderr,
                    "usage: xtr_bench --bench train_step|generate_kv|gemm|bandwidth [--config small|enwik8] "
-                   "[--threads N] [--steps N]\n");
+                   "[--threads N] [--steps N] [--bf16-weights]\n");
       return 2;
     }
   }
@@ -156,7 +159,7 @@ int main(int argc, char** argv) {
   }
   try {
     if (bench == "train_step") train_step(*c, steps > 0 ? steps : (config == "small" ? 5 : 2));
-    else if (bench == "generate_kv") generate_kv(*c, steps > 0 ? steps : 3);
+    else if (bench == "generate_kv") generate_kv(*c, steps > 0 ? steps : 3, bf16);
     else if (bench == "gemm") gemm(steps > 0 ? steps : 5);
     else if (bench == "bandwidth") bandwidth(steps > 0 ? steps : 5);
     else {

@@ -684,3 +684,44 @@ TEST_CASE("backward() twice on one forward pass is an error; generate() without 
   const auto c = model.generate(prompt, 24, {.top_k = 0, .seed = 5}), d = model.generate(prompt, 24, {.top_k = 0, .seed = 5});
   REQUIRE(c.data == d.data);
 }
+
+TEST_CASE("bfloat16 rounding is to nearest even and keeps NaN", "[decode][bf16]") {
+  REQUIRE(cpu::float_to_bf16(1.0f) == 0x3F80);
+  REQUIRE(cpu::bf16_to_float(0x3F80) == 1.0f);
+  // 1 + 2^-8 is halfway between bf16 1.0 (even) and 1 + 2^-7: rounds to even; a hair more rounds up
+  REQUIRE(cpu::float_to_bf16(1.0f + 0x1p-8f) == 0x3F80);
+  REQUIRE(cpu::float_to_bf16(1.0f + 0x1p-8f + 0x1p-20f) == 0x3F81);
+  REQUIRE(cpu::float_to_bf16(1.0f + 3 * 0x1p-8f) == 0x3F82);  // halfway above odd 0x3F81: up to even
+  REQUIRE(std::isnan(cpu::bf16_to_float(cpu::float_to_bf16(std::nanf("")))));
+  for (float f : {3.14159f, -2.5e-3f, 6.0e4f})
+    REQUIRE(std::abs(cpu::bf16_to_float(cpu::float_to_bf16(f)) - f) <= std::abs(f) * 0x1p-8f);
+}
+
+TEST_CASE("decoding from bfloat16 weights tracks float decoding within the rounding", "[decode][bf16]") {
+  using Net = TransformerWrapper<Decoder<Rotary, LayerNorm, GELU>>;
+  Net net({.num_tokens = 64, .max_seq_len = 40, .layers = {.dim = 64, .depth = 2, .heads = 4, .dim_head = 16}});
+  net.eval();
+  const auto prompt = random_tokens(3, 12, 64, 21), step = random_tokens(3, 1, 64, 22);
+  auto exact = net.make_cache(3), rounded = net.make_cache(3);
+  net.round_weights_to_bf16(rounded);
+  for (const auto& tokens : {prompt, step, step}) {  // a prefill (widened bf16 GEMM), then two single tokens (GEMV)
+    auto a = net.forward_cached(tokens, exact);
+    const std::vector<float> reference(a.data(), a.data() + a.size());
+    auto b = net.forward_cached(tokens, rounded);
+    double worst = 0, scale = 0, moved = 0;
+    for (std::size_t i = 0; i < reference.size(); ++i) {
+      worst = std::max(worst, double(std::abs(b.data()[i] - reference[i])));
+      scale = std::max(scale, double(std::abs(reference[i])));
+      moved += b.data()[i] != reference[i];
+    }
+    INFO("worst " << worst << " of scale " << scale);
+    REQUIRE(worst <= 3e-2 * scale);  // weights carry 8 significant bits
+    REQUIRE(moved > 0);              // the rounded weights were really used
+  }
+  AutoregressiveWrapper<Net> model(std::move(net));
+  REQUIRE_THROWS_WITH(model.generate(prompt, 4, {.cache_kv = false, .bf16_weights = true}),
+                      Contains("bf16_weights applies to KV-cached decoding"));
+  const auto greedy = model.generate(prompt, 8, {.temperature = 0, .bf16_weights = true});
+  REQUIRE(greedy.batch == 3);
+  REQUIRE(greedy.length == 8);
+}

@@ -26,6 +26,8 @@ struct Sampling {
   double min_p = 0;                        // in (0, 1]; 0: off
   std::optional<std::int32_t> eos_token;  // stop a sequence here; later positions become pad_value
   bool cache_kv = true;                    // KV cache (false: recompute the window every step)
+  bool bf16_weights = false;               // decode from a bfloat16 copy of the weights (KV cache only): half the
+                                           // bytes per token; logits differ from float by the rounding
   std::optional<std::uint64_t> seed;       // fixed draws; unset: a fresh stream per generate() call
 };
 

@@ -58,6 +58,7 @@ struct KVCache {
   Index start = 0, length = 0;    // live rows [start, start + length)
   Index position = 0;             // position of the next token (keeps counting past max_seq_len)
   std::vector<Tensor<T>> k, v;    // per layer (batch, capacity, kv_heads · dim_head)
+  std::vector<std::uint16_t> bf16_weights;  // when set: the parameters rounded to bfloat16, same layout
 };
 
 template <LayerStack Layers, class Backend = Cpu<float>>
@@ -200,6 +201,18 @@ class TransformerWrapper {
     return c;
   }
 
+  /// Makes forward_cached() read the matrices of a copy of the parameters rounded to bfloat16: half the bytes per
+  /// decoded token (decoding is bound by reading the weights); the logits change by the rounding (relative ~1e-2).
+  void round_weights_to_bf16(Cache& cache) const
+    requires(Layers::causal)
+  {
+    const T* w = params_.values().data();
+    cache.bf16_weights.resize(std::size_t(params_.count()));
+    cpu::parallel_rows(params_.count(), 4, [&](Index begin, Index end) {
+      for (Index i = begin; i < end; ++i) cache.bf16_weights[std::size_t(i)] = cpu::float_to_bf16(float(w[i]));
+    });
+  }
+
   /// Appends `tokens` (batch, n) to the cached sequence and returns the logits of the last new position (batch, V).
   /// Rotary and position-free stacks slide past max_seq_len (the oldest keys drop out); AbsoluteLearned cannot.
   MatrixView<scalar> forward_cached(TokensView tokens, Cache& cache)
@@ -290,10 +303,25 @@ class TransformerWrapper {
   }
 
   void run_forward(TokensView tokens, MaskView mask);
+  /// y (+)= x Wᵀ for the `rows` output rows of parameters starting at `first` (adjacent parameters form one matrix):
+  /// the float weights, or their bfloat16 copy while forward_cached() decodes with one.
+  void project(MatrixView<T> x, ParameterId first, Index rows, MatrixView<T> y, bool accumulate) {
+    const auto& e = params_.entry(first);
+    const Index cols = e.shape.cols();
+    if (!bf16_weights_) {
+      cpu::linear_forward<T>(x, MatrixView<T>(params_.values().data() + e.offset, rows, cols), y, accumulate);
+    } else if (x.rows() <= 8) {
+      cpu::linear_forward_bf16<T>(x, bf16_weights_ + e.offset, rows, cols, y, accumulate);
+    } else {  // a prefill: widen the block once, then one GEMM
+      MatrixView<T> w = arena_.matrix<T>(rows, cols);
+      for (Index i = 0; i < rows * cols; ++i) w.data()[i] = T(cpu::bf16_to_float(bf16_weights_[e.offset + i]));
+      cpu::linear_forward<T>(x, w, y, accumulate);
+    }
+  }
   /// x += o Wₒᵀ, or x += o when there is no output projection (heads = 1).
   void add_attention_output(const LayerParameters& p, MatrixView<T> o, MatrixView<T> x) {
     if (has_out_projection()) {
-      cpu::linear_forward<T>(o, params_.value(p.to_out), x, /*accumulate=*/true);
+      project(o, p.to_out, config_.layers.dim, x, /*accumulate=*/true);
     } else {
       x += o;
     }
@@ -319,6 +347,7 @@ class TransformerWrapper {
   ParameterId token_emb_, pos_emb_, final_norm_, to_logits_;
   cpu::RotaryTable<T> rotary_;
   bool training_ = true;
+  const std::uint16_t* bf16_weights_ = nullptr;  // set only inside forward_cached()
   std::uint64_t dropout_seed_ = config_.seed;
   std::uint64_t forward_count_ = 0;
 
@@ -343,10 +372,10 @@ auto TransformerWrapper<Layers, Backend>::feedforward_sublayer(const LayerParame
   const Index N = x.rows(), D = x.cols(), F = config_.layers.ff_mult * D, W1 = FeedForward::gated ? 2 * F : F;
   MatrixView<T> h(a.ff_h, N, D), pre(a.ff_a, N, W1), g(a.ff_g, N, F);
   cpu::norm_forward<Norm, T>(x, params_.value(p.ff_norm).data(), h, a.ff_xhat, a.ff_rstd);
-  cpu::linear_forward<T>(h, params_.value(p.ff_in), pre);
+  project(h, p.ff_in, W1, pre, false);
   cpu::feedforward_activation_forward<FeedForward, T>(pre, params_.value(p.ff_in_bias).data(), g);
   dropout(g, dropout_p, stream);
-  cpu::linear_forward<T>(g, params_.value(p.ff_out), x, /*accumulate=*/true);
+  project(g, p.ff_out, D, x, /*accumulate=*/true);
   return params_.value(p.ff_out_bias).data();
 }
 
@@ -394,7 +423,7 @@ void TransformerWrapper<Layers, Backend>::run_forward(TokensView tokens, MaskVie
     // attention sublayer: x += Wₒ attn(q, k, v)
     MatrixView<T> h(a.attn_h, N, D), qkv(a.qkv, N, QKV), o(a.o, N, HD);
     cpu::norm_forward<Norm, T>(x, params_.value(p.attn_norm).data(), h, a.attn_xhat, a.attn_rstd, pending_bias);
-    cpu::linear_forward<T>(h, qkv_weight(p), qkv);
+    project(h, p.to_q, QKV, qkv, false);  // [W_q; W_k; W_v] are adjacent
     if constexpr (has_rotary) {
       rotary_.apply(a.qkv, N, QKV, H, dh, Tn, 0, false);
       rotary_.apply(a.qkv + HD, N, QKV, kv_heads(), dh, Tn, 0, false);
@@ -414,7 +443,7 @@ void TransformerWrapper<Layers, Backend>::run_forward(TokensView tokens, MaskVie
   final_rstd_ = arena_.allocate<T>(N);
   MatrixView<T> final_h = arena_.matrix<T>(N, D), logits = arena_.matrix<T>(N, V);
   cpu::norm_forward<Norm, T>(x, params_.value(final_norm_).data(), final_h, final_xhat_, final_rstd_, pending_bias);
-  cpu::linear_forward<T>(final_h, params_.value(to_logits_), logits);
+  project(final_h, to_logits_, V, logits, false);
   final_h_ = final_h.data();
   logits_ = logits.data();
 }
@@ -528,6 +557,13 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
   ++forward_count_;
   arena_.reset();
   logits_ = nullptr;  // invalidates backward(): this pass keeps no activations
+  require(cache.bf16_weights.empty() || Index(cache.bf16_weights.size()) == params_.count(),
+          "cache holds bfloat16 weights of ", cache.bf16_weights.size(), " parameters, the model has ", params_.count());
+  struct UseWeights {  // the bfloat16 copy serves this pass only, also when it throws
+    const std::uint16_t*& slot;
+    ~UseWeights() { slot = nullptr; }
+  } use{bf16_weights_};
+  bf16_weights_ = cache.bf16_weights.empty() ? nullptr : cache.bf16_weights.data();
   auto* ids = arena_.allocate<std::int32_t>(N);
   std::copy_n(tokens.data, N, ids);
   MatrixView<T> x = arena_.matrix<T>(N, D);
@@ -544,7 +580,7 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     const LayerParameters& p = layers_[l];
     cpu::norm_forward<Norm, T>(x, params_.value(p.attn_norm).data(), h, nullptr, nullptr, pending_bias);
-    cpu::linear_forward<T>(h, qkv_weight(p), qkv);
+    project(h, p.to_q, QKV, qkv, false);  // [W_q; W_k; W_v] are adjacent
     if constexpr (has_rotary) {
       rotary_.apply(qkv.data(), N, QKV, H, dh, n, cache.position, false);
       rotary_.apply(qkv.data() + HD, N, QKV, kv_heads(), dh, n, cache.position, false);
@@ -571,7 +607,7 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
   for (Index b = 0; b < B; ++b) last.row(b) = x.row(b * n + n - 1);
   cpu::norm_forward<Norm, T>(last, params_.value(final_norm_).data(), last_h, nullptr, nullptr, pending_bias);
   MatrixView<T> out = arena_.matrix<T>(B, V);
-  cpu::linear_forward<T>(last_h, params_.value(to_logits_), out);
+  project(last_h, to_logits_, V, out, false);
   return out;
 }
 

@@ -95,8 +95,11 @@ class AutoregressiveWrapper {
     for (Index b = 0; b < B; ++b) std::copy_n(prompts.data + b * P, P, out.data.data() + b * (P + length));
     std::vector<std::uint8_t> done(std::size_t(B), 0);
     std::vector<std::int32_t> step(static_cast<std::size_t>(B));
+    require(!sampling.bf16_weights || sampling.cache_kv,
+            "bf16_weights applies to KV-cached decoding; set cache_kv = true");
     bool use_cache = sampling.cache_kv;
     auto cache = use_cache ? net.make_cache(B) : typename Net::Cache{};
+    if (sampling.bf16_weights) net.round_weights_to_bf16(cache);
     const scalar* logits = nullptr;  // (B, V): the last position of each row
     std::vector<std::int32_t> window;
     Index produced = 0;

@@ -7,6 +7,9 @@
 // Eigen evaluates each product as one GEMM (with EIGEN_USE_BLAS: the BLAS sgemm/dgemm), accumulating in place.
 #include <Eigen/Core>
 
+#include <cstdint>
+#include <cstring>
+
 #include "xtr/backend/cpu/parallel.hpp"
 #include "xtr/core/tensor.hpp"
 
@@ -51,6 +54,42 @@ void linear_backward_weight(const DY& dy, const X& x, DW&& dw, T alpha) {
 template <class T, class DY, class DB>
 void bias_backward(const DY& dy, DB&& db, T alpha) {
   db += alpha * dy.colwise().sum();
+}
+
+/// bfloat16 ↔ float: a bfloat16 is the upper 16 bits of a float (rounded to nearest even on the way down).
+inline float bf16_to_float(std::uint16_t h) {
+  const std::uint32_t bits = std::uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline std::uint16_t float_to_bf16(float f) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  if ((bits & 0x7F800000u) == 0x7F800000u && (bits & 0x7FFFFFu)) return std::uint16_t((bits >> 16) | 0x40);  // NaN
+  return std::uint16_t((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+
+/// Y (+)= X Wᵀ with W (out, in) stored as bfloat16 (decoding: half the bytes per token). A few rows: each thread
+/// streams its share of W's rows once, widening to float in registers and accumulating in float.
+template <class T, class Y>
+void linear_forward_bf16(MatrixView<T> x, const std::uint16_t* w, Index out, Index in, Y&& y, bool accumulate) {
+  parallel_rows(out, 2 * x.rows() * in, [&](Index begin, Index end) {
+    for (Index j = begin; j < end; ++j) {
+      const std::uint16_t* wj = w + j * in;
+      for (Index r = 0; r < x.rows(); ++r) {
+        const T* xr = x.data() + r * in;
+        float lanes[16] = {};
+        Index i = 0;
+        for (; i + 16 <= in; i += 16)
+          for (int k = 0; k < 16; ++k) lanes[k] += bf16_to_float(wj[i + k]) * float(xr[i + k]);
+        float sum = 0;
+        for (float lane : lanes) sum += lane;
+        for (; i < in; ++i) sum += bf16_to_float(wj[i]) * float(xr[i]);
+        y(r, j) = accumulate ? y(r, j) + T(sum) : T(sum);
+      }
+    }
+  });
 }
 
 }  // namespace xtr::cpu
