@@ -83,8 +83,12 @@ class AutoregressiveWrapper {
               " outside [0, num_tokens ", net.num_tokens(), ") at batch ", i / prompts.length, ", position ",
               i % prompts.length);
     const Index B = prompts.batch, P = prompts.length, L = net.max_seq_len(), V = net.num_tokens();
-    // validates the options before anything changes; without a seed, each call draws a fresh stream
-    Sampler sampler(sampling, V, sampling.seed ? *sampling.seed : RandomStream{net.config().seed, 3}.bits64(generate_calls_++));
+    // validate the options before anything changes; without a seed, each call draws a fresh stream
+    require(!sampling.bf16_weights || sampling.cache_kv,
+            "bf16_weights applies to KV-cached decoding; set cache_kv = true");
+    const std::uint64_t seed =
+        sampling.seed ? *sampling.seed : RandomStream{net.config().seed, 3}.bits64(generate_calls_++);
+    Sampler sampler(sampling, V, seed);
     struct RestoreMode {           // eval() for generation; the caller's mode comes back even on an exception
       Net& net;
       bool was_training;
@@ -95,8 +99,6 @@ class AutoregressiveWrapper {
     for (Index b = 0; b < B; ++b) std::copy_n(prompts.data + b * P, P, out.data.data() + b * (P + length));
     std::vector<std::uint8_t> done(std::size_t(B), 0);
     std::vector<std::int32_t> step(static_cast<std::size_t>(B));
-    require(!sampling.bf16_weights || sampling.cache_kv,
-            "bf16_weights applies to KV-cached decoding; set cache_kv = true");
     bool use_cache = sampling.cache_kv;
     auto cache = use_cache ? net.make_cache(B) : typename Net::Cache{};
     if (sampling.bf16_weights) net.round_weights_to_bf16(cache);
