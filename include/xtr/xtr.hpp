@@ -15,6 +15,7 @@
 #include "xtr/io/json.hpp"
 #include "xtr/io/safetensors.hpp"
 #include "xtr/io/state_dict.hpp"
+#include "xtr/io/x_transformers.hpp"
 #include "xtr/layers/attention_layers.hpp"
 #include "xtr/layers/transformer_wrapper.hpp"
 #include "xtr/policies/absolute_learned.hpp"

@@ -1,0 +1,137 @@
+// x-transformers interop: run-time descriptions select the compiled model type, fixtures load through it and give
+// x-transformers' numbers, exports are byte-identical to what was imported, and unsupported descriptions are errors
+// naming the keyword or value.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <string>
+
+#include "xtr/io/x_transformers.hpp"
+#include "xtr/xtr.hpp"
+
+#ifndef XTR_FIXTURE_DIR
+#define XTR_FIXTURE_DIR "tests/fixtures"
+#endif
+
+using namespace xtr;
+namespace xt = xtr::x_transformers;
+using Catch::Contains;
+
+namespace {
+
+// The fixtures' three types and one more: enough to exercise the dispatch without compiling all 18 here
+// (examples/xt_eval instantiates the whole xt::Decoders set).
+using TestSet = xt::StackSet<Decoder<Rotary, LayerNorm, GELU>, Decoder<AbsoluteLearned, RMSNorm, SwiGLU>,
+                             Decoder<Rotary, LayerNorm, GEGLU>, Decoder<NoPosition, LayerNorm, GELU>>;
+
+json::Value description_of(const safetensors::File& file) {
+  auto root = json::parse(file.metadata.at("config"));
+  root.set("x_transformers_version", file.metadata.at("x_transformers_version"));
+  return root;
+}
+
+}  // namespace
+
+TEST_CASE("fixtures load through their JSON description and export byte for byte", "[x-transformers]") {
+  for (const std::string name : {"decoder_rotary_layernorm", "decoder_absolute_rmsnorm_swiglu", "decoder_rotary_gqa_geglu"}) {
+    INFO(name);
+    const auto file = safetensors::read(std::string(XTR_FIXTURE_DIR) + "/" + name + ".safetensors");
+    const auto description = xt::parse_description(description_of(file));
+    bool ran = false;
+    xt::with_model(
+        description,
+        [&](auto& net) {
+          ran = true;
+          using Net = std::decay_t<decltype(net)>;
+          xt::load(net, [&] {  // the fixture's own tensors are not part of the model
+            safetensors::File weights;
+            for (const auto& t : file.tensors)
+              if (!t.name.starts_with("fixture.") && !t.name.starts_with("grad.")) weights.tensors.push_back(t);
+            return weights;
+          }());
+          net.eval();
+          const auto tokens = safetensors::to_vector<std::int64_t>(file.at("fixture.tokens"));
+          const auto& shape = file.at("fixture.tokens").shape;
+          TokenBatch x(shape[0], shape[1]);
+          std::copy(tokens.begin(), tokens.end(), x.data.begin());
+          AutoregressiveWrapper<Net> model(std::move(net));
+          const double expected = safetensors::to_vector<double>(file.at("fixture.loss"))[0];
+          REQUIRE(std::abs(model(x).item() - expected) <= 1e-5 * std::abs(expected));
+
+          const auto exported = xt::export_state_dict(model.net, &file);
+          for (const auto& t : exported.tensors) {
+            INFO(t.name);
+            const auto& original = file.at(t.name);
+            REQUIRE(t.dtype == original.dtype);
+            REQUIRE(t.shape == original.shape);
+            REQUIRE(t.bytes == original.bytes);
+          }
+          std::size_t model_tensors = 0;
+          for (const auto& t : file.tensors) model_tensors += !t.name.starts_with("fixture.") && !t.name.starts_with("grad.");
+          REQUIRE(exported.tensors.size() == model_tensors);  // every x-transformers tensor, nothing else
+        },
+        TestSet{});
+    REQUIRE(ran);
+  }
+}
+
+TEST_CASE("descriptions map keywords to policies", "[x-transformers]") {
+  auto parse = [](const std::string& text) { return xt::parse_description(json::parse(text)); };
+  const auto d = parse(R"({"num_tokens": 50, "max_seq_len": 16, "attn_layers": {"type": "Decoder", "dim": 32,
+                          "depth": 2, "heads": 4, "attn_dim_head": 8, "attn_kv_heads": 2, "use_rmsnorm": true,
+                          "ff_glu": true, "ff_swish": true, "rotary_pos_emb": true}})");
+  REQUIRE(d.position == "Rotary");
+  REQUIRE(d.norm == "RMSNorm");
+  REQUIRE(d.feedforward == "SwiGLU");
+  REQUIRE(d.config.layers.kv_heads == 2);
+  REQUIRE(d.config.layers.dim_head == 8);
+  REQUIRE(d.version == xt::current_version);
+  const auto plain = parse(R"({"num_tokens": 50, "max_seq_len": 16, "use_abs_pos_emb": false,
+                              "attn_layers": {"type": "Decoder", "dim": 32, "depth": 1}})");
+  REQUIRE(plain.position == "NoPosition");
+  REQUIRE(plain.config.layers.heads == 8);  // x-transformers' default
+  REQUIRE(parse(R"({"num_tokens": 5, "max_seq_len": 4, "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1,
+                    "attn_one_kv_head": true}})").config.layers.kv_heads == 1);
+}
+
+TEST_CASE("unsupported descriptions and misfit buffers are errors naming what is wrong", "[x-transformers][errors]") {
+  auto parse = [](const std::string& text) { return xt::parse_description(json::parse(text)); };
+  REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "attn_layers": {"type": "Decoder", "dim": 8,
+                                "depth": 1, "alibi_pos_bias": true, "qk_norm": true}})"),
+                      Contains("attn_layers keywords not supported by xtr: alibi_pos_bias, qk_norm"));
+  REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "tie_embedding": true,
+                                "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1}})"),
+                      Contains("TransformerWrapper keywords not supported by xtr: tie_embedding"));
+  REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "x_transformers_version": "1.30.0",
+                                "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1}})"),
+                      Contains("x_transformers_version 1.30.0: norm gains before 1.31.3"));
+  REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "x_transformers_version": "two",
+                                "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1}})"),
+                      Contains("x_transformers_version 'two' is not MAJOR.MINOR.PATCH"));
+  REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "attn_layers": {"type": "Decoder", "dim": 8,
+                                "depth": 1, "ff_swish": true}})"),
+                      Contains("ff_swish=True without ff_glu=True"));
+  REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "attn_layers": {"type": "CrossAttender",
+                                "dim": 8, "depth": 1}})"),
+                      Contains("attn_layers type 'CrossAttender' is not supported"));
+  const auto encoder = parse(R"({"num_tokens": 5, "max_seq_len": 4, "attn_layers": {"type": "Encoder", "dim": 8,
+                                 "depth": 1}})");
+  REQUIRE_THROWS_WITH(xt::with_model(encoder, [](auto&) {}, TestSet{}),
+                      Contains("no compiled model type for Encoder<AbsoluteLearned, LayerNorm, GELU>"));
+
+  // a rotary buffer that does not match θ = 10000 (e.g. a rescaled base) is refused, not ignored
+  TransformerWrapper<Decoder<Rotary>> net({.num_tokens = 5, .max_seq_len = 4,
+                                           .layers = {.dim = 16, .depth = 1, .heads = 2, .dim_head = 8}});
+  auto file = xt::export_state_dict(net);
+  xt::load(net, file);  // what we export loads back
+  auto& buffer = const_cast<safetensors::TensorRecord&>(file.at(std::string(xt::rotary_buffer)));
+  auto values = safetensors::to_vector<float>(buffer);
+  values[1] *= 1.01f;
+  buffer = safetensors::make_record<float>(buffer.name, buffer.shape, std::span<const float>(values));
+  REQUIRE_THROWS_WITH(xt::load(net, file), Contains("inv_freq[1]") && Contains("rotary base rescaling"));
+  TransformerWrapper<Decoder<AbsoluteLearned>> absolute({.num_tokens = 5, .max_seq_len = 4,
+                                                         .layers = {.dim = 16, .depth = 1, .heads = 2, .dim_head = 8}});
+  auto with_buffer = xt::export_state_dict(absolute);
+  with_buffer.tensors.push_back(buffer);
+  REQUIRE_THROWS_WITH(xt::load(absolute, with_buffer), Contains("but the model has no Rotary"));
+}
