@@ -14,6 +14,16 @@ holding the TransformerWrapper state dict under x-transformers' own names, plus
     fixture.greedy  (I64, (1, 16))       generate(prompt, 16, temperature=0., cache_kv=True)
 and string metadata (config JSON, versions, description, vocabulary, training settings).
 
+Encoder configurations (kind="encoder", see make_encoder_fixture) have no AutoregressiveWrapper: TransformerWrapper(
+attn_layers=Encoder(...)) is trained as a denoiser with a key-padding mask, and its file holds, besides the weights,
+    fixture.tokens  (I64, (B, T))        held-out windows, CORRUPT of the positions replaced by MASK_ID
+    fixture.targets (I64, (B, T))        the uncorrupted windows
+    fixture.mask    (BOOL, (B, T))       True = real token; row 1's last FIXTURE_PAD positions are padding (False)
+    fixture.logits  (F32, (B, T, V))     net(tokens, mask=mask) in eval mode (padded positions included)
+    fixture.loss    (F32, (1,))          F.cross_entropy(logits[mask], targets[mask])
+    grad.<param>    (F32, like <param>)  d fixture.loss / d param
+and no prompt/greedy.
+
 After writing, each file is re-read with safetensors.torch.load_file, the model is rebuilt from the
 `config` metadata alone, and the forward must reproduce fixture.logits bit for bit. An independent
 plain-tensor re-implementation of the forward (`reference_forward`, written from the facts this
@@ -39,7 +49,7 @@ import torch.nn.functional as F
 import safetensors
 import safetensors.torch
 import x_transformers
-from x_transformers import AutoregressiveWrapper, Decoder, TransformerWrapper
+from x_transformers import AutoregressiveWrapper, Decoder, Encoder, TransformerWrapper
 
 try:  # x-transformers warns (via loguru) that rotary dim < 32 is small; these are toy models on purpose
     from loguru import logger as _loguru
@@ -109,9 +119,32 @@ CONFIGS = {
         description="Decoder, rotary positions, grouped-query attention (4 query heads, 2 kv heads; query head i "
                     "uses kv head i % kv_heads), default pre-LayerNorm, GEGLU feed-forward (exact-erf GELU gate).",
     ),
+    "decoder_noposition_rmsnorm_geglu": dict(
+        config={"num_tokens": NUM_TOKENS, "max_seq_len": MAX_SEQ_LEN, "use_abs_pos_emb": False,
+                "attn_layers": {"type": "Decoder", "dim": 32, "depth": 2, "heads": 2, "attn_dim_head": 16,
+                                "use_rmsnorm": True, "ff_glu": True}},
+        description="Decoder without any position encoding (use_abs_pos_emb=False, no rotary: order comes from the "
+                    "causal mask alone), pre-RMSNorm (gain stored as g = gain - 1), GEGLU feed-forward.",
+    ),
+    # an Encoder has no AutoregressiveWrapper: see make_encoder_fixture for what is trained and exported
+    "encoder_rotary_layernorm_mask": dict(
+        kind="encoder",
+        config={"num_tokens": NUM_TOKENS, "max_seq_len": MAX_SEQ_LEN,
+                "attn_layers": {"type": "Encoder", "dim": 32, "depth": 2, "heads": 2, "attn_dim_head": 16,
+                                "rotary_pos_emb": True}},
+        description="Encoder (bidirectional), rotary positions, default pre-LayerNorm, GELU feed-forward; trained as "
+                    "a denoiser (some inputs replaced by MASK_ID, every non-padded position predicts the original "
+                    "token) with a key-padding mask (True = real token, False = padding).",
+    ),
 }
 
-LAYER_CLASSES = {"Decoder": Decoder}
+# the encoder fixture: a denoising task with key padding
+MASK_ID = NUM_TOKENS - 1    # never occurs in the text (ids >= len(VOCAB) are unused), so it marks corrupted inputs
+CORRUPT = 0.2               # fraction of input positions replaced by MASK_ID (training and fixture)
+PAD_MAX = 8                 # training: each row pads a random 0..PAD_MAX trailing positions
+FIXTURE_PAD = 5             # fixture: row 1 pads its last 5 positions
+
+LAYER_CLASSES = {"Decoder": Decoder, "Encoder": Encoder}
 
 
 def build(config):
@@ -130,8 +163,14 @@ def setup_torch():
 # ----------------------------------------------------------------------------------------------------------------------
 # an independent plain-tensor forward, written from the facts below; it must match x-transformers to 1e-4
 
-def reference_forward(sd, config, tokens, gqa_map="modulo"):
+def reference_forward(sd, config, tokens, gqa_map="modulo", mask=None, zero_padded_queries=True):
+    """logits (B, T, V); `mask` (B, T) bool, True = real token (x-transformers' convention): padded keys get
+    -finfo.max before the softmax, and the attention branch's output (after to_out) is ZEROED at padded query
+    positions (Attention.forward: einx.where(mask, out, 0.)); the feed-forward branch and the logits are still
+    computed there. Causal for a Decoder config."""
     al = config["attn_layers"]
+    causal_stack = al["type"] == "Decoder"
+    assert ("pos_emb.emb.weight" in sd) == (config.get("use_abs_pos_emb", True) and not al.get("rotary_pos_emb"))
     dim, depth = al["dim"], al["depth"]
     H = al.get("heads", 8)
     dh = al.get("attn_dim_head", 64)
@@ -167,7 +206,12 @@ def reference_forward(sd, config, tokens, gqa_map="modulo"):
         y = torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).flatten(-2)
         return torch.cat((y, rest), dim=-1)
 
-    causal = torch.ones(T, T, dtype=torch.bool).triu(1)
+    causal = torch.ones(T, T, dtype=torch.bool).triu(1)            # (T, T): True = masked out
+    if not causal_stack:
+        causal = torch.zeros(T, T, dtype=torch.bool)
+    masked = causal[None, None]                                     # (1 or B, 1, T, T)
+    if mask is not None:
+        masked = masked | ~mask[:, None, None, :]
     for l in range(depth):
         a, f = f"attn_layers.layers.{2 * l}", f"attn_layers.layers.{2 * l + 1}"
         h = norm(x, sd[f"{a}.0.0.{gain_name}"])
@@ -179,10 +223,13 @@ def reference_forward(sd, config, tokens, gqa_map="modulo"):
         idx = torch.arange(H) % kvh if gqa_map == "modulo" else torch.arange(H) // (H // kvh)
         k, v = k[:, idx], v[:, idx]
         sim = (q @ k.transpose(-1, -2)) * dh ** -0.5
-        sim = sim.masked_fill(causal, -torch.finfo(sim.dtype).max)
+        sim = sim.masked_fill(masked, -torch.finfo(sim.dtype).max)
         o = sim.softmax(-1) @ v                                    # (B, H, T, dh)
         o = o.transpose(1, 2).reshape(B, T, H * dh)
-        x = x + o @ sd[f"{a}.1.to_out.weight"].T
+        o = o @ sd[f"{a}.1.to_out.weight"].T
+        if mask is not None and zero_padded_queries:
+            o = o * mask[..., None].to(o.dtype)                   # padded queries: attention adds nothing
+        x = x + o
 
         h = norm(x, sd[f"{f}.0.0.{gain_name}"])
         if glu:
@@ -306,7 +353,9 @@ def check_misc(net, model, tokens, config, out):
             "cached key sequence at every step (positions 0..n-1), the query takes the last positions")
 
 
-def check_facts(name, config, sd, tokens, logits, grads, loss_value, out):
+def check_facts(name, config, sd, inputs, mask, loss_fn, logits, grads, loss_value, out):
+    """inputs (B, T) and mask (B, T) or None: what fixture.logits is net(inputs, mask=mask) of; loss_fn(logits) is
+    fixture.loss as a function of the logits."""
     from x_transformers.x_transformers import LayerNorm, RMSNorm, apply_rotary_pos_emb, RotaryEmbedding
     from x_transformers.attend import Attend
     al = config["attn_layers"]
@@ -362,11 +411,21 @@ def check_facts(name, config, sd, tokens, logits, grads, loss_value, out):
             f"split, positions 0..T-1; no abs pos emb when rotary is on."
         )
 
+    # no position encoding at all
+    if not al.get("rotary_pos_emb") and not config.get("use_abs_pos_emb", True):
+        probe = build(config)
+        assert "pos_emb.emb.weight" not in sd and not any(k.startswith("pos_emb.") for k in probe.state_dict())
+        assert not isinstance(probe.pos_emb, torch.nn.Module)
+        with torch.no_grad():
+            assert probe.pos_emb(inputs) == 0, "pos_emb should be always(0)"
+        facts["position"] = ("use_abs_pos_emb=False (and no rotary): TransformerWrapper.pos_emb is always(0), no "
+                             "parameter; x = token_emb[ids] only, order comes from the causal mask alone")
+
     # GQA mapping, straight from Attend's repeat
     H = al.get("heads", 8)
     kvh = al.get("attn_kv_heads", H)
     if kvh != H:
-        att = Attend(heads=H, causal=True)
+        att = Attend(heads=H, causal=al["type"] == "Decoder")
         T = 4
         q = torch.randn(1, H, T, 8)
         k = torch.randn(1, kvh, T, 8)
@@ -383,27 +442,27 @@ def check_facts(name, config, sd, tokens, logits, grads, loss_value, out):
                         f"(kv_heads * dim_head, dim) with heads contiguous along rows")
 
     # the independent forward
-    ref = reference_forward(sd, config, tokens[:, :-1])
+    ref = reference_forward(sd, config, inputs, mask=mask)
     err = (ref - logits).abs().max().item()
     assert err < 1e-4, f"{name}: reference forward differs from x-transformers by {err}"
     facts["reference_forward_max_abs_err"] = err
     if kvh != H:
-        bad = reference_forward(sd, config, tokens[:, :-1], gqa_map="block")
+        bad = reference_forward(sd, config, inputs, gqa_map="block", mask=mask)
         assert (bad - logits).abs().max().item() > 1e-3, "GQA mapping check cannot discriminate"
     # the same forward in float64: how far x-transformers' own fp32 logits are from exact
     sd64 = {k: v.double() for k, v in sd.items()}
     sd64["attn_layers.rotary_pos_emb.inv_freq"] = sd["attn_layers.rotary_pos_emb.inv_freq"] \
         if "attn_layers.rotary_pos_emb.inv_freq" in sd else None
     sd64 = {k: v for k, v in sd64.items() if v is not None}
-    ref64 = reference_forward(sd64, config, tokens[:, :-1])
+    ref64 = reference_forward(sd64, config, inputs, mask=mask)
     facts["fp32_logits_vs_fp64_max_abs_err"] = (ref64 - logits.double()).abs().max().item()
     facts["max_abs_logit"] = logits.abs().max().item()
 
     # gradients: autograd through the float64 reference forward vs the saved grad.* tensors
     params64 = {k: v.clone().requires_grad_(True) for k, v in sd64.items() if k != "attn_layers.rotary_pos_emb.inv_freq"}
     full = {**sd64, **params64}
-    lg = reference_forward(full, config, tokens[:, :-1])
-    loss64 = F.cross_entropy(lg.transpose(1, 2), tokens[:, 1:])
+    lg = reference_forward(full, config, inputs, mask=mask)
+    loss64 = loss_fn(lg)
     loss64.backward()
     worst = (0.0, "")
     for k, p in params64.items():
@@ -573,9 +632,221 @@ def make_fixture(name, out_dir, steps, facts_out):
     if facts_out is not None:
         ordered = {k: weights[k] for k in sd}                            # state_dict order
         grads = {k[len("grad."):]: v for k, v in loaded.items() if k.startswith("grad.")}
-        check_facts(name, config, ordered, loaded["fixture.tokens"], loaded["fixture.logits"], grads,
+        tok = loaded["fixture.tokens"]
+        check_facts(name, config, ordered, tok[:, :-1], None,
+                    lambda lg: F.cross_entropy(lg.transpose(1, 2), tok[:, 1:]), loaded["fixture.logits"], grads,
                     loaded["fixture.loss"].item(), facts_out)
         check_misc(net, model, tokens, config, facts_out)
+        check_init(name, config, facts_out)
+    return path
+
+def corrupt(targets, gen):
+    """The denoising input: each position replaced by MASK_ID with probability CORRUPT."""
+    return targets.masked_fill(torch.rand(targets.shape, generator=gen) < CORRUPT, MASK_ID)
+
+
+def encoder_loss(logits, targets, mask):
+    """Mean cross-entropy over the non-padded positions (mask True) of logits (B, T, V) vs targets (B, T)."""
+    return F.cross_entropy(logits[mask], targets[mask])
+
+
+def check_misc_encoder(net, tokens, targets, mask, config, out):
+    """What x-transformers does with a key-padding mask, observed on the real model (lines go to `misc`)."""
+    lines = out.setdefault("misc", [])
+
+    def add(line):
+        if line not in lines:
+            lines.append(line)
+
+    net.eval()
+    B, T = tokens.shape
+    pad = ~mask
+    with torch.no_grad():
+        full = net(tokens, mask=mask)
+        # row 0 has no padding: the same as running it alone without any mask
+        alone = net(tokens[:1])
+        d0 = (full[:1] - alone).abs().max().item()
+        assert d0 < 1e-6, d0
+        # padded keys are invisible: other token ids at the padded positions change no non-padded logit
+        other = tokens.clone()
+        other[pad] = (other[pad] + 7) % len(VOCAB)
+        changed = net(other, mask=mask)
+        d_keep = (changed - full)[mask].abs().max().item()
+        d_pad = (changed - full)[pad].abs().max().item()
+        assert d_keep < 1e-6 and d_pad > 1e-2, (d_keep, d_pad)
+        # and the mask matters: without it the non-padded logits of row 1 move
+        d_nomask = (net(tokens) - full)[1][mask[1]].abs().max().item()
+        assert d_nomask > 1e-2, d_nomask
+        # padded queries: each attention sublayer's output (after to_out) is exactly 0 there
+        outs = []
+        hooks = [m.register_forward_hook(lambda mod, args, res: outs.append(res[0] if isinstance(res, tuple) else res))
+                 for m in net.modules() if type(m).__name__ == "Attention"]
+        net(tokens, mask=mask)
+        for h in hooks:
+            h.remove()
+        assert len(outs) == config["attn_layers"]["depth"]
+        assert all(bool((o[pad] == 0).all()) and o[mask].abs().max().item() > 1e-3 for o in outs)
+        assert torch.isfinite(full).all() and full[pad].abs().max().item() > 1
+        # what an implementation that masks keys only (and lets padded queries attend) would get
+        sd = net.state_dict()
+        keys_only = reference_forward(sd, config, tokens, mask=mask, zero_padded_queries=False)
+        ko_keep = (keys_only - full)[mask].abs().max().item()
+        ko_pad = (keys_only - full)[pad].abs().max().item()
+        assert ko_keep < 1e-4 and ko_pad > 1e-2, (ko_keep, ko_pad)
+    add(f"Encoder key-padding mask: `mask` (B, T) bool, True = real token, False = padding. (1) Keys: sim is filled "
+        f"with -finfo(float32).max where mask[b, j] is False (exp -> exactly 0), so padded tokens are invisible to "
+        f"every query. (2) Queries: Attention.forward ends with `einx.where('b n, b n d, -> b n d', mask, out, 0.)` "
+        f"(when no kv cache): the attention sublayer's output after to_out is ZEROED at padded positions, so there "
+        f"the residual stream gets only the feed-forward branches; norms, feed-forwards and logits are still "
+        f"computed at padded positions (ordinary, finite logits). Observed: changing the token ids at padded "
+        f"positions moves non-padded logits by {d_keep:.2g} and padded ones by {d_pad:.2g}; dropping the mask moves "
+        f"row 1's non-padded logits by {d_nomask:.2g}; the unpadded row equals a maskless run to {d0:.2g}; an "
+        f"implementation that masks keys only (padded queries attend normally) matches the non-padded logits to "
+        f"{ko_keep:.2g} but is off by {ko_pad:.3g} at the padded ones. A loss over the non-padded positions (as "
+        f"here) and its gradients do not depend on (2). Rotary positions stay 0..T-1 whatever the mask. A query row "
+        f"whose keys are all masked gets a zero attention output (Attend's row_is_entirely_masked); not exercised")
+    add("Encoder: no causal mask (every query attends to every non-padded key); otherwise the same layers, names and "
+        "parameters as a Decoder of the same keywords")
+
+
+def make_encoder_fixture(name, out_dir, steps, facts_out):
+    """Encoder fixture: no AutoregressiveWrapper. Denoising: the input is the text with CORRUPT of its positions
+    replaced by MASK_ID, the target is the original text at every position; rows are padded at the end with a
+    key-padding mask, and the loss is the mean cross-entropy over the non-padded positions."""
+    spec = CONFIGS[name]
+    config = spec["config"]
+    setup_torch()
+    torch.manual_seed(SEED)
+    net = build(config)
+    W = TRAIN["window"]
+
+    data = torch.tensor(encode(TRAIN_TEXT * 4), dtype=torch.long)
+    gen = torch.Generator().manual_seed(SEED)
+    opt = torch.optim.Adam(net.parameters(), lr=TRAIN["lr"])
+    net.train()
+    first_loss = last_loss = None
+    for step in range(steps):
+        starts = torch.randint(0, len(data) - W, (TRAIN["batch"],), generator=gen)
+        targets = torch.stack([data[s: s + W] for s in starts.tolist()])
+        inputs = corrupt(targets, gen)
+        pad = torch.randint(0, PAD_MAX + 1, (TRAIN["batch"],), generator=gen)
+        mask = torch.arange(W)[None, :] < (W - pad)[:, None]
+        loss = encoder_loss(net(inputs, mask=mask), targets, mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        first_loss = loss.item() if first_loss is None else first_loss
+        last_loss = loss.item()
+    print(f"[{name}] trained {steps} steps: loss {first_loss:.4f} -> {last_loss:.4f}")
+
+    # --- fixture inputs: held-out windows, corrupted with a fixed generator; row 1 padded at the end
+    held = encode(HELD_OUT_TEXT)
+    rows = [held[0: SEQ], held[len(held) // 2: len(held) // 2 + SEQ]]
+    targets = torch.tensor(rows, dtype=torch.long)                     # (B, T)
+    tokens = corrupt(targets, torch.Generator().manual_seed(SEED + 1))
+    mask = torch.ones(BATCH, SEQ, dtype=torch.bool)
+    mask[1, SEQ - FIXTURE_PAD:] = False
+    for b in range(BATCH):
+        n_corrupt = int((tokens[b] == MASK_ID)[mask[b]].sum())
+        assert n_corrupt >= 2, (b, n_corrupt)
+    assert bool(mask.any(dim=-1).all()), "a row with every key masked"
+    assert int(tokens.max()) < config["num_tokens"]
+
+    # --- logits in eval mode
+    net.eval()
+    with torch.no_grad():
+        logits = net(tokens, mask=mask)                                   # (B, T, V)
+
+    # --- loss and gradients, one backward from zeroed grads (train mode; dropout is 0)
+    net.train()
+    for p in net.parameters():
+        p.grad = None
+    train_logits = net(tokens, mask=mask)
+    assert torch.equal(train_logits, logits), "train vs eval logits differ (dropout should be 0)"
+    loss = encoder_loss(train_logits, targets, mask)
+    loss.backward()
+    assert abs(encoder_loss(logits, targets, mask).item() - loss.item()) < 1e-6
+    acc = (logits.argmax(-1) == targets)[mask].float().mean().item()
+    acc_corrupt = (logits.argmax(-1) == targets)[mask & (tokens == MASK_ID)].float().mean().item()
+    print(f"[{name}] fixture loss {loss.item():.6f}; argmax accuracy {acc:.3f} over non-padded positions, "
+          f"{acc_corrupt:.3f} over the corrupted ones")
+
+    # --- assemble
+    tensors = {}
+    sd = net.state_dict()
+    for k, v in sd.items():
+        assert not k.startswith("fixture.") and not k.startswith("grad.")
+        tensors[k] = v.detach().clone().contiguous()
+    for k, p in net.named_parameters():
+        assert p.requires_grad and p.grad is not None, k
+        tensors["grad." + k] = p.grad.detach().clone().contiguous()
+    tensors["fixture.tokens"] = tokens.contiguous()
+    tensors["fixture.targets"] = targets.contiguous()
+    tensors["fixture.mask"] = mask.contiguous()
+    tensors["fixture.logits"] = logits.contiguous()
+    tensors["fixture.loss"] = loss.detach().reshape(1).contiguous()
+    for k, v in tensors.items():
+        assert v.dtype in (torch.float32, torch.int64, torch.bool), (k, v.dtype)
+
+    meta = {
+        "config": json.dumps(config, sort_keys=False),
+        "x_transformers_version": importlib.metadata.version("x-transformers"),
+        "torch_version": torch.__version__,
+        "safetensors_version": safetensors.__version__,
+        "description": spec["description"],
+        "vocab": VOCAB,
+        "token_mapping": "id = index of the character in `vocab` (sorted character set of the texts); "
+                         f"ids >= len(vocab) are unused, except {MASK_ID} = MASK_ID marking a corrupted input",
+        "train": json.dumps({**TRAIN, "steps": steps, "seed": SEED, "task": "denoising", "mask_id": MASK_ID,
+                             "corrupt": CORRUPT, "pad_max": PAD_MAX, "first_loss": round(first_loss, 4),
+                             "last_loss": round(last_loss, 4)}),
+        "tokens": f"held-out text windows (B={BATCH}, T={SEQ}), each position replaced by MASK_ID={MASK_ID} with "
+                  f"probability {CORRUPT} (torch.Generator seed {SEED + 1})",
+        "targets": "the uncorrupted text windows (B, T); every position holds a real token id",
+        "mask": f"BOOL (B, T) key-padding mask, True = real token (attend), False = padding: row 1's last "
+                f"{FIXTURE_PAD} positions; passed as net(tokens, mask=mask)",
+        "logits": "net(fixture.tokens, mask=fixture.mask) in eval mode; padded positions hold ordinary logits "
+                  "(queries are not masked, only keys)",
+        "loss": "F.cross_entropy(logits[mask], targets[mask]): mean over the non-padded positions (padded ones are "
+                "excluded, like ignore_index)",
+        "grads": "grad.<name> = d fixture.loss / d <name>, one backward from zeroed grads",
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{name}.safetensors")
+    with open(path, "wb") as fh:
+        fh.write(canonical_safetensors(safetensors.torch.save(tensors, metadata=meta)))
+
+    # --- verify: reload, rebuild from metadata alone, forward must be bit-identical
+    loaded = safetensors.torch.load_file(path)
+    with safetensors.safe_open(path, "pt") as fh:
+        meta_back = fh.metadata()
+    assert meta_back == meta
+    assert set(loaded) == set(tensors)
+    for k in tensors:
+        assert torch.equal(loaded[k], tensors[k]) and loaded[k].dtype == tensors[k].dtype, k
+    net2 = build(json.loads(meta_back["config"])).eval()
+    weights = {k: v for k, v in loaded.items() if not k.startswith(("fixture.", "grad."))}
+    net2.load_state_dict(weights, strict=True)
+    with torch.no_grad():
+        re_logits = net2(loaded["fixture.tokens"], mask=loaded["fixture.mask"])
+    if not torch.equal(re_logits, loaded["fixture.logits"]):
+        raise SystemExit(f"[{name}] FAIL: forward from saved weights differs by "
+                         f"{(re_logits - loaded['fixture.logits']).abs().max().item()}")
+    check_misc_encoder(net2, loaded["fixture.tokens"], loaded["fixture.targets"], loaded["fixture.mask"], config,
+                       facts_out if facts_out is not None else {})
+
+    size = os.path.getsize(path)
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:16]
+    n_params = sum(p.numel() for p in net.parameters())
+    print(f"[{name}] wrote {path}: {size} bytes, sha256 {digest}..., {n_params} params, "
+          f"loss {loss.item():.6f}; reload + rebuild reproduces logits exactly")
+
+    if facts_out is not None:
+        ordered = {k: weights[k] for k in sd}
+        grads = {k[len("grad."):]: v for k, v in loaded.items() if k.startswith("grad.")}
+        tg, mk = loaded["fixture.targets"], loaded["fixture.mask"]
+        check_facts(name, config, ordered, loaded["fixture.tokens"], mk, lambda lg: encoder_loss(lg, tg, mk),
+                    loaded["fixture.logits"], grads, loaded["fixture.loss"].item(), facts_out)
         check_init(name, config, facts_out)
     return path
 
@@ -592,7 +863,7 @@ def print_facts(facts):
         for k, s in f["params"]:
             print(f"| `{k}` | {s} |")
         print()
-        for key in ("norm", "rotary", "gqa", "to_logits"):
+        for key in ("norm", "position", "rotary", "gqa", "to_logits"):
             if key in f:
                 print(f"- {key}: {f[key]}")
         print(f"- independent plain-tensor forward (fp32) vs x-transformers logits: max |diff| = "
@@ -624,7 +895,8 @@ def main(argv=None):
             ap.error(f"unknown config {n!r}; known: {', '.join(CONFIGS)}")
     facts = {} if args.facts else None
     for n in names:
-        make_fixture(n, args.out, args.steps, facts)
+        make = make_encoder_fixture if CONFIGS[n].get("kind") == "encoder" else make_fixture
+        make(n, args.out, args.steps, facts)
     if facts is not None:
         print_facts(facts)
 

@@ -3,6 +3,14 @@
 // loss, every parameter gradient, and 16 greedily decoded tokens. Here the C++ model is built from the fixture's
 // `config` metadata alone, loaded with load_state_dict, and compared, in float and in double.
 //
+// Decoder fixtures (AbsoluteLearned, Rotary and NoPosition; LayerNorm and RMSNorm; GELU, GEGLU and SwiGLU; GQA) are
+// checked through AutoregressiveWrapper: logits of net(tokens[:, :-1]), the wrapper's loss, gradients, greedy.
+// The Encoder fixture (encoder_rotary_layernorm_mask) has no wrapper: logits of net(tokens, mask) with a key-padding
+// mask, the cross-entropy over the non-padded positions against fixture.targets (cpu::cross_entropy_forward_backward
+// with ignore_index at the padded positions), net.backward(1), gradients. Its logits are compared at the non-padded
+// positions; the padded positions are reported separately (see the "padded query positions" test below: x-transformers
+// zeroes the attention output there, which changes only those positions' own logits, not the loss or any gradient).
+//
 // Error metrics (one per quantity; `a` is ours, `b` the fixture's):
 //   logits     max over elements of |a − b| / max(|b|, 1)       (absolute below |b| = 1, relative above)
 //   loss       |a − b| / |b|
@@ -23,6 +31,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -78,10 +87,12 @@ ParsedConfig parse_config(const std::string& text) {
   ParsedConfig out;
   auto count = [](const json::Value& v) { return Index(v.as_int()); };
   const json::Value* layers = nullptr;
+  bool absolute = true;  // TransformerWrapper(use_abs_pos_emb=True); x-transformers ignores it when rotary is on
   for (const auto& [key, value] : root.as_object()) {
     if (key == "num_tokens") out.config.num_tokens = count(value);
     else if (key == "max_seq_len") out.config.max_seq_len = count(value);
     else if (key == "emb_dropout") out.config.emb_dropout = value.as_number();
+    else if (key == "use_abs_pos_emb") absolute = value.as_bool();
     else if (key == "attn_layers") layers = &value;
     else out.unhandled.push_back(key);
   }
@@ -109,7 +120,8 @@ ParsedConfig parse_config(const std::string& text) {
     else out.unhandled.push_back("attn_layers." + key);
   }
   if (swish && !glu) out.unhandled.push_back("attn_layers.ff_swish without ff_glu");
-  out.layers_type = type + "<" + (rotary ? "Rotary" : "AbsoluteLearned") + ", " + (rmsnorm ? "RMSNorm" : "LayerNorm") +
+  const std::string position = rotary ? "Rotary" : absolute ? "AbsoluteLearned" : "NoPosition";
+  out.layers_type = type + "<" + position + ", " + (rmsnorm ? "RMSNorm" : "LayerNorm") +
                     ", " + (glu ? (swish ? "SwiGLU" : "GEGLU") : "GELU") + ", MultiHeadAttention>";
   return out;
 }
@@ -133,7 +145,69 @@ TokenBatch drop_last(const TokenBatch& x) {
 struct Measured {
   double logits = 0, loss = 0, grad = 0;
   std::string worst_grad;
+  double logits_padded = 0;  // encoder only: positions whose mask is False
 };
+
+/// The model type and sizes from the config metadata alone; fails on any keyword the parser does not map.
+template <class Layers>
+ParsedConfig parsed_config_of(const st::File& file) {
+  REQUIRE(file.metadata.count("config") == 1);
+  const ParsedConfig parsed = parse_config(file.metadata.at("config"));
+  std::string unhandled;
+  for (const auto& k : parsed.unhandled) unhandled += " " + k;
+  INFO("config " << file.metadata.at("config") << "\nkeywords this test does not map:" << unhandled);
+  REQUIRE(parsed.unhandled.empty());
+  REQUIRE(parsed.layers_type == Layers::describe());
+  return parsed;
+}
+
+/// The rotary buffer, when the model has rotary, must be x-transformers' 1 / 10000^(2i / r); otherwise absent.
+template <class Net>
+void check_rotary_buffer(const st::File& file, const Net& net, const TransformerConfig& config) {
+  if constexpr (Net::has_rotary) {
+    const auto inv_freq = st::to_vector<double>(file.at("attn_layers.rotary_pos_emb.inv_freq"));
+    const Index r = net.rotary_dim();
+    REQUIRE(r == config.layers.dim_head / 2);
+    REQUIRE(Index(inv_freq.size()) == r / 2);
+    for (Index i = 0; i < r / 2; ++i) {
+      const double expected = 1.0 / std::pow(10000.0, double(2 * i) / double(r));
+      INFO("inv_freq[" << i << "] = " << inv_freq[i] << ", expected " << expected);
+      CHECK(std::abs(inv_freq[i] - expected) <= 1e-7 * expected);
+    }
+  } else {
+    REQUIRE(file.find("attn_layers.rotary_pos_emb.inv_freq") == nullptr);
+  }
+}
+
+/// Every grad.<name> against the accumulated gradient of <name>; every parameter must have one. Sets m.grad and
+/// m.worst_grad (per tensor max |a − b| / max |b|) and checks it against `tolerance`.
+template <class T>
+void compare_gradients(const st::File& file, const ParameterStore<T>& params, Measured& m, double tolerance) {
+  std::set<std::string> with_reference;
+  for (const auto& t : file.tensors) {
+    if (!t.name.starts_with("grad.")) continue;
+    const std::string param = t.name.substr(5);
+    const auto* e = params.find(param);
+    INFO("reference gradient " << t.name);
+    REQUIRE(e != nullptr);
+    REQUIRE(t.shape == e->shape.dims());
+    with_reference.insert(param);
+    const auto expected = st::to_vector<double>(t);
+    double max_diff = 0, max_ref = 0;
+    for (Index i = 0; i < e->shape.numel(); ++i) {
+      max_diff = std::max(max_diff, std::abs(double(params.grads()[e->offset + i]) - expected[std::size_t(i)]));
+      max_ref = std::max(max_ref, std::abs(expected[std::size_t(i)]));
+    }
+    const double err = max_ref > 0 ? max_diff / max_ref : max_diff;
+    if (err >= m.grad) m.grad = err, m.worst_grad = param;
+  }
+  for (const auto& e : params.entries()) {
+    INFO("parameter without a reference gradient: " << e.name);
+    CHECK(with_reference.count(e.name) == 1);
+  }
+  INFO("worst gradient tensor " << m.worst_grad << ": max|ours − ref| / max|ref| = " << m.grad);
+  CHECK(m.grad <= tolerance);
+}
 
 /// Builds, loads and compares one fixture with a TransformerWrapper<Layers, Cpu<T>>.
 template <class Layers, class T>
@@ -146,33 +220,13 @@ Measured check_fixture(const std::string& name) {
   Measured m;
 
   // 1. the model type and sizes, from the config metadata alone
-  REQUIRE(file.metadata.count("config") == 1);
-  const ParsedConfig parsed = parse_config(file.metadata.at("config"));
-  {
-    std::string unhandled;
-    for (const auto& k : parsed.unhandled) unhandled += " " + k;
-    INFO("config " << file.metadata.at("config") << "\nkeywords this test does not map:" << unhandled);
-    REQUIRE(parsed.unhandled.empty());
-  }
-  REQUIRE(parsed.layers_type == Layers::describe());
+  const ParsedConfig parsed = parsed_config_of<Layers>(file);
   AutoregressiveWrapper<Net> model{Net(parsed.config)};
   auto& params = model.parameters();
 
   // 2. weights, strictly: every parameter filled, every other tensor one of the ignored kinds
   load_state_dict(params, file, fixture_options, path);
-  if constexpr (Net::has_rotary) {
-    const auto inv_freq = st::to_vector<double>(file.at("attn_layers.rotary_pos_emb.inv_freq"));
-    const Index r = model.net.rotary_dim();
-    REQUIRE(r == parsed.config.layers.dim_head / 2);
-    REQUIRE(Index(inv_freq.size()) == r / 2);
-    for (Index i = 0; i < r / 2; ++i) {
-      const double expected = 1.0 / std::pow(10000.0, double(2 * i) / double(r));
-      INFO("inv_freq[" << i << "] = " << inv_freq[i] << ", expected " << expected);
-      CHECK(std::abs(inv_freq[i] - expected) <= 1e-7 * expected);
-    }
-  } else {
-    REQUIRE(file.find("attn_layers.rotary_pos_emb.inv_freq") == nullptr);
-  }
+  check_rotary_buffer(file, model.net, parsed.config);
 
   // 3a. logits of net(tokens[:, :-1]), eval mode
   const TokenBatch tokens = tokens_of(file, "fixture.tokens");
@@ -205,32 +259,7 @@ Measured check_fixture(const std::string& name) {
     CHECK(m.loss <= Tol::loss);
   }
   loss.backward();
-  std::set<std::string> with_reference;
-  for (const auto& t : file.tensors) {
-    if (!t.name.starts_with("grad.")) continue;
-    const std::string param = t.name.substr(5);
-    const auto* e = params.find(param);
-    INFO("reference gradient " << t.name);
-    REQUIRE(e != nullptr);
-    REQUIRE(t.shape == e->shape.dims());
-    with_reference.insert(param);
-    const auto expected = st::to_vector<double>(t);
-    double max_diff = 0, max_ref = 0;
-    for (Index i = 0; i < e->shape.numel(); ++i) {
-      max_diff = std::max(max_diff, std::abs(double(params.grads()[e->offset + i]) - expected[std::size_t(i)]));
-      max_ref = std::max(max_ref, std::abs(expected[std::size_t(i)]));
-    }
-    const double err = max_ref > 0 ? max_diff / max_ref : max_diff;
-    if (err >= m.grad) m.grad = err, m.worst_grad = param;
-  }
-  for (const auto& e : params.entries()) {
-    INFO("parameter without a reference gradient: " << e.name);
-    CHECK(with_reference.count(e.name) == 1);
-  }
-  {
-    INFO("worst gradient tensor " << m.worst_grad << ": max|ours − ref| / max|ref| = " << m.grad);
-    CHECK(m.grad <= Tol::grad);
-  }
+  compare_gradients(file, params, m, Tol::grad);
 
   // 4. greedy decoding, token for token, with and without the KV cache
   const TokenBatch prompt = tokens_of(file, "fixture.prompt");
@@ -246,6 +275,105 @@ Measured check_fixture(const std::string& name) {
   if (std::getenv("XTR_GOLDEN_REPORT"))
     std::cout << name << " " << Cpu<T>::name << ": logits " << m.logits << ", loss " << m.loss << ", gradient "
               << m.grad << " (" << m.worst_grad << ")\n";
+  return m;
+}
+
+/// fixture.mask: BOOL (B, T), 1 = real token (attend), 0 = padding.
+Mask mask_of(const st::File& file, const std::string& name) {
+  const auto& t = file.at(name);
+  REQUIRE(t.dtype == st::Dtype::BOOL);
+  REQUIRE(t.shape.size() == 2);
+  Mask mask(t.shape[0], t.shape[1]);
+  REQUIRE(t.bytes.size() == mask.data.size());
+  for (std::size_t i = 0; i < mask.data.size(); ++i) {
+    const auto byte = std::to_integer<std::uint8_t>(t.bytes[i]);
+    REQUIRE(byte <= 1);
+    mask.data[i] = byte;
+  }
+  return mask;
+}
+
+/// Builds, loads and compares the Encoder fixture (key-padding mask, loss over the non-padded positions) with a
+/// TransformerWrapper<Layers, Cpu<T>>. Logits are checked at the non-padded positions; the padded ones are measured
+/// (m.logits_padded) and checked by the caller.
+template <class Layers, class T>
+Measured check_encoder_fixture(const std::string& name) {
+  using Net = TransformerWrapper<Layers, Cpu<T>>;
+  using Tol = GoldenTolerance<T>;
+  static_assert(!Layers::causal, "the encoder fixture needs an Encoder<...> stack");
+  const std::string path = fixture_path(name);
+  INFO("fixture " << path << ", model " << Net::describe());
+  const st::File file = st::read(path);
+  Measured m;
+
+  // 1. model from the config, 2. weights, strictly
+  const ParsedConfig parsed = parsed_config_of<Layers>(file);
+  Net net(parsed.config);
+  auto& params = net.parameters();
+  load_state_dict(params, file, fixture_options, path);
+  check_rotary_buffer(file, net, parsed.config);
+
+  const TokenBatch tokens = tokens_of(file, "fixture.tokens");
+  const TokenBatch targets = tokens_of(file, "fixture.targets");
+  const Mask mask = mask_of(file, "fixture.mask");
+  const Index B = tokens.batch, Tn = tokens.length, V = parsed.config.num_tokens;
+  REQUIRE(targets.batch == B);
+  REQUIRE(targets.length == Tn);
+  REQUIRE(mask.batch == B);
+  REQUIRE(mask.length == Tn);
+  Index padded = 0;
+  for (Index b = 0; b < B; ++b) {
+    Index kept = 0;
+    for (Index t = 0; t < Tn; ++t) kept += mask.data[std::size_t(b * Tn + t)];
+    REQUIRE(kept > 0);  // a row with every key masked is outside what this fixture covers
+    padded += Tn - kept;
+  }
+  REQUIRE(padded > 0);  // the fixture must exercise padding
+
+  // 3a. logits of net(tokens, mask), eval mode
+  {
+    net.eval();
+    const auto expected = st::to_vector<double>(file.at("fixture.logits"));
+    REQUIRE(file.at("fixture.logits").shape == std::vector<Index>{B, Tn, V});
+    const auto logits = net.forward(tokens, mask);
+    REQUIRE(logits.size() == Index(expected.size()));
+    Index worst = 0, worst_padded = 0;
+    for (Index i = 0; i < logits.size(); ++i) {
+      const double err = std::abs(double(logits.data()[i]) - expected[std::size_t(i)]) /
+                         std::max(std::abs(expected[std::size_t(i)]), 1.0);
+      if (mask.data[std::size_t(i / V)]) {
+        if (err > m.logits) m.logits = err, worst = i;
+      } else if (err > m.logits_padded) {
+        m.logits_padded = err, worst_padded = i;
+      }
+    }
+    INFO("worst non-padded logit at flat index " << worst << ": ours " << logits.data()[worst] << ", x-transformers "
+                                                 << expected[std::size_t(worst)] << " (worst padded-position error "
+                                                 << m.logits_padded << " at " << worst_padded << ")");
+    CHECK(m.logits <= Tol::logits);
+  }
+
+  // 3b. loss: mean cross-entropy over the non-padded positions, 3c. every gradient after one backward
+  net.train();
+  params.zero_grad();
+  constexpr std::int32_t ignore_index = -100;
+  std::vector<std::int32_t> target_ids(targets.data);
+  for (std::size_t i = 0; i < target_ids.size(); ++i)
+    if (!mask.data[i]) target_ids[i] = ignore_index;
+  net.forward(tokens, mask);
+  const double loss = cpu::cross_entropy_forward_backward<T>(net.logits(), target_ids.data(), ignore_index, true);
+  const double expected_loss = st::to_vector<double>(file.at("fixture.loss")).at(0);
+  m.loss = std::abs(loss - expected_loss) / std::abs(expected_loss);
+  {
+    INFO("loss: ours " << loss << ", x-transformers " << expected_loss);
+    CHECK(m.loss <= Tol::loss);
+  }
+  net.backward(T(1));
+  compare_gradients(file, params, m, Tol::grad);
+
+  if (std::getenv("XTR_GOLDEN_REPORT"))
+    std::cout << name << " " << Cpu<T>::name << ": logits " << m.logits << " (padded positions " << m.logits_padded
+              << "), loss " << m.loss << ", gradient " << m.grad << " (" << m.worst_grad << ")\n";
   return m;
 }
 
@@ -269,12 +397,50 @@ TEST_CASE("golden parity: decoder_rotary_gqa_geglu", "[golden]") {
   check_both_precisions<Decoder<Rotary, LayerNorm, GEGLU>>("decoder_rotary_gqa_geglu");
 }
 
+TEST_CASE("golden parity: decoder_noposition_rmsnorm_geglu", "[golden]") {
+  check_both_precisions<Decoder<NoPosition, RMSNorm, GEGLU>>("decoder_noposition_rmsnorm_geglu");
+}
+
+TEST_CASE("golden parity: encoder_rotary_layernorm_mask", "[golden]") {
+  using Layers = Encoder<Rotary, LayerNorm, GELU>;
+  SECTION("float") { check_encoder_fixture<Layers, float>("encoder_rotary_layernorm_mask"); }
+  SECTION("double") { check_encoder_fixture<Layers, double>("encoder_rotary_layernorm_mask"); }
+}
+
+// x-transformers' Attention.forward ends with `out = einx.where('b n, b n d, -> b n d', mask, out, 0.)`: at a padded
+// query position the attention sublayer adds nothing to the residual stream (only the feed-forwards do), while the
+// position's logits are still computed. An implementation that masks keys only gives those positions different logits
+// (up to 3.33 here); the loss over the non-padded positions and every gradient are unaffected, so only this test
+// catches it. It holds the padded positions to the same tolerance as the others.
+TEST_CASE("golden parity: encoder_rotary_layernorm_mask at padded query positions", "[golden]") {
+  const Measured m = check_encoder_fixture<Encoder<Rotary, LayerNorm, GELU>, double>("encoder_rotary_layernorm_mask");
+  INFO("padded positions: max |ours − x-transformers| / max(|x-transformers|, 1) = " << m.logits_padded);
+  CHECK(m.logits_padded <= GoldenTolerance<double>::logits);
+}
+
 TEST_CASE("golden parity: a fixture config with an unknown keyword is rejected", "[golden]") {
   const auto parsed = parse_config(
       R"({"num_tokens": 64, "max_seq_len": 32, "tie_embedding": true,)"
       R"( "attn_layers": {"type": "Decoder", "dim": 32, "depth": 2, "attn_flash": true}})");
   REQUIRE(parsed.unhandled == std::vector<std::string>{"tie_embedding", "attn_layers.attn_flash"});
   REQUIRE(parsed.layers_type == Decoder<AbsoluteLearned, LayerNorm, GELU>::describe());
+}
+
+TEST_CASE("golden parity: use_abs_pos_emb false maps to NoPosition and type Encoder to an Encoder stack", "[golden]") {
+  const auto none = parse_config(
+      R"({"num_tokens": 64, "max_seq_len": 32, "use_abs_pos_emb": false,)"
+      R"( "attn_layers": {"type": "Decoder", "dim": 32, "depth": 2, "use_rmsnorm": true, "ff_glu": true}})");
+  REQUIRE(none.unhandled.empty());
+  REQUIRE(none.layers_type == Decoder<NoPosition, RMSNorm, GEGLU>::describe());
+  const auto rotary = parse_config(  // rotary wins: x-transformers disables absolute positions when rotary is on
+      R"({"num_tokens": 64, "max_seq_len": 32, "use_abs_pos_emb": false,)"
+      R"( "attn_layers": {"type": "Encoder", "dim": 32, "depth": 2, "rotary_pos_emb": true}})");
+  REQUIRE(rotary.unhandled.empty());
+  REQUIRE(rotary.layers_type == Encoder<Rotary, LayerNorm, GELU>::describe());
+  const auto absolute = parse_config(
+      R"({"num_tokens": 64, "max_seq_len": 32, "use_abs_pos_emb": true,)"
+      R"( "attn_layers": {"type": "Encoder", "dim": 32, "depth": 2}})");
+  REQUIRE(absolute.layers_type == Encoder<AbsoluteLearned, LayerNorm, GELU>::describe());
 }
 
 TEST_CASE("golden parity: state dicts that do not fit give clear errors", "[golden][state_dict]") {

@@ -3,8 +3,9 @@
 // manual backward (no tape) and a KV-cached incremental forward for generation.
 //
 //   x = emb[tok] (+ pos)                                           (B·T, D)
-//   per layer:  x += Wₒ attn(rot(q), rot(k), v),  [q | k | v] = W_qkv h,  h = norm₁(x)   (one GEMM: to_q, to_k
-//               and to_v are adjacent in the parameter buffer, so W_qkv = [W_q; W_k; W_v] is a view)
+//   per layer:  x += m ⊙ Wₒ attn(rot(q), rot(k), v),  [q | k | v] = W_qkv h,  h = norm₁(x)   (one GEMM: to_q, to_k
+//               and to_v are adjacent in the parameter buffer, so W_qkv = [W_q; W_k; W_v] is a view; m is 0 at
+//               key-padded positions and 1 elsewhere, as x-transformers masks the attention branch)
 //               x += W₂ ff(W₁ h + b₁) + b₂,                    h = norm₂(x)
 //   logits = W_logits norm_f(x)                                   (B·T, V)
 //
@@ -318,6 +319,12 @@ class TransformerWrapper {
       cpu::linear_forward<T>(x, w, y, accumulate);
     }
   }
+  /// Rows of x (B·T, ·) at key-padded positions of the last forward's mask set to 0.
+  void zero_padded_rows(MatrixView<T> x) const {
+    if (!mask_) return;
+    for (Index n = 0; n < x.rows(); ++n)
+      if (!mask_[n]) x.row(n).setZero();
+  }
   /// x += o Wₒᵀ, or x += o when there is no output projection (heads = 1).
   void add_attention_output(const LayerParameters& p, MatrixView<T> o, MatrixView<T> x) {
     if (has_out_projection()) {
@@ -435,6 +442,7 @@ void TransformerWrapper<Layers, Backend>::run_forward(TokensView tokens, MaskVie
     }
     cpu::attention_forward<T>(problem, {a.qkv, Tn * QKV, QKV}, {a.qkv + HD, Tn * QKV, QKV},
                               {a.qkv + HD + KD, Tn * QKV, QKV}, {a.o, Tn * HD, HD}, a.lse, arena_);
+    zero_padded_rows(o);  // x-transformers: the attention branch adds nothing at padded positions
     add_attention_output(p, o, x);
 
     pending_bias = feedforward_sublayer(p, x, a, training_ ? L.ff_dropout : 0.0, dropout_stream(3 * l + 2));
@@ -488,12 +496,14 @@ void TransformerWrapper<Layers, Backend>::backward(T alpha) {
 
     // attention: x += o Wₒᵀ (or x += o with one head)
     MatrixView<T> o(a.o, N, HD), h1(a.attn_h, N, D);
-    const T* dattn = dx.data();
     if (has_out_projection()) {
-      cpu::linear_backward_weight<T>(dx, o, params_.grad(p.to_out), T(1));
+      cpu::linear_backward_weight<T>(dx, o, params_.grad(p.to_out), T(1));  // o is 0 at padded rows
       cpu::linear_backward_input<T>(dx, params_.value(p.to_out), dout, T(1), false);
-      dattn = dout.data();
+    } else {
+      dout = dx;
     }
+    zero_padded_rows(dout);
+    const T* dattn = dout.data();
     dqkv.setZero();
     auto problem = attention_problem(B, Tn, Tn, 0, mask_, Tn);
     if (dropout_active_ && L.attn_dropout > 0) {
