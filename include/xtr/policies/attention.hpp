@@ -1,7 +1,7 @@
 #pragma once
 // MultiHeadAttention: per head h, o_h = softmax(q_h k_gᵀ / sqrt(dim_head) + mask) v_g with g = h mod kv_heads
 // (grouped-query when kv_heads < heads); q, k, v, out projections without bias; dropout on the probabilities.
-// Masks: causal (Decoder), key padding (both). A query row whose keys are all padded gives 0.
+// Masks: causal (Decoder), key padding (both); the branch adds 0 at padded query positions (as x-transformers).
 // x-transformers: Attention(dim_head=64, heads=8, kv_heads=None, dropout=0), non-flash path.
 #include "xtr/policies/concepts.hpp"
 
