@@ -135,3 +135,14 @@ TEST_CASE("unsupported descriptions and misfit buffers are errors naming what is
   with_buffer.tensors.push_back(buffer);
   REQUIRE_THROWS_WITH(xt::load(absolute, with_buffer), Contains("but the model has no Rotary"));
 }
+
+TEST_CASE("checkpoints of x-transformers before 1.31.3 are refused by version, not guessed", "[x-transformers][errors]") {
+  for (const std::string name : {"legacy_1.26.6_rotary_layernorm", "legacy_1.27.0_rotary_layernorm",
+                                 "legacy_1.30.23_absolute_rmsnorm_swiglu", "legacy_1.31.1_absolute_layernorm_geglu"}) {
+    INFO(name);
+    const auto file = safetensors::read(std::string(XTR_FIXTURE_DIR) + "/" + name + ".safetensors");
+    REQUIRE_THROWS_WITH(xt::parse_description(description_of(file)),
+                        Contains("x_transformers_version " + file.metadata.at("x_transformers_version")) &&
+                            Contains("norm gains before 1.31.3"));
+  }
+}
