@@ -571,7 +571,7 @@ std::vector<double> run_norm(const std::vector<double>& x, const std::vector<dou
 }
 }  // namespace
 
-TEMPLATE_TEST_CASE("norm: forward equals the formula; gradients (x and gamma) match finite differences",
+TEMPLATE_TEST_CASE("norm: forward equals the formula / gradients (x and gamma) match finite differences",
                    "[kernels][norm][gradient]", LayerNorm, RMSNorm) {
   const Index N = 40, D = 12;  // N > 2 · grain: the row loop runs threaded
   auto x = random_values(N * D, 1, 1.5);
@@ -658,7 +658,7 @@ std::vector<double> run_ff(const std::vector<double>& z, const std::vector<doubl
 }  // namespace
 
 TEMPLATE_TEST_CASE(
-    "feed-forward activation: forward equals the formula; gradients (input and bias) match finite "
+    "feed-forward activation: forward equals the formula / gradients (input and bias) match finite "
     "differences",
     "[kernels][feedforward][gradient]", GELU, GEGLU, SwiGLU) {
   const Index N = 40, F = 10, W = TestType::gated ? 2 * F : F;
@@ -705,7 +705,7 @@ TEMPLATE_TEST_CASE(
   }
 }
 
-TEST_CASE("GELU in float equals the exact erf formula on [-10, 10]", "[kernels][feedforward]") {
+TEST_CASE("GELU in float equals the exact erf formula on -10 .. 10", "[kernels][feedforward]") {
   // Eigen's float erf is accurate to a few ulp; a·(1 + erf(a/√2))/2 then carries |a|·O(ulp) absolute error: for
   // a < 0 the sum 1 + erf cancels, but erf's absolute error (≤ a few · 2^-25 near ∓1) is what is scaled by |a|/2.
   // Bound: |gelu_float(a) − gelu(a)| ≤ 1e-6 · max(1, |a|) (≈ 8 float ulps of |a|), measured ≈ 1.8e-7.
@@ -730,7 +730,7 @@ TEST_CASE("GELU in float equals the exact erf formula on [-10, 10]", "[kernels][
 // ---------------------------------------------------------------------------------------------------------------------
 // Rotary
 
-TEMPLATE_TEST_CASE("rotary: inverse undoes forward; gradient is the inverse rotation", "[kernels][rotary][gradient]",
+TEMPLATE_TEST_CASE("rotary: inverse undoes forward / gradient is the inverse rotation", "[kernels][rotary][gradient]",
                    float, double) {
   using T = TestType;
   const Index heads = 3, dh = 8, Tn = 7, B = 2, N = B * Tn, W = heads * dh, offset = 5;
@@ -857,7 +857,7 @@ double naive_cross_entropy(const std::vector<double>& z, const std::vector<std::
 }
 }  // namespace
 
-TEST_CASE("cross-entropy: loss equals naive log-softmax; gradient matches finite differences; ignore_index",
+TEST_CASE("cross-entropy: loss equals naive log-softmax / gradient matches finite differences / ignore_index",
           "[kernels][cross_entropy][gradient]") {
   const Index N = 70, V = 11;  // N > 64: the row loop runs threaded
   const std::int32_t ignore = -100;

@@ -166,7 +166,7 @@ TEMPLATE_TEST_CASE("padding mask: tokens at padded positions do not change the l
 // ---------------------------------------------------------------------------------------------------------------------
 // 3. KV-cached decoding vs full recomputation
 
-TEMPLATE_TEST_CASE("KV cache: cached logits equal the full forward at every position; greedy tokens match",
+TEMPLATE_TEST_CASE("KV cache: cached logits equal the full forward at every position / greedy tokens match",
                    "[properties][cache]", (Decoder<Rotary, LayerNorm, GELU>),
                    (Decoder<AbsoluteLearned, RMSNorm, SwiGLU>), (Decoder<NoPosition, LayerNorm, GEGLU>)) {
   using Net = FloatNet<TestType>;
@@ -217,7 +217,7 @@ TEMPLATE_TEST_CASE("KV cache: cached logits equal the full forward at every posi
 // ---------------------------------------------------------------------------------------------------------------------
 // 4. Past max_seq_len
 
-TEMPLATE_TEST_CASE("KV cache past max_seq_len: the window slides; with one layer it equals recomputing the window",
+TEMPLATE_TEST_CASE("KV cache past max_seq_len: the window slides / with one layer it equals recomputing the window",
                    "[properties][cache]", (Decoder<Rotary, LayerNorm, GELU>), (Decoder<NoPosition, LayerNorm, GEGLU>)) {
   // With depth 1 the cached keys depend only on (token, position), and rotary scores only on relative positions,
   // so decoding with a sliding cache must equal a full forward of the last ≤ max_seq_len tokens. Rotary angles are
@@ -261,7 +261,7 @@ TEMPLATE_TEST_CASE("KV cache past max_seq_len: the window slides; with one layer
   CHECK(worst <= tol);
 }
 
-TEST_CASE("generation past max_seq_len: Rotary slides the cache; AbsoluteLearned recomputes the window",
+TEST_CASE("generation past max_seq_len: Rotary slides the cache / AbsoluteLearned recomputes the window",
           "[properties][cache]") {
   const SerialOpenMP serial;
   SECTION(
@@ -351,7 +351,7 @@ TEMPLATE_TEST_CASE("batched vs one-by-one: forward rows and greedy generation ag
 // ---------------------------------------------------------------------------------------------------------------------
 // 6. Training vs inference mode
 
-TEMPLATE_TEST_CASE("train vs eval: eval() is deterministic and equals a dropout-free model; train() applies dropout",
+TEMPLATE_TEST_CASE("train vs eval: eval() is deterministic and equals a dropout-free model / train() applies dropout",
                    "[properties][dropout]", (Decoder<Rotary, LayerNorm, GELU>),
                    (Decoder<AbsoluteLearned, RMSNorm, SwiGLU>), (Encoder<NoPosition, LayerNorm, GEGLU>)) {
   using Net = FloatNet<TestType>;
@@ -520,7 +520,7 @@ TEST_CASE("sampling: greedy, top_k, top_p, min_p, temperature, seeds", "[propert
   }
 }
 
-TEST_CASE("generation with eos: pad_value after a row's eos; generation stops once every row is done",
+TEST_CASE("generation with eos: pad_value after a row's eos / generation stops once every row is done",
           "[properties][sampling]") {
   using Layers = Decoder<Rotary, LayerNorm, GELU>;
   using Net = FloatNet<Layers>;
@@ -670,7 +670,7 @@ TEST_CASE("generate() that throws on its options leaves the training mode as it 
   CHECK(model.net.training());
 }
 
-TEST_CASE("backward() twice on one forward pass is an error; generate() without a seed varies per call", "[errors]") {
+TEST_CASE("backward() twice on one forward pass is an error / generate() without a seed varies per call", "[errors]") {
   using Net = TransformerWrapper<Decoder<Rotary, LayerNorm, GELU>>;
   AutoregressiveWrapper<Net> model(Net({.num_tokens = 20, .max_seq_len = 16,
                                         .layers = {.dim = 16, .depth = 1, .heads = 2, .dim_head = 8}}));

@@ -433,7 +433,7 @@ TEST_CASE("TextDataset windows are the data at their start", "[data]") {
   CHECK_THROWS_WITH(data.window(-1, 2), Contains("window [-1, 1)"));
 }
 
-TEST_CASE("random windows start uniformly in [0, size - seq_len - 1), as torch.randint", "[data]") {
+TEST_CASE("random windows start uniformly in 0 .. size - seq_len - 2, as torch.randint", "[data]") {
   const xtr::Index size = 40, seq_len = 24;  // windows of 25 bytes; 15 possible starts: 0..14
   const xtr::TextDataset data = counting_dataset(static_cast<std::size_t>(size));
   const xtr::RandomStream rng{1234, 5};

@@ -74,7 +74,7 @@ double train_step(Model& model, AdamW<float>& opt, BatchLoader& loader, int accu
 
 }  // namespace
 
-TEST_CASE("AdamW follows its update formula; weight_decay 0 is Adam", "[training]") {
+TEST_CASE("AdamW follows its update formula / weight_decay 0 is Adam", "[training]") {
   for (double wd : {0.0, 0.1}) {
     ParameterStore<double> store;
     store.add("w", {5}, Init::normal_std(1.0));
@@ -132,7 +132,7 @@ TEST_CASE("gradient accumulation over two halves equals the full batch", "[train
   REQUIRE(worst <= 1e-5 * scale);
 }
 
-TEST_CASE("save then load gives identical logits; a resumed run repeats the loss trajectory exactly", "[training][checkpoint]") {
+TEST_CASE("save then load gives identical logits / a resumed run repeats the loss trajectory exactly", "[training][checkpoint]") {
   const auto path = temp_path("resume.safetensors");
   const auto data = synthetic_text();
   const double dropout = 0.1;  // the dropout streams must resume too
