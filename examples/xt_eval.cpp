@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
         description,
         [&](auto& net) {
           using Net = std::decay_t<decltype(net)>;
-          xtr::x_transformers::load(net, weights, "'" + args["--weights"] + "'");
+          xtr::x_transformers::load(net, weights, "'" + args["--weights"] + "'", description.conventions);
           net.eval();
           // logits of the network on every row without its last token
           xtr::TokenBatch inputs(tokens.batch, tokens.length - 1);
@@ -95,7 +95,8 @@ int main(int argc, char** argv) {
           for (xtr::Index t = 0; t < greedy.length; ++t) std::printf("%s%d", t ? ", " : "", greedy(0, t));
           std::printf("]}\n");
           if (args.count("--export"))
-            xtr::safetensors::write(args["--export"], xtr::x_transformers::export_state_dict(model.net, &weights));
+            xtr::safetensors::write(args["--export"], xtr::x_transformers::export_state_dict(
+                                                          model.net, &weights, description.conventions));
         },
         xtr::x_transformers::Decoders{});
   } catch (const std::exception& e) {

@@ -22,7 +22,8 @@ namespace {
 // The fixtures' three types and one more: enough to exercise the dispatch without compiling all 18 here
 // (examples/xt_eval instantiates the whole xt::Decoders set).
 using TestSet = xt::StackSet<Decoder<Rotary, LayerNorm, GELU>, Decoder<AbsoluteLearned, RMSNorm, SwiGLU>,
-                             Decoder<Rotary, LayerNorm, GEGLU>, Decoder<NoPosition, LayerNorm, GELU>>;
+                             Decoder<Rotary, LayerNorm, GEGLU>, Decoder<NoPosition, LayerNorm, GELU>,
+                             Decoder<AbsoluteLearned, LayerNorm, GEGLU>>;
 
 json::Value description_of(const safetensors::File& file) {
   auto root = json::parse(file.metadata.at("config"));
@@ -102,9 +103,15 @@ TEST_CASE("unsupported descriptions and misfit buffers are errors naming what is
   REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "tie_embedding": true,
                                 "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1}})"),
                       Contains("TransformerWrapper keywords not supported by xtr: tie_embedding"));
-  REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "x_transformers_version": "1.30.0",
+  REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "x_transformers_version": "1.26.0",
                                 "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1}})"),
-                      Contains("x_transformers_version 1.30.0: norm gains before 1.31.3"));
+                      Contains("x_transformers_version 1.26.0: releases before 1.27.1"));
+  REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "x_transformers_version": "1.31.2",
+                                "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1}})"),
+                      Contains("1.31.2 cannot build these models"));
+  REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "x_transformers_version": "1.29.0",
+                                "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1, "rotary_pos_emb": true}})"),
+                      Contains("rotary models before 1.30.1 rotate halves"));
   REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "x_transformers_version": "two",
                                 "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1}})"),
                       Contains("x_transformers_version 'two' is not MAJOR.MINOR.PATCH"));
@@ -136,13 +143,64 @@ TEST_CASE("unsupported descriptions and misfit buffers are errors naming what is
   REQUIRE_THROWS_WITH(xt::load(absolute, with_buffer), Contains("but the model has no Rotary"));
 }
 
-TEST_CASE("checkpoints of x-transformers before 1.31.3 are refused by version, not guessed", "[x-transformers][errors]") {
-  for (const std::string name : {"legacy_1.26.6_rotary_layernorm", "legacy_1.27.0_rotary_layernorm",
-                                 "legacy_1.30.23_absolute_rmsnorm_swiglu", "legacy_1.31.1_absolute_layernorm_geglu"}) {
+TEST_CASE("checkpoints of x-transformers before 1.27.1 are refused by version, not guessed", "[x-transformers][errors]") {
+  for (const std::string name : {"legacy_1.26.6_rotary_layernorm", "legacy_1.26.6_absolute_rmsnorm_swiglu",
+                                 "legacy_1.27.0_rotary_layernorm"}) {
     INFO(name);
     const auto file = safetensors::read(std::string(XTR_FIXTURE_DIR) + "/" + name + ".safetensors");
     REQUIRE_THROWS_WITH(xt::parse_description(description_of(file)),
                         Contains("x_transformers_version " + file.metadata.at("x_transformers_version")) &&
-                            Contains("norm gains before 1.31.3"));
+                            Contains("releases before 1.27.1"));
+  }
+}
+
+TEST_CASE("checkpoints of x-transformers 1.27.1 to 1.31.1 load with their gain conventions", "[x-transformers]") {
+  for (const std::string name : {"legacy_1.30.23_rotary_layernorm", "legacy_1.30.23_absolute_rmsnorm_swiglu",
+                                 "legacy_1.31.1_absolute_layernorm_geglu"}) {
+    INFO(name);
+    const auto file = safetensors::read(std::string(XTR_FIXTURE_DIR) + "/" + name + ".safetensors");
+    const auto description = xt::parse_description(description_of(file));
+    REQUIRE_FALSE(description.conventions.unit_offset_gains);
+    safetensors::File weights;
+    for (const auto& t : file.tensors)
+      if (!t.name.starts_with("fixture.")) weights.tensors.push_back(t);
+    bool ran = false;
+    xt::with_model(
+        description,
+        [&](auto& net) {
+          ran = true;
+          using Net = std::decay_t<decltype(net)>;
+          xt::load(net, weights, name, description.conventions);
+          net.eval();
+          const auto& shape = file.at("fixture.tokens").shape;
+          const auto ids = safetensors::to_vector<std::int64_t>(file.at("fixture.tokens"));
+          TokenBatch inputs(shape[0], shape[1] - 1);
+          for (Index b = 0; b < shape[0]; ++b)
+            for (Index t = 0; t + 1 < shape[1]; ++t) inputs(b, t) = std::int32_t(ids[b * shape[1] + t]);
+          const auto expected = safetensors::to_vector<float>(file.at("fixture.logits"));
+          auto logits = net.forward(inputs);
+          REQUIRE(Index(expected.size()) == logits.size());
+          double worst = 0;
+          for (Index i = 0; i < logits.size(); ++i)
+            worst = std::max(worst, std::abs(double(logits.data()[i]) - expected[i]) / std::max(1.0, std::abs(double(expected[i]))));
+          REQUIRE(worst <= 1e-4);
+          // exported in the release's layout again: same names, gains within float rounding of the originals
+          const auto exported = xt::export_state_dict(net, &weights, description.conventions);
+          REQUIRE(exported.tensors.size() == weights.tensors.size());
+          for (const auto& t : exported.tensors) {
+            INFO(t.name);
+            const auto a = safetensors::to_vector<double>(t), b = safetensors::to_vector<double>(weights.at(t.name));
+            for (std::size_t i = 0; i < a.size(); ++i) REQUIRE(std::abs(a[i] - b[i]) <= 1e-6 * std::max(1.0, std::abs(b[i])));
+          }
+          AutoregressiveWrapper<Net> model(std::move(net));
+          const auto prompt_ids = safetensors::to_vector<std::int64_t>(file.at("fixture.prompt"));
+          const auto greedy_ids = safetensors::to_vector<std::int64_t>(file.at("fixture.greedy"));
+          TokenBatch prompt(1, Index(prompt_ids.size()));
+          std::copy(prompt_ids.begin(), prompt_ids.end(), prompt.data.begin());
+          const auto greedy = model.generate(prompt, Index(greedy_ids.size()), {.temperature = 0});
+          REQUIRE(std::equal(greedy_ids.begin(), greedy_ids.end(), greedy.data.begin()));
+        },
+        TestSet{});
+    REQUIRE(ran);
   }
 }

@@ -6,9 +6,14 @@
 //   {"num_tokens": 256, "max_seq_len": 64, "x_transformers_version": "2.31.10",
 //    "attn_layers": {"type": "Decoder", "dim": 64, "depth": 2, "heads": 4, "rotary_pos_emb": true}}
 //
-// Norm gains: from x-transformers 1.31.3 on, `gamma`/`g` hold gain − 1 (unit offset), which is xtr's layout. Older
-// conventions (nn.LayerNorm weight/bias before 1.27.0, gain as is in [1.27.0, 1.31.3)) are refused by name, never
-// guessed.
+// Norm gains follow the release named by x_transformers_version (tests/fixtures/README.md has the table):
+//   ≥ 1.31.3           `gamma` (LayerNorm) / `g` (RMSNorm) hold gain − 1 (unit offset): xtr's own layout
+//   1.31.0 – 1.31.1    `gamma` / `g` hold the gain itself
+//   1.27.1 – 1.30.x    bias-less nn.LayerNorm `weight` / RMSNorm `g`, the gain itself
+// Older releases (norm biases, a persistent `beta`, a `to_logits` bias), 1.31.2 (broken) and rotary models before
+// 1.30.1 (a different pair layout) are refused by version, never guessed. Before 1.42.18 the default rotary_dim was
+// max(dim_head / 2, 32).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -25,12 +30,19 @@ namespace xtr::x_transformers {
 /// The x-transformers release whose conventions xtr's layout equals (the golden fixtures' version).
 inline constexpr std::string_view current_version = "2.31.10";
 
-/// What a JSON description resolved to: sizes, and the policy per axis by name.
+/// How a release stores what xtr keeps as gain − 1 under `gamma` / `g`.
+struct Conventions {
+  bool unit_offset_gains = true;   // stored value = gain − 1 (≥ 1.31.3); false: the gain itself
+  bool layernorm_gain_is_weight = false;  // LayerNorm gains named `weight` (bias-less nn.LayerNorm, 1.27.1 – 1.30.x)
+};
+
+/// What a JSON description resolved to: sizes, the policy per axis by name, and the release's conventions.
 struct ModelDescription {
   TransformerConfig config;
   std::string stack = "Decoder";  // Decoder | Encoder
   std::string position, norm, feedforward;
   std::string version{current_version};
+  Conventions conventions;
 };
 
 namespace detail {
@@ -76,9 +88,13 @@ inline ModelDescription parse_description(const json::Value& root) {
                      "TransformerWrapper");
   ModelDescription m;
   if (const auto* v = root.find("x_transformers_version")) m.version = v->as_string();
-  require(detail::parse_version(m.version) >= detail::Version{1, 31, 3}, "x_transformers_version ", m.version,
-          ": norm gains before 1.31.3 (nn.LayerNorm weight/bias before 1.27.0, gain as is until 1.31.3) are not "
-          "supported yet; xtr reads the unit-offset gains of 1.31.3 and later");
+  using V = detail::Version;
+  const V version = detail::parse_version(m.version);
+  require(version >= V{1, 27, 1}, "x_transformers_version ", m.version,
+          ": releases before 1.27.1 (norm biases, a persistent beta buffer, a to_logits bias) are not supported");
+  require(version != V{1, 31, 2}, "x_transformers_version 1.31.2 cannot build these models (a broken release)");
+  m.conventions.unit_offset_gains = version >= V{1, 31, 3};
+  m.conventions.layernorm_gain_is_weight = version < V{1, 31, 0};
   m.config.num_tokens = root.at("num_tokens").as_int();
   m.config.max_seq_len = root.at("max_seq_len").as_int();
   m.config.emb_dropout = detail::real(root, "emb_dropout", 0);
@@ -103,6 +119,9 @@ inline ModelDescription parse_description(const json::Value& root) {
   L.rotary_dim = detail::integer(layers, "rotary_emb_dim", 0);
 
   const bool rotary = detail::flag(layers, "rotary_pos_emb", false);
+  require(!rotary || version >= V{1, 30, 1}, "x_transformers_version ", m.version,
+          ": rotary models before 1.30.1 rotate halves, not interleaved pairs; not supported");
+  if (rotary && version < V{1, 42, 18} && L.rotary_dim == 0) L.rotary_dim = std::max<Index>(L.dim_head / 2, 32);
   const bool absolute = detail::flag(root, "use_abs_pos_emb", true);
   require(!(rotary && root.find("use_abs_pos_emb") && absolute),
           "rotary_pos_emb=True together with use_abs_pos_emb=True is not supported (one position encoding)");
@@ -154,9 +173,46 @@ void with_model(const ModelDescription& m, F&& f, StackSet<Stacks...> = {}) {
 /// Non-parameter buffers x-transformers keeps in its state_dict.
 inline constexpr std::string_view rotary_buffer = "attn_layers.rotary_pos_emb.inv_freq";
 
-/// Loads an x-transformers state dict; checks the rotary frequency buffer against the model's θ and rotary_dim.
+namespace detail {
+/// The suffix a release gives a norm gain named `gain_name` by xtr ("gamma" or "g").
+inline std::string release_gain_name(const std::string& gain_name, const Conventions& c) {
+  return gain_name == "gamma" && c.layernorm_gain_is_weight ? "weight" : gain_name;
+}
+/// Whether `name` is a norm gain (pre-branch norms and the final norm) with suffix `suffix`.
+inline bool is_norm_gain(const std::string& name, const std::string& suffix) {
+  if (name == "attn_layers.final_norm." + suffix) return true;
+  const std::string_view prefix = "attn_layers.layers.";  // then "<layer>.0.0.<suffix>"
+  if (!name.starts_with(prefix)) return false;
+  std::size_t i = prefix.size();
+  const std::size_t digits = i;
+  while (i < name.size() && name[i] >= '0' && name[i] <= '9') ++i;
+  return i > digits && std::string_view(name).substr(i) == ".0.0." + suffix;
+}
+/// Norm gains renamed and re-offset between a release's layout and xtr's; `to_xtr` picks the direction.
 template <class Net>
-void load(Net& net, const safetensors::File& file, const std::string& what = "x-transformers state dict") {
+safetensors::File convert_gains(const safetensors::File& file, const Conventions& c, bool to_xtr) {
+  const std::string xtr_name(Net::Norm::gain_name), release_name = release_gain_name(xtr_name, c);
+  if (c.unit_offset_gains && xtr_name == release_name) return file;
+  safetensors::File out = file;
+  for (auto& t : out.tensors) {
+    if (!is_norm_gain(t.name, to_xtr ? release_name : xtr_name)) continue;
+    auto values = safetensors::to_vector<float>(t);
+    if (!c.unit_offset_gains)
+      for (auto& v : values) v += to_xtr ? -1.0f : 1.0f;
+    const std::string from = to_xtr ? release_name : xtr_name, to = to_xtr ? xtr_name : release_name;
+    t = safetensors::make_record<float>(t.name.substr(0, t.name.size() - from.size()) + to, t.shape,
+                                        std::span<const float>(values));
+  }
+  return out;
+}
+}  // namespace detail
+
+/// Loads an x-transformers state dict written by a release with `conventions`; checks the rotary frequency buffer
+/// against the model's θ and rotary_dim.
+template <class Net>
+void load(Net& net, const safetensors::File& release_file, const std::string& what = "x-transformers state dict",
+          const Conventions& conventions = {}) {
+  const safetensors::File file = detail::convert_gains<Net>(release_file, conventions, /*to_xtr=*/true);
   load_state_dict(net.parameters(), file, StateDictOptions{.prefix = "", .ignore = {std::string(rotary_buffer)}},
                   what);
   const auto* buffer = file.find(rotary_buffer);
@@ -174,10 +230,12 @@ void load(Net& net, const safetensors::File& file, const std::string& what = "x-
   }
 }
 
-/// The model under x-transformers' names, with the buffers; buffers present in `source` are copied byte for byte
-/// (a Python → xtr → Python round trip is then bit-identical), missing ones computed as x-transformers does.
+/// The model under x-transformers' names (in the layout of a release with `conventions`), with the buffers; buffers
+/// present in `source` are copied byte for byte (a Python → xtr → Python round trip is then bit-identical for
+/// ≥ 1.31.3), missing ones computed as x-transformers does.
 template <class Net>
-safetensors::File export_state_dict(const Net& net, const safetensors::File* source = nullptr) {
+safetensors::File export_state_dict(const Net& net, const safetensors::File* source = nullptr,
+                                    const Conventions& conventions = {}) {
   safetensors::File file;
   append_state_dict(net.parameters(), file);
   if constexpr (Net::has_rotary) {
@@ -192,7 +250,7 @@ safetensors::File export_state_dict(const Net& net, const safetensors::File* sou
           safetensors::make_record<float>(std::string(rotary_buffer), {r / 2}, std::span<const float>(inv_freq)));
     }
   }
-  return file;
+  return detail::convert_gains<Net>(file, conventions, /*to_xtr=*/false);
 }
 
 }  // namespace xtr::x_transformers
