@@ -31,6 +31,14 @@ json::Value description_of(const safetensors::File& file) {
   return root;
 }
 
+/// The model's tensors of a fixture file: without the fixture's own inputs, outputs and gradients.
+safetensors::File model_tensors(const safetensors::File& file) {
+  safetensors::File weights;
+  for (const auto& t : file.tensors)
+    if (!t.name.starts_with("fixture.") && !t.name.starts_with("grad.")) weights.tensors.push_back(t);
+  return weights;
+}
+
 }  // namespace
 
 TEST_CASE("fixtures load through their JSON description and export byte for byte", "[x-transformers]") {
@@ -44,12 +52,7 @@ TEST_CASE("fixtures load through their JSON description and export byte for byte
         [&](auto& net) {
           ran = true;
           using Net = std::decay_t<decltype(net)>;
-          xt::load(net, [&] {  // the fixture's own tensors are not part of the model
-            safetensors::File weights;
-            for (const auto& t : file.tensors)
-              if (!t.name.starts_with("fixture.") && !t.name.starts_with("grad.")) weights.tensors.push_back(t);
-            return weights;
-          }());
+          xt::load(net, model_tensors(file));
           net.eval();
           const auto tokens = safetensors::to_vector<std::int64_t>(file.at("fixture.tokens"));
           const auto& shape = file.at("fixture.tokens").shape;
@@ -67,9 +70,7 @@ TEST_CASE("fixtures load through their JSON description and export byte for byte
             REQUIRE(t.shape == original.shape);
             REQUIRE(t.bytes == original.bytes);
           }
-          std::size_t model_tensors = 0;
-          for (const auto& t : file.tensors) model_tensors += !t.name.starts_with("fixture.") && !t.name.starts_with("grad.");
-          REQUIRE(exported.tensors.size() == model_tensors);  // every x-transformers tensor, nothing else
+          REQUIRE(exported.tensors.size() == model_tensors(file).tensors.size());  // all of them, nothing else
         },
         TestSet{});
     REQUIRE(ran);
@@ -161,9 +162,7 @@ TEST_CASE("checkpoints of x-transformers 1.27.1 to 1.31.1 load with their gain c
     const auto file = safetensors::read(std::string(XTR_FIXTURE_DIR) + "/" + name + ".safetensors");
     const auto description = xt::parse_description(description_of(file));
     REQUIRE_FALSE(description.conventions.unit_offset_gains);
-    safetensors::File weights;
-    for (const auto& t : file.tensors)
-      if (!t.name.starts_with("fixture.")) weights.tensors.push_back(t);
+    const auto weights = model_tensors(file);
     bool ran = false;
     xt::with_model(
         description,

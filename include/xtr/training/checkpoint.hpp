@@ -100,30 +100,26 @@ TrainingState load_checkpoint(const std::filesystem::path& path, Net& net, AdamW
   const std::string config = to_json(net.config()).dump();
   require(meta("xtr.config") == config, what, " was saved with config ", meta("xtr.config"),
           ", this model has config ", config);
-  auto number = [&](const std::string& key) {
+  // metadata values: whole strings that parse as a count (≥ 0) or a finite number
+  auto parsed = [&](const std::string& key, auto parse, const char* kind, auto valid) {
     const std::string& s = meta(key);
     std::size_t used = 0;
-    long long v = 0;
+    decltype(parse(s, &used)) v{};
     try {
-      v = std::stoll(s, &used);
+      v = parse(s, &used);
     } catch (const std::exception&) {
       used = 0;
     }
-    require(used == s.size() && !s.empty() && v >= 0, what, " metadata '", key, "' is not a count: '", s, "'");
+    require(used == s.size() && !s.empty() && valid(v), what, " metadata '", key, "' is not ", kind, ": '", s, "'");
     return v;
   };
+  auto number = [&](const std::string& key) {
+    return parsed(key, [](const std::string& s, std::size_t* n) { return std::stoll(s, n); }, "a count",
+                  [](long long v) { return v >= 0; });
+  };
   auto real = [&](const std::string& key) {
-    const std::string& s = meta(key);
-    std::size_t used = 0;
-    double v = 0;
-    try {
-      v = std::stod(s, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    require(used == s.size() && !s.empty() && std::isfinite(v), what, " metadata '", key, "' is not a number: '", s,
-            "'");
-    return v;
+    return parsed(key, [](const std::string& s, std::size_t* n) { return std::stod(s, n); }, "a number",
+                  [](double v) { return std::isfinite(v); });
   };
   // Check everything before changing anything: a failed load leaves model and optimiser as they were.
   std::vector<std::pair<const safetensors::TensorRecord*, T*>> moments;
