@@ -2,14 +2,20 @@
 """Run xtr's benchmark binary and the x-transformers peer side by side, in one run, and report ratios.
 
     python3 tools/bench_compare.py [--xtr build/bench/xtr_bench] [--peer /work/shared/peer/bench_xt.py]
-                                   [--repeat N] [--only train|generate|all] [--out FILE.jsonl] [--nice N]
+                                   [--peer-seq2seq tools/bench_peer_seq2seq.py]
+                                   [--repeat N] [--only train|generate|all|seq2seq|everything]
+                                   [--configs LIST] [--out FILE.jsonl] [--nice N]
 
-The xtr side is invoked once per (bench, config):
-    <xtr> --bench train_step|generate_kv --config small|enwik8
+--only: train, generate, all (= train + generate: the decoder benches; the default), seq2seq (the encoder-decoder
+benches), everything (all + seq2seq). The xtr side is invoked once per (bench, config):
+    <xtr> --bench train_step|generate_kv --config small|enwik8             (train, generate)
+    <xtr> --bench seq2seq_train --config copy                               (seq2seq)
+    <xtr> --bench seq2seq_generate --config copy|copy_b32                   (seq2seq)
 and must print one JSON line with at least {"bench", "config", "tokens_per_s"} (the fields bench_xt.py prints:
-median_s or best_s, tokens_per_s, ...). The peer is invoked once per kind:
-    python3 <peer> train|generate
-and prints one JSON line per config. With --repeat N both sides run N times, alternating which goes first, and the
+median_s or best_s, tokens_per_s, ...). The peers are invoked once per kind:
+    python3 <peer> train|generate                       (decoder: train_step, generate_kv)
+    python3 <peer-seq2seq> train|generate               (seq2seq_train; seq2seq_generate)
+and print one JSON line per config. With --repeat N both sides run N times, alternating which goes first, and the
 table shows the median tokens/s of each side per (bench, config) and the ratio xtr / peer (> 1: xtr is faster).
 --out appends every raw JSON line (with "side" and "repeat" added) and one summary line (date, machine, commands,
 medians) to a JSON-lines file. Lines that are not JSON objects (tables, warnings) are echoed with --verbose only.
@@ -24,8 +30,24 @@ import statistics
 import subprocess
 import sys
 
-BENCHES = {"train": "train_step", "generate": "generate_kv"}      # peer kind -> bench name
 CONFIGS = ("small", "enwik8")
+# kind -> (which peer script, peer argument, bench name, configs); the order is the run and table order
+KINDS = {
+    "train": ("peer", "train", "train_step", CONFIGS),
+    "generate": ("peer", "generate", "generate_kv", CONFIGS),
+    "seq2seq_train": ("peer_seq2seq", "train", "seq2seq_train", ("copy",)),
+    "seq2seq_generate": ("peer_seq2seq", "generate", "seq2seq_generate", ("copy", "copy_b32")),
+}
+ONLY = {"train": ["train"], "generate": ["generate"], "all": ["train", "generate"],
+        "seq2seq": ["seq2seq_train", "seq2seq_generate"],
+        "everything": ["train", "generate", "seq2seq_train", "seq2seq_generate"]}
+PEER_SEQ2SEQ = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_peer_seq2seq.py")
+
+
+def shown_path(path):
+    """path relative to the working directory when it lies under it (for readable commands), else absolute."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 def machine():
@@ -91,10 +113,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--xtr", default="build/bench/xtr_bench", help="xtr benchmark binary (default build/bench/xtr_bench)")
     ap.add_argument("--peer", default="/work/shared/peer/bench_xt.py", help="peer script (default %(default)s)")
+    ap.add_argument("--peer-seq2seq", default=shown_path(PEER_SEQ2SEQ),
+                    help="encoder-decoder peer script (default %(default)s)")
     ap.add_argument("--python", default=sys.executable or "python3", help="interpreter for the peer")
     ap.add_argument("--repeat", type=int, default=1, help="runs per side, alternating order; medians reported")
-    ap.add_argument("--only", choices=("train", "generate", "all"), default="all")
-    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma list of configs (default small,enwik8)")
+    ap.add_argument("--only", choices=tuple(ONLY), default="all",
+                    help="all = train + generate (default); everything = all + seq2seq")
+    ap.add_argument("--configs", help="comma list of configs to keep (default: every config of the selected "
+                    "benches: small,enwik8 for train/generate, copy for seq2seq_train, copy,copy_b32 for "
+                    "seq2seq_generate); a bench none of whose configs is named is skipped")
     ap.add_argument("--out", help="append raw JSON lines and a summary line to this .jsonl file")
     ap.add_argument("--nice", type=int, default=0, help="run both sides under nice -n N (same for both)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per command (default 3600)")
@@ -104,11 +131,20 @@ def main(argv=None):
 
     if args.repeat < 1:
         ap.error("--repeat must be >= 1")
-    kinds = list(BENCHES) if args.only == "all" else [args.only]
-    configs = [c for c in args.configs.split(",") if c]
-    for c in configs:
-        if c not in CONFIGS:
-            ap.error(f"unknown config {c!r}; the peer knows {', '.join(CONFIGS)}")
+    kinds = ONLY[args.only]
+    known = [c for k in kinds for c in KINDS[k][3]]
+    known = [c for i, c in enumerate(known) if c not in known[:i]]
+    if args.configs is None:
+        kind_configs = {k: list(KINDS[k][3]) for k in kinds}
+    else:
+        configs = [c for c in args.configs.split(",") if c]
+        for c in configs:
+            if c not in known:
+                ap.error(f"unknown config {c!r}; the peer knows {', '.join(known)}")
+        kind_configs = {k: [c for c in configs if c in KINDS[k][3]] for k in kinds}
+        if configs:
+            kinds = [k for k in kinds if kind_configs[k]]
+    peer_paths = {"peer": args.peer, "peer_seq2seq": args.peer_seq2seq}
 
     if not args.peer_only:
         if not os.path.isfile(args.xtr):
@@ -117,15 +153,17 @@ def main(argv=None):
                      f"pass --xtr PATH, or use --peer-only.")
         if not os.access(args.xtr, os.X_OK):
             sys.exit(f"bench_compare: '{args.xtr}' exists but is not executable (chmod +x, or pass --xtr PATH).")
-    if not os.path.isfile(args.peer):
-        sys.exit(f"bench_compare: peer script not found at '{args.peer}' (pass --peer PATH).")
+    for key in dict.fromkeys(KINDS[k][0] for k in kinds):
+        if not os.path.isfile(peer_paths[key]):
+            sys.exit(f"bench_compare: peer script not found at '{peer_paths[key]}' "
+                     f"(pass --{key.replace('_', '-')} PATH).")
 
     prefix = ["nice", "-n", str(args.nice)] if args.nice else []
     xtr_cmd = lambda bench, config: prefix + [args.xtr, "--bench", bench, "--config", config]
-    peer_cmd = lambda kind: prefix + [args.python, args.peer, kind]
+    peer_cmd = lambda kind: prefix + [args.python, peer_paths[KINDS[kind][0]], KINDS[kind][1]]
 
-    results = {("xtr", BENCHES[k], c): [] for k in kinds for c in configs}
-    results.update({("peer", BENCHES[k], c): [] for k in kinds for c in configs})
+    results = {("xtr", KINDS[k][2], c): [] for k in kinds for c in kind_configs[k]}
+    results.update({("peer", KINDS[k][2], c): [] for k in kinds for c in kind_configs[k]})
     raw, errors, commands = [], [], []
 
     for rep in range(args.repeat):
@@ -133,7 +171,7 @@ def main(argv=None):
         if args.peer_only:
             sides = ["peer"]
         for kind in kinds:
-            bench = BENCHES[kind]
+            bench, configs = KINDS[kind][2], kind_configs[kind]
             for side in sides:
                 if side == "xtr":
                     for config in configs:
@@ -173,8 +211,8 @@ def main(argv=None):
     print(f"| bench | config | xtr tokens/s | peer tokens/s | ratio xtr/peer | runs |")
     print(f"|---|---|---:|---:|---:|---:|")
     for kind in kinds:
-        bench = BENCHES[kind]
-        for config in configs:
+        bench = KINDS[kind][2]
+        for config in kind_configs[kind]:
             xs, ps = results[("xtr", bench, config)], results[("peer", bench, config)]
             xm = statistics.median(xs) if xs else None
             pm = statistics.median(ps) if ps else None

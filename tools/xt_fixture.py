@@ -24,6 +24,22 @@ attn_layers=Encoder(...)) is trained as a denoiser with a key-padding mask, and 
     grad.<param>    (F32, like <param>)  d fixture.loss / d param
 and no prompt/greedy.
 
+XTransformer configurations (kind="xtransformer", see make_xtransformer_fixture) are the encoder-decoder
+XTransformer(**config) trained on a variable-length copy task (vocabulary 18: 0 = padding, 1 = start, 2..17 content;
+tgt = [1, src[:L], src[:L]] padded with -100). Their file holds every model.state_dict() entry (encoder.*,
+decoder.net.*; with tie_token_emb both embedding names, as separate equal tensors), plus
+    fixture.src      (I64, (B, 12))      held-out sources, content then 0-padding; row 0 has L = 12, row 1 L < 12
+    fixture.src_mask (BOOL, (B, 12))     True = real source token
+    fixture.tgt      (I64, (B, 25))      [1, src[:L], src[:L]], then -100 (ignore_index)
+    fixture.encoded  (F32, (B, 12, dim)) model.encoder(src, mask=src_mask, return_embeddings=True), eval mode
+    fixture.logits   (F32, (B, 24, 18))  model.decoder.net(tgt[:, :-1] with -100 -> 0, context=encoded,
+                                         context_mask=src_mask), eval mode
+    fixture.loss     (F32, (1,))         model(src, tgt, mask=src_mask), eval mode
+    grad.<param>     (F32, like <param>) d fixture.loss / d param (both names of a tied embedding: the same sum)
+    fixture.greedy   (I64, (1, 24))      model.generate(src[:1], [[1]], 24, mask=src_mask[:1], temperature=0.,
+                                         cache_kv=True) (new tokens only)
+    fixture.greedy_nocache (I64, (1, 24)) the same with cache_kv=False (the script requires them equal)
+
 After writing, each file is re-read with safetensors.torch.load_file, the model is rebuilt from the
 `config` metadata alone, and the forward must reproduce fixture.logits bit for bit. An independent
 plain-tensor re-implementation of the forward (`reference_forward`, written from the facts this
@@ -32,6 +48,8 @@ it in float64 must reproduce every grad.* tensor: that is what "verified in code
 
 Usage:
     python3 tools/xt_fixture.py [names...|all] [--out tests/fixtures] [--facts] [--steps N]
+(--steps defaults to each config's own step count: 250 for the decoders and the encoder, see CONFIGS for the
+XTransformers)
 Python is only a tool here: nothing in the C++ build or tests runs this script.
 """
 import argparse
@@ -49,7 +67,7 @@ import torch.nn.functional as F
 import safetensors
 import safetensors.torch
 import x_transformers
-from x_transformers import AutoregressiveWrapper, Decoder, Encoder, TransformerWrapper
+from x_transformers import AutoregressiveWrapper, Decoder, Encoder, TransformerWrapper, XTransformer
 
 try:  # x-transformers warns (via loguru) that rotary dim < 32 is small; these are toy models on purpose
     from loguru import logger as _loguru
@@ -135,6 +153,32 @@ CONFIGS = {
         description="Encoder (bidirectional), rotary positions, default pre-LayerNorm, GELU feed-forward; trained as "
                     "a denoiser (some inputs replaced by MASK_ID, every non-padded position predicts the original "
                     "token) with a key-padding mask (True = real token, False = padding).",
+    ),
+    # the encoder-decoder XTransformer: see make_xtransformer_fixture; `config` is XTransformer's own keywords
+    "xtransformer_copy_tied": dict(
+        kind="xtransformer",
+        steps=600,
+        config={"dim": 32, "tie_token_emb": True,
+                "enc_num_tokens": 18, "enc_depth": 2, "enc_heads": 2, "enc_attn_dim_head": 16, "enc_max_seq_len": 12,
+                "dec_num_tokens": 18, "dec_depth": 2, "dec_heads": 2, "dec_attn_dim_head": 16,
+                "dec_max_seq_len": 25},
+        description="XTransformer (encoder-decoder) on a variable-length copy task; tied token embedding (the "
+                    "decoder's token_emb IS the encoder's), learned absolute positions in both stacks, default "
+                    "pre-LayerNorm, GELU feed-forward; decoder layers are [self-attention, cross-attention, "
+                    "feed-forward] per block.",
+    ),
+    "xtransformer_rotary_rmsnorm_gqa": dict(
+        kind="xtransformer",
+        steps=1500,
+        config={"dim": 32, "tie_token_emb": False,
+                "enc_num_tokens": 18, "enc_depth": 2, "enc_heads": 4, "enc_attn_dim_head": 8, "enc_max_seq_len": 12,
+                "enc_rotary_pos_emb": True, "enc_use_rmsnorm": True,
+                "dec_num_tokens": 18, "dec_depth": 2, "dec_heads": 4, "dec_attn_kv_heads": 2, "dec_attn_dim_head": 8,
+                "dec_max_seq_len": 25, "dec_rotary_pos_emb": True, "dec_use_rmsnorm": True, "dec_ff_glu": True},
+        description="XTransformer (encoder-decoder) on a variable-length copy task; untied token embeddings, rotary "
+                    "positions in both stacks (rotary dim = dim_head // 2 = 4; none in cross-attention), "
+                    "pre-RMSNorm, encoder GELU feed-forward, decoder GEGLU feed-forward, decoder grouped-query "
+                    "attention (4 query heads, 2 kv heads) in self- AND cross-attention.",
     ),
 }
 
@@ -851,6 +895,517 @@ def make_encoder_fixture(name, out_dir, steps, facts_out):
     return path
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# XTransformer (encoder-decoder): a variable-length copy task
+
+XT_VOCAB = 18          # 0 = padding (also what -100 inputs become), 1 = start/prefix token, 2..17 content
+XT_PAD, XT_START, XT_FIRST = 0, 1, 2
+XT_SRC = 12            # source length S (padded)
+XT_TGT = 2 * XT_SRC + 1  # [1, src[:L], src[:L]] padded to 25
+XT_MIN_LEN = 6         # source lengths L are uniform in [6, 12]
+XT_IGNORE = -100       # XTransformer's default ignore_index (pad_value 0)
+XT_FIXTURE_LENS = (12, 7)  # held-out rows: row 0 unpadded (greedy runs on it), row 1 padded
+XT_GREEDY = XT_TGT - 1     # generate 24 tokens after the start token
+XT_TRAIN = dict(lr=3e-3, batch=16, optimizer="torch.optim.Adam (default betas/eps)")
+
+
+def xt_split(config):
+    """(dim, encoder keywords, decoder keywords) with the enc_/dec_ prefixes dropped, as XTransformer splits them."""
+    enc = {k[4:]: v for k, v in config.items() if k.startswith("enc_")}
+    dec = {k[4:]: v for k, v in config.items() if k.startswith("dec_")}
+    return config["dim"], enc, dec
+
+
+def xt_copy_batch(lengths, gen):
+    """src (B, S) content ids then 0-padding, src_mask (B, S) True on real tokens, tgt (B, 2S+1) = [1, src[:L],
+    src[:L]] then -100."""
+    B = len(lengths)
+    L = torch.tensor(lengths, dtype=torch.long)
+    content = torch.randint(XT_FIRST, XT_VOCAB, (B, XT_SRC), generator=gen)
+    src_mask = torch.arange(XT_SRC)[None, :] < L[:, None]
+    src = content.masked_fill(~src_mask, XT_PAD)
+    tgt = torch.full((B, XT_TGT), XT_IGNORE, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        tgt[b, 0] = XT_START
+        tgt[b, 1:1 + n] = src[b, :n]
+        tgt[b, 1 + n:1 + 2 * n] = src[b, :n]
+    return src, src_mask, tgt
+
+
+def xt_decoder_input(tgt):
+    """What the AutoregressiveWrapper feeds the decoder: -100 replaced by pad_value 0."""
+    return torch.where(tgt == XT_IGNORE, XT_PAD, tgt)
+
+
+def reference_stack(sd, prefix, kw, dim, tokens, *, causal, mask=None, context=None, context_mask=None,
+                    gqa_map="modulo", cross_rotary=False, norm_context=False, zero_padded_queries=True):
+    """Plain-tensor TransformerWrapper(attn_layers=Encoder/Decoder(dim, **kw)) under `prefix`: the final-normed
+    embeddings (B, T, dim). With `context` (B, S, dim) each block is [self-attention, cross-attention, feed-forward]
+    (state dict layers 3l, 3l+1, 3l+2), else [self-attention, feed-forward] (2l, 2l+1). Rules (x-transformers
+    2.31.10): pre-norm on the query stream only, the context enters to_k/to_v as is; cross-attention has no rotary
+    and no causal mask, keys masked by context_mask; a query row whose keys are all masked gets a zero attention
+    output; with `mask` (self keys), the self-attention output after to_out is zeroed at padded query positions.
+    The wrong variants (cross_rotary, norm_context, gqa_map="block") exist to show the fixture discriminates."""
+    depth = kw["depth"]
+    H = kw.get("heads", 8)
+    dh = kw.get("attn_dim_head", 64)
+    kvh = kw.get("attn_kv_heads", H)
+    rms = kw.get("use_rmsnorm", False)
+    glu, swish = kw.get("ff_glu", False), kw.get("ff_swish", False)
+    gain_name = "g" if rms else "gamma"
+    B, T = tokens.shape
+    P = prefix
+
+    def norm(x, stored):
+        if rms:
+            return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) * math.sqrt(dim) * (stored + 1.0)
+        mu = x.mean(-1, keepdim=True)
+        var = ((x - mu) ** 2).mean(-1, keepdim=True)
+        return (x - mu) / torch.sqrt(var + 1e-5) * (stored + 1.0)
+
+    x = sd[f"{P}token_emb.emb.weight"][tokens]
+    assert (f"{P}pos_emb.emb.weight" in sd) == (kw.get("use_abs_pos_emb", True) and not kw.get("rotary_pos_emb"))
+    if f"{P}pos_emb.emb.weight" in sd:
+        x = x + sd[f"{P}pos_emb.emb.weight"][:T] * dim ** -0.5
+
+    def rot_for(n):
+        rd = dh // 2
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, rd, 2).float() / rd))
+        assert torch.equal(inv_freq, sd[f"{P}attn_layers.rotary_pos_emb.inv_freq"])
+        ang = torch.arange(n).float()[:, None] * inv_freq[None, :]
+        return rd, ang.to(x.dtype).cos(), ang.to(x.dtype).sin()
+
+    def rope(t, rot):
+        rd, c, s = rot
+        a, rest = t[..., :rd], t[..., rd:]
+        x0, x1 = a[..., 0::2], a[..., 1::2]
+        y = torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).flatten(-2)
+        return torch.cat((y, rest), dim=-1)
+
+    idx = torch.arange(H) % kvh if gqa_map == "modulo" else torch.arange(H) // (H // kvh)
+
+    def attend(a, h, kv_in, masked, rot_q, rot_k, any_key):
+        n = kv_in.shape[1]
+        q = (h @ sd[f"{a}.1.to_q.weight"].T).view(B, T, H, dh).transpose(1, 2)
+        k = (kv_in @ sd[f"{a}.1.to_k.weight"].T).view(B, n, kvh, dh).transpose(1, 2)
+        v = (kv_in @ sd[f"{a}.1.to_v.weight"].T).view(B, n, kvh, dh).transpose(1, 2)
+        if rot_q is not None:
+            q, k = rope(q, rot_q), rope(k, rot_k)
+        k, v = k[:, idx], v[:, idx]
+        sim = (q @ k.transpose(-1, -2)) * dh ** -0.5
+        sim = sim.masked_fill(masked, -torch.finfo(sim.dtype).max)
+        o = sim.softmax(-1) @ v
+        if any_key is not None:                                   # rows with every key masked: zero output
+            o = o * any_key[:, None, None, None].to(o.dtype)
+        o = o.transpose(1, 2).reshape(B, T, H * dh)
+        return o @ sd[f"{a}.1.to_out.weight"].T
+
+    rot = rot_for(T) if kw.get("rotary_pos_emb") else None
+    self_masked = (torch.ones(T, T, dtype=torch.bool).triu(1) if causal else torch.zeros(T, T, dtype=torch.bool))
+    self_masked = self_masked[None, None]
+    if mask is not None:
+        self_masked = self_masked | ~mask[:, None, None, :]
+    per_block = 3 if context is not None else 2
+    for l in range(depth):
+        a = f"{P}attn_layers.layers.{per_block * l}"
+        h = norm(x, sd[f"{a}.0.0.{gain_name}"])
+        o = attend(a, h, h, self_masked, rot, rot, mask.any(-1) if mask is not None else None)
+        if mask is not None and zero_padded_queries:
+            o = o * mask[..., None].to(o.dtype)
+        x = x + o
+        if context is not None:
+            c = f"{P}attn_layers.layers.{per_block * l + 1}"
+            h = norm(x, sd[f"{c}.0.0.{gain_name}"])
+            ctx = norm(context, sd[f"{c}.0.0.{gain_name}"]) if norm_context else context
+            S = context.shape[1]
+            cm = context_mask if context_mask is not None else torch.ones(B, S, dtype=torch.bool)
+            crot_q = crot_k = None
+            if cross_rotary and rot is not None:
+                crot_q, crot_k = rot, rot_for(S)
+            x = x + attend(c, h, ctx, ~cm[:, None, None, :], crot_q, crot_k, cm.any(-1))
+        f = f"{P}attn_layers.layers.{per_block * l + per_block - 1}"
+        h = norm(x, sd[f"{f}.0.0.{gain_name}"])
+        if glu:
+            pj = h @ sd[f"{f}.1.ff.0.proj.weight"].T + sd[f"{f}.1.ff.0.proj.bias"]
+            up, gate = pj.chunk(2, dim=-1)
+            h = up * (F.silu(gate) if swish else F.gelu(gate))
+        else:
+            h = h @ sd[f"{f}.1.ff.0.0.weight"].T + sd[f"{f}.1.ff.0.0.bias"]
+            h = F.silu(h) if swish else F.gelu(h)
+        x = x + h @ sd[f"{f}.1.ff.2.weight"].T + sd[f"{f}.1.ff.2.bias"]
+    return norm(x, sd[f"{P}attn_layers.final_norm.{gain_name}"])
+
+
+def reference_xtransformer(sd, config, src, src_mask, dec_in, **variants):
+    """(encoded (B, S, dim), decoder logits (B, T, V)) from the state dict alone; `variants` go to the decoder."""
+    dim, enc_kw, dec_kw = xt_split(config)
+    zpq = variants.pop("zero_padded_queries", True)
+    enc = reference_stack(sd, "encoder.", enc_kw, dim, src, causal=False, mask=src_mask, zero_padded_queries=zpq)
+    assert "encoder.to_logits.weight" not in sd                 # return_only_embed: the encoder has no head
+    h = reference_stack(sd, "decoder.net.", dec_kw, dim, dec_in, causal=True, context=enc, context_mask=src_mask,
+                        **variants)
+    return enc, h @ sd["decoder.net.to_logits.weight"].T
+
+
+def xt_greedy_margin(model, src, src_mask, greedy):
+    """Smallest (top1 - top2) logit over the greedy steps, from one uncached decoder pass over [1, greedy[:-1]]."""
+    with torch.no_grad():
+        enc = model.encoder(src, mask=src_mask, return_embeddings=True)
+        full = torch.cat((torch.full((greedy.shape[0], 1), XT_START, dtype=torch.long), greedy), dim=-1)
+        step_logits = model.decoder.net(full[:, :-1], context=enc, context_mask=src_mask)[0]   # (GREEDY, V)
+        assert torch.equal(step_logits.argmax(-1), greedy[0])
+        top2 = step_logits.topk(2, dim=-1).values
+        margins = top2[:, 0] - top2[:, 1]
+    return margins.min().item(), margins
+
+
+def check_misc_xtransformer(model, config, src, src_mask, tgt, encoded, logits, out):
+    """Cross-attention, padding and tied-embedding facts, each observed on the real modules and asserted (every run,
+    not only with --facts); `out` is this config's facts dict, the lines go to out["xt"] (printed by --facts)."""
+    from x_transformers.x_transformers import Attention
+    lines = out.setdefault("xt", [])
+
+    def add(line):
+        if line not in lines:
+            lines.append(line)
+
+    dim, enc_kw, dec_kw = xt_split(config)
+    model.eval()
+    sd = model.state_dict()
+    dec_in = xt_decoder_input(tgt)[:, :-1]
+    B, S = src.shape
+    T = dec_in.shape[1]
+    depth = dec_kw["depth"]
+    pad = ~src_mask
+
+    # layout: decoder.net.attn_layers.layers.{3l} self, {3l+1} cross, {3l+2} feed-forward
+    dl = model.decoder.net.attn_layers
+    assert dl.layer_types == ("a", "c", "f") * depth, dl.layer_types
+    for l in range(depth):
+        assert isinstance(dl.layers[3 * l][1], Attention) and dl.layers[3 * l][1].causal
+        assert isinstance(dl.layers[3 * l + 1][1], Attention) and not dl.layers[3 * l + 1][1].causal
+    kvh = dec_kw.get("attn_kv_heads", dec_kw.get("heads", 8))
+    dh = dec_kw.get("attn_dim_head", 64)
+    assert sd["decoder.net.attn_layers.layers.1.1.to_k.weight"].shape == (kvh * dh, dim)
+    add("decoder layout: decoder.net.attn_layers.layers.{3l} = causal self-attention, {3l+1} = cross-attention "
+        "(non-causal, queries from the decoder stream, keys/values from the encoder output), {3l+2} = feed-forward; "
+        "each with its own pre-norm `.0.0.gamma|g`; the cross-attention block has the same parameter names and shapes "
+        "as self-attention (to_q (h*dh, dim), to_k/to_v (kv_heads*dh, dim), to_out (dim, h*dh), no biases): "
+        "dec_attn_kv_heads also makes the cross-attention grouped-query (query head i uses kv head i % kv_heads)")
+    assert model.encoder.to_logits is None and not any(k.startswith("encoder.to_logits") for k in sd)
+    add("encoder: TransformerWrapper(return_only_embed=True): no to_logits; its output (return_embeddings=True) is "
+        "AFTER encoder.attn_layers.final_norm. The decoder's cross-attention reads it as is: the cross block's "
+        "pre-norm applies to the decoder stream (queries) only, never to the context")
+    if config.get("tie_token_emb"):
+        assert model.decoder.net.token_emb is model.encoder.token_emb
+        assert "decoder.net.to_logits.weight" in sd
+        add("tie_token_emb=True: decoder.net.token_emb IS encoder.token_emb (one parameter, both names in the state "
+            "dict, named_parameters lists it once as encoder.token_emb.emb.weight); the decoder's to_logits stays a "
+            "separate LinearNoBias (dim -> num_tokens), not tied to the embedding")
+
+    # the reference forward reproduces encoder output and logits; the wrong variants miss
+    with torch.no_grad():
+        enc_ref, lg_ref = reference_xtransformer(sd, config, src, src_mask, dec_in)
+    e_err = (enc_ref - encoded).abs().max().item()
+    l_err = (lg_ref - logits).abs().max().item()
+    assert e_err < 1e-4 and l_err < 1e-4, (e_err, l_err)
+    misses = {}
+    variants = {"norm_context": dict(norm_context=True)}
+    if dec_kw.get("rotary_pos_emb"):
+        variants["cross_rotary"] = dict(cross_rotary=True)
+    if kvh != dec_kw.get("heads", 8):
+        variants["gqa_block"] = dict(gqa_map="block")
+    for vname, v in variants.items():
+        with torch.no_grad():
+            _, lg_v = reference_xtransformer(sd, config, src, src_mask, dec_in, **v)
+        misses[vname] = (lg_v - logits).abs().max().item()
+        assert misses[vname] > 1e-2, (vname, misses[vname])
+    add(f"independent plain-tensor reference (reference_xtransformer) reproduces encoder output to {e_err:.2g} and "
+        f"decoder logits to {l_err:.2g}; wrong variants miss the logits by: "
+        + ", ".join(f"{k} {v:.3g}" for k, v in misses.items()))
+    if dec_kw.get("rotary_pos_emb"):
+        add("cross-attention has NO rotary: the decoder's rotary is applied to self-attention q/k only (x-transformers "
+            "rotates cross-attention only when context_pos is passed, which XTransformer never does); rotating "
+            f"cross q/k (query pos 0..T-1, key pos 0..S-1) would move the logits by {misses['cross_rotary']:.3g}")
+
+    with torch.no_grad():
+        # encoder padded query rows: the encoder's self-attention output is zeroed there (mask given)
+        outs = []
+        hooks = [m.register_forward_hook(lambda mod, args, res: outs.append(res[0] if isinstance(res, tuple) else res))
+                 for m in model.encoder.modules() if isinstance(m, Attention)]
+        enc = model.encoder(src, mask=src_mask, return_embeddings=True)
+        for hk in hooks:
+            hk.remove()
+        assert len(outs) == enc_kw["depth"]
+        assert all(bool((o[pad] == 0).all()) and o[src_mask].abs().max().item() > 1e-3 for o in outs)
+        assert torch.isfinite(enc).all() and enc[pad].abs().max().item() > 1e-2
+        # ... and the decoder never reads encoder rows at padded positions (masked keys)
+        junk = enc.clone()
+        junk[pad] = 1e3
+        d_junk = (model.decoder.net(dec_in, context=junk, context_mask=src_mask) - logits).abs().max().item()
+        other = src.clone()
+        other[pad] = XT_FIRST + 5
+        d_other = (model.decoder.net(dec_in, context=model.encoder(other, mask=src_mask, return_embeddings=True),
+                                     context_mask=src_mask) - logits).abs().max().item()
+        assert d_junk == 0 and d_other == 0, (d_junk, d_other)
+        d_nomask = (model.decoder.net(dec_in, context=enc) - logits)[1].abs().max().item()
+        assert d_nomask > 1e-2, d_nomask
+        # the decoder stream is never masked: its cross- and self-attention outputs are nonzero at every position
+        outs = []
+        hooks = [m.register_forward_hook(lambda mod, args, res: outs.append(res[0] if isinstance(res, tuple) else res))
+                 for m in model.decoder.net.attn_layers.modules() if isinstance(m, Attention)]
+        model.decoder.net(dec_in, context=enc, context_mask=src_mask)
+        for hk in hooks:
+            hk.remove()
+        assert len(outs) == 2 * depth and all(bool((o.abs().amax(-1) > 0).all()) for o in outs)
+    add(f"padding: the encoder gets mask=src_mask: padded keys are invisible (-finfo.max) and the encoder's "
+        f"self-attention output (after to_out) is ZEROED at padded query positions; its feed-forwards and final norm "
+        f"still run there, so fixture.encoded holds ordinary nonzero rows at padded positions (max |.| "
+        f"{enc[pad].abs().max().item():.3g}). The decoder gets context_mask=src_mask only for its cross-attention "
+        f"keys; the decoder stream itself has no mask (no query zeroing in the decoder; -100 targets are fed as "
+        f"token 0 and only ignored by the loss). Setting the encoder rows at padded positions to 1e3, or changing "
+        f"the padded source ids, changes the logits by exactly {max(d_junk, d_other):g}; dropping context_mask moves "
+        f"row 1's logits by {d_nomask:.3g}")
+
+    # a source row whose mask is entirely False
+    with torch.no_grad():
+        m0 = src_mask.clone()
+        m0[1] = False
+        outs = []
+        hooks = [m.register_forward_hook(lambda mod, args, res: outs.append(res[0] if isinstance(res, tuple) else res))
+                 for m in model.modules() if isinstance(m, Attention)]
+        enc0 = model.encoder(src, mask=m0, return_embeddings=True)
+        lg0 = model.decoder.net(dec_in, context=enc0, context_mask=m0)
+        for hk in hooks:
+            hk.remove()
+        assert torch.isfinite(enc0).all() and torch.isfinite(lg0).all()
+        assert all(bool((o[1] == 0).all()) for o in outs[:enc_kw["depth"]])        # encoder self-attn, row 1
+        cross = [outs[enc_kw["depth"] + 2 * l + 1] for l in range(depth)]          # decoder: a, c, a, c order
+        assert all(bool((o[1] == 0).all()) and o[0].abs().max().item() > 1e-3 for o in cross)
+        # row 1 = a decoder whose cross-attention contributes nothing: same as a zero context with every key visible
+        lg_zero = model.decoder.net(dec_in[1:], context=torch.zeros_like(enc0[1:]),
+                                    context_mask=torch.ones(1, S, dtype=torch.bool))
+        assert torch.equal(lg0[1:], lg_zero), (lg0[1:] - lg_zero).abs().max().item()
+        assert torch.equal(lg0[:1], logits[:1])                                   # other rows unaffected
+        loss0 = model(src, tgt, mask=m0)
+        assert torch.isfinite(loss0)
+        g0 = model.generate(src[1:], torch.tensor([[XT_START]]), 4, mask=m0[1:], temperature=0., cache_kv=True)
+        g0n = model.generate(src[1:], torch.tensor([[XT_START]]), 4, mask=m0[1:], temperature=0., cache_kv=False)
+        assert torch.equal(g0, g0n)
+        # the reference implements the rule
+        _, lg0_ref = reference_xtransformer(sd, config, src, m0, dec_in)
+        e0 = (lg0_ref - lg0).abs().max().item()
+        assert e0 < 1e-4, e0
+    add(f"an all-False src_mask row: no NaN, nothing uniform. Every encoder self-attention row of it is entirely "
+        f"masked (Attend's row_is_entirely_masked -> output 0, and the query zeroing too), so its encoder output is "
+        f"final_norm of the embeddings passed through the feed-forwards only; every decoder cross-attention output "
+        f"for that row is exactly 0 (row_is_entirely_masked again): its logits are bit-identical to a decoder run "
+        f"with an all-zero context and every key visible (to_k/to_v/to_out have no bias, so zero values give zero). "
+        f"Other rows are unchanged bit for bit; loss and greedy (cached = uncached) are finite/defined; the reference "
+        f"with the zero-row rule matches to {e0:.2g}")
+
+
+def make_xtransformer_fixture(name, out_dir, steps, facts_out):
+    """XTransformer fixture: the copy task src -> [1, src, src] with variable source lengths and key padding."""
+    spec = CONFIGS[name]
+    config = spec["config"]
+    setup_torch()
+    torch.manual_seed(SEED)
+    model = XTransformer(**config)
+    dim, enc_kw, dec_kw = xt_split(config)
+    assert enc_kw["num_tokens"] == dec_kw["num_tokens"] == XT_VOCAB
+    assert enc_kw["max_seq_len"] == XT_SRC and dec_kw["max_seq_len"] == XT_TGT
+
+    # --- training
+    gen = torch.Generator().manual_seed(SEED)
+    opt = torch.optim.Adam(model.parameters(), lr=XT_TRAIN["lr"])
+    model.train()
+    first_loss = last_loss = None
+    ema = None
+    for step in range(steps):
+        lengths = torch.randint(XT_MIN_LEN, XT_SRC + 1, (XT_TRAIN["batch"],), generator=gen).tolist()
+        src, src_mask, tgt = xt_copy_batch(lengths, gen)
+        loss = model(src, tgt, mask=src_mask)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        first_loss = loss.item() if first_loss is None else first_loss
+        last_loss = loss.item()
+        ema = last_loss if ema is None else 0.95 * ema + 0.05 * last_loss
+    print(f"[{name}] trained {steps} steps: loss {first_loss:.4f} -> {last_loss:.4f} (running mean {ema:.4f})")
+
+    # --- held-out rows (another generator): row 0 unpadded, row 1 padded
+    src, src_mask, tgt = xt_copy_batch(list(XT_FIXTURE_LENS), torch.Generator().manual_seed(SEED + 1))
+    B = len(XT_FIXTURE_LENS)
+    assert bool(src_mask[0].all()) and not bool(src_mask[1].all())
+    dec_in = xt_decoder_input(tgt)
+
+    model.eval()
+    with torch.no_grad():
+        encoded = model.encoder(src, mask=src_mask, return_embeddings=True)            # (B, S, dim)
+        logits = model.decoder.net(dec_in[:, :-1], context=encoded, context_mask=src_mask)   # (B, T, V)
+        logits_full = model.decoder.net(dec_in, context=encoded, context_mask=src_mask)[:, :-1]
+    assert encoded.shape == (B, XT_SRC, dim) and logits.shape == (B, XT_TGT - 1, XT_VOCAB)
+    assert torch.allclose(logits, logits_full, atol=1e-5), "causality: net(x)[:, :-1] != net(x[:, :-1])"
+
+    # --- loss and gradients: eval mode, one backward from zeroed grads
+    for p in model.parameters():
+        p.grad = None
+    loss = model(src, tgt, mask=src_mask)
+    loss.backward()
+    ce = F.cross_entropy(logits.transpose(1, 2), tgt[:, 1:], ignore_index=XT_IGNORE)
+    assert abs(ce.item() - loss.item()) < 1e-5, (ce.item(), loss.item())
+    model.train()
+    with torch.no_grad():
+        assert torch.equal(model(src, tgt, mask=src_mask), loss.detach()), "train vs eval loss differ"
+    model.eval()
+    valid = tgt[:, 1:] != XT_IGNORE
+    acc = (logits.argmax(-1) == tgt[:, 1:])[valid].float().mean().item()
+
+    # --- greedy, cached and uncached
+    start = torch.tensor([[XT_START]], dtype=torch.long)
+    greedy = model.generate(src[:1], start, XT_GREEDY, mask=src_mask[:1], temperature=0., cache_kv=True)
+    greedy_nc = model.generate(src[:1], start, XT_GREEDY, mask=src_mask[:1], temperature=0., cache_kv=False)
+    assert greedy.shape == (1, XT_GREEDY), greedy.shape                                 # new tokens only
+    if not torch.equal(greedy, greedy_nc):
+        raise SystemExit(f"[{name}] FAIL: cache_kv=True gives {greedy.tolist()} but cache_kv=False gives "
+                         f"{greedy_nc.tolist()}")
+    margin, _ = xt_greedy_margin(model, src[:1], src_mask[:1], greedy)
+    n_right = int((greedy[0] == tgt[0, 1:]).sum())
+    print(f"[{name}] fixture loss {loss.item():.6f}; argmax accuracy {acc:.3f} over the non-ignored targets; greedy "
+          f"{greedy[0].tolist()} ({n_right}/{XT_GREEDY} equal to the target), min top1 - top2 margin {margin:.3f}")
+
+    # --- assemble
+    tensors = {}
+    sd = model.state_dict()
+    for k, v in sd.items():
+        assert not k.startswith("fixture.") and not k.startswith("grad.")
+        tensors[k] = v.detach().clone().contiguous()                 # clone: tied names become separate tensors
+    for k, p in model.named_parameters(remove_duplicate=False):    # both names of a tied parameter
+        assert p.requires_grad and p.grad is not None, k
+        tensors["grad." + k] = p.grad.detach().clone().contiguous()
+    tensors["fixture.src"] = src.contiguous()
+    tensors["fixture.src_mask"] = src_mask.contiguous()
+    tensors["fixture.tgt"] = tgt.contiguous()
+    tensors["fixture.encoded"] = encoded.contiguous()
+    tensors["fixture.logits"] = logits.contiguous()
+    tensors["fixture.loss"] = loss.detach().reshape(1).contiguous()
+    tensors["fixture.greedy"] = greedy.to(torch.long).contiguous()
+    tensors["fixture.greedy_nocache"] = greedy_nc.to(torch.long).contiguous()
+    for k, v in tensors.items():
+        assert v.dtype in (torch.float32, torch.int64, torch.bool), (k, v.dtype)
+
+    meta = {
+        "config": json.dumps(config, sort_keys=False),
+        "x_transformers_version": importlib.metadata.version("x-transformers"),
+        "torch_version": torch.__version__,
+        "safetensors_version": safetensors.__version__,
+        "description": spec["description"],
+        "token_mapping": f"vocabulary {XT_VOCAB}: {XT_PAD} = padding (source padding, and the decoder input where "
+                         f"tgt is {XT_IGNORE}), {XT_START} = start/prefix token, {XT_FIRST}..{XT_VOCAB - 1} content",
+        "train": json.dumps({**XT_TRAIN, "steps": steps, "seed": SEED, "task": "copy", "src_len": XT_SRC,
+                             "min_len": XT_MIN_LEN, "tgt_len": XT_TGT, "first_loss": round(first_loss, 4),
+                             "last_loss": round(last_loss, 4)}),
+        "src": f"I64 (B, {XT_SRC}) held-out sources (torch.Generator seed {SEED + 1}), lengths "
+               f"{list(XT_FIXTURE_LENS)}: content ids then {XT_PAD}-padding",
+        "src_mask": "BOOL (B, S) True = real source token; passed as mask= (encoder keys, padded encoder queries "
+                    "zeroed) and as the decoder's context_mask",
+        "tgt": f"I64 (B, {XT_TGT}) = [{XT_START}, src[:L], src[:L]] then {XT_IGNORE} (ignore_index)",
+        "encoded": "model.encoder(src, mask=src_mask, return_embeddings=True), eval mode (after the encoder's "
+                   "final norm)",
+        "logits": f"model.decoder.net(tgt[:, :-1] with {XT_IGNORE} -> {XT_PAD}, context=encoded, "
+                  "context_mask=src_mask), eval mode",
+        "loss": "model(src, tgt, mask=src_mask), eval mode: cross_entropy(decoder logits of all 25 inputs [:, :-1], "
+                f"tgt[:, 1:], ignore_index={XT_IGNORE}), mean over the non-ignored targets",
+        "grads": "grad.<name> = d fixture.loss / d <name>, one backward from zeroed grads, eval mode; both names of "
+                 "a tied parameter carry the same (summed) gradient",
+        "generate": json.dumps({"call": f"model.generate(src[:1], [[{XT_START}]], {XT_GREEDY}, mask=src_mask[:1], "
+                                        "temperature=0., cache_kv=True)", "returns": "new tokens only",
+                                "seq_len": XT_GREEDY, "temperature": 0.0}),
+        "greedy_min_margin": f"{margin:.4f}",
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{name}.safetensors")
+    with open(path, "wb") as fh:
+        fh.write(canonical_safetensors(safetensors.torch.save(tensors, metadata=meta)))
+
+    # --- verify: reload, rebuild from the config metadata alone, bit-identical encoder output, logits, loss, greedy
+    loaded = safetensors.torch.load_file(path)
+    with safetensors.safe_open(path, "pt") as fh:
+        meta_back = fh.metadata()
+    assert meta_back == meta
+    assert set(loaded) == set(tensors)
+    for k in tensors:
+        assert torch.equal(loaded[k], tensors[k]) and loaded[k].dtype == tensors[k].dtype, k
+    torch.manual_seed(0)                                             # a different init: everything must come from the file
+    model2 = XTransformer(**json.loads(meta_back["config"])).eval()
+    weights = {k: v for k, v in loaded.items() if not k.startswith(("fixture.", "grad."))}
+    model2.load_state_dict(weights, strict=True)
+    s2, m2, t2 = loaded["fixture.src"], loaded["fixture.src_mask"], loaded["fixture.tgt"]
+    with torch.no_grad():
+        re_enc = model2.encoder(s2, mask=m2, return_embeddings=True)
+        re_logits = model2.decoder.net(xt_decoder_input(t2)[:, :-1], context=re_enc, context_mask=m2)
+        re_loss = model2(s2, t2, mask=m2)
+    for what, a, b in (("encoded", re_enc, loaded["fixture.encoded"]), ("logits", re_logits, loaded["fixture.logits"]),
+                       ("loss", re_loss.reshape(1), loaded["fixture.loss"])):
+        if not torch.equal(a, b):
+            raise SystemExit(f"[{name}] FAIL: {what} from saved weights differs by {(a - b).abs().max().item()}")
+    g2 = model2.generate(s2[:1], torch.tensor([[XT_START]]), XT_GREEDY, mask=m2[:1], temperature=0., cache_kv=True)
+    assert torch.equal(g2, loaded["fixture.greedy"]), "greedy from saved weights differs"
+    for p in model2.parameters():
+        p.grad = None
+    model2(s2, t2, mask=m2).backward()
+    for k, p in model2.named_parameters(remove_duplicate=False):
+        assert torch.equal(p.grad, loaded["grad." + k]), f"grad.{k} from saved weights differs"
+    check_misc_xtransformer(model2, config, s2, m2, t2, loaded["fixture.encoded"], loaded["fixture.logits"],
+                            facts_out.setdefault(name, {}) if facts_out is not None else {})
+
+    size = os.path.getsize(path)
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:16]
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"[{name}] wrote {path}: {size} bytes, sha256 {digest}..., {n_params} params, loss {loss.item():.6f}; "
+          f"reload + rebuild reproduces encoded, logits, loss, grads and greedy exactly")
+
+    if facts_out is not None:
+        check_facts_xtransformer(name, config, {k: weights[k] for k in sd},
+                                 {k[len("grad."):]: v for k, v in loaded.items() if k.startswith("grad.")},
+                                 s2, m2, t2, loaded["fixture.logits"], loaded["fixture.loss"].item(), facts_out)
+    return path
+
+
+def check_facts_xtransformer(name, config, sd, grads, src, src_mask, tgt, logits, loss_value, out):
+    """Parameter list; the reference forward in fp32 and fp64; fp64 autograd through it vs every grad.*."""
+    facts = out.setdefault(name, {})
+    facts["params"] = [(k, tuple(v.shape)) for k, v in sd.items()]
+    dec_in = xt_decoder_input(tgt)[:, :-1]
+    target = tgt[:, 1:]
+    _, ref = reference_xtransformer(sd, config, src, src_mask, dec_in)
+    facts["reference_forward_max_abs_err"] = (ref - logits).abs().max().item()
+    assert facts["reference_forward_max_abs_err"] < 1e-4
+    buffers = {k for k in sd if k.endswith("rotary_pos_emb.inv_freq")}
+    leaves = {k: v.double().clone().requires_grad_(True) for k, v in sd.items() if k not in buffers}
+    full = {**{k: sd[k] for k in buffers}, **leaves}
+    tied = config.get("tie_token_emb", False)
+    if tied:   # one parameter under two names: let both names read the same leaf, so its grad is the sum
+        full["decoder.net.token_emb.emb.weight"] = full["encoder.token_emb.emb.weight"]
+    _, lg = reference_xtransformer(full, config, src, src_mask, dec_in)
+    facts["fp32_logits_vs_fp64_max_abs_err"] = (lg.detach() - logits.double()).abs().max().item()
+    facts["max_abs_logit"] = logits.abs().max().item()
+    loss64 = F.cross_entropy(lg.transpose(1, 2), target, ignore_index=XT_IGNORE)
+    loss64.backward()
+    facts["loss_vs_fp64_abs_err"] = abs(loss64.item() - loss_value)
+    worst = (0.0, "")
+    for k in grads:
+        leaf = full[k]
+        g = grads[k].double()
+        d = (leaf.grad - g).abs().max().item() / max(g.abs().max().item(), 1e-30)
+        worst = max(worst, (d, k))
+    assert worst[0] < 1e-3, f"{name}: grad.{worst[1]} differs from fp64 reference by relative {worst[0]}"
+    if tied:
+        assert torch.equal(grads["encoder.token_emb.emb.weight"], grads["decoder.net.token_emb.emb.weight"])
+    facts["grad_vs_fp64_worst_rel_err"] = worst
+
+
 def print_facts(facts):
     print("\n## Facts verified against the installed x-transformers\n")
     for name in CONFIGS:
@@ -872,6 +1427,10 @@ def print_facts(facts):
               f"{f['fp32_logits_vs_fp64_max_abs_err']:.3g}; loss vs fp64: {f['loss_vs_fp64_abs_err']:.3g}")
         print(f"- grad.* vs autograd through the fp64 reference: worst max|diff| / max|grad| = "
               f"{f['grad_vs_fp64_worst_rel_err'][0]:.3g} (grad.{f['grad_vs_fp64_worst_rel_err'][1]})\n")
+        for line in f.get("xt", []):       # XTransformer configs: cross-attention facts
+            print(f"- {line}")
+        if f.get("xt"):
+            print()
     if "init" in facts:
         print("### default init (measured on a dim-256 copy of each config)\n")
         for line in facts["init"]:
@@ -886,7 +1445,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", default=["all"], help=f"config names or 'all': {', '.join(CONFIGS)}")
     ap.add_argument("--out", default="tests/fixtures", help="output folder (default tests/fixtures)")
-    ap.add_argument("--steps", type=int, default=TRAIN["steps"], help="Adam steps before export")
+    ap.add_argument("--steps", type=int, default=None,
+                    help=f"Adam steps before export (default: the config's own, {TRAIN['steps']} unless CONFIGS says)")
     ap.add_argument("--facts", action="store_true", help="check and print the facts the C++ side must match")
     args = ap.parse_args(argv)
     names = list(CONFIGS) if (not args.names or "all" in args.names) else args.names
@@ -894,9 +1454,11 @@ def main(argv=None):
         if n not in CONFIGS:
             ap.error(f"unknown config {n!r}; known: {', '.join(CONFIGS)}")
     facts = {} if args.facts else None
+    makers = {"encoder": make_encoder_fixture, "xtransformer": make_xtransformer_fixture}
     for n in names:
-        make = make_encoder_fixture if CONFIGS[n].get("kind") == "encoder" else make_fixture
-        make(n, args.out, args.steps, facts)
+        make = makers.get(CONFIGS[n].get("kind"), make_fixture)
+        steps = args.steps if args.steps is not None else CONFIGS[n].get("steps", TRAIN["steps"])
+        make(n, args.out, steps, facts)
     if facts is not None:
         print_facts(facts)
 

@@ -1,5 +1,5 @@
 // Every argument of Decoder<...> is a policy: Decoder<int> must not compile.
-// expect: xtr: every argument of Decoder<...>/Encoder<...> must be a policy: a position encoding, a norm, a feed-forward or an attention type
+// expect: xtr: every argument of Decoder<...>/Encoder<...>/CrossAttender<...> must be a policy: a position encoding, a norm, a feed-forward, an attention type or CrossAttend
 #include "xtr/layers/attention_layers.hpp"
 
 #ifdef SHOULD_FAIL

@@ -35,6 +35,7 @@ class ParameterStore {
     Shape shape;
     Index offset = 0;
     Init init;
+    int alias_of = -1;  // index of the entry whose storage this name shares (tied parameters), or -1
   };
 
   /// Registers a parameter; storage is laid out by allocate().
@@ -46,6 +47,16 @@ class ParameterStore {
     return {static_cast<int>(entries_.size()) - 1};
   }
 
+  /// Registers `name` as a second name of `target` (tied weights, as x-transformers' `decoder.token_emb =
+  /// encoder.token_emb`): one storage, so gradients from both uses add up; state dicts list both names.
+  ParameterId alias(std::string name, ParameterId target) {
+    require(!allocated(), "parameter '", name, "' registered after the store was allocated");
+    for (const auto& e : entries_) require(e.name != name, "parameter name '", name, "' registered twice");
+    const Entry& t = entries_.at(std::size_t(target.index));
+    entries_.push_back({std::move(name), t.shape, t.offset, t.init, t.alias_of >= 0 ? t.alias_of : target.index});
+    return {static_cast<int>(entries_.size()) - 1};
+  }
+
   /// Allocates values and gradients and initialises values from `seed` (each parameter its own random stream).
   void allocate(std::uint64_t seed) {
     values_.resize({total_});
@@ -53,6 +64,7 @@ class ParameterStore {
     const RandomStream root{seed, 0};
     for (std::size_t i = 0; i < entries_.size(); ++i) {
       const auto& e = entries_[i];
+      if (e.alias_of >= 0) continue;
       const RandomStream rs = root.fork(i);
       T* v = values_.data() + e.offset;
       for (Index j = 0; j < e.shape.numel(); ++j) {

@@ -1,7 +1,9 @@
 #pragma once
-// Layer stacks described by policies: Decoder<Policies...> (causal) and Encoder<Policies...> (bidirectional).
+// Layer stacks described by policies: Decoder<Policies...> (causal) and Encoder<Policies...> (bidirectional) of
+// (self-attention, feed-forward) layers, (self-attention, cross-attention, feed-forward) with CrossAttend, and
+// CrossAttender<Policies...> of (cross-attention, feed-forward) layers.
 // Each axis takes at most one policy, in any order; a missing axis gets x-transformers' default:
-//   position AbsoluteLearned, norm LayerNorm, feed-forward GELU, attention MultiHeadAttention.
+//   position AbsoluteLearned, norm LayerNorm, feed-forward GELU, attention MultiHeadAttention, no cross-attention.
 // Sizes are run-time values in LayersConfig (x-transformers' AttentionLayers keywords and defaults).
 #include <boost/hana/find_if.hpp>
 #include <boost/hana/optional.hpp>
@@ -15,6 +17,7 @@
 #include "xtr/policies/absolute_learned.hpp"
 #include "xtr/policies/attention.hpp"
 #include "xtr/policies/concepts.hpp"
+#include "xtr/policies/cross_attend.hpp"
 #include "xtr/policies/feedforward.hpp"
 #include "xtr/policies/layer_norm.hpp"
 #include "xtr/policies/no_position.hpp"
@@ -37,6 +40,7 @@ struct LayersConfig {
   double ff_dropout = 0;    // after the feed-forward activation
   Index rotary_dim = 0;     // Rotary: rotated channels per head; 0 = dim_head / 2
   double rotary_theta = 10000;
+  Index dim_context = 0;    // CrossAttend: width of the context; 0 = dim (x-transformers' cross_attn_dim_context)
 };
 
 namespace detail {
@@ -67,12 +71,13 @@ template <class Axis, class Default, class... Ps>
 using pick_axis = typename pick_axis_impl<Axis, Default, Ps...>::type;
 }  // namespace detail
 
-/// A stack of depth × (attention, feed-forward) pre-norm residual layers with a final norm.
-template <bool Causal, class... Policies>
+/// A stack of depth pre-norm residual layers with a final norm; each layer is (self-attention if SelfAttend,
+/// cross-attention if CrossAttend is among the policies, feed-forward).
+template <bool Causal, bool SelfAttend, class... Policies>
 struct AttentionLayers {
   static_assert((Policy<Policies> && ...),
-                "xtr: every argument of Decoder<...>/Encoder<...> must be a policy: a position encoding, a norm, a "
-                "feed-forward or an attention type");
+                "xtr: every argument of Decoder<...>/Encoder<...>/CrossAttender<...> must be a policy: a position "
+                "encoding, a norm, a feed-forward, an attention type or CrossAttend");
   static_assert(detail::count_axis<axis::position, Policies...> <= 1,
                 "xtr: a layer stack takes one position encoding; keep one of AbsoluteLearned, Rotary, NoPosition");
   static_assert(detail::count_axis<axis::norm, Policies...> <= 1,
@@ -81,8 +86,12 @@ struct AttentionLayers {
                 "xtr: a layer stack takes one feed-forward; keep one of GELU, GEGLU, SwiGLU");
   static_assert(detail::count_axis<axis::attention, Policies...> <= 1,
                 "xtr: a layer stack takes one attention policy; keep one MultiHeadAttention");
+  static_assert(detail::count_axis<axis::cross_attention, Policies...> <= 1,
+                "xtr: CrossAttend appears twice; name it once");
 
   static constexpr bool causal = Causal;
+  static constexpr bool self_attend = SelfAttend;
+  static constexpr bool cross_attend = !SelfAttend || detail::count_axis<axis::cross_attention, Policies...> == 1;
   using position = detail::pick_axis<axis::position, AbsoluteLearned, Policies...>;
   using norm = detail::pick_axis<axis::norm, LayerNorm, Policies...>;
   using feedforward = detail::pick_axis<axis::feedforward, GELU, Policies...>;
@@ -90,23 +99,45 @@ struct AttentionLayers {
 
   /// What this type resolved to, e.g. "Decoder<Rotary, LayerNorm, GELU, MultiHeadAttention>".
   static std::string describe() {
-    return std::string(Causal ? "Decoder<" : "Encoder<") + std::string(position::name) + ", " +
-           std::string(norm::name) + ", " + std::string(feedforward::name) + ", " + std::string(attention::name) +
-           ">";
+    const char* stack = !SelfAttend ? "CrossAttender<" : Causal ? "Decoder<" : "Encoder<";
+    return std::string(stack) + std::string(position::name) + ", " + std::string(norm::name) + ", " +
+           std::string(feedforward::name) + ", " + std::string(attention::name) +
+           (SelfAttend && cross_attend ? ", CrossAttend>" : ">");
   }
 };
 
-/// Causal self-attention stack (x-transformers' Decoder).
+/// Causal self-attention stack (x-transformers' Decoder); Decoder<..., CrossAttend> also attends to a context.
 template <class... Policies>
-struct Decoder : AttentionLayers<true, Policies...> {};
+struct Decoder : AttentionLayers<true, true, Policies...> {};
 
 /// Bidirectional self-attention stack (x-transformers' Encoder).
 template <class... Policies>
-struct Encoder : AttentionLayers<false, Policies...> {};
+struct Encoder : AttentionLayers<false, true, Policies...> {};
+
+/// Cross-attention-only stack: each layer attends to the context, not to its own tokens (x-transformers'
+/// CrossAttender).
+template <class... Policies>
+struct CrossAttender : AttentionLayers<false, false, Policies...> {};
+
+namespace detail {
+/// Decoder<Ps...> with CrossAttend added unless already there (XTransformer's decoder, as x-transformers sets
+/// cross_attend=True itself).
+template <class Stack>
+struct with_cross_attention {
+  using type = Stack;
+};
+template <class... Ps>
+  requires(count_axis<axis::cross_attention, Ps...> == 0)
+struct with_cross_attention<Decoder<Ps...>> {
+  using type = Decoder<Ps..., CrossAttend>;
+};
+}  // namespace detail
 
 template <class L>
 concept LayerStack = requires {
   { L::causal } -> std::convertible_to<bool>;
+  { L::self_attend } -> std::convertible_to<bool>;
+  { L::cross_attend } -> std::convertible_to<bool>;
   requires PositionEncoding<typename L::position>;
   requires NormPolicy<typename L::norm>;
   requires FeedForwardPolicy<typename L::feedforward>;

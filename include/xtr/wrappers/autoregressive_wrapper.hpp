@@ -3,6 +3,7 @@
 //   loss(x) = CE(net(x[:, :-1]), x[:, 1:]), x of shape (batch, seq_len + 1): the shift happens inside;
 //   targets equal to ignore_index do not count; inputs equal to ignore_index are fed as pad_value.
 // generate(prompts, n, sampling) returns the n new tokens of each row (KV cache on by default).
+// Around a cross-attending decoder (Decoder<..., CrossAttend>) both take the context to attend to.
 #include <cstdint>
 #include <vector>
 
@@ -27,6 +28,8 @@ class AutoregressiveWrapper {
 
  public:
   using scalar = typename Net::scalar;
+  using Context = ContextView<scalar>;
+  static constexpr bool cross_attends = Net::layers_type::cross_attend;
 
   explicit AutoregressiveWrapper(Net network, AutoregressiveOptions options = {})
       : net(std::move(network)), options_(options) {}
@@ -41,7 +44,8 @@ class AutoregressiveWrapper {
 
   /// Mean next-token cross-entropy over the non-ignored targets of x (batch, seq_len + 1); `mask` (batch,
   /// seq_len + 1) marks real tokens (keys of padded positions are not attended to).
-  Loss operator()(TokensView x, MaskView mask = {}) {
+  Loss operator()(TokensView x, MaskView mask = {}, Context context = {}) {
+    check_context_given(context);
     require(x.data != nullptr && x.batch > 0, "empty batch");
     require(x.length >= 2, "a training batch needs at least 2 tokens per row (seq_len + 1), got ", x.length);
     require(x.length - 1 <= net.max_seq_len(), "batch rows of ", x.length, " tokens need seq_len ", x.length - 1,
@@ -67,14 +71,15 @@ class AutoregressiveWrapper {
       }
     MaskView input_mask{};
     if (!mask.empty()) input_mask = {input_mask_.data(), B, T};
-    auto logits = net.forward({input_.data(), B, T}, input_mask);
+    auto logits = net_forward({input_.data(), B, T}, input_mask, context);
     const double value =
         cpu::cross_entropy_forward_backward<scalar>(logits, target_.data(), options_.ignore_index, true);
     return Loss(value, this, &AutoregressiveWrapper::backward_of, net.forward_count());
   }
 
   /// `length` new tokens after each prompt row (prompts: batch × prompt length, all rows the same length).
-  TokenBatch generate(TokensView prompts, Index length, const Sampling& sampling = {}) {
+  TokenBatch generate(TokensView prompts, Index length, const Sampling& sampling = {}, Context context = {}) {
+    check_context_given(context);
     require(prompts.data != nullptr && prompts.batch > 0 && prompts.length > 0, "empty prompt batch (",
             prompts.batch, ", ", prompts.length, ")");
     require(length >= 0, "length must be >= 0, got ", length);
@@ -100,7 +105,7 @@ class AutoregressiveWrapper {
     std::vector<std::uint8_t> done(std::size_t(B), 0);
     std::vector<std::int32_t> step(static_cast<std::size_t>(B));
     bool use_cache = sampling.cache_kv;
-    auto cache = use_cache ? net.make_cache(B) : typename Net::Cache{};
+    auto cache = !use_cache ? typename Net::Cache{} : make_cache(B, context);
     if (sampling.bf16_weights) net.round_weights_to_bf16(cache);
     const scalar* logits = nullptr;  // (B, V): the last position of each row
     std::vector<std::int32_t> window;
@@ -110,7 +115,7 @@ class AutoregressiveWrapper {
       window.resize(std::size_t(B * w));
       for (Index b = 0; b < B; ++b)
         std::copy_n(out.data.data() + b * (P + length) + cur - w, w, window.data() + b * w);
-      auto all = net.forward({window.data(), B, w});
+      auto all = net_forward({window.data(), B, w}, {}, context);
       last_rows_.resize(std::size_t(B * V));
       for (Index b = 0; b < B; ++b) std::copy_n(all.data() + (b * w + w - 1) * V, V, last_rows_.data() + b * V);
       return static_cast<const scalar*>(last_rows_.data());
@@ -154,6 +159,29 @@ class AutoregressiveWrapper {
   }
 
  private:
+  void check_context_given(Context context) const {
+    if constexpr (cross_attends) {
+      require(!context.empty(), "the decoder cross-attends (CrossAttend): pass the context to attend to");
+    } else {
+      require(context.empty(), "a context was given, but the decoder does not cross-attend: use Decoder<..., "
+              "CrossAttend>");
+    }
+  }
+  MatrixView<scalar> net_forward(TokensView tokens, MaskView mask, Context context) {
+    if constexpr (cross_attends) {
+      return net.forward(tokens, mask, context);
+    } else {
+      return net.forward(tokens, mask);
+    }
+  }
+  typename Net::Cache make_cache(Index batch, Context context) const {
+    if constexpr (cross_attends) {
+      return net.make_cache(batch, context);
+    } else {
+      return net.make_cache(batch);
+    }
+  }
+
   static void backward_of(void* self, double scale, std::uint64_t forward_id) {
     auto& me = *static_cast<AutoregressiveWrapper*>(self);
     require(forward_id == me.net.forward_count(),
