@@ -24,6 +24,7 @@
 #include "xtr/io/safetensors.hpp"
 #include "xtr/io/state_dict.hpp"
 #include "xtr/layers/transformer_wrapper.hpp"
+#include "xtr/wrappers/x_transformer.hpp"
 
 namespace xtr::x_transformers {
 
@@ -207,6 +208,27 @@ safetensors::File convert_gains(const safetensors::File& file, const Conventions
 }
 }  // namespace detail
 
+namespace detail {
+/// Checks the rotary frequency buffer `name` of `file` (if any) against the model's θ and rotary_dim.
+template <class Net>
+void check_rotary_buffer(const Net& net, const safetensors::File& file, const std::string& name,
+                         const std::string& what) {
+  const auto* buffer = file.find(name);
+  require(Net::has_rotary || buffer == nullptr, what, " has ", name, " but the model has no Rotary");
+  if (!buffer) return;
+  const auto values = safetensors::to_vector<double>(*buffer);
+  const Index r = net.rotary_dim();
+  require(Index(values.size()) == r / 2, what, ": ", name, " has ", values.size(), " entries, rotary_dim ", r,
+          " needs ", r / 2);
+  for (Index i = 0; i < r / 2; ++i) {
+    const double expected = 1.0 / std::pow(net.config().layers.rotary_theta, double(2 * i) / double(r));
+    require(std::abs(values[i] - expected) <= 1e-6 * expected, what, ": ", name, "[", i, "] = ", values[i],
+            ", θ = ", net.config().layers.rotary_theta, " gives ", expected,
+            " (rotary base rescaling and interpolation are not supported)");
+  }
+}
+}  // namespace detail
+
 /// Loads an x-transformers state dict written by a release with `conventions`; checks the rotary frequency buffer
 /// against the model's θ and rotary_dim.
 template <class Net>
@@ -215,19 +237,88 @@ void load(Net& net, const safetensors::File& release_file, const std::string& wh
   const safetensors::File file = detail::convert_gains<Net>(release_file, conventions, /*to_xtr=*/true);
   load_state_dict(net.parameters(), file, StateDictOptions{.prefix = "", .ignore = {std::string(rotary_buffer)}},
                   what);
-  const auto* buffer = file.find(rotary_buffer);
-  require(Net::has_rotary || buffer == nullptr, what, " has ", rotary_buffer, " but the model has no Rotary");
-  if (!buffer) return;
-  const auto values = safetensors::to_vector<double>(*buffer);
-  const Index r = net.rotary_dim();
-  require(Index(values.size()) == r / 2, what, ": ", rotary_buffer, " has ", values.size(), " entries, rotary_dim ",
-          r, " needs ", r / 2);
-  for (Index i = 0; i < r / 2; ++i) {
-    const double expected = 1.0 / std::pow(net.config().layers.rotary_theta, double(2 * i) / double(r));
-    require(std::abs(values[i] - expected) <= 1e-6 * expected, what, ": ", rotary_buffer, "[", i, "] = ", values[i],
-            ", θ = ", net.config().layers.rotary_theta, " gives ", expected,
-            " (rotary base rescaling and interpolation are not supported)");
+  detail::check_rotary_buffer(net, file, std::string(rotary_buffer), what);
+}
+
+/// What an XTransformer description resolved to: the config and each part's policies by name.
+struct XTransformerDescription {
+  XTransformerConfig config;
+  ModelDescription encoder, decoder;
+};
+
+/// Reads x-transformers' XTransformer keywords: dim, tie_token_emb, ignore_index, pad_value, cross_attn_tokens_dropout,
+/// and enc_* / dec_* keywords, each of which TransformerWrapper(...) or Encoder(...) / Decoder(...) would take.
+///   {"dim": 128, "tie_token_emb": true, "enc_num_tokens": 18, "enc_depth": 3, "enc_max_seq_len": 32,
+///    "dec_num_tokens": 18, "dec_depth": 3, "dec_max_seq_len": 65, "x_transformers_version": "2.31.10"}
+inline XTransformerDescription parse_xtransformer_description(const json::Value& root) {
+  require(root.is_object(), "an XTransformer description must be a JSON object, got ", root.dump());
+  json::Value parts[2], layers[2];  // TransformerWrapper and attn_layers keywords of the encoder and the decoder
+  for (int i = 0; i < 2; ++i) {
+    parts[i] = json::Value::object();
+    layers[i] = json::Value::object();
+    layers[i].set("type", i == 0 ? "Encoder" : "Decoder");
+    layers[i].set("dim", root.at("dim"));
+    if (const auto* v = root.find("x_transformers_version")) parts[i].set("x_transformers_version", *v);
   }
+  std::string unknown;
+  for (const auto& [key, value] : root.as_object()) {
+    const bool enc = key.starts_with("enc_"), dec = key.starts_with("dec_");
+    if (enc || dec) {
+      const std::string k = key.substr(4);
+      require(k != "dim", "XTransformer takes one `dim`; ", key, " is not a keyword");
+      const bool wrapper = k == "num_tokens" || k == "max_seq_len" || k == "emb_dropout" || k == "use_abs_pos_emb";
+      (wrapper ? parts : layers)[enc ? 0 : 1].set(k, value);
+    } else if (key != "dim" && key != "tie_token_emb" && key != "ignore_index" && key != "pad_value" &&
+               key != "cross_attn_tokens_dropout" && key != "x_transformers_version") {
+      unknown += (unknown.empty() ? "" : ", ") + key;
+    }
+  }
+  for (int i = 0; i < 2; ++i) parts[i].set("attn_layers", layers[i]);
+  require(unknown.empty(), "XTransformer keywords not supported by xtr: ", unknown);
+  XTransformerDescription d;
+  d.encoder = parse_description(parts[0]);
+  d.decoder = parse_description(parts[1]);
+  require(d.encoder.conventions.unit_offset_gains && !d.encoder.conventions.layernorm_gain_is_weight,
+          "XTransformer checkpoints of x_transformers_version ", d.encoder.version,
+          " (before 1.31.3) are not supported");
+  auto& c = d.config;
+  c.dim = root.at("dim").as_int();
+  c.encoder = d.encoder.config;
+  c.decoder = d.decoder.config;
+  c.tie_token_emb = detail::flag(root, "tie_token_emb", false);
+  c.ignore_index = std::int32_t(detail::integer(root, "ignore_index", -100));
+  c.pad_value = std::int32_t(detail::integer(root, "pad_value", 0));
+  c.cross_attn_tokens_dropout = detail::real(root, "cross_attn_tokens_dropout", 0);
+  return d;
+}
+
+/// Whether the XTransformer type Model is the one `d` describes.
+template <class Model>
+bool describes(const XTransformerDescription& d) {
+  return describes<typename Model::EncoderNet::layers_type>(d.encoder) &&
+         describes<typename Model::DecoderNet::layers_type>(d.decoder);
+}
+
+/// The rotary buffers of an XTransformer's state dict.
+inline constexpr std::string_view encoder_rotary_buffer = "encoder.attn_layers.rotary_pos_emb.inv_freq";
+inline constexpr std::string_view decoder_rotary_buffer = "decoder.net.attn_layers.rotary_pos_emb.inv_freq";
+
+/// Loads an XTransformer state dict (`encoder.…`, `decoder.net.…`; with tie_token_emb both token embedding names,
+/// which must hold equal values); checks the rotary buffers. `ignore`: further name prefixes to skip.
+template <class Model>
+void load_xtransformer(Model& model, const safetensors::File& file, const std::string& what = "x-transformers state dict",
+          std::vector<std::string> ignore = {}) {
+  ignore.emplace_back(encoder_rotary_buffer);
+  ignore.emplace_back(decoder_rotary_buffer);
+  detail::check_rotary_buffer(model.encoder, file, std::string(encoder_rotary_buffer), what);
+  detail::check_rotary_buffer(model.decoder.net, file, std::string(decoder_rotary_buffer), what);
+  if (model.config().tie_token_emb) {
+    const auto* enc = file.find("encoder.token_emb.emb.weight");
+    const auto* dec = file.find("decoder.net.token_emb.emb.weight");
+    require(!enc || !dec || safetensors::to_vector<double>(*enc) == safetensors::to_vector<double>(*dec), what,
+            ": tie_token_emb, but encoder.token_emb.emb.weight and decoder.net.token_emb.emb.weight differ");
+  }
+  load_state_dict(model.parameters(), file, StateDictOptions{.prefix = "", .ignore = std::move(ignore)}, what);
 }
 
 /// The model under x-transformers' names (in the layout of a release with `conventions`), with the buffers; buffers
