@@ -2,6 +2,8 @@
 // for roofline fractions on this machine (GEMM rate, memory bandwidth). One JSON line per measurement.
 //   xtr_bench --bench train_step|generate_kv|gemm|bandwidth [--config small|enwik8] [--threads N] [--steps N]
 //             [--bf16-weights]   (generate_kv: decode from bfloat16 weights)
+//   xtr_bench --bench seq2seq_train|seq2seq_generate [--config copy|copy_b32]   (tools/bench_peer_seq2seq.py's
+//             XTransformer copy model and measurement)
 #include <omp.h>
 
 #include <Eigen/Core>
@@ -85,6 +87,69 @@ void generate_kv(const BenchConfig& c, int repeats, bool bf16) {
       c.name, omp_get_max_threads(), new_tokens, bf16 ? "bf16" : "f32", best, new_tokens / best);
 }
 
+// The encoder-decoder of x-transformers' enc-dec copy example: dim 128, depth 3 + 3, heads 8 (dim_head 64), 18
+// tokens, source 32, target 65, tied token embedding.
+using Seq2Seq = xtr::XTransformer<xtr::Encoder<>, xtr::Decoder<>>;
+constexpr xtr::Index seq2seq_src = 32, seq2seq_new = 64, seq2seq_vocab = 18;
+
+Seq2Seq make_seq2seq() {
+  xtr::XTransformerConfig config;
+  config.dim = 128;
+  config.encoder = {.num_tokens = seq2seq_vocab, .max_seq_len = seq2seq_src, .layers = {.depth = 3, .heads = 8}};
+  config.decoder = {.num_tokens = seq2seq_vocab, .max_seq_len = seq2seq_new + 1, .layers = {.depth = 3, .heads = 8}};
+  config.tie_token_emb = true;
+  return Seq2Seq(config);
+}
+
+// batch 32: loss = model(src, tgt, mask), backward, Adam step, zero_grad; one warm-up, median of `steps`;
+// tokens_per_s = target tokens (batch · 64) per second
+void seq2seq_train(int steps) {
+  auto model = make_seq2seq();
+  auto opt = xtr::Adam(model.parameters(), {.lr = 3e-4});
+  auto batches = xtr::copy_task({.batch = 32, .src_len = seq2seq_src, .num_tokens = seq2seq_vocab}, 0);
+  const auto& batch = batches.next();  // the same batch every step, as the peer
+  std::vector<double> times;
+  double loss_value = 0;
+  for (int i = 0; i < steps + 1; ++i) {
+    const auto t = Clock::now();
+    auto loss = model(batch.src, batch.tgt, batch.src_mask);
+    loss.backward();
+    opt.step();
+    opt.zero_grad();
+    times.push_back(seconds_since(t));
+    loss_value = loss.item();
+  }
+  times.erase(times.begin());
+  const double med = median(times);
+  std::printf(
+      "{\"impl\": \"xtr\", \"bench\": \"seq2seq_train\", \"config\": \"copy\", \"threads\": %d, \"batch\": 32, "
+      "\"params\": %lld, \"median_s\": %.4f, \"tokens_per_s\": %.1f, \"loss\": %.4f, \"steps\": %d}\n",
+      omp_get_max_threads(), static_cast<long long>(model.parameters().count()), med, 32.0 * seq2seq_new / med,
+      loss_value, steps);
+}
+
+// generate(src, [[1]], 64, mask) with the KV cache and default sampling; one warm-up, best of `repeats`;
+// tokens_per_s = batch · 64 / best_s
+void seq2seq_generate(xtr::Index batch_size, const char* config, int repeats) {
+  auto model = make_seq2seq();
+  model.eval();
+  auto batches = xtr::copy_task({.batch = batch_size, .src_len = seq2seq_src, .num_tokens = seq2seq_vocab}, 1);
+  const auto& batch = batches.next();
+  const xtr::TokenBatch start(batch_size, 1, 1);
+  model.generate(batch.src, start, seq2seq_new, batch.src_mask);
+  double best = 1e30;
+  for (int r = 0; r < repeats; ++r) {
+    const auto t = Clock::now();
+    auto out = model.generate(batch.src, start, seq2seq_new, batch.src_mask, {.seed = std::uint64_t(r)});
+    best = std::min(best, seconds_since(t));
+  }
+  std::printf(
+      "{\"impl\": \"xtr\", \"bench\": \"seq2seq_generate\", \"config\": \"%s\", \"threads\": %d, \"batch\": %lld, "
+      "\"new_tokens\": %lld, \"best_s\": %.4f, \"tokens_per_s\": %.1f}\n",
+      config, omp_get_max_threads(), static_cast<long long>(batch_size), static_cast<long long>(seq2seq_new), best,
+      double(batch_size * seq2seq_new) / best);
+}
+
 // ceiling 1: float GEMM rate (Eigen or, with XTR_USE_BLAS, BLAS) at the model's GEMM shapes
 void gemm(int repeats) {
   const xtr::Index shapes[][3] = {{2048, 1024, 256}, {2048, 256, 1024}, {4096, 2048, 512}, {4096, 512, 2048}};
@@ -146,9 +211,26 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr,
                    "usage: xtr_bench --bench train_step|generate_kv|gemm|bandwidth [--config small|enwik8] "
-                   "[--threads N] [--steps N] [--bf16-weights]\n");
+                   "[--threads N] [--steps N] [--bf16-weights]\n"
+                   "       xtr_bench --bench seq2seq_train|seq2seq_generate [--config copy|copy_b32]\n");
       return 2;
     }
+  }
+  if (bench == "seq2seq_train" || bench == "seq2seq_generate") {
+    if (config == "small") config = "copy";  // the default --config names a decoder workload
+    if (config != "copy" && !(bench == "seq2seq_generate" && config == "copy_b32")) {
+      std::fprintf(stderr, "xtr_bench: unknown --config '%s' for %s (copy%s)\n", config.c_str(), bench.c_str(),
+                   bench == "seq2seq_generate" ? ", copy_b32" : "");
+      return 2;
+    }
+    try {
+      if (bench == "seq2seq_train") seq2seq_train(steps > 0 ? steps : 10);
+      else seq2seq_generate(config == "copy" ? 1 : 32, config.c_str(), steps > 0 ? steps : 3);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      return 1;
+    }
+    return 0;
   }
   const BenchConfig* c = nullptr;
   for (const auto& k : configs)
@@ -163,7 +245,10 @@ int main(int argc, char** argv) {
     else if (bench == "gemm") gemm(steps > 0 ? steps : 5);
     else if (bench == "bandwidth") bandwidth(steps > 0 ? steps : 5);
     else {
-      std::fprintf(stderr, "xtr_bench: unknown --bench '%s' (train_step, generate_kv, gemm, bandwidth)\n", bench.c_str());
+      std::fprintf(stderr,
+                   "xtr_bench: unknown --bench '%s' (train_step, generate_kv, gemm, bandwidth, seq2seq_train, "
+                   "seq2seq_generate)\n",
+                   bench.c_str());
       return 2;
     }
   } catch (const std::exception& e) {
