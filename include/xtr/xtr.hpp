@@ -10,6 +10,7 @@
 #include "xtr/core/rng.hpp"
 #include "xtr/core/tensor.hpp"
 #include "xtr/core/tokens.hpp"
+#include "xtr/data/masked_token_batches.hpp"
 #include "xtr/data/paired_sequences.hpp"
 #include "xtr/data/text_dataset.hpp"
 #include "xtr/generation/sampling.hpp"
@@ -32,4 +33,5 @@
 #include "xtr/training/checkpoint.hpp"
 #include "xtr/wrappers/autoregressive_wrapper.hpp"
 #include "xtr/wrappers/loss.hpp"
+#include "xtr/wrappers/non_autoregressive_wrapper.hpp"
 #include "xtr/wrappers/x_transformer.hpp"

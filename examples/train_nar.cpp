@@ -1,0 +1,159 @@
+// The non-autoregressive workflow of x-transformers (NonAutoregressiveWrapper, MaskGIT-style), in C++: a bidirectional
+// byte-level transformer learns to fill in masked bytes of windows of exactly --seq-len bytes, then writes whole
+// windows in --steps parallel refinement steps. Prints the loss, and every --generate-every steps a sample.
+//
+//   train_nar --data ../shared/data/tinyshakespeare.txt --num-batches 2000 --log-jsonl nar.jsonl
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <string>
+
+#include "xtr/xtr.hpp"
+
+namespace {
+
+using Net = xtr::TransformerWrapper<xtr::Encoder<xtr::Rotary, xtr::LayerNorm, xtr::GELU>>;
+using Model = xtr::NonAutoregressiveWrapper<Net>;
+constexpr std::int32_t mask_id = 256;  // bytes are 0..255
+
+struct Options {
+  long num_batches = 2000, batch_size = 16, seq_len = 64, generate_every = 250, steps = 18;
+  long dim = 256, depth = 4, heads = 4, seed = 0;
+  double learning_rate = 3e-4;
+  int threads = 0;
+  std::string data = "/usr/share/games/fortunes", log_jsonl;
+};
+
+void usage_text(std::FILE* out) {
+  std::fprintf(out,
+               "usage: train_nar [--data PATH (file, .gz, .zip or directory; default /usr/share/games/fortunes)]\n"
+               "  [--num-batches N] [--batch-size N] [--seq-len N] [--learning-rate X] [--generate-every N]\n"
+               "  [--steps N (refinement steps)] [--dim N] [--depth N] [--heads N] [--seed N] [--threads N]\n"
+               "  [--log-jsonl PATH]\n");
+}
+
+[[noreturn]] void usage(const std::string& why) {
+  std::fprintf(stderr, "train_nar: %s\n", why.c_str());
+  usage_text(stderr);
+  std::exit(2);
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  const std::map<std::string, long*> integers{
+      {"--num-batches", &o.num_batches}, {"--batch-size", &o.batch_size}, {"--seq-len", &o.seq_len},
+      {"--generate-every", &o.generate_every}, {"--steps", &o.steps}, {"--dim", &o.dim}, {"--depth", &o.depth},
+      {"--heads", &o.heads}, {"--seed", &o.seed}};
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (flag == "--help" || flag == "-h") {
+      std::printf("train_nar: train a masked-token (non-autoregressive) byte model; flags as below\n");
+      usage_text(stdout);
+      std::exit(0);
+    }
+    if (i + 1 >= argc) usage("missing value after " + flag);
+    const std::string value = argv[++i];
+    try {
+      std::size_t used = 0;
+      if (auto it = integers.find(flag); it != integers.end()) {
+        *it->second = std::stol(value, &used);
+      } else if (flag == "--learning-rate") {
+        o.learning_rate = std::stod(value, &used);
+      } else if (flag == "--threads") {
+        o.threads = std::stoi(value, &used);
+      } else if (flag == "--data" || flag == "--log-jsonl") {
+        (flag == "--data" ? o.data : o.log_jsonl) = value;
+        used = value.size();
+      } else {
+        usage("unknown flag " + flag);
+      }
+      if (used != value.size()) throw std::invalid_argument(value);
+    } catch (const std::logic_error&) {
+      usage("bad value '" + value + "' for " + flag);
+    }
+  }
+  for (auto [v, name] : {std::pair{o.num_batches, "--num-batches"}, std::pair{o.batch_size, "--batch-size"},
+                         std::pair{o.generate_every, "--generate-every"}, std::pair{o.dim, "--dim"},
+                         std::pair{o.depth, "--depth"}, std::pair{o.heads, "--heads"}})
+    if (v < 1) usage(std::string(name) + " must be >= 1, got " + std::to_string(v));
+  if (!(o.learning_rate > 0)) usage("--learning-rate must be > 0");
+  return o;
+}
+
+/// Bytes as printable text: control bytes other than newline and tab become '.'.
+std::string printable(const xtr::TokenBatch& t, xtr::Index b) {
+  std::string s;
+  for (xtr::Index j = 0; j < t.length; ++j) {
+    const int c = t(b, j);
+    s += (c == '\n' || c == '\t' || (c >= 32 && c < 127)) ? char(c) : '.';
+  }
+  return s;
+}
+
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\', out += c;
+    else if (c == '\n') out += "\\n";
+    else if (c == '\t') out += "\\t";
+    else out += c;
+  }
+  return out + "\"";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  const Options o = parse(argc, argv);
+  if (o.threads > 0) omp_set_num_threads(o.threads);
+  const auto [train_data, val_data] = xtr::TextDataset::load(o.data).split(0.9);
+  xtr::MaskedTokenBatches batches(train_data, o.batch_size, o.seq_len, mask_id, std::uint64_t(o.seed), 1);
+  Model model(Net({.num_tokens = 257,
+                   .max_seq_len = o.seq_len,
+                   .layers = {.dim = o.dim, .depth = o.depth, .heads = o.heads},
+                   .seed = std::uint64_t(o.seed)}),
+              {.mask_id = mask_id, .steps = o.steps});
+  auto optimizer = xtr::Adam(model.parameters(), {.lr = o.learning_rate});
+  std::ofstream log;
+  if (!o.log_jsonl.empty()) {
+    log.open(o.log_jsonl);
+    if (!log) throw xtr::Error("xtr: cannot open --log-jsonl file '" + o.log_jsonl + "'");
+  }
+  std::printf("model: %s, %lld parameters, %d threads; %lld training bytes\n", Net::describe().c_str(),
+              static_cast<long long>(model.parameters().count()), omp_get_max_threads(),
+              static_cast<long long>(train_data.size()));
+  const auto began = std::chrono::steady_clock::now();
+  for (long step = 0; step < o.num_batches; ++step) {
+    model.train();
+    auto loss = model(batches.next());
+    if (!std::isfinite(loss.item())) {
+      std::fprintf(stderr, "train_nar: training loss is %f at step %ld; stopping\n", loss.item(), step);
+      return 1;
+    }
+    loss.backward();
+    xtr::clip_grad_norm(model.parameters(), 0.5);
+    optimizer.step();
+    optimizer.zero_grad();
+    std::printf("%ld: %.4f\n", step, loss.item());
+    if (log) log << "{\"step\": " << step << ", \"loss\": " << loss.item() << "}\n";
+    if ((step + 1) % o.generate_every == 0 || step + 1 == o.num_batches) {
+      const auto sample = model.generate(1, {.seed = std::uint64_t(step)});
+      const std::string text = printable(sample, 0);
+      std::printf("%s\nsample (%ld steps): %s\n%s\n", std::string(60, '*').c_str(), o.steps, text.c_str(),
+                  std::string(60, '-').c_str());
+      if (log) log << "{\"step\": " << step << ", \"sample\": " << json_string(text) << "}\n";
+      std::fflush(stdout);
+      if (log) log.flush();
+    }
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
+  std::printf("%ld steps in %.1f s (%.3f s/step)\n", o.num_batches, seconds, seconds / double(o.num_batches));
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "train_nar: %s\n", e.what());
+  return 1;
+}

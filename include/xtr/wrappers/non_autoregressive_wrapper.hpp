@@ -1,0 +1,264 @@
+#pragma once
+// NonAutoregressiveWrapper<Net>: masked-token training and iterative parallel decoding (MaskGIT, x-transformers'
+// NonAutoregressiveWrapper) around a bidirectional TransformerWrapper whose rows are exactly max_seq_len tokens.
+//   training, per row of x (B, n = max_seq_len):
+//     t ~ U(0, 1);  k = max(1, ⌈γ(t) · n⌉) positions masked, chosen uniformly;  γ = schedule (cosine: cos(πt/2))
+//     each masked position independently: keeps its token (no_replace_prob), gets a random token ≠ mask_id
+//     (random_token_prob), or becomes mask_id (the rest)
+//     loss = mean over masked positions of CE(net(x̃), x)
+//   generate, S steps, t_s = (s + 1) / S:
+//     predict every position; sample the masked ones (top-k filter, Gumbel-max at temperature T₀ · (S − 1 − s) / S;
+//     never mask_id);
+//     re-mask the ⌊γ(t_s) · free⌋ least confident of them (confidence = p(sampled token)); γ(1) = 0: nothing masked.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <numbers>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "xtr/backend/cpu/cross_entropy.hpp"
+#include "xtr/core/rng.hpp"
+#include "xtr/core/tokens.hpp"
+#include "xtr/layers/transformer_wrapper.hpp"
+#include "xtr/wrappers/loss.hpp"
+
+namespace xtr {
+
+/// Masking schedules γ: [0, 1] → [0, 1], the fraction of tokens masked at time t (t = 1: none).
+inline double cosine_schedule(double t) { return std::cos(t * std::numbers::pi / 2); }
+inline double linear_schedule(double t) { return 1 - t; }
+
+/// x-transformers' NonAutoregressiveWrapper keywords (defaults as there, except the schedule: cosine, as MaskGIT).
+struct NonAutoregressiveOptions {
+  std::int32_t mask_id = -1;   // required: a token id of the net's vocabulary that data never contains
+  Index steps = 18;            // refinement steps of generate()
+  std::function<double(double)> schedule = cosine_schedule;  // linear_schedule, or any γ with values in [0, 1]
+  double no_replace_prob = 0.15;   // of the masked positions: keep the token (BERT)
+  double random_token_prob = 0.1;  // of the masked positions: a random token
+  bool can_mask_prev_unmasked = false;  // generate(): may re-mask tokens fixed at earlier steps
+};
+
+/// What generate() samples with (x-transformers' generate keywords).
+struct NonAutoregressiveSampling {
+  double start_temperature = 1.0;  // annealed linearly to 0 over the steps
+  double filter_thres = 0.7;       // top-k filter keeping ⌈(1 − filter_thres) · V⌉ logits; 0 = keep all
+  std::optional<std::uint64_t> seed;  // unseeded: a fresh stream per call
+};
+
+template <class Net>
+class NonAutoregressiveWrapper {
+  static_assert(!Net::layers_type::causal && !Net::layers_type::cross_attend,
+                "xtr: NonAutoregressiveWrapper needs a bidirectional stack: wrap a TransformerWrapper<Encoder<...>>");
+
+ public:
+  using scalar = typename Net::scalar;
+
+  NonAutoregressiveWrapper(Net network, NonAutoregressiveOptions options)
+      : net(std::move(network)), options_(validated(std::move(options), net.num_tokens())) {}
+
+  Net net;
+
+  [[nodiscard]] const NonAutoregressiveOptions& options() const { return options_; }
+  [[nodiscard]] ParameterStore<scalar>& parameters() { return net.parameters(); }
+  void train(bool on = true) { net.train(on); }
+  void eval() { net.eval(); }
+  [[nodiscard]] Index max_seq_len() const { return net.max_seq_len(); }
+
+  /// γ(t), checked to lie in [0, 1].
+  [[nodiscard]] double schedule(double t) const {
+    const double g = options_.schedule(t);
+    require(g >= 0 && g <= 1 && std::isfinite(g), "schedule(t = ", t, ") = ", g, " is outside [0, 1]");
+    return g;
+  }
+
+  /// The corrupted input and the loss mask of one training batch, drawn from `stream` (exposed for tests).
+  struct Corruption {
+    std::vector<std::int32_t> input;  // (B, n): x with masked positions replaced
+    std::vector<std::uint8_t> masked;  // (B, n): 1 where the loss counts
+    std::vector<double> times;         // (B): t per row
+  };
+  [[nodiscard]] Corruption corrupt(TokensView x, const RandomStream& stream) const {
+    check_batch(x);
+    const Index B = x.batch, n = x.length;
+    Corruption c;
+    c.input.assign(x.data, x.data + x.size());
+    c.masked.assign(std::size_t(B * n), 0);
+    c.times.resize(std::size_t(B));
+    std::vector<std::pair<float, Index>> order(static_cast<std::size_t>(n));
+    for (Index b = 0; b < B; ++b) {
+      const RandomStream row = stream.fork(std::uint64_t(b));
+      const double t = row.open_uniform(0);
+      c.times[std::size_t(b)] = t;
+      const Index k = std::clamp<Index>(Index(std::ceil(schedule(t) * double(n))), 1, n);
+      for (Index j = 0; j < n; ++j) order[std::size_t(j)] = {row.uniform(std::uint64_t(1 + j)), j};
+      std::partial_sort(order.begin(), order.begin() + k, order.end());  // k positions, uniformly chosen
+      for (Index r = 0; r < k; ++r) {
+        const Index j = order[std::size_t(r)].second, i = b * n + j;
+        c.masked[std::size_t(i)] = 1;
+        const double u = row.open_uniform(std::uint64_t(1 + n + j));
+        if (u < options_.no_replace_prob) continue;  // keeps its token
+        if (u < options_.no_replace_prob + options_.random_token_prob) {
+          auto id = std::int32_t(row.below(std::uint64_t(1 + 2 * n + j), std::uint64_t(net.num_tokens() - 1)));
+          c.input[std::size_t(i)] = id >= options_.mask_id ? id + 1 : id;  // any token but mask_id
+        } else {
+          c.input[std::size_t(i)] = options_.mask_id;
+        }
+      }
+    }
+    return c;
+  }
+
+  /// Mean cross-entropy over the masked positions of x (batch, max_seq_len), corrupted inside.
+  Loss operator()(TokensView x) {
+    return (*this)(x, corrupt(x, RandomStream{net.config().seed, 6}.fork(calls_++)));
+  }
+  /// The same for a given corruption of x (from corrupt()).
+  Loss operator()(TokensView x, const Corruption& corruption) {
+    check_batch(x);
+    require(Index(corruption.input.size()) == x.size() && Index(corruption.masked.size()) == x.size(),
+            "a corruption of ", corruption.input.size(), " tokens for a batch of ", x.size());
+    input_ = corruption.input;
+    targets_.assign(x.data, x.data + x.size());
+    for (std::size_t i = 0; i < targets_.size(); ++i)
+      if (!corruption.masked[i]) targets_[i] = ignore;
+    auto logits = net.forward({input_.data(), x.batch, x.length});
+    const double value = cpu::cross_entropy_forward_backward<scalar>(logits, targets_.data(), ignore, true);
+    return Loss(value, this, &NonAutoregressiveWrapper::backward_of, net.forward_count());
+  }
+
+  /// `batch` sequences of max_seq_len tokens in options().steps parallel refinement steps; `prefix` (batch or 1
+  /// rows, P < max_seq_len tokens) stays fixed at the start of every row. No mask_id remains.
+  TokenBatch generate(Index batch, const NonAutoregressiveSampling& sampling = {}, TokensView prefix = {}) {
+    require(batch > 0, "batch must be > 0, got ", batch);
+    require(sampling.filter_thres >= 0 && sampling.filter_thres < 1, "filter_thres must be in [0, 1), got ",
+            sampling.filter_thres);
+    require(sampling.start_temperature >= 0, "start_temperature must be >= 0, got ", sampling.start_temperature);
+    const Index L = net.max_seq_len(), V = net.num_tokens(), P = prefix.data ? prefix.length : 0;
+    if (P > 0) {
+      require(prefix.batch == batch || prefix.batch == 1, "prefix batch ", prefix.batch, " must be 1 or ", batch);
+      require(P < L, "prefix length ", P, " must be < max_seq_len ", L);
+      for (Index i = 0; i < prefix.size(); ++i)
+        require(prefix.data[i] >= 0 && prefix.data[i] < V && prefix.data[i] != options_.mask_id, "prefix token ",
+                prefix.data[i], " at position ", i % P, " is not a token id in [0, ", V, ") other than mask_id ",
+                options_.mask_id);
+    }
+    const Index S = options_.steps, free = L - P;
+    const std::uint64_t seed =
+        sampling.seed ? *sampling.seed : RandomStream{net.config().seed, 7}.bits64(generate_calls_++);
+    const RandomStream stream{seed, 0x6E6172};
+    struct RestoreMode {
+      Net& net;
+      bool was_training;
+      ~RestoreMode() { net.train(was_training); }
+    } restore{net, net.training()};
+    net.eval();
+
+    TokenBatch seq(batch, L, options_.mask_id);
+    std::vector<std::uint8_t> mask(std::size_t(batch * L), 1);
+    for (Index b = 0; b < batch; ++b)
+      for (Index j = 0; j < P; ++j) {
+        seq(b, j) = prefix.data[(prefix.batch == 1 ? 0 : b) * P + j];
+        mask[std::size_t(b * L + j)] = 0;
+      }
+    // top-k over the V − 1 tokens other than mask_id
+    const Index keep = std::min<Index>(
+        V - 1, sampling.filter_thres > 0 ? Index(std::ceil((1 - sampling.filter_thres) * double(V))) : V);
+    std::vector<scalar> filtered(static_cast<std::size_t>(V));
+    std::vector<std::pair<double, Index>> scores(static_cast<std::size_t>(L));
+    for (Index s = 0; s < S; ++s) {
+      const Index remask = Index(schedule(double(s + 1) / double(S)) * double(free));  // ⌊γ(t_s) · free⌋
+      const double temperature = std::max(sampling.start_temperature * double(S - 1 - s) / double(S), 1e-3);
+      auto logits = net.forward(seq);
+      const RandomStream step = stream.fork(std::uint64_t(s));
+      for (Index b = 0; b < batch; ++b) {
+        Index candidates = 0;
+        for (Index j = 0; j < L; ++j) {
+          const Index i = b * L + j;
+          scores[std::size_t(j)] = {-std::numeric_limits<double>::infinity(), j};
+          if (!mask[std::size_t(i)] && !(options_.can_mask_prev_unmasked && j >= P)) continue;
+          ++candidates;
+          const scalar* row = logits.data() + i * V;
+          // top-k filter: logits below the k-th largest are dropped
+          std::copy_n(row, V, filtered.begin());
+          filtered[std::size_t(options_.mask_id)] = -std::numeric_limits<scalar>::infinity();  // never sampled
+          std::nth_element(filtered.begin(), filtered.begin() + (keep - 1), filtered.end(), std::greater<>());
+          const scalar kth = filtered[std::size_t(keep - 1)];
+          // Gumbel-max sample at `temperature`, and p(sampled) under the filtered softmax
+          Index best = 0;
+          double best_key = -std::numeric_limits<double>::infinity(), max_logit = best_key, sum = 0;
+          auto allowed = [&](Index v) { return row[v] >= kth && v != options_.mask_id; };
+          for (Index v = 0; v < V; ++v)
+            if (allowed(v)) max_logit = std::max<double>(max_logit, row[v]);
+          for (Index v = 0; v < V; ++v) {
+            if (!allowed(v)) continue;
+            sum += std::exp(double(row[v]) - max_logit);
+            const double u = step.open_uniform(std::uint64_t(i * V + v));
+            const double key = double(row[v]) / temperature - std::log(-std::log(u));
+            if (key > best_key) best_key = key, best = v;
+          }
+          if (mask[std::size_t(i)]) seq(b, j) = std::int32_t(best);
+          const double p = std::exp(double(row[seq(b, j)]) - max_logit) / sum;
+          scores[std::size_t(j)] = {allowed(seq(b, j)) ? 1 - p : 1.0, j};  // higher: less confident
+        }
+        // re-mask the `remask` least confident candidates (never more than there are: a schedule may rise)
+        const Index count = std::min(remask, candidates);
+        std::partial_sort(scores.begin(), scores.begin() + count, scores.end(), std::greater<>());
+        for (Index j = 0; j < L; ++j) mask[std::size_t(b * L + j)] = 0;
+        for (Index r = 0; r < count; ++r) {
+          const Index j = scores[std::size_t(r)].second;
+          mask[std::size_t(b * L + j)] = 1;
+          seq(b, j) = options_.mask_id;
+        }
+      }
+    }
+    return seq;
+  }
+
+ private:
+  static constexpr std::int32_t ignore = -1;
+
+  static NonAutoregressiveOptions validated(NonAutoregressiveOptions o, Index num_tokens) {
+    require(o.mask_id >= 0 && o.mask_id < num_tokens, "mask_id ", o.mask_id, " must be a token id in [0, num_tokens ",
+            num_tokens, ")");
+    require(o.steps >= 1, "steps must be >= 1, got ", o.steps);
+    require(bool(o.schedule), "schedule must be a function");
+    require(o.no_replace_prob >= 0 && o.random_token_prob >= 0 && o.no_replace_prob + o.random_token_prob <= 1,
+            "no_replace_prob ", o.no_replace_prob, " and random_token_prob ", o.random_token_prob,
+            " must be >= 0 with a sum <= 1");
+    require(num_tokens >= 2, "a vocabulary of num_tokens ", num_tokens, " has no token besides mask_id");
+    return o;
+  }
+
+  void check_batch(TokensView x) const {
+    require(x.data != nullptr && x.batch > 0, "empty batch");
+    require(x.length == net.max_seq_len(), "rows must be exactly max_seq_len ", net.max_seq_len(), " tokens, got ",
+            x.length);
+    for (Index i = 0; i < x.size(); ++i) {
+      const std::int32_t id = x.data[i];
+      require(id >= 0 && id < net.num_tokens(), "token id ", id, " outside [0, num_tokens ", net.num_tokens(),
+              ") at batch ", i / x.length, ", position ", i % x.length);
+      require(id != options_.mask_id, "the data contains mask_id ", id, " at batch ", i / x.length, ", position ",
+              i % x.length, ": choose a mask_id the data never uses");
+    }
+  }
+
+  static void backward_of(void* self, double scale, std::uint64_t forward_id) {
+    auto& me = *static_cast<NonAutoregressiveWrapper*>(self);
+    require(forward_id == me.net.forward_count(),
+            "backward() on a loss whose forward pass was replaced by a later forward; call backward() first");
+    require(forward_id != me.last_backward_,
+            "backward() called twice for the same forward pass (its gradients are already in); run the forward again");
+    me.last_backward_ = forward_id;
+    me.net.backward(scalar(scale));
+  }
+
+  NonAutoregressiveOptions options_;
+  std::vector<std::int32_t> input_, targets_;
+  std::uint64_t calls_ = 0, generate_calls_ = 0, last_backward_ = 0;
+};
+
+}  // namespace xtr

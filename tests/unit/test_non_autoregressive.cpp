@@ -1,0 +1,187 @@
+// NonAutoregressiveWrapper: the masking recipe (statistics over many draws with a fixed seed), the loss only on masked
+// positions, its gradient, generation (no mask_id left, prefix kept, a tiny deterministic language learned), bad input.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <numbers>
+
+#include "testing.hpp"
+#include "xtr/xtr.hpp"
+
+using namespace xtr;
+using xtr::testing::check_gradient;
+
+namespace {
+
+TransformerConfig nar_config(Index num_tokens, Index max_seq_len, Index dim = 8, std::uint64_t seed = 3) {
+  return {.num_tokens = num_tokens,
+          .max_seq_len = max_seq_len,
+          .layers = {.dim = dim, .depth = 2, .heads = 2, .dim_head = dim / 2},
+          .seed = seed};
+}
+
+/// Rows of a language where each token is the previous one + 1 (mod `period`), from a random start.
+TokenBatch counting_rows(Index batch, Index length, Index period, std::uint64_t seed) {
+  TokenBatch t(batch, length);
+  const RandomStream rs{seed, 9};
+  for (Index b = 0; b < batch; ++b) {
+    const auto start = std::int32_t(rs.below(std::uint64_t(b), std::uint64_t(period)));
+    for (Index j = 0; j < length; ++j) t(b, j) = std::int32_t((start + j) % period);
+  }
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("NAR masking recipe: counts follow the schedule, at least one masked, replacement fractions",
+          "[nar][recipe]") {
+  using Net = TransformerWrapper<Encoder<>>;
+  const Index V = 21, n = 64, B = 400;  // mask_id 20; data ids 0..19
+  for (const bool cosine : {true, false}) {
+    INFO("schedule " << (cosine ? "cosine" : "linear"));
+    NonAutoregressiveWrapper<Net> model(Net(nar_config(V, n)),
+                                        {.mask_id = 20, .schedule = cosine ? cosine_schedule : linear_schedule});
+    const auto x = xtr::testing::random_tokens(B, n, 20, 5);
+    const auto c = model.corrupt(x, RandomStream{11, 0});
+    double sum_t = 0, masked_total = 0, expected_fraction = 0;
+    Index kept = 0, random = 0, mask_ids = 0;
+    for (Index b = 0; b < B; ++b) {
+      const double t = c.times[std::size_t(b)];
+      REQUIRE(t > 0);
+      REQUIRE(t < 1);
+      sum_t += t;
+      const double gamma = cosine ? std::cos(t * std::numbers::pi / 2) : 1 - t;
+      Index k = 0;
+      for (Index j = 0; j < n; ++j) {
+        const std::size_t i = std::size_t(b * n + j);
+        if (!c.masked[i]) {
+          REQUIRE(c.input[i] == x.data[i]);  // unmasked positions are untouched
+          continue;
+        }
+        ++k;
+        if (c.input[i] == x.data[i]) ++kept;
+        else if (c.input[i] == 20) ++mask_ids;
+        else ++random;
+      }
+      REQUIRE(k == std::max<Index>(1, Index(std::ceil(gamma * double(n)))));  // exactly the schedule, at least one
+      masked_total += double(k);
+      expected_fraction += gamma;
+    }
+    CHECK(sum_t / B == Approx(0.5).margin(0.05));                                  // t ~ U(0, 1)
+    CHECK(masked_total / double(B * n) == Approx(expected_fraction / B).margin(0.02));
+    if (cosine) CHECK(masked_total / double(B * n) == Approx(2 / std::numbers::pi).margin(0.05));  // E[cos(πt/2)]
+    // of the masked: 15% keep (plus random draws equal to the token: 0.1 / 19), 10% random, 75% mask_id
+    CHECK(double(kept) / masked_total == Approx(0.15 + 0.1 / 19).margin(0.01));
+    CHECK(double(random) / masked_total == Approx(0.1 * 18 / 19).margin(0.01));
+    CHECK(double(mask_ids) / masked_total == Approx(0.75).margin(0.015));
+  }
+}
+
+TEST_CASE("NAR loss counts masked positions only, and its gradient matches finite differences", "[nar][gradient]") {
+  xtr::testing::SerialOpenMP serial;
+  using Net = TransformerWrapper<Encoder<Rotary, RMSNorm>, Cpu<double>>;
+  NonAutoregressiveWrapper<Net> model(Net(nar_config(9, 7)), {.mask_id = 8});
+  const auto x = xtr::testing::random_tokens(3, 7, 8, 2);
+  const auto c = model.corrupt(x, RandomStream{4, 1});
+  // by hand: CE of net(corrupted) at the masked positions
+  auto logits = model.net.forward({c.input.data(), 3, 7});
+  double total = 0;
+  Index count = 0;
+  for (Index i = 0; i < 21; ++i) {
+    if (!c.masked[std::size_t(i)]) continue;
+    double m = -1e300, z = 0;
+    for (Index v = 0; v < 9; ++v) m = std::max(m, logits(i, v));
+    for (Index v = 0; v < 9; ++v) z += std::exp(logits(i, v) - m);
+    total += m + std::log(z) - logits(i, x.data[std::size_t(i)]);
+    ++count;
+  }
+  REQUIRE(count > 0);
+  model.parameters().zero_grad();
+  auto loss = model(x, c);
+  CHECK(loss.item() == Approx(total / double(count)).epsilon(1e-12));
+  // targets at unmasked positions do not matter
+  auto y = x;
+  for (Index i = 0; i < 21; ++i)
+    if (!c.masked[std::size_t(i)]) y.data[std::size_t(i)] = (y.data[std::size_t(i)] + 1) % 8;
+  (loss * 0.5).backward();
+  auto& store = model.parameters();
+  std::vector<double*> params;
+  std::vector<double> analytic;
+  for (Index i = 0; i < store.count(); i += 3) {
+    params.push_back(store.values().data() + i);
+    analytic.push_back(store.grads()[i]);
+  }
+  XTR_REQUIRE_GRADIENT(check_gradient(params, analytic, [&] { return 0.5 * model(y, c).item(); }, "all parameters"));
+}
+
+TEST_CASE("NAR generation: no mask_id remains after the steps, the prefix stays, seeds reproduce", "[nar][generate]") {
+  using Net = TransformerWrapper<Encoder<>>;
+  for (const Index steps : {1, 3, 18}) {
+    NonAutoregressiveWrapper<Net> model(Net(nar_config(11, 12)), {.mask_id = 10, .steps = steps});
+    const auto out = model.generate(5, {.seed = 7});
+    REQUIRE(out.batch == 5);
+    REQUIRE(out.length == 12);
+    for (auto id : out.data) REQUIRE((id >= 0 && id < 10));
+    CHECK(model.generate(5, {.seed = 7}).data == out.data);
+    const TokenBatch prefix{{3, 1, 4}};
+    const auto prefixed = model.generate(2, {.seed = 8}, prefix);
+    for (Index b = 0; b < 2; ++b) {
+      CHECK(prefixed(b, 0) == 3);
+      CHECK(prefixed(b, 1) == 1);
+      CHECK(prefixed(b, 2) == 4);
+      for (Index j = 0; j < 12; ++j) REQUIRE(prefixed(b, j) != 10);
+    }
+  }
+}
+
+TEST_CASE("NAR: a model trained a few hundred steps on a counting language generates that language",
+          "[nar][generate][training]") {
+  xtr::testing::SerialOpenMP serial;
+  using Net = TransformerWrapper<Encoder<>>;
+  const Index period = 6, L = 10;  // tokens 0..5 count up mod 6; mask_id 6
+  NonAutoregressiveWrapper<Net> model(Net(nar_config(7, L, 32, 1)), {.mask_id = 6, .steps = 8});
+  auto optimizer = Adam(model.parameters(), {.lr = 3e-3});
+  double last = 0;
+  for (int step = 0; step < 300; ++step) {
+    auto loss = model(counting_rows(16, L, period, std::uint64_t(step)));
+    loss.backward();
+    optimizer.step();
+    optimizer.zero_grad();
+    last = loss.item();
+  }
+  INFO("final training loss " << last);
+  const auto out = model.generate(16, {.filter_thres = 0.5, .seed = 3});
+  Index following = 0, pairs = 0;
+  for (Index b = 0; b < out.batch; ++b)
+    for (Index j = 0; j + 1 < L; ++j, ++pairs) following += out(b, j + 1) == (out(b, j) + 1) % period;
+  INFO("adjacent pairs that count up: " << following << " of " << pairs);
+  CHECK(double(following) / double(pairs) > 0.9);  // an untrained model: ~1/6
+}
+
+TEST_CASE("NAR bad input: errors name the value and the limit", "[nar][errors]") {
+  using Net = TransformerWrapper<Encoder<>>;
+  REQUIRE_THROWS_WITH((NonAutoregressiveWrapper<Net>(Net(nar_config(9, 6)), {.mask_id = 9})),
+                      Catch::Contains("mask_id 9 must be a token id in [0, num_tokens 9)"));
+  REQUIRE_THROWS_WITH((NonAutoregressiveWrapper<Net>(Net(nar_config(9, 6)), {.mask_id = 8, .steps = 0})),
+                      Catch::Contains("steps must be >= 1, got 0"));
+  REQUIRE_THROWS_WITH(
+      (NonAutoregressiveWrapper<Net>(Net(nar_config(9, 6)), {.mask_id = 8, .no_replace_prob = 0.6, .random_token_prob = 0.5})),
+      Catch::Contains("no_replace_prob 0.6 and random_token_prob 0.5"));
+  NonAutoregressiveWrapper<Net> model(Net(nar_config(9, 6)), {.mask_id = 8});
+  REQUIRE_THROWS_WITH(model(xtr::testing::random_tokens(2, 5, 8, 1)),
+                      Catch::Contains("exactly max_seq_len 6 tokens, got 5"));
+  auto x = xtr::testing::random_tokens(2, 6, 8, 1);
+  x(1, 4) = 8;
+  REQUIRE_THROWS_WITH(model(x), Catch::Contains("the data contains mask_id 8 at batch 1, position 4"));
+  REQUIRE_THROWS_WITH(model.generate(0), Catch::Contains("batch must be > 0, got 0"));
+  REQUIRE_THROWS_WITH(model.generate(1, {}, TokenBatch{{1, 2, 3, 4, 5, 6}}),
+                      Catch::Contains("prefix length 6 must be < max_seq_len 6"));
+  NonAutoregressiveWrapper<Net> wild(Net(nar_config(9, 6)), {.mask_id = 8, .schedule = [](double t) { return 1 + t; }});
+  REQUIRE_THROWS_WITH(wild(xtr::testing::random_tokens(1, 6, 8, 1)), Catch::Contains("is outside [0, 1]"));
+  std::vector<std::uint8_t> bytes(100, 'a');
+  bytes[42] = 0;
+  REQUIRE_THROWS_WITH(MaskedTokenBatches(TextDataset(bytes), 2, 8, 0, 1),
+                      Catch::Contains("the data contains mask_id 0 at byte 42"));
+  MaskedTokenBatches windows(TextDataset(std::vector<std::uint8_t>(100, 'a')), 2, 8, 256, 1);
+  CHECK(windows.next().length == 8);
+}
