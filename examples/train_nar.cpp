@@ -23,6 +23,7 @@ constexpr std::int32_t mask_id = 256;  // bytes are 0..255
 struct Options {
   long num_batches = 2000, batch_size = 16, seq_len = 64, generate_every = 250, steps = 18;
   long dim = 256, depth = 4, heads = 4, seed = 0;
+  long self_cond = 0;  // 1: self-conditioning (x-transformers' self_cond=True)
   double learning_rate = 3e-4;
   int threads = 0;
   std::string data = "/usr/share/games/fortunes", log_jsonl;
@@ -33,7 +34,7 @@ void usage_text(std::FILE* out) {
                "usage: train_nar [--data PATH (file, .gz, .zip or directory; default /usr/share/games/fortunes)]\n"
                "  [--num-batches N] [--batch-size N] [--seq-len N] [--learning-rate X] [--generate-every N]\n"
                "  [--steps N (refinement steps)] [--dim N] [--depth N] [--heads N] [--seed N] [--threads N]\n"
-               "  [--log-jsonl PATH]\n");
+               "  [--self-cond 0|1] [--log-jsonl PATH]\n");
 }
 
 [[noreturn]] void usage(const std::string& why) {
@@ -47,7 +48,7 @@ Options parse(int argc, char** argv) {
   const std::map<std::string, long*> integers{
       {"--num-batches", &o.num_batches}, {"--batch-size", &o.batch_size}, {"--seq-len", &o.seq_len},
       {"--generate-every", &o.generate_every}, {"--steps", &o.steps}, {"--dim", &o.dim}, {"--depth", &o.depth},
-      {"--heads", &o.heads}, {"--seed", &o.seed}};
+      {"--heads", &o.heads}, {"--seed", &o.seed}, {"--self-cond", &o.self_cond}};
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
     if (flag == "--help" || flag == "-h") {
@@ -112,11 +113,11 @@ int main(int argc, char** argv) try {
   if (o.threads > 0) omp_set_num_threads(o.threads);
   const auto [train_data, val_data] = xtr::TextDataset::load(o.data).split(0.9);
   xtr::MaskedTokenBatches batches(train_data, o.batch_size, o.seq_len, mask_id, std::uint64_t(o.seed), 1);
-  Model model(Net({.num_tokens = 257,
-                   .max_seq_len = o.seq_len,
-                   .layers = {.dim = o.dim, .depth = o.depth, .heads = o.heads},
-                   .seed = std::uint64_t(o.seed)}),
-              {.mask_id = mask_id, .steps = o.steps});
+  Model model(xtr::TransformerConfig{.num_tokens = 257,
+                                     .max_seq_len = o.seq_len,
+                                     .layers = {.dim = o.dim, .depth = o.depth, .heads = o.heads},
+                                     .seed = std::uint64_t(o.seed)},
+              {.mask_id = mask_id, .steps = o.steps, .self_cond = o.self_cond != 0});
   auto optimizer = xtr::Adam(model.parameters(), {.lr = o.learning_rate});
   std::ofstream log;
   if (!o.log_jsonl.empty()) {

@@ -114,6 +114,85 @@ TEST_CASE("NAR loss counts masked positions only, and its gradient matches finit
   XTR_REQUIRE_GRADIENT(check_gradient(params, analytic, [&] { return 0.5 * model(y, c).item(); }, "all parameters"));
 }
 
+TEST_CASE("NAR self-conditioning: gradients match finite differences on both paths", "[nar][gradient][self_cond]") {
+  xtr::testing::SerialOpenMP serial;
+  using Net = TransformerWrapper<Encoder<AbsoluteLearned, LayerNorm>, Cpu<double>>;
+  NonAutoregressiveWrapper<Net> model(nar_config(9, 7), {.mask_id = 8, .self_cond = true});
+  auto& store = model.parameters();
+  REQUIRE(store.find("null_embed") != nullptr);
+  REQUIRE(store.find("to_self_cond.weight") != nullptr);
+  REQUIRE(store.find("net.token_emb.emb.weight") != nullptr);  // x-transformers' NonAutoregressiveWrapper names
+  const auto x = xtr::testing::random_tokens(2, 7, 8, 2);
+  auto c = model.corrupt(x, RandomStream{4, 1});
+  for (const bool fed_back : {false, true}) {
+    INFO("self_condition " << fed_back);
+    c.self_condition = fed_back;
+    store.zero_grad();
+    model(x, c).backward();
+    std::vector<double*> params;
+    std::vector<double> analytic;
+    for (const auto& e : store.entries()) {
+      // fed back, the first pass is detached: only parameters it does not read have the full derivative
+      if (fed_back && e.name != "to_self_cond.weight" && e.name != "null_embed") continue;
+      const Index stride = std::max<Index>(1, e.shape.numel() / 30);
+      for (Index i = 0; i < e.shape.numel(); i += stride) {
+        params.push_back(store.values().data() + e.offset + i);
+        analytic.push_back(store.grads()[e.offset + i]);
+      }
+    }
+    XTR_REQUIRE_GRADIENT(check_gradient(params, analytic, [&] { return model(x, c).item(); }, "parameters"));
+    const auto* null = store.find("null_embed");
+    double null_grad = 0;
+    for (Index i = 0; i < null->shape.numel(); ++i) null_grad += std::abs(store.grads()[null->offset + i]);
+    CHECK((null_grad > 0) == !fed_back);  // null_embed is used only when nothing is fed back
+  }
+  // generation feeds each step's embeddings forward and leaves no mask_id
+  const auto out = model.generate(3, {.seed = 2});
+  for (auto id : out.data) REQUIRE((id >= 0 && id < 8));
+  CHECK(model.generate(3, {.seed = 2}).data == out.data);
+  auto copy = model;
+  CHECK(copy.parameters().values().data() != model.parameters().values().data());
+  CHECK(copy.generate(3, {.seed = 2}).data == out.data);
+}
+
+TEST_CASE("NAR token critic: BCE on the generator mistakes, gradients of generator and critic", "[nar][gradient][critic]") {
+  xtr::testing::SerialOpenMP serial;
+  using Net = TransformerWrapper<Encoder<Rotary>, Cpu<double>>;
+  using Critic = TransformerWrapper<Encoder<AbsoluteLearned, RMSNorm>, Cpu<double>>;
+  NonAutoregressiveWrapper<Net, Critic> model(nar_config(9, 7), {.mask_id = 8, .critic_loss_weight = 0.7},
+                                              nar_config(9, 7, 8, 5));
+  auto& store = model.parameters();
+  REQUIRE(store.find("token_critic.to_logits.weight")->shape == Shape{1, 8});  // one logit per position
+  const auto x = xtr::testing::random_tokens(2, 7, 8, 2);
+  auto c = model.corrupt(x, RandomStream{4, 1});
+  c.critic_temperature = 0.8;
+  store.zero_grad();
+  auto loss = model(x, c);
+  const auto parts = model.last_losses();
+  CHECK(loss.item() == Approx(parts.generator + 0.7 * parts.critic).epsilon(1e-12));
+  CHECK(parts.critic > 0);
+  loss.backward();
+  std::vector<double*> params;
+  std::vector<double> analytic;
+  for (const auto& e : store.entries()) {
+    const Index stride = std::max<Index>(1, e.shape.numel() / 25);
+    for (Index i = 0; i < e.shape.numel(); i += stride) {
+      params.push_back(store.values().data() + e.offset + i);
+      analytic.push_back(store.grads()[e.offset + i]);
+    }
+  }
+  // the critic's input is a discrete sample: a tiny perturbation of the generator leaves it unchanged
+  XTR_REQUIRE_GRADIENT(check_gradient(params, analytic, [&] { return model(x, c).item(); }, "generator and critic"));
+  // generation re-masks by the critic's scores and still ends with no mask_id
+  const auto out = model.generate(3, {.seed = 4});
+  for (auto id : out.data) REQUIRE((id >= 0 && id < 8));
+  CHECK(model.generate(3, {.seed = 4}).data == out.data);
+  auto other = nar_config(9, 7);
+  other.num_tokens = 10;
+  REQUIRE_THROWS_WITH((NonAutoregressiveWrapper<Net, Critic>(nar_config(9, 7), {.mask_id = 8}, other)),
+                      Catch::Contains("num_tokens 10 != 9"));
+}
+
 TEST_CASE("NAR generation: no mask_id remains after the steps, the prefix stays, seeds reproduce", "[nar][generate]") {
   using Net = TransformerWrapper<Encoder<>>;
   for (const Index steps : {1, 3, 18}) {
@@ -174,6 +253,8 @@ TEST_CASE("NAR bad input: errors name the value and the limit", "[nar][errors]")
   x(1, 4) = 8;
   REQUIRE_THROWS_WITH(model(x), Catch::Contains("the data contains mask_id 8 at batch 1, position 4"));
   REQUIRE_THROWS_WITH(model.generate(0), Catch::Contains("batch must be > 0, got 0"));
+  REQUIRE_THROWS_WITH((NonAutoregressiveWrapper<Net>(Net(nar_config(9, 6)), {.mask_id = 8, .self_cond = true})),
+                      Catch::Contains("self_cond adds parameters"));
   REQUIRE_THROWS_WITH(model.generate(1, {}, TokenBatch{{1, 2, 3, 4, 5, 6}}),
                       Catch::Contains("prefix length 6 must be < max_seq_len 6"));
   NonAutoregressiveWrapper<Net> wild(Net(nar_config(9, 6)), {.mask_id = 8, .schedule = [](double t) { return 1 + t; }});

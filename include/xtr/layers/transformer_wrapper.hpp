@@ -56,6 +56,7 @@ struct TransformerConfig {
   LayersConfig layers{};
   std::uint64_t seed = 0;  // parameter initialisation and dropout streams
   bool return_only_embed = false;  // no to_logits: embed() only (x-transformers' return_only_embed, an encoder's)
+  Index logits_dim = 0;            // outputs per position; 0 = num_tokens (x-transformers' logits_dim; 1: a critic)
 };
 
 /// What a cross-attending stack attends to: (batch, length, dim) row-major values and an optional (batch, length)
@@ -152,6 +153,8 @@ class TransformerWrapper {
   [[nodiscard]] ParameterStore<scalar>& parameters() { return *params_; }
   [[nodiscard]] const ParameterStore<scalar>& parameters() const { return *params_; }
   [[nodiscard]] Index num_tokens() const { return config_.num_tokens; }
+  /// Outputs per position: num_tokens unless config.logits_dim says otherwise.
+  [[nodiscard]] Index logits_dim() const { return config_.logits_dim ? config_.logits_dim : config_.num_tokens; }
   [[nodiscard]] Index max_seq_len() const { return config_.max_seq_len; }
   [[nodiscard]] Index kv_heads() const { return config_.layers.kv_heads ? config_.layers.kv_heads : config_.layers.heads; }
   /// x-transformers projects the heads' output back to dim only when heads > 1; one head of width dim is added to
@@ -201,6 +204,25 @@ class TransformerWrapper {
     return forward_to(Output::logits, tokens, mask, context);
   }
 
+  /// forward() with `sum_embeds` (batch·length, dim) added to the token (and position) embeddings before dropout
+  /// (x-transformers' sum_embeds, used for self-conditioning); after backward(), sum_embeds_gradient().
+  MatrixView<scalar> forward(TokensView tokens, MaskView mask, const scalar* sum_embeds)
+    requires(!Layers::cross_attend)
+  {
+    require(sum_embeds != nullptr, "sum_embeds is null");
+    return forward_to(Output::logits, tokens, mask, {}, sum_embeds);
+  }
+  /// d loss / d sum_embeds (batch·length, dim) of the last backward, valid until the next forward.
+  [[nodiscard]] MatrixView<scalar> sum_embeds_gradient() {
+    require(sum_embeds_grad_ != nullptr, "sum_embeds_gradient() needs a backward() of a forward with sum_embeds");
+    return {sum_embeds_grad_, batch_ * length_, config_.layers.dim};
+  }
+  /// The final-normed hidden states of the last forward (batch·length, dim), e.g. for self-conditioning.
+  [[nodiscard]] MatrixView<scalar> embeddings() {
+    require(final_h_ != nullptr, "embeddings() needs a forward() first");
+    return {final_h_, batch_ * length_, config_.layers.dim};
+  }
+
   /// The final-normed hidden states (batch·length, dim) instead of logits (x-transformers' return_embeddings), kept
   /// for backward() like the logits: write d loss / d embeddings into the returned view, then call backward().
   MatrixView<scalar> embed(TokensView tokens, MaskView mask = {})
@@ -217,7 +239,7 @@ class TransformerWrapper {
   /// Logits of the last forward, writable: a loss writes d loss / d logits here before backward().
   [[nodiscard]] MatrixView<scalar> logits() {
     require(logits_ != nullptr, "logits() needs a forward() first (embed() and generation keep no logits)");
-    return {logits_, batch_ * length_, config_.num_tokens};
+    return {logits_, batch_ * length_, logits_dim()};
   }
 
   /// Backward of the last forward() (the logits buffer holding d loss / d logits) or embed() (its buffer holding
@@ -359,7 +381,7 @@ class TransformerWrapper {
         require(store.entry(p.cross_v).offset == store.entry(p.cross_k).offset + KD * C,
                 "internal: the cross-attention's to_k, to_v must be adjacent in the parameter buffer");
     }
-    if (!config_.return_only_embed) to_logits_ = store.add(prefix + "to_logits.weight", {V, D}, bound(D));
+    if (!config_.return_only_embed) to_logits_ = store.add(prefix + "to_logits.weight", {logits_dim(), D}, bound(D));
     if constexpr (has_rotary) rotary_ = cpu::RotaryTable<scalar>(rotary_dim(), L.rotary_theta, config_.max_seq_len);
     activations_.resize(std::size_t(L.depth));
   }
@@ -380,6 +402,7 @@ class TransformerWrapper {
     for (double p : {c.emb_dropout, L.attn_dropout, L.ff_dropout})
       require(p >= 0 && p < 1, "dropout rates must be in [0, 1), got ", p);
     require(L.dim_context >= 0, "layers.dim_context must be >= 0 (0 = dim), got ", L.dim_context);
+    require(c.logits_dim >= 0, "logits_dim must be >= 0 (0 = num_tokens), got ", c.logits_dim);
     if constexpr (has_rotary) {
       const Index r = L.rotary_dim ? L.rotary_dim : L.dim_head / 2;
       require(r % 2 == 0 && r >= 2 && r <= L.dim_head, "layers.rotary_dim ", r,
@@ -416,12 +439,13 @@ class TransformerWrapper {
               context.length, ")");
   }
 
-  MatrixView<T> forward_to(Output output, TokensView tokens, MaskView mask, ContextView<T> context) {
+  MatrixView<T> forward_to(Output output, TokensView tokens, MaskView mask, ContextView<T> context,
+                           const T* sum_embeds = nullptr) {
     require(output == Output::embeddings || !config_.return_only_embed,
             "this model has no to_logits (return_only_embed): use embed()");
     check_tokens(tokens, mask);
     if constexpr (Layers::cross_attend) check_context(tokens.batch, context);
-    run_forward(output, tokens, mask, context);
+    run_forward(output, tokens, mask, context, sum_embeds);
     if (output == Output::embeddings) return {final_h_, batch_ * length_, config_.layers.dim};
     return logits();
   }
@@ -462,7 +486,7 @@ class TransformerWrapper {
     return p;
   }
 
-  void run_forward(Output output, TokensView tokens, MaskView mask, ContextView<T> context);
+  void run_forward(Output output, TokensView tokens, MaskView mask, ContextView<T> context, const T* sum_embeds);
   /// y (+)= x Wᵀ for the `rows` output rows of parameters starting at `first` (adjacent parameters form one matrix):
   /// the float weights, or their bfloat16 copy while forward_cached() decodes with one.
   void project(MatrixView<T> x, ParameterId first, Index rows, MatrixView<T> y, bool accumulate) {
@@ -546,6 +570,8 @@ class TransformerWrapper {
   T* context_ = nullptr;                  // (B·S, dim_context), a copy of the context
   std::uint8_t* context_mask_ = nullptr;  // (B, S) or null
   T* context_grad_ = nullptr;             // (B·S, dim_context) after backward()
+  bool has_sum_embeds_ = false;
+  T* sum_embeds_grad_ = nullptr;          // (B·T, D) after backward() of a forward with sum_embeds
   std::vector<LayerActivations> activations_;
   T *final_xhat_ = nullptr, *final_rstd_ = nullptr;
   T* final_h_ = nullptr;  // (B·T, D)
@@ -570,7 +596,7 @@ auto TransformerWrapper<Layers, Backend>::feedforward_sublayer(const LayerParame
 
 template <LayerStack Layers, class Backend>
 void TransformerWrapper<Layers, Backend>::run_forward(Output output, TokensView tokens, MaskView mask,
-                                                      ContextView<T> context) {
+                                                      ContextView<T> context, const T* sum_embeds) {
   const auto& L = config_.layers;
   const Index B = tokens.batch, Tn = tokens.length, N = B * Tn, D = L.dim;
   const Index H = L.heads, dh = L.dim_head, HD = H * dh, KD = kv_heads() * dh, QKV = HD + 2 * KD;
@@ -607,6 +633,9 @@ void TransformerWrapper<Layers, Backend>::run_forward(Output output, TokensView 
   const T* positions = nullptr;
   if constexpr (has_absolute_positions) positions = params_->value(pos_emb_).data();
   cpu::embedding_forward<T>(ids_, N, Tn, 0, params_->value(token_emb_), positions, T(1.0 / std::sqrt(double(D))), x);
+  has_sum_embeds_ = sum_embeds != nullptr;
+  sum_embeds_grad_ = nullptr;
+  if (sum_embeds) x += ConstMatrixView<T>(sum_embeds, N, D);
   if (training_) dropout(x, config_.emb_dropout, dropout_stream(0));
   const T* pending_bias = nullptr;  // the last feed-forward's b₂, added by the next norm
 
@@ -675,8 +704,8 @@ void TransformerWrapper<Layers, Backend>::run_forward(Output output, TokensView 
   cpu::norm_forward<Norm, T>(x, params_->value(final_norm_).data(), final_h, final_xhat_, final_rstd_, pending_bias);
   final_h_ = final_h.data();
   if (output == Output::logits) {
-    MatrixView<T> logits = arena_.matrix<T>(N, config_.num_tokens);
-    project(final_h, to_logits_, config_.num_tokens, logits, false);
+    MatrixView<T> logits = arena_.matrix<T>(N, logits_dim());
+    project(final_h, to_logits_, logits_dim(), logits, false);
     logits_ = logits.data();
   }
 }
@@ -703,7 +732,7 @@ void TransformerWrapper<Layers, Backend>::backward(T alpha) {
 
   const MatrixView<T> final_h(final_h_, N, D);
   if (output_ == Output::logits) {  // logits = h_f W_logitsᵀ
-    const MatrixView<T> dlogits(logits_, N, config_.num_tokens);
+    const MatrixView<T> dlogits(logits_, N, logits_dim());
     cpu::linear_backward_weight<T>(dlogits, final_h, params_->grad(to_logits_), alpha);
     cpu::linear_backward_input<T>(dlogits, params_->value(to_logits_), dh_buf, alpha, false);
   } else {  // the embeddings buffer holds d loss / d h_f
@@ -776,6 +805,7 @@ void TransformerWrapper<Layers, Backend>::backward(T alpha) {
     }
   }
   if (dropout_active_) dropout(dx, config_.emb_dropout, dropout_stream(0));
+  if (has_sum_embeds_) sum_embeds_grad_ = dx.data();  // d loss / d (token + position + sum embeddings)
   T* dpos = nullptr;
   if constexpr (has_absolute_positions) dpos = params_->grad(pos_emb_).data();
   cpu::embedding_backward<T>(ids_, N, Tn, dx, params_->grad(token_emb_).data(), dpos, T(1.0 / std::sqrt(double(D))));
@@ -793,7 +823,7 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
     require(Index(cache.context_kv.size()) == Index(layers_.size()),
             "this cache has no context: make it with make_cache(batch, context)");
   const auto& L = config_.layers;
-  const Index B = tokens.batch, n = tokens.length, N = B * n, D = L.dim, V = config_.num_tokens;
+  const Index B = tokens.batch, n = tokens.length, N = B * n, D = L.dim, V = logits_dim();
   const Index H = L.heads, dh = L.dim_head, HD = H * dh, KD = kv_heads() * dh, QKV = HD + 2 * KD;
   const Index F = L.ff_mult * D, W1 = FeedForward::gated ? 2 * F : F;
   if constexpr (has_absolute_positions) {

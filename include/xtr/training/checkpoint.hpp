@@ -35,12 +35,15 @@ inline json::Value to_json(const TransformerConfig& c) {
                                    {"attn_dropout", c.layers.attn_dropout},
                                    {"ff_dropout", c.layers.ff_dropout},
                                    {"rotary_dim", c.layers.rotary_dim},
-                                   {"rotary_theta", c.layers.rotary_theta}})
+                                   {"rotary_theta", c.layers.rotary_theta},
+                                   {"dim_context", c.layers.dim_context}})
     layers.set(key, value);
   auto v = json::Value::object();
   v.set("num_tokens", c.num_tokens);
   v.set("max_seq_len", c.max_seq_len);
   v.set("emb_dropout", c.emb_dropout);
+  v.set("return_only_embed", c.return_only_embed);
+  v.set("logits_dim", c.logits_dim);
   v.set("layers", std::move(layers));
   return v;
 }

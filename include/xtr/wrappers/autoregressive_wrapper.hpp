@@ -32,7 +32,10 @@ class AutoregressiveWrapper {
   static constexpr bool cross_attends = Net::layers_type::cross_attend;
 
   explicit AutoregressiveWrapper(Net network, AutoregressiveOptions options = {})
-      : net(std::move(network)), options_(options) {}
+      : net(std::move(network)), options_(options) {
+    require(net.logits_dim() == net.num_tokens(), "AutoregressiveWrapper needs logits over the vocabulary: logits_dim ",
+            net.logits_dim(), " != num_tokens ", net.num_tokens());
+  }
 
   Net net;
 

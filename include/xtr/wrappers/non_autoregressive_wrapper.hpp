@@ -6,6 +6,11 @@
 //     each masked position independently: keeps its token (no_replace_prob), gets a random token ≠ mask_id
 //     (random_token_prob), or becomes mask_id (the rest)
 //     loss = mean over masked positions of CE(net(x̃), x)
+//     self_cond: net(x̃, sum_embeds = W_sc e) with e = the embeddings of a first, detached pass net(x̃) (probability
+//     self_cond_train_prob) or the learned null_embed; generate() feeds each step's embeddings to the next.
+//     token critic c (a second network, one logit per position): ŷ = x with masked positions sampled from net(x̃)
+//     (Gumbel-max at a random temperature), loss += critic_loss_weight · mean BCE(c(ŷ), [ŷ ≠ x]);
+//     generate() re-masks by the critic's scores (+ annealed Gumbel noise) instead of the generator's confidence.
 //   generate, S steps, t_s = (s + 1) / S:
 //     predict every position; sample the masked ones (top-k filter, Gumbel-max at temperature T₀ · (S − 1 − s) / S;
 //     never mask_id);
@@ -15,12 +20,15 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <numbers>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "xtr/backend/cpu/cross_entropy.hpp"
+#include "xtr/backend/cpu/linear.hpp"
 #include "xtr/core/rng.hpp"
 #include "xtr/core/tokens.hpp"
 #include "xtr/layers/transformer_wrapper.hpp"
@@ -40,6 +48,9 @@ struct NonAutoregressiveOptions {
   double no_replace_prob = 0.15;   // of the masked positions: keep the token (BERT)
   double random_token_prob = 0.1;  // of the masked positions: a random token
   bool can_mask_prev_unmasked = false;  // generate(): may re-mask tokens fixed at earlier steps
+  bool self_cond = false;               // self-conditioning (construct the wrapper from a TransformerConfig)
+  double self_cond_train_prob = 0.75;   // training: how often the previous prediction is fed back
+  double critic_loss_weight = 1.0;      // with a token critic: total = generator loss + weight · critic loss
 };
 
 /// What generate() samples with (x-transformers' generate keywords).
@@ -47,25 +58,94 @@ struct NonAutoregressiveSampling {
   double start_temperature = 1.0;  // annealed linearly to 0 over the steps
   double filter_thres = 0.7;       // top-k filter keeping ⌈(1 − filter_thres) · V⌉ logits; 0 = keep all
   std::optional<std::uint64_t> seed;  // unseeded: a fresh stream per call
+  double noise_level_scale = 1.0;  // with a token critic: Gumbel noise on its scores, annealed like the temperature
 };
 
-template <class Net>
+namespace detail {
+struct NoCritic {};
+}  // namespace detail
+
+/// `Critic`: the token critic's network type (a TransformerWrapper<Encoder<...>>), or void for none.
+template <class Net, class Critic = void>
 class NonAutoregressiveWrapper {
   static_assert(!Net::layers_type::causal && !Net::layers_type::cross_attend,
                 "xtr: NonAutoregressiveWrapper needs a bidirectional stack: wrap a TransformerWrapper<Encoder<...>>");
 
  public:
   using scalar = typename Net::scalar;
+  static constexpr bool has_critic = !std::is_void_v<Critic>;
+  using CriticNet = std::conditional_t<has_critic, Critic, detail::NoCritic>;
 
+  /// Around a built network (its parameter names unchanged); no self-conditioning.
   NonAutoregressiveWrapper(Net network, NonAutoregressiveOptions options)
-      : net(std::move(network)), options_(validated(std::move(options), net.num_tokens())) {}
+    requires(!has_critic)
+      : net(std::move(network)), options_(validated(std::move(options), net.num_tokens())) {
+    require(!options_.self_cond, "self_cond adds parameters: construct the wrapper from a TransformerConfig");
+  }
+  /// Building the network: all parameters in one store under x-transformers' names (`net.…`, and with self_cond
+  /// `null_embed`, `to_self_cond.weight`).
+  NonAutoregressiveWrapper(TransformerConfig config, NonAutoregressiveOptions options)
+    requires(!has_critic)
+      : store_(std::make_unique<ParameterStore<scalar>>()), net(config, *store_, "net."),
+        options_(validated(std::move(options), net.num_tokens())) {
+    add_wrapper_parameters();
+  }
+  /// With a token critic built from `critic` (its logits_dim becomes 1; parameters `token_critic.…`).
+  NonAutoregressiveWrapper(TransformerConfig config, NonAutoregressiveOptions options, TransformerConfig critic)
+    requires(has_critic)
+      : store_(std::make_unique<ParameterStore<scalar>>()), net(config, *store_, "net."),
+        token_critic(critic_config(critic, config), *store_, "token_critic."),
+        options_(validated(std::move(options), net.num_tokens())) {
+    add_wrapper_parameters();
+  }
 
+ private:
+  static TransformerConfig critic_config(TransformerConfig critic, const TransformerConfig& net) {
+    require(critic.num_tokens == net.num_tokens, "the token critic reads the generator's tokens: num_tokens ",
+            critic.num_tokens, " != ", net.num_tokens);
+    require(critic.max_seq_len >= net.max_seq_len, "the token critic's max_seq_len ", critic.max_seq_len,
+            " < the generator's ", net.max_seq_len);
+    critic.logits_dim = 1;
+    return critic;
+  }
+  void add_wrapper_parameters() {
+    const Index D = net.config().layers.dim;
+    if (options_.self_cond) {
+      null_embed_ = store_->add("null_embed", {D}, Init::normal_std(1.0));
+      to_self_cond_ = store_->add("to_self_cond.weight", {D, D}, Init::uniform_bound(1.0 / std::sqrt(double(D))));
+    }
+    store_->allocate(net.config().seed);
+  }
+
+ public:
+  NonAutoregressiveWrapper(const NonAutoregressiveWrapper& other)
+      : store_(other.store_ ? std::make_unique<ParameterStore<scalar>>(*other.store_) : nullptr), net(other.net),
+        token_critic(other.token_critic), null_embed_(other.null_embed_), to_self_cond_(other.to_self_cond_),
+        options_(other.options_), calls_(other.calls_), generate_calls_(other.generate_calls_) {
+    if (store_) net.rebind_parameters(*store_);
+    if constexpr (has_critic) token_critic.rebind_parameters(*store_);
+  }
+  NonAutoregressiveWrapper(NonAutoregressiveWrapper&&) noexcept = default;
+
+ private:
+  std::unique_ptr<ParameterStore<scalar>> store_;  // when built from a config: the net's and the wrapper's parameters
+
+ public:
   Net net;
+  [[no_unique_address]] CriticNet token_critic;  // with a Critic type: one logit per position
 
   [[nodiscard]] const NonAutoregressiveOptions& options() const { return options_; }
-  [[nodiscard]] ParameterStore<scalar>& parameters() { return net.parameters(); }
-  void train(bool on = true) { net.train(on); }
-  void eval() { net.eval(); }
+  [[nodiscard]] ParameterStore<scalar>& parameters() { return store_ ? *store_ : net.parameters(); }
+  void train(bool on = true) {
+    net.train(on);
+    if constexpr (has_critic) token_critic.train(on);
+  }
+  void eval() { train(false); }
+  /// The two parts of the last training loss (critic: 0 without a critic).
+  struct Losses {
+    double generator = 0, critic = 0;
+  };
+  [[nodiscard]] const Losses& last_losses() const { return losses_; }
   [[nodiscard]] Index max_seq_len() const { return net.max_seq_len(); }
 
   /// γ(t), checked to lie in [0, 1].
@@ -80,6 +160,9 @@ class NonAutoregressiveWrapper {
     std::vector<std::int32_t> input;  // (B, n): x with masked positions replaced
     std::vector<std::uint8_t> masked;  // (B, n): 1 where the loss counts
     std::vector<double> times;         // (B): t per row
+    bool self_condition = false;       // self_cond: feed a first pass's embeddings (else null_embed)
+    double critic_temperature = 0;     // token critic: the generator's sampling temperature, U(0, 1)
+    std::uint64_t critic_seed = 0;     // and its Gumbel noise
   };
   [[nodiscard]] Corruption corrupt(TokensView x, const RandomStream& stream) const {
     check_batch(x);
@@ -89,6 +172,10 @@ class NonAutoregressiveWrapper {
     c.masked.assign(std::size_t(B * n), 0);
     c.times.resize(std::size_t(B));
     std::vector<std::pair<float, Index>> order(static_cast<std::size_t>(n));
+    const RandomStream batch_draws = stream.fork(~std::uint64_t(0));
+    c.self_condition = options_.self_cond && batch_draws.uniform(0) < options_.self_cond_train_prob;
+    c.critic_temperature = batch_draws.uniform(1);
+    c.critic_seed = batch_draws.bits64(2);
     for (Index b = 0; b < B; ++b) {
       const RandomStream row = stream.fork(std::uint64_t(b));
       const double t = row.open_uniform(0);
@@ -125,8 +212,24 @@ class NonAutoregressiveWrapper {
     targets_.assign(x.data, x.data + x.size());
     for (std::size_t i = 0; i < targets_.size(); ++i)
       if (!corruption.masked[i]) targets_[i] = ignore;
-    auto logits = net.forward({input_.data(), x.batch, x.length});
-    const double value = cpu::cross_entropy_forward_backward<scalar>(logits, targets_.data(), ignore, true);
+    const TokensView input{input_.data(), x.batch, x.length};
+    self_conditioned_ = corruption.self_condition;
+    if (options_.self_cond) {
+      if (self_conditioned_) {  // a first pass, detached
+        auto h = net.embed(input);
+        self_cond_input_.assign(h.data(), h.data() + h.size());
+      } else {
+        fill_null(x.batch * x.length);
+      }
+    }
+    auto logits = options_.self_cond ? net.forward(input, {}, self_cond_sum(x.batch * x.length)) : net.forward(input);
+    if constexpr (has_critic) sample_for_critic(x, corruption, logits);  // before the loss overwrites the logits
+    losses_.generator = cpu::cross_entropy_forward_backward<scalar>(logits, targets_.data(), ignore, true);
+    double value = losses_.generator;
+    if constexpr (has_critic) {
+      losses_.critic = critic_loss();
+      value += options_.critic_loss_weight * losses_.critic;
+    }
     return Loss(value, this, &NonAutoregressiveWrapper::backward_of, net.forward_count());
   }
 
@@ -151,11 +254,11 @@ class NonAutoregressiveWrapper {
         sampling.seed ? *sampling.seed : RandomStream{net.config().seed, 7}.bits64(generate_calls_++);
     const RandomStream stream{seed, 0x6E6172};
     struct RestoreMode {
-      Net& net;
+      NonAutoregressiveWrapper& model;
       bool was_training;
-      ~RestoreMode() { net.train(was_training); }
-    } restore{net, net.training()};
-    net.eval();
+      ~RestoreMode() { model.train(was_training); }
+    } restore{*this, net.training()};
+    eval();
 
     TokenBatch seq(batch, L, options_.mask_id);
     std::vector<std::uint8_t> mask(std::size_t(batch * L), 1);
@@ -169,10 +272,27 @@ class NonAutoregressiveWrapper {
         V - 1, sampling.filter_thres > 0 ? Index(std::ceil((1 - sampling.filter_thres) * double(V))) : V);
     std::vector<scalar> filtered(static_cast<std::size_t>(V));
     std::vector<std::pair<double, Index>> scores(static_cast<std::size_t>(L));
+    if (options_.self_cond) fill_null(batch * L);
+    std::vector<Index> candidates_of_row(static_cast<std::size_t>(batch));
+    // re-mask the `remask` highest scores of row b (never more than its candidates: a schedule may rise)
+    auto remask_row = [&](Index b, Index candidates, Index remask) {
+      const Index count = std::min(remask, candidates);
+      std::partial_sort(scores.begin(), scores.begin() + count, scores.end(), std::greater<>());
+      for (Index j = 0; j < L; ++j) mask[std::size_t(b * L + j)] = 0;
+      for (Index r = 0; r < count; ++r) {
+        const Index j = scores[std::size_t(r)].second;
+        mask[std::size_t(b * L + j)] = 1;
+        seq(b, j) = options_.mask_id;
+      }
+    };
     for (Index s = 0; s < S; ++s) {
       const Index remask = Index(schedule(double(s + 1) / double(S)) * double(free));  // ⌊γ(t_s) · free⌋
       const double temperature = std::max(sampling.start_temperature * double(S - 1 - s) / double(S), 1e-3);
-      auto logits = net.forward(seq);
+      auto logits = options_.self_cond ? net.forward(seq, {}, self_cond_sum(batch * L)) : net.forward(seq);
+      if (options_.self_cond) {  // this step's embeddings condition the next
+        const auto h = net.embeddings();
+        self_cond_input_.assign(h.data(), h.data() + h.size());
+      }
       const RandomStream step = stream.fork(std::uint64_t(s));
       for (Index b = 0; b < batch; ++b) {
         Index candidates = 0;
@@ -204,14 +324,25 @@ class NonAutoregressiveWrapper {
           const double p = std::exp(double(row[seq(b, j)]) - max_logit) / sum;
           scores[std::size_t(j)] = {allowed(seq(b, j)) ? 1 - p : 1.0, j};  // higher: less confident
         }
-        // re-mask the `remask` least confident candidates (never more than there are: a schedule may rise)
-        const Index count = std::min(remask, candidates);
-        std::partial_sort(scores.begin(), scores.begin() + count, scores.end(), std::greater<>());
-        for (Index j = 0; j < L; ++j) mask[std::size_t(b * L + j)] = 0;
-        for (Index r = 0; r < count; ++r) {
-          const Index j = scores[std::size_t(r)].second;
-          mask[std::size_t(b * L + j)] = 1;
-          seq(b, j) = options_.mask_id;
+        if constexpr (has_critic) candidates_of_row[std::size_t(b)] = candidates;
+        else remask_row(b, candidates, remask);
+      }
+      if constexpr (has_critic) {  // the critic scores the whole new sequence: higher = more likely wrong
+        auto critic_logits = token_critic.forward(seq);
+        const double annealing = double(S - 1 - s) / double(S);
+        for (Index b = 0; b < batch; ++b) {
+          for (Index j = 0; j < L; ++j) {
+            const Index i = b * L + j;
+            if (!mask[std::size_t(i)] && !(options_.can_mask_prev_unmasked && j >= P)) {
+              scores[std::size_t(j)] = {-std::numeric_limits<double>::infinity(), j};
+              continue;
+            }
+            const double u = step.fork(1).open_uniform(std::uint64_t(i));
+            scores[std::size_t(j)] = {double(critic_logits(i, 0)) -
+                                          sampling.noise_level_scale * annealing * std::log(-std::log(u)),
+                                      j};
+          }
+          remask_row(b, candidates_of_row[std::size_t(b)], remask);
         }
       }
     }
@@ -220,6 +351,39 @@ class NonAutoregressiveWrapper {
 
  private:
   static constexpr std::int32_t ignore = -1;
+
+  /// Samples the masked positions of the last generator forward for the critic: ŷ and its labels [ŷ ≠ x].
+  void sample_for_critic(TokensView x, const Corruption& c, MatrixView<scalar> logits) {
+    const Index N = x.size(), V = net.num_tokens();
+    const double temperature = std::max(c.critic_temperature, 1e-10);
+    const RandomStream noise{c.critic_seed, 0x637269};
+    generated_.assign(x.data, x.data + N);
+    critic_labels_.assign(std::size_t(N), 0);
+    for (Index i = 0; i < N; ++i) {
+      if (!c.masked[std::size_t(i)]) continue;
+      Index best = 0;
+      double best_key = -std::numeric_limits<double>::infinity();
+      for (Index v = 0; v < V; ++v) {
+        const double key = double(logits(i, v)) / temperature - std::log(-std::log(noise.open_uniform(std::uint64_t(i * V + v))));
+        if (key > best_key) best_key = key, best = v;
+      }
+      generated_[std::size_t(i)] = std::int32_t(best);
+      critic_labels_[std::size_t(i)] = generated_[std::size_t(i)] != x.data[i];
+    }
+  }
+  /// Mean binary cross-entropy of the critic on ŷ; writes its gradient into the critic's logits.
+  double critic_loss() {
+    const Index N = Index(generated_.size());
+    auto z = token_critic.forward({generated_.data(), N / net.max_seq_len(), net.max_seq_len()});
+    double total = 0;
+    for (Index i = 0; i < N; ++i) {
+      const double zi = z(i, 0), y = critic_labels_[std::size_t(i)];
+      total += std::max(zi, 0.0) - zi * y + std::log1p(std::exp(-std::abs(zi)));  // BCE with logits, stable
+      z(i, 0) = scalar((1 / (1 + std::exp(-zi)) - y) / double(N));
+    }
+    return total / double(N);
+  }
+
 
   static NonAutoregressiveOptions validated(NonAutoregressiveOptions o, Index num_tokens) {
     require(o.mask_id >= 0 && o.mask_id < num_tokens, "mask_id ", o.mask_id, " must be a token id in [0, num_tokens ",
@@ -230,7 +394,25 @@ class NonAutoregressiveWrapper {
             "no_replace_prob ", o.no_replace_prob, " and random_token_prob ", o.random_token_prob,
             " must be >= 0 with a sum <= 1");
     require(num_tokens >= 2, "a vocabulary of num_tokens ", num_tokens, " has no token besides mask_id");
+    require(o.self_cond_train_prob >= 0 && o.self_cond_train_prob <= 1, "self_cond_train_prob must be in [0, 1], got ",
+            o.self_cond_train_prob);
     return o;
+  }
+
+  /// Every row of the self-conditioning input = null_embed.
+  void fill_null(Index rows) {
+    const Index D = net.config().layers.dim;
+    const scalar* null = store_->value(null_embed_).data();
+    self_cond_input_.resize(std::size_t(rows * D));
+    for (Index r = 0; r < rows; ++r) std::copy_n(null, D, self_cond_input_.data() + r * D);
+  }
+  /// sum_embeds = e W_scᵀ (rows, D) for the self-conditioning input e.
+  const scalar* self_cond_sum(Index rows) {
+    const Index D = net.config().layers.dim;
+    sum_embeds_.resize(std::size_t(rows * D));
+    cpu::linear_forward<scalar>(ConstMatrixView<scalar>(self_cond_input_.data(), rows, D),
+                                store_->value(to_self_cond_), MatrixView<scalar>(sum_embeds_.data(), rows, D));
+    return sum_embeds_.data();
   }
 
   void check_batch(TokensView x) const {
@@ -254,10 +436,26 @@ class NonAutoregressiveWrapper {
             "backward() called twice for the same forward pass (its gradients are already in); run the forward again");
     me.last_backward_ = forward_id;
     me.net.backward(scalar(scale));
+    if constexpr (has_critic) me.token_critic.backward(scalar(scale * me.options_.critic_loss_weight));
+    if (!me.options_.self_cond) return;
+    // sum = e W_scᵀ: dW_sc += gᵀ e; e = null_embed in every row (not detached): d null_embed += (Σ_rows g) W_sc
+    auto& store = *me.store_;
+    const auto g = me.net.sum_embeds_gradient();
+    const Index D = g.cols();
+    const ConstMatrixView<scalar> e(me.self_cond_input_.data(), g.rows(), D);
+    cpu::linear_backward_weight<scalar>(g, e, store.grad(me.to_self_cond_), scalar(1));
+    if (!me.self_conditioned_)
+      store.grad(me.null_embed_).noalias() += g.colwise().sum() * store.value(me.to_self_cond_);
   }
 
+  ParameterId null_embed_, to_self_cond_;
   NonAutoregressiveOptions options_;
   std::vector<std::int32_t> input_, targets_;
+  std::vector<scalar> self_cond_input_, sum_embeds_;  // (rows, D)
+  bool self_conditioned_ = false;
+  std::vector<std::int32_t> generated_;        // token critic: ŷ
+  std::vector<std::uint8_t> critic_labels_;    // [ŷ ≠ x]
+  Losses losses_;
   std::uint64_t calls_ = 0, generate_calls_ = 0, last_backward_ = 0;
 };
 
