@@ -321,6 +321,25 @@ void load_xtransformer(Model& model, const safetensors::File& file, const std::s
   load_state_dict(model.parameters(), file, StateDictOptions{.prefix = "", .ignore = std::move(ignore)}, what);
 }
 
+namespace detail {
+/// The rotary frequency buffer `name` of a part: copied from `source` when there, else computed as x-transformers does.
+template <class Net>
+void append_rotary_buffer(const Net& net, const std::string& name, const safetensors::File* source,
+                          safetensors::File& file) {
+  if constexpr (Net::has_rotary) {
+    if (const auto* buffer = source ? source->find(name) : nullptr) {
+      file.tensors.push_back(*buffer);
+      return;
+    }
+    const Index r = net.rotary_dim();
+    std::vector<float> inv_freq(std::size_t(r / 2));
+    for (Index i = 0; i < r / 2; ++i)
+      inv_freq[std::size_t(i)] = float(1.0 / std::pow(net.config().layers.rotary_theta, double(2 * i) / double(r)));
+    file.tensors.push_back(safetensors::make_record<float>(name, {r / 2}, std::span<const float>(inv_freq)));
+  }
+}
+}  // namespace detail
+
 /// The model under x-transformers' names (in the layout of a release with `conventions`), with the buffers; buffers
 /// present in `source` are copied byte for byte (a Python → xtr → Python round trip is then bit-identical for
 /// ≥ 1.31.3), missing ones computed as x-transformers does.
@@ -329,19 +348,20 @@ safetensors::File export_state_dict(const Net& net, const safetensors::File* sou
                                     const Conventions& conventions = {}) {
   safetensors::File file;
   append_state_dict(net.parameters(), file);
-  if constexpr (Net::has_rotary) {
-    if (const auto* buffer = source ? source->find(rotary_buffer) : nullptr) {
-      file.tensors.push_back(*buffer);
-    } else {
-      const Index r = net.rotary_dim();
-      std::vector<float> inv_freq(std::size_t(r / 2));
-      for (Index i = 0; i < r / 2; ++i)
-        inv_freq[std::size_t(i)] = float(1.0 / std::pow(net.config().layers.rotary_theta, double(2 * i) / double(r)));
-      file.tensors.push_back(
-          safetensors::make_record<float>(std::string(rotary_buffer), {r / 2}, std::span<const float>(inv_freq)));
-    }
-  }
+  detail::append_rotary_buffer(net, std::string(rotary_buffer), source, file);
   return detail::convert_gains<Net>(file, conventions, /*to_xtr=*/false);
+}
+
+
+/// An XTransformer's state dict under x-transformers' names (both names of a tied embedding) with the rotary buffers
+/// its load_state_dict(strict=True) expects; buffers present in `source` are copied byte for byte.
+template <class Model>
+safetensors::File export_xtransformer_state_dict(const Model& model, const safetensors::File* source = nullptr) {
+  safetensors::File file;
+  append_state_dict(model.parameters(), file);
+  detail::append_rotary_buffer(model.encoder, std::string(encoder_rotary_buffer), source, file);
+  detail::append_rotary_buffer(model.decoder.net, std::string(decoder_rotary_buffer), source, file);
+  return file;
 }
 
 }  // namespace xtr::x_transformers
