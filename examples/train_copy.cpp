@@ -11,9 +11,9 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <map>
 #include <string>
 
+#include "command_line.hpp"
 #include "xtr/xtr.hpp"
 
 namespace {
@@ -43,53 +43,31 @@ void usage_text(std::FILE* out) {
                "  [--log-jsonl PATH]\n");
 }
 
-[[noreturn]] void usage(const std::string& why) {
-  std::fprintf(stderr, "train_copy: %s\n", why.c_str());
-  usage_text(stderr);
-  std::exit(2);
-}
-
 Options parse(int argc, char** argv) {
   Options o;
-  const std::map<std::string, long*> integers{
-      {"--num-batches", &o.num_batches}, {"--batch-size", &o.batch_size}, {"--generate-every", &o.generate_every},
-      {"--num-tokens", &o.num_tokens},   {"--src-len", &o.src_len},       {"--min-len", &o.min_len},
-      {"--dim", &o.dim},                 {"--depth", &o.depth},           {"--heads", &o.heads},
-      {"--eval-samples", &o.eval_samples}, {"--seed", &o.seed}};
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "--help" || flag == "-h") {
-      std::printf("train_copy: train an encoder-decoder on the copy task; flags as below\n");
-      usage_text(stdout);
-      std::exit(0);
-    }
-    if (i + 1 >= argc) usage("missing value after " + flag);
-    const std::string value = argv[++i];
-    try {
-      std::size_t used = 0;
-      if (auto it = integers.find(flag); it != integers.end()) {
-        *it->second = std::stol(value, &used);
-      } else if (flag == "--learning-rate") {
-        o.learning_rate = std::stod(value, &used);
-      } else if (flag == "--threads") {
-        o.threads = std::stoi(value, &used);
-      } else if (flag == "--log-jsonl") {
-        o.log_jsonl = value;
-        used = value.size();
-      } else {
-        usage("unknown flag " + flag);
-      }
-      if (used != value.size()) throw std::invalid_argument(value);
-    } catch (const std::logic_error&) {
-      usage("bad value '" + value + "' for " + flag);
-    }
-  }
+  const examples::CommandLine flags =
+      examples::CommandLine("train_copy", "train an encoder-decoder on the copy task; flags as below", usage_text)
+          .bind("--num-batches", &o.num_batches)
+          .bind("--batch-size", &o.batch_size)
+          .bind("--generate-every", &o.generate_every)
+          .bind("--num-tokens", &o.num_tokens)
+          .bind("--src-len", &o.src_len)
+          .bind("--min-len", &o.min_len)
+          .bind("--dim", &o.dim)
+          .bind("--depth", &o.depth)
+          .bind("--heads", &o.heads)
+          .bind("--eval-samples", &o.eval_samples)
+          .bind("--seed", &o.seed)
+          .bind("--learning-rate", &o.learning_rate)
+          .bind("--threads", &o.threads)
+          .bind("--log-jsonl", &o.log_jsonl);
+  flags.parse(argc, argv);
   for (auto [v, name] : {std::pair{o.num_batches, "--num-batches"}, std::pair{o.batch_size, "--batch-size"},
                          std::pair{o.generate_every, "--generate-every"}, std::pair{o.src_len, "--src-len"},
                          std::pair{o.dim, "--dim"}, std::pair{o.depth, "--depth"}, std::pair{o.heads, "--heads"}})
-    if (v < 1) usage(std::string(name) + " must be >= 1, got " + std::to_string(v));
-  if (o.eval_samples < 0) usage("--eval-samples must be >= 0, got " + std::to_string(o.eval_samples));
-  if (!(o.learning_rate > 0)) usage("--learning-rate must be > 0");
+    if (v < 1) flags.fail(std::string(name) + " must be >= 1, got " + std::to_string(v));
+  if (o.eval_samples < 0) flags.fail("--eval-samples must be >= 0, got " + std::to_string(o.eval_samples));
+  if (!(o.learning_rate > 0)) flags.fail("--learning-rate must be > 0");
   return o;
 }
 

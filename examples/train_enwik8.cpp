@@ -12,10 +12,10 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <map>
 #include <optional>
 #include <string>
 
+#include "command_line.hpp"
 #include "xtr/xtr.hpp"
 
 namespace {
@@ -54,55 +54,33 @@ void usage_text(std::FILE* out) {
                "  [--seed N] [--threads N] [--save PATH] [--resume PATH] [--log-jsonl PATH]\n");
 }
 
-[[noreturn]] void usage(const char* why) {
-  std::fprintf(stderr, "train_enwik8: %s\n", why);
-  usage_text(stderr);
-  std::exit(2);
-}
-
 Options parse(int argc, char** argv) {
   Options o;
-  const std::map<std::string, long*> integers{
-      {"--num-batches", &o.num_batches},     {"--batch-size", &o.batch_size},
-      {"--gradient-accumulate-every", &o.gradient_accumulate_every},
-      {"--validate-every", &o.validate_every}, {"--generate-every", &o.generate_every},
-      {"--generate-length", &o.generate_length}, {"--seq-len", &o.seq_len},
-      {"--dim", &o.dim},                     {"--depth", &o.depth},
-      {"--heads", &o.heads},                 {"--val-batches", &o.val_batches},
-      {"--prime-length", &o.prime_length},   {"--seed", &o.seed}};
-  const std::map<std::string, double*> reals{{"--learning-rate", &o.learning_rate}, {"--clip", &o.clip}};
-  const std::map<std::string, std::string*> strings{
-      {"--data", &o.data}, {"--save", &o.save}, {"--resume", &o.resume}, {"--log-jsonl", &o.log_jsonl}};
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "--help" || flag == "-h") {
-      std::printf("train_enwik8: train a byte-level language model; flags as below\n");
-      usage_text(stdout);
-      std::exit(0);
-    }
-    if (i + 1 >= argc) usage(("missing value after " + flag).c_str());
-    const std::string value = argv[++i];
-    try {
-      std::size_t used = 0;
-      if (auto it = integers.find(flag); it != integers.end()) {
-        *it->second = std::stol(value, &used);
-      } else if (auto jt = reals.find(flag); jt != reals.end()) {
-        *jt->second = std::stod(value, &used);
-      } else if (auto kt = strings.find(flag); kt != strings.end()) {
-        *kt->second = value;
-        used = value.size();
-      } else if (flag == "--threads") {
-        o.threads = std::stoi(value, &used);
-      } else {
-        usage(("unknown flag " + flag).c_str());
-      }
-      if (used != value.size()) throw std::invalid_argument(value);
-    } catch (const std::logic_error&) {
-      usage(("bad value '" + value + "' for " + flag).c_str());
-    }
-  }
-  auto positive = [](long v, const char* name) {
-    if (v < 1) usage((std::string(name) + " must be >= 1, got " + std::to_string(v)).c_str());
+  const examples::CommandLine flags =
+      examples::CommandLine("train_enwik8", "train a byte-level language model; flags as below", usage_text)
+          .bind("--num-batches", &o.num_batches)
+          .bind("--batch-size", &o.batch_size)
+          .bind("--gradient-accumulate-every", &o.gradient_accumulate_every)
+          .bind("--validate-every", &o.validate_every)
+          .bind("--generate-every", &o.generate_every)
+          .bind("--generate-length", &o.generate_length)
+          .bind("--seq-len", &o.seq_len)
+          .bind("--dim", &o.dim)
+          .bind("--depth", &o.depth)
+          .bind("--heads", &o.heads)
+          .bind("--val-batches", &o.val_batches)
+          .bind("--prime-length", &o.prime_length)
+          .bind("--seed", &o.seed)
+          .bind("--learning-rate", &o.learning_rate)
+          .bind("--clip", &o.clip)
+          .bind("--data", &o.data)
+          .bind("--save", &o.save)
+          .bind("--resume", &o.resume)
+          .bind("--log-jsonl", &o.log_jsonl)
+          .bind("--threads", &o.threads);
+  flags.parse(argc, argv);
+  auto positive = [&](long v, const char* name) {
+    if (v < 1) flags.fail(std::string(name) + " must be >= 1, got " + std::to_string(v));
   };
   positive(o.num_batches, "--num-batches");
   positive(o.batch_size, "--batch-size");
@@ -111,9 +89,9 @@ Options parse(int argc, char** argv) {
   positive(o.generate_every, "--generate-every");
   positive(o.seq_len, "--seq-len");
   positive(o.val_batches, "--val-batches");
-  if (o.generate_length < 0) usage("--generate-length must be >= 0");
-  if (!(o.learning_rate > 0)) usage("--learning-rate must be > 0");
-  if (!(o.clip > 0)) usage("--clip must be > 0");
+  if (o.generate_length < 0) flags.fail("--generate-length must be >= 0");
+  if (!(o.learning_rate > 0)) flags.fail("--learning-rate must be > 0");
+  if (!(o.clip > 0)) flags.fail("--clip must be > 0");
   return o;
 }
 

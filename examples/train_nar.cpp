@@ -9,9 +9,9 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
-#include <map>
 #include <string>
 
+#include "command_line.hpp"
 #include "xtr/xtr.hpp"
 
 namespace {
@@ -37,51 +37,31 @@ void usage_text(std::FILE* out) {
                "  [--self-cond 0|1] [--log-jsonl PATH]\n");
 }
 
-[[noreturn]] void usage(const std::string& why) {
-  std::fprintf(stderr, "train_nar: %s\n", why.c_str());
-  usage_text(stderr);
-  std::exit(2);
-}
-
 Options parse(int argc, char** argv) {
   Options o;
-  const std::map<std::string, long*> integers{
-      {"--num-batches", &o.num_batches}, {"--batch-size", &o.batch_size}, {"--seq-len", &o.seq_len},
-      {"--generate-every", &o.generate_every}, {"--steps", &o.steps}, {"--dim", &o.dim}, {"--depth", &o.depth},
-      {"--heads", &o.heads}, {"--seed", &o.seed}, {"--self-cond", &o.self_cond}};
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (flag == "--help" || flag == "-h") {
-      std::printf("train_nar: train a masked-token (non-autoregressive) byte model; flags as below\n");
-      usage_text(stdout);
-      std::exit(0);
-    }
-    if (i + 1 >= argc) usage("missing value after " + flag);
-    const std::string value = argv[++i];
-    try {
-      std::size_t used = 0;
-      if (auto it = integers.find(flag); it != integers.end()) {
-        *it->second = std::stol(value, &used);
-      } else if (flag == "--learning-rate") {
-        o.learning_rate = std::stod(value, &used);
-      } else if (flag == "--threads") {
-        o.threads = std::stoi(value, &used);
-      } else if (flag == "--data" || flag == "--log-jsonl") {
-        (flag == "--data" ? o.data : o.log_jsonl) = value;
-        used = value.size();
-      } else {
-        usage("unknown flag " + flag);
-      }
-      if (used != value.size()) throw std::invalid_argument(value);
-    } catch (const std::logic_error&) {
-      usage("bad value '" + value + "' for " + flag);
-    }
-  }
+  const examples::CommandLine flags =
+      examples::CommandLine("train_nar", "train a masked-token (non-autoregressive) byte model; flags as below",
+                            usage_text)
+          .bind("--num-batches", &o.num_batches)
+          .bind("--batch-size", &o.batch_size)
+          .bind("--seq-len", &o.seq_len)
+          .bind("--generate-every", &o.generate_every)
+          .bind("--steps", &o.steps)
+          .bind("--dim", &o.dim)
+          .bind("--depth", &o.depth)
+          .bind("--heads", &o.heads)
+          .bind("--seed", &o.seed)
+          .bind("--self-cond", &o.self_cond)
+          .bind("--learning-rate", &o.learning_rate)
+          .bind("--threads", &o.threads)
+          .bind("--data", &o.data)
+          .bind("--log-jsonl", &o.log_jsonl);
+  flags.parse(argc, argv);
   for (auto [v, name] : {std::pair{o.num_batches, "--num-batches"}, std::pair{o.batch_size, "--batch-size"},
                          std::pair{o.generate_every, "--generate-every"}, std::pair{o.dim, "--dim"},
                          std::pair{o.depth, "--depth"}, std::pair{o.heads, "--heads"}})
-    if (v < 1) usage(std::string(name) + " must be >= 1, got " + std::to_string(v));
-  if (!(o.learning_rate > 0)) usage("--learning-rate must be > 0");
+    if (v < 1) flags.fail(std::string(name) + " must be >= 1, got " + std::to_string(v));
+  if (!(o.learning_rate > 0)) flags.fail("--learning-rate must be > 0");
   return o;
 }
 

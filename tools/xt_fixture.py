@@ -53,20 +53,17 @@ XTransformers)
 Python is only a tool here: nothing in the C++ build or tests runs this script.
 """
 import argparse
-import hashlib
 import importlib.metadata
 import json
 import math
 import os
-import struct
-import sys
 
 import torch
 import torch.nn.functional as F
 
 import safetensors
 import safetensors.torch
-import x_transformers
+from fixture_io import file_summary, write_and_reload
 from x_transformers import AutoregressiveWrapper, Decoder, Encoder, TransformerWrapper, XTransformer
 
 try:  # x-transformers warns (via loguru) that rotary dim < 32 is small; these are toy models on purpose
@@ -524,21 +521,6 @@ def check_facts(name, config, sd, inputs, mask, loss_fn, logits, grads, loss_val
 
 # ----------------------------------------------------------------------------------------------------------------------
 
-def canonical_safetensors(raw):
-    """safetensors writes `__metadata__` in hash-map order, which changes from run to run; rewrite the header with
-    sorted metadata keys (tensor entries keep their order, data offsets are relative to the data block)."""
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    meta = header.pop("__metadata__", None)
-    out = {}
-    if meta is not None:
-        out["__metadata__"] = dict(sorted(meta.items()))
-    out.update(header)
-    text = json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + raw[8 + n:]
-
-
 def make_fixture(name, out_dir, steps, facts_out):
     spec = CONFIGS[name]
     config = spec["config"]
@@ -642,19 +624,10 @@ def make_fixture(name, out_dir, steps, facts_out):
                 "mean over B*T",
         "grads": "grad.<name> = d fixture.loss / d <name>, one backward from zeroed grads",
     }
-    os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.safetensors")
-    with open(path, "wb") as fh:
-        fh.write(canonical_safetensors(safetensors.torch.save(tensors, metadata=meta)))
+    loaded, meta_back = write_and_reload(path, tensors, meta)
 
     # --- verify: reload, rebuild from metadata alone, forward must be bit-identical
-    loaded = safetensors.torch.load_file(path)
-    with safetensors.safe_open(path, "pt") as fh:
-        meta_back = fh.metadata()
-    assert meta_back == meta
-    assert set(loaded) == set(tensors)
-    for k in tensors:
-        assert torch.equal(loaded[k], tensors[k]), k
     net2 = build(json.loads(meta_back["config"])).eval()
     weights = {k: v for k, v in loaded.items() if not k.startswith(("fixture.", "grad."))}
     net2.load_state_dict(weights, strict=True)
@@ -667,10 +640,8 @@ def make_fixture(name, out_dir, steps, facts_out):
     g2 = m2.generate(loaded["fixture.prompt"], GREEDY, temperature=0., cache_kv=True)
     assert torch.equal(g2, loaded["fixture.greedy"]), "greedy from saved weights differs"
 
-    size = os.path.getsize(path)
-    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:16]
     n_params = sum(p.numel() for p in net.parameters())
-    print(f"[{name}] wrote {path}: {size} bytes, sha256 {digest}..., {n_params} params, "
+    print(f"[{name}] wrote {path}: {file_summary(path)}, {n_params} params, "
           f"loss {loss.item():.6f}; reload + rebuild reproduces logits exactly")
 
     if facts_out is not None:
@@ -855,19 +826,10 @@ def make_encoder_fixture(name, out_dir, steps, facts_out):
                 "excluded, like ignore_index)",
         "grads": "grad.<name> = d fixture.loss / d <name>, one backward from zeroed grads",
     }
-    os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.safetensors")
-    with open(path, "wb") as fh:
-        fh.write(canonical_safetensors(safetensors.torch.save(tensors, metadata=meta)))
+    loaded, meta_back = write_and_reload(path, tensors, meta)
 
     # --- verify: reload, rebuild from metadata alone, forward must be bit-identical
-    loaded = safetensors.torch.load_file(path)
-    with safetensors.safe_open(path, "pt") as fh:
-        meta_back = fh.metadata()
-    assert meta_back == meta
-    assert set(loaded) == set(tensors)
-    for k in tensors:
-        assert torch.equal(loaded[k], tensors[k]) and loaded[k].dtype == tensors[k].dtype, k
     net2 = build(json.loads(meta_back["config"])).eval()
     weights = {k: v for k, v in loaded.items() if not k.startswith(("fixture.", "grad."))}
     net2.load_state_dict(weights, strict=True)
@@ -879,10 +841,8 @@ def make_encoder_fixture(name, out_dir, steps, facts_out):
     check_misc_encoder(net2, loaded["fixture.tokens"], loaded["fixture.targets"], loaded["fixture.mask"], config,
                        facts_out if facts_out is not None else {})
 
-    size = os.path.getsize(path)
-    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:16]
     n_params = sum(p.numel() for p in net.parameters())
-    print(f"[{name}] wrote {path}: {size} bytes, sha256 {digest}..., {n_params} params, "
+    print(f"[{name}] wrote {path}: {file_summary(path)}, {n_params} params, "
           f"loss {loss.item():.6f}; reload + rebuild reproduces logits exactly")
 
     if facts_out is not None:
@@ -1074,7 +1034,6 @@ def check_misc_xtransformer(model, config, src, src_mask, tgt, encoded, logits, 
     sd = model.state_dict()
     dec_in = xt_decoder_input(tgt)[:, :-1]
     B, S = src.shape
-    T = dec_in.shape[1]
     depth = dec_kw["depth"]
     pad = ~src_mask
 
@@ -1324,19 +1283,10 @@ def make_xtransformer_fixture(name, out_dir, steps, facts_out):
                                 "seq_len": XT_GREEDY, "temperature": 0.0}),
         "greedy_min_margin": f"{margin:.4f}",
     }
-    os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.safetensors")
-    with open(path, "wb") as fh:
-        fh.write(canonical_safetensors(safetensors.torch.save(tensors, metadata=meta)))
+    loaded, meta_back = write_and_reload(path, tensors, meta)
 
     # --- verify: reload, rebuild from the config metadata alone, bit-identical encoder output, logits, loss, greedy
-    loaded = safetensors.torch.load_file(path)
-    with safetensors.safe_open(path, "pt") as fh:
-        meta_back = fh.metadata()
-    assert meta_back == meta
-    assert set(loaded) == set(tensors)
-    for k in tensors:
-        assert torch.equal(loaded[k], tensors[k]) and loaded[k].dtype == tensors[k].dtype, k
     torch.manual_seed(0)                                             # a different init: everything must come from the file
     model2 = XTransformer(**json.loads(meta_back["config"])).eval()
     weights = {k: v for k, v in loaded.items() if not k.startswith(("fixture.", "grad."))}
@@ -1360,10 +1310,8 @@ def make_xtransformer_fixture(name, out_dir, steps, facts_out):
     check_misc_xtransformer(model2, config, s2, m2, t2, loaded["fixture.encoded"], loaded["fixture.logits"],
                             facts_out.setdefault(name, {}) if facts_out is not None else {})
 
-    size = os.path.getsize(path)
-    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:16]
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"[{name}] wrote {path}: {size} bytes, sha256 {digest}..., {n_params} params, loss {loss.item():.6f}; "
+    print(f"[{name}] wrote {path}: {file_summary(path)}, {n_params} params, loss {loss.item():.6f}; "
           f"reload + rebuild reproduces encoded, logits, loss, grads and greedy exactly")
 
     if facts_out is not None:

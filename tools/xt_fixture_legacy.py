@@ -34,13 +34,10 @@ Usage:
 Python is only a tool here: nothing in the C++ build or tests runs this script.
 """
 import argparse
-import hashlib
 import importlib.metadata
 import json
 import math
 import os
-import struct
-import sys
 import warnings
 
 warnings.filterwarnings("ignore", category=FutureWarning)   # old releases use torch.cuda.amp.autocast
@@ -51,6 +48,7 @@ import torch.nn.functional as F
 import safetensors
 import safetensors.torch
 import x_transformers
+from fixture_io import file_summary, write_and_reload
 from x_transformers import AutoregressiveWrapper, Decoder, TransformerWrapper
 
 try:  # newer releases warn (via loguru) about small rotary dims
@@ -359,20 +357,6 @@ def perturb(net, config, conv, gen):
     return touched
 
 
-def canonical_safetensors(raw):
-    """Rewrite the header with sorted `__metadata__` keys so reruns are byte-identical (as tools/xt_fixture.py)."""
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    meta = header.pop("__metadata__", None)
-    out = {}
-    if meta is not None:
-        out["__metadata__"] = dict(sorted(meta.items()))
-    out.update(header)
-    text = json.dumps(out, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text + raw[8 + n:]
-
-
 def make_fixture(name, out_dir, version):
     spec = CONFIGS[name]
     config = spec["config"]
@@ -469,18 +453,10 @@ def make_fixture(name, out_dir, version):
         "loss": "AutoregressiveWrapper(net)(fixture.tokens): cross_entropy(net(tokens)[:, :-1], tokens[:, 1:]), "
                 "mean over B*T",
     }
-    os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"legacy_{version}_{name}.safetensors")
-    with open(path, "wb") as fh:
-        fh.write(canonical_safetensors(safetensors.torch.save(tensors, metadata=meta)))
+    loaded, meta_back = write_and_reload(path, tensors, meta)
 
-    # verify: reload, rebuild from metadata alone, forward must be bit-identical
-    loaded = safetensors.torch.load_file(path)
-    with safetensors.safe_open(path, "pt") as fh:
-        meta_back = fh.metadata()
-    assert meta_back == meta and set(loaded) == set(tensors)
-    for k in tensors:
-        assert torch.equal(loaded[k], tensors[k]), k
+    # verify: rebuild from metadata alone, forward must be bit-identical
     net2 = build(json.loads(meta_back["config"])).eval()
     net2.load_state_dict({k: v for k, v in loaded.items() if not k.startswith("fixture.")}, strict=True)
     with torch.no_grad():
@@ -490,9 +466,7 @@ def make_fixture(name, out_dir, version):
     g2 = AutoregressiveWrapper(net2).generate(loaded["fixture.prompt"], GREEDY, temperature=0., cache_kv=True)
     assert torch.equal(g2, loaded["fixture.greedy"])
 
-    size = os.path.getsize(path)
-    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:16]
-    print(f"[{name}] wrote {path}: {size} bytes, sha256 {digest}..., seed {seed}, loss {loss.item():.6f}, "
+    print(f"[{name}] wrote {path}: {file_summary(path)}, seed {seed}, loss {loss.item():.6f}, "
           f"greedy {decode(greedy[0].tolist())!r} (min margin {margin:.3f}); reference fp32 err {err:.2g}, "
           f"fp32-vs-fp64 {err64:.2g}; single wrong convention misses by "
           + ", ".join(f"{k} {v:.3g}" for k, v in flip_err.items()))

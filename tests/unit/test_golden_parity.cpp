@@ -41,14 +41,15 @@
 #include <string>
 #include <vector>
 
+#include "fixture_io.hpp"
 #include "xtr/xtr.hpp"
 
-#ifndef XTR_FIXTURE_DIR
-#define XTR_FIXTURE_DIR "tests/fixtures"
-#endif
 
 using namespace xtr;
 using Catch::Contains;
+using xtr::testing::fixture_path;
+using xtr::testing::mask_of;
+using xtr::testing::tokens_of;
 namespace fs = std::filesystem;
 namespace st = xtr::safetensors;
 
@@ -69,7 +70,6 @@ static_assert(GoldenTolerance<double>::logits * 10 <= GoldenTolerance<float>::lo
                   GoldenTolerance<double>::grad * 10 <= GoldenTolerance<float>::grad,
               "the double tolerances must be much tighter than the float ones, or the double run proves nothing");
 
-std::string fixture_path(const std::string& name) { return std::string(XTR_FIXTURE_DIR) + "/" + name + ".safetensors"; }
 
 /// The state_dict entries that are not parameters: fixture data, reference gradients, the rotary buffer.
 const StateDictOptions fixture_options{.prefix = "",
@@ -124,14 +124,6 @@ ParsedConfig parse_config(const std::string& text) {
   out.layers_type = type + "<" + position + ", " + (rmsnorm ? "RMSNorm" : "LayerNorm") +
                     ", " + (glu ? (swish ? "SwiGLU" : "GEGLU") : "GELU") + ", MultiHeadAttention>";
   return out;
-}
-
-TokenBatch tokens_of(const st::File& file, const std::string& name) {
-  const auto& t = file.at(name);
-  REQUIRE(t.shape.size() == 2);
-  TokenBatch batch(t.shape[0], t.shape[1]);
-  batch.data = st::to_vector<std::int32_t>(t);
-  return batch;
 }
 
 /// tokens[:, :-1]
@@ -276,21 +268,6 @@ Measured check_fixture(const std::string& name) {
     std::cout << name << " " << Cpu<T>::name << ": logits " << m.logits << ", loss " << m.loss << ", gradient "
               << m.grad << " (" << m.worst_grad << ")\n";
   return m;
-}
-
-/// fixture.mask: BOOL (B, T), 1 = real token (attend), 0 = padding.
-Mask mask_of(const st::File& file, const std::string& name) {
-  const auto& t = file.at(name);
-  REQUIRE(t.dtype == st::Dtype::BOOL);
-  REQUIRE(t.shape.size() == 2);
-  Mask mask(t.shape[0], t.shape[1]);
-  REQUIRE(t.bytes.size() == mask.data.size());
-  for (std::size_t i = 0; i < mask.data.size(); ++i) {
-    const auto byte = std::to_integer<std::uint8_t>(t.bytes[i]);
-    REQUIRE(byte <= 1);
-    mask.data[i] = byte;
-  }
-  return mask;
 }
 
 /// Builds, loads and compares the Encoder fixture (key-padding mask, loss over the non-padded positions) with a

@@ -16,14 +16,15 @@
 #include <type_traits>
 #include <vector>
 
+#include "fixture_io.hpp"
 #include "xtr/xtr.hpp"
 
-#ifndef XTR_FIXTURE_DIR
-#define XTR_FIXTURE_DIR "tests/fixtures"
-#endif
 
 using namespace xtr;
 namespace st = xtr::safetensors;
+using xtr::testing::fixture_path;
+using xtr::testing::mask_of;
+using xtr::testing::tokens_of;
 
 namespace {
 
@@ -38,22 +39,6 @@ struct Seq2SeqTolerance<double> {  // the fixture's own fp32 rounding (README: â
   static constexpr double values = 2e-5, loss = 1e-6, grad = 2e-5;
 };
 
-TokenBatch tokens_of(const st::File& file, const std::string& name) {
-  const auto& t = file.at(name);
-  REQUIRE(t.shape.size() == 2);
-  TokenBatch out(t.shape[0], t.shape[1]);
-  out.data = st::to_vector<std::int32_t>(t);
-  return out;
-}
-
-Mask mask_of(const st::File& file, const std::string& name) {
-  const auto& t = file.at(name);
-  REQUIRE(t.dtype == st::Dtype::BOOL);
-  Mask mask(t.shape.at(0), t.shape.at(1));
-  for (std::size_t i = 0; i < mask.data.size(); ++i) mask.data[i] = std::to_integer<std::uint8_t>(t.bytes.at(i));
-  return mask;
-}
-
 /// max over elements of |a âˆ’ b| / max(|b|, 1).
 template <class T>
 double elementwise_error(const T* ours, const std::vector<double>& expected) {
@@ -67,7 +52,7 @@ template <class Model>
 void check_seq2seq_fixture(const std::string& name) {
   using T = typename Model::scalar;
   using Tol = Seq2SeqTolerance<T>;
-  const std::string path = std::string(XTR_FIXTURE_DIR) + "/" + name + ".safetensors";
+  const std::string path = fixture_path(name);
   INFO("fixture " << path << ", model " << Model::describe());
   const st::File file = st::read(path);
   const auto description = x_transformers::parse_xtransformer_description(json::parse(file.metadata.at("config")));

@@ -6,12 +6,10 @@
 #include <cmath>
 #include <string>
 
+#include "fixture_io.hpp"
 #include "xtr/io/x_transformers.hpp"
 #include "xtr/xtr.hpp"
 
-#ifndef XTR_FIXTURE_DIR
-#define XTR_FIXTURE_DIR "tests/fixtures"
-#endif
 
 using namespace xtr;
 namespace xt = xtr::x_transformers;
@@ -44,7 +42,7 @@ safetensors::File model_tensors(const safetensors::File& file) {
 TEST_CASE("fixtures load through their JSON description and export byte for byte", "[x-transformers]") {
   for (const std::string name : {"decoder_rotary_layernorm", "decoder_absolute_rmsnorm_swiglu", "decoder_rotary_gqa_geglu"}) {
     INFO(name);
-    const auto file = safetensors::read(std::string(XTR_FIXTURE_DIR) + "/" + name + ".safetensors");
+    const auto file = safetensors::read(xtr::testing::fixture_path(name));
     const auto description = xt::parse_description(description_of(file));
     bool ran = false;
     xt::with_model(
@@ -148,7 +146,7 @@ TEST_CASE("checkpoints of x-transformers before 1.27.1 are refused by version, n
   for (const std::string name : {"legacy_1.26.6_rotary_layernorm", "legacy_1.26.6_absolute_rmsnorm_swiglu",
                                  "legacy_1.27.0_rotary_layernorm"}) {
     INFO(name);
-    const auto file = safetensors::read(std::string(XTR_FIXTURE_DIR) + "/" + name + ".safetensors");
+    const auto file = safetensors::read(xtr::testing::fixture_path(name));
     REQUIRE_THROWS_WITH(xt::parse_description(description_of(file)),
                         Contains("x_transformers_version " + file.metadata.at("x_transformers_version")) &&
                             Contains("releases before 1.27.1"));
@@ -159,7 +157,7 @@ TEST_CASE("checkpoints of x-transformers 1.27.1 to 1.31.1 load with their gain c
   for (const std::string name : {"legacy_1.30.23_rotary_layernorm", "legacy_1.30.23_absolute_rmsnorm_swiglu",
                                  "legacy_1.31.1_absolute_layernorm_geglu"}) {
     INFO(name);
-    const auto file = safetensors::read(std::string(XTR_FIXTURE_DIR) + "/" + name + ".safetensors");
+    const auto file = safetensors::read(xtr::testing::fixture_path(name));
     const auto description = xt::parse_description(description_of(file));
     REQUIRE_FALSE(description.conventions.unit_offset_gains);
     const auto weights = model_tensors(file);

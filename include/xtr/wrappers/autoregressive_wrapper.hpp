@@ -187,11 +187,7 @@ class AutoregressiveWrapper {
 
   static void backward_of(void* self, double scale, std::uint64_t forward_id) {
     auto& me = *static_cast<AutoregressiveWrapper*>(self);
-    require(forward_id == me.net.forward_count(),
-            "backward() on a loss whose forward pass was replaced by a later forward; call backward() first");
-    require(forward_id != me.last_backward_,
-            "backward() called twice for the same forward pass (its gradients are already in); run the forward again");
-    me.last_backward_ = forward_id;
+    claim_backward(forward_id == me.net.forward_count(), forward_id, me.last_backward_);
     me.net.backward(scalar(scale));
   }
 

@@ -42,4 +42,13 @@ class Loss {
   std::uint64_t forward_id_ = 0;
 };
 
+/// What every model's backward checks before adding gradients: the loss comes from the model's latest forward pass
+/// (`current`), and that pass has not been differentiated yet (`last_backward` then records `forward_id`).
+inline void claim_backward(bool current, std::uint64_t forward_id, std::uint64_t& last_backward) {
+  require(current, "backward() on a loss whose forward pass was replaced by a later forward; call backward() first");
+  require(forward_id != last_backward,
+          "backward() called twice for the same forward pass (its gradients are already in); run the forward again");
+  last_backward = forward_id;
+}
+
 }  // namespace xtr

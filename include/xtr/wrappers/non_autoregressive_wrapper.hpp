@@ -208,11 +208,10 @@ class NonAutoregressiveWrapper {
     check_batch(x);
     require(Index(corruption.input.size()) == x.size() && Index(corruption.masked.size()) == x.size(),
             "a corruption of ", corruption.input.size(), " tokens for a batch of ", x.size());
-    input_ = corruption.input;
     targets_.assign(x.data, x.data + x.size());
     for (std::size_t i = 0; i < targets_.size(); ++i)
       if (!corruption.masked[i]) targets_[i] = ignore;
-    const TokensView input{input_.data(), x.batch, x.length};
+    const TokensView input{corruption.input.data(), x.batch, x.length};  // the net copies what it reads
     self_conditioned_ = corruption.self_condition;
     if (options_.self_cond) {
       if (self_conditioned_) {  // a first pass, detached
@@ -430,11 +429,7 @@ class NonAutoregressiveWrapper {
 
   static void backward_of(void* self, double scale, std::uint64_t forward_id) {
     auto& me = *static_cast<NonAutoregressiveWrapper*>(self);
-    require(forward_id == me.net.forward_count(),
-            "backward() on a loss whose forward pass was replaced by a later forward; call backward() first");
-    require(forward_id != me.last_backward_,
-            "backward() called twice for the same forward pass (its gradients are already in); run the forward again");
-    me.last_backward_ = forward_id;
+    claim_backward(forward_id == me.net.forward_count(), forward_id, me.last_backward_);
     me.net.backward(scalar(scale));
     if constexpr (has_critic) me.token_critic.backward(scalar(scale * me.options_.critic_loss_weight));
     if (!me.options_.self_cond) return;
@@ -450,7 +445,7 @@ class NonAutoregressiveWrapper {
 
   ParameterId null_embed_, to_self_cond_;
   NonAutoregressiveOptions options_;
-  std::vector<std::int32_t> input_, targets_;
+  std::vector<std::int32_t> targets_;
   std::vector<scalar> self_cond_input_, sum_embeds_;  // (rows, D)
   bool self_conditioned_ = false;
   std::vector<std::int32_t> generated_;        // token critic: ŷ

@@ -183,11 +183,8 @@ class XTransformer {
 
   static void backward_of(void* self, double scale, std::uint64_t forward_id) {
     auto& me = *static_cast<XTransformer*>(self);
-    require(forward_id == me.decoder.net.forward_count() && me.encoded_ != nullptr,
-            "backward() on a loss whose forward pass was replaced by a later forward; call backward() first");
-    require(forward_id != me.last_backward_,
-            "backward() called twice for the same forward pass (its gradients are already in); run the forward again");
-    me.last_backward_ = forward_id;
+    claim_backward(forward_id == me.decoder.net.forward_count() && me.encoded_ != nullptr, forward_id,
+                   me.last_backward_);
     me.decoder.net.backward(scalar(scale));
     // d loss / d encoder output = d loss / d context, written where the encoder's backward reads it
     const auto context_grad = me.decoder.net.context_gradient();
