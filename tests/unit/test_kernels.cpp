@@ -909,3 +909,48 @@ TEST_CASE("cross-entropy: loss equals naive log-softmax / gradient matches finit
     for (double e : zc) REQUIRE(e == 0.0);
   }
 }
+
+TEMPLATE_TEST_CASE("norm with a plain gain and a bias: forward equals the formula / gradients match finite differences",
+                   "[kernels][norm][gradient]", LayerNorm, RMSNorm) {
+  // h = x̂ ⊙ γ + β (gain offset 0): the same as the unit-offset form with γ − 1, plus β
+  const Index N = 9, D = 10;
+  auto x = random_values(N * D, 11, 1.2);
+  auto gamma = random_values(D, 12, 0.3), beta = random_values(D, 13, 0.5);
+  for (auto& g : gamma) g += 1.0;
+  const auto R = random_values(N * D, 14);
+  auto run = [&] {
+    std::vector<double> h(x.size());
+    cpu::norm_forward<TestType, double>(MatrixView<double>(x.data(), N, D), {gamma.data(), 0.0, beta.data()},
+                                        MatrixView<double>(h.data(), N, D), nullptr, nullptr);
+    return h;
+  };
+  std::vector<double> gamma_minus_one = gamma;
+  for (auto& g : gamma_minus_one) g -= 1.0;
+  auto ref = naive_norm<TestType>(x, gamma_minus_one, N, D);
+  for (Index n = 0; n < N; ++n)
+    for (Index d = 0; d < D; ++d) ref[sz(n * D + d)] += beta[sz(d)];
+  CHECK(scaled_error(run(), ref) < 1e-14);
+
+  auto loss = [&] {
+    const auto h = run();
+    double s = 0;
+    for (std::size_t i = 0; i < h.size(); ++i) s += h[i] * R[i];
+    return s;
+  };
+  std::vector<double> h(x.size()), xhat(x.size()), rstd(sz(N)), dh = R;
+  std::vector<double> dx(x.size(), 0.0), dgamma(sz(D), 0.0), dbeta(sz(D), 0.0);
+  cpu::norm_forward<TestType, double>(MatrixView<double>(x.data(), N, D), {gamma.data(), 0.0, beta.data()},
+                                      MatrixView<double>(h.data(), N, D), xhat.data(), rstd.data());
+  Arena arena;
+  cpu::norm_backward<TestType, double>(MatrixView<double>(dh.data(), N, D), xhat.data(), rstd.data(),
+                                       {gamma.data(), 0.0, beta.data()}, MatrixView<double>(dx.data(), N, D),
+                                       {dgamma.data(), dbeta.data()}, arena);
+  std::vector<double*> px, pg, pb;
+  for (auto& e : x) px.push_back(&e);
+  for (auto& e : gamma) pg.push_back(&e);
+  for (auto& e : beta) pb.push_back(&e);
+  const SerialOpenMP serial;
+  XTR_REQUIRE_GRADIENT(check_gradient(px, dx, loss, "x"));
+  XTR_REQUIRE_GRADIENT(check_gradient(pg, dgamma, loss, "gamma"));
+  XTR_REQUIRE_GRADIENT(check_gradient(pb, dbeta, loss, "beta"));
+}

@@ -112,3 +112,43 @@ TEST_CASE("whole-model gradients with one head (no output projection, as x-trans
                       Catch::Contains("with heads = 1 there is no output projection") &&
                           Catch::Contains("dim_head 4 must equal dim 8"));
 }
+
+TEST_CASE("whole-model gradients of older x-transformers layouts: plain gains, LayerNorm biases, a to_logits bias",
+          "[gradient][model]") {
+  auto config = tiny();
+  config.layers.norm_unit_offset = false;
+  config.layers.norm_bias = true;
+  config.logits_bias = true;
+  TransformerWrapper<Decoder<Rotary, LayerNorm, GEGLU>, Cpu<double>> net(config);
+  auto& store = net.parameters();
+  REQUIRE(store.find("attn_layers.layers.0.0.0.beta") != nullptr);
+  REQUIRE(store.find("attn_layers.final_norm.beta") != nullptr);
+  REQUIRE(store.find("to_logits.bias") != nullptr);
+  REQUIRE(store.values()[store.find("attn_layers.final_norm.gamma")->offset] == 1.0);  // the gain itself, init 1
+  // biases start at 0: move every parameter so that the biases and gains matter
+  const auto noise = xtr::testing::random_values(store.count(), 9, 0.2);
+  for (Index i = 0; i < store.count(); ++i) store.values()[i] += noise[std::size_t(i)];
+  check_network(net, xtr::testing::random_tokens(2, 7, 11, 3));
+}
+
+TEST_CASE("a gain stored as is equals the same gain stored as gain - 1", "[model]") {
+  auto offset = tiny(), plain = tiny();
+  plain.layers.norm_unit_offset = false;
+  for (auto* c : {&offset, &plain}) c->layers.depth = 1;
+  using Net = TransformerWrapper<Decoder<AbsoluteLearned, RMSNorm, SwiGLU>, Cpu<double>>;
+  Net a(offset), b(plain);
+  const auto noise = xtr::testing::random_values(a.parameters().count(), 4, 0.3);
+  for (Index i = 0; i < a.parameters().count(); ++i) a.parameters().values()[i] += noise[std::size_t(i)];
+  b.parameters().values() = a.parameters().values();
+  for (const auto& e : b.parameters().entries())
+    if (e.name.ends_with(".g"))
+      for (Index i = 0; i < e.shape.numel(); ++i) b.parameters().values()[e.offset + i] += 1.0;
+  const auto tokens = xtr::testing::random_tokens(2, 6, 11, 5);
+  const auto la = a.forward(tokens), lb = b.forward(tokens);
+  REQUIRE((la - lb).cwiseAbs().maxCoeff() < 1e-12);
+  REQUIRE_THROWS_WITH((TransformerWrapper<Decoder<Rotary, RMSNorm>, Cpu<double>>(
+                          TransformerConfig{.num_tokens = 5, .max_seq_len = 4,
+                                            .layers = {.dim = 8, .depth = 1, .heads = 2, .dim_head = 4,
+                                                       .norm_bias = true}})),
+                      Catch::Contains("layers.norm_bias is a LayerNorm bias; RMSNorm has none"));
+}

@@ -92,6 +92,36 @@ TEST_CASE("descriptions map keywords to policies", "[x-transformers]") {
   REQUIRE(plain.config.layers.heads == 8);  // x-transformers' default
   REQUIRE(parse(R"({"num_tokens": 5, "max_seq_len": 4, "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1,
                     "attn_one_kv_head": true}})").config.layers.kv_heads == 1);
+
+  // the release decides how gains, biases and rotary pairs are stored
+  auto release = [&](const std::string& version, bool rms = false, bool rotary = true) {
+    return parse(R"({"num_tokens": 5, "max_seq_len": 4, "x_transformers_version": ")" + version +
+                 R"(", "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1, "use_rmsnorm": )" +
+                 (rms ? "true" : "false") + R"(, "rotary_pos_emb": )" + (rotary ? "true" : "false") + "}}");
+  };
+  struct Expected {
+    std::string version;
+    bool rms, unit_offset, norm_bias, logits_bias, torch_names, half;
+  };
+  for (const auto& e : {Expected{"1.20.0", false, false, true, true, true, true},
+                        Expected{"1.26.6", true, false, false, true, false, true},
+                        Expected{"1.27.0", false, false, true, false, false, true},
+                        Expected{"1.27.1", false, false, false, false, true, true},
+                        Expected{"1.30.1", false, false, false, false, true, false},
+                        Expected{"1.31.0", false, false, false, false, false, false},
+                        Expected{"1.31.3", false, true, false, false, false, false},
+                        Expected{"2.31.10", true, true, false, false, false, false}}) {
+    INFO(e.version << (e.rms ? " RMSNorm" : " LayerNorm"));
+    const auto r = release(e.version, e.rms);
+    CHECK(r.config.layers.norm_unit_offset == e.unit_offset);
+    CHECK(r.config.layers.norm_bias == e.norm_bias);
+    CHECK(r.config.logits_bias == e.logits_bias);
+    CHECK(r.conventions.layernorm_torch_names == e.torch_names);
+    CHECK(r.conventions.rotary_half == e.half);
+  }
+  CHECK_FALSE(release("1.29.0", false, false).conventions.rotary_half);  // only rotary models permute
+  CHECK_FALSE(parse(R"({"num_tokens": 5, "max_seq_len": 4, "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1,
+                        "norm_add_unit_offset": false}})").config.layers.norm_unit_offset);
 }
 
 TEST_CASE("unsupported descriptions and misfit buffers are errors naming what is wrong", "[x-transformers][errors]") {
@@ -102,15 +132,16 @@ TEST_CASE("unsupported descriptions and misfit buffers are errors naming what is
   REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "tie_embedding": true,
                                 "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1}})"),
                       Contains("TransformerWrapper keywords not supported by xtr: tie_embedding"));
-  REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "x_transformers_version": "1.26.0",
+  REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "x_transformers_version": "1.19.4",
                                 "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1}})"),
-                      Contains("x_transformers_version 1.26.0: releases before 1.27.1"));
+                      Contains("x_transformers_version 1.19.4: releases before 1.20.0 are not supported"));
+  REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "x_transformers_version": "1.30.0",
+                                "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1,
+                                "norm_add_unit_offset": true}})"),
+                      Contains("x_transformers_version 1.30.0 has no norm_add_unit_offset keyword"));
   REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "x_transformers_version": "1.31.2",
                                 "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1}})"),
                       Contains("1.31.2 cannot build these models"));
-  REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "x_transformers_version": "1.29.0",
-                                "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1, "rotary_pos_emb": true}})"),
-                      Contains("rotary models before 1.30.1 rotate halves"));
   REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "x_transformers_version": "two",
                                 "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1}})"),
                       Contains("x_transformers_version 'two' is not MAJOR.MINOR.PATCH"));
@@ -142,24 +173,17 @@ TEST_CASE("unsupported descriptions and misfit buffers are errors naming what is
   REQUIRE_THROWS_WITH(xt::load(absolute, with_buffer), Contains("but the model has no Rotary"));
 }
 
-TEST_CASE("checkpoints of x-transformers before 1.27.1 are refused by version, not guessed", "[x-transformers][errors]") {
+TEST_CASE("checkpoints of x-transformers 1.26 to 1.31.1 load with their release layout", "[x-transformers]") {
+  // nn.LayerNorm weight + bias and a to_logits bias (1.26.6), gamma + a persistent beta (1.27.0), rotary pairs
+  // (i, i + r/2) (before 1.30.1), bias-less nn.LayerNorm weight (1.29.0, 1.30.23), gains stored as is (all of them)
   for (const std::string name : {"legacy_1.26.6_rotary_layernorm", "legacy_1.26.6_absolute_rmsnorm_swiglu",
-                                 "legacy_1.27.0_rotary_layernorm"}) {
-    INFO(name);
-    const auto file = safetensors::read(xtr::testing::fixture_path(name));
-    REQUIRE_THROWS_WITH(xt::parse_description(description_of(file)),
-                        Contains("x_transformers_version " + file.metadata.at("x_transformers_version")) &&
-                            Contains("releases before 1.27.1"));
-  }
-}
-
-TEST_CASE("checkpoints of x-transformers 1.27.1 to 1.31.1 load with their gain conventions", "[x-transformers]") {
-  for (const std::string name : {"legacy_1.30.23_rotary_layernorm", "legacy_1.30.23_absolute_rmsnorm_swiglu",
-                                 "legacy_1.31.1_absolute_layernorm_geglu"}) {
+                                 "legacy_1.27.0_rotary_layernorm", "legacy_1.29.0_rotary_layernorm",
+                                 "legacy_1.30.23_rotary_layernorm",
+                                 "legacy_1.30.23_absolute_rmsnorm_swiglu", "legacy_1.31.1_absolute_layernorm_geglu"}) {
     INFO(name);
     const auto file = safetensors::read(xtr::testing::fixture_path(name));
     const auto description = xt::parse_description(description_of(file));
-    REQUIRE_FALSE(description.conventions.unit_offset_gains);
+    REQUIRE_FALSE(description.config.layers.norm_unit_offset);
     const auto weights = model_tensors(file);
     bool ran = false;
     xt::with_model(
@@ -171,7 +195,8 @@ TEST_CASE("checkpoints of x-transformers 1.27.1 to 1.31.1 load with their gain c
           net.eval();
           const auto& shape = file.at("fixture.tokens").shape;
           const auto ids = safetensors::to_vector<std::int64_t>(file.at("fixture.tokens"));
-          TokenBatch inputs(shape[0], shape[1] - 1);
+          TokenBatch inputs(shape[0], shape[1] - 1), all(shape[0], shape[1]);
+          std::copy(ids.begin(), ids.end(), all.data.begin());
           for (Index b = 0; b < shape[0]; ++b)
             for (Index t = 0; t + 1 < shape[1]; ++t) inputs(b, t) = std::int32_t(ids[b * shape[1] + t]);
           const auto expected = safetensors::to_vector<float>(file.at("fixture.logits"));
@@ -181,23 +206,53 @@ TEST_CASE("checkpoints of x-transformers 1.27.1 to 1.31.1 load with their gain c
           for (Index i = 0; i < logits.size(); ++i)
             worst = std::max(worst, std::abs(double(logits.data()[i]) - expected[i]) / std::max(1.0, std::abs(double(expected[i]))));
           REQUIRE(worst <= 1e-4);
-          // exported in the release's layout again: same names, gains within float rounding of the originals
+          // exported in the release's layout again: the same names and bytes
           const auto exported = xt::export_state_dict(net, &weights, description.conventions);
           REQUIRE(exported.tensors.size() == weights.tensors.size());
           for (const auto& t : exported.tensors) {
             INFO(t.name);
-            const auto a = safetensors::to_vector<double>(t), b = safetensors::to_vector<double>(weights.at(t.name));
-            for (std::size_t i = 0; i < a.size(); ++i) REQUIRE(std::abs(a[i] - b[i]) <= 1e-6 * std::max(1.0, std::abs(b[i])));
+            REQUIRE(t.bytes == weights.at(t.name).bytes);
           }
           AutoregressiveWrapper<Net> model(std::move(net));
+          const double expected_loss = safetensors::to_vector<double>(file.at("fixture.loss"))[0];
+          REQUIRE(std::abs(model(all).item() - expected_loss) <= 1e-5 * std::abs(expected_loss));
           const auto prompt_ids = safetensors::to_vector<std::int64_t>(file.at("fixture.prompt"));
           const auto greedy_ids = safetensors::to_vector<std::int64_t>(file.at("fixture.greedy"));
           TokenBatch prompt(1, Index(prompt_ids.size()));
           std::copy(prompt_ids.begin(), prompt_ids.end(), prompt.data.begin());
           const auto greedy = model.generate(prompt, Index(greedy_ids.size()), {.temperature = 0});
           REQUIRE(std::equal(greedy_ids.begin(), greedy_ids.end(), greedy.data.begin()));
+          const auto recomputed = model.generate(prompt, Index(greedy_ids.size()), {.temperature = 0, .cache_kv = false});
+          REQUIRE(std::equal(greedy_ids.begin(), greedy_ids.end(), recomputed.data.begin()));
         },
         TestSet{});
     REQUIRE(ran);
   }
+}
+
+TEST_CASE("a checkpoint described with the wrong release is an error listing the misfit names", "[x-transformers][errors]") {
+  // a 1.26.6 file (nn.LayerNorm weight + bias, to_logits.bias) read as 1.30.0 (bias-less weight): never loaded
+  const auto file = safetensors::read(xtr::testing::fixture_path("legacy_1.26.6_rotary_layernorm"));
+  auto root = description_of(file);
+  root.set("x_transformers_version", "1.30.0");
+  const auto description = xt::parse_description(root);
+  xt::with_model(
+      description,
+      [&](auto& net) {
+        REQUIRE_THROWS_WITH(xt::load(net, model_tensors(file), "legacy file", description.conventions),
+                            Contains("legacy file") && Contains("unexpected") &&
+                                Contains("attn_layers.final_norm.bias") && Contains("to_logits.bias"));
+      },
+      TestSet{});
+  // and read as the current release: every norm name misses
+  root.set("x_transformers_version", std::string(xt::current_version));
+  const auto current = xt::parse_description(root);
+  xt::with_model(
+      current,
+      [&](auto& net) {
+        REQUIRE_THROWS_WITH(xt::load(net, model_tensors(file), "legacy file", current.conventions),
+                            Contains("missing") && Contains("attn_layers.final_norm.gamma") &&
+                                Contains("attn_layers.layers.0.0.0.weight"));
+      },
+      TestSet{});
 }

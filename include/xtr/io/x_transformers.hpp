@@ -6,13 +6,17 @@
 //   {"num_tokens": 256, "max_seq_len": 64, "x_transformers_version": "2.31.10",
 //    "attn_layers": {"type": "Decoder", "dim": 64, "depth": 2, "heads": 4, "rotary_pos_emb": true}}
 //
-// Norm gains follow the release named by x_transformers_version (tests/fixtures/README.md has the table):
-//   ≥ 1.31.3           `gamma` (LayerNorm) / `g` (RMSNorm) hold gain − 1 (unit offset): xtr's own layout
-//   1.31.0 – 1.31.1    `gamma` / `g` hold the gain itself
-//   1.27.1 – 1.30.x    bias-less nn.LayerNorm `weight` / RMSNorm `g`, the gain itself
-// Older releases (norm biases, a persistent `beta`, a `to_logits` bias), 1.31.2 (broken) and rotary models before
-// 1.30.1 (a different pair layout) are refused by version, never guessed. Before 1.42.18 the default rotary_dim was
-// max(dim_head / 2, 32).
+// The layout follows the release named by x_transformers_version (tests/fixtures/README.md has the table), never a
+// guess from the names:
+//   ≥ 1.31.3           `gamma` (LayerNorm) / `g` (RMSNorm) hold gain − 1 (unit offset): xtr's default layout
+//   1.31.0 – 1.31.1    `gamma` / `g` hold the gain itself                       → layers.norm_unit_offset = false
+//   1.27.1 – 1.30.x    bias-less nn.LayerNorm `weight` / RMSNorm `g`, the gain  → renamed, norm_unit_offset = false
+//   1.27.0             LayerNorm `gamma` + persistent buffer `beta`             → layers.norm_bias = true
+//   1.20.0 – 1.26.x    nn.LayerNorm `weight` + `bias`, and `to_logits.bias`     → norm_bias, logits_bias = true
+// Rotary models before 1.30.1 rotate pairs (i, i + r/2) ("half"), later ones (2i, 2i + 1): q·k is unchanged when q
+// and k permute their channels alike, so the loader permutes the rows of to_q / to_k of each head into the
+// interleaved layout and the exporter permutes them back (exact both ways). 1.31.2 cannot build a default model and is
+// refused. Before 1.42.18 the default rotary_dim was max(dim_head / 2, 32).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -31,10 +35,11 @@ namespace xtr::x_transformers {
 /// The x-transformers release whose conventions xtr's layout equals (the golden fixtures' version).
 inline constexpr std::string_view current_version = "2.31.10";
 
-/// How a release stores what xtr keeps as gain − 1 under `gamma` / `g`.
+/// How a release's state dict differs from xtr's names and layout (values: the model's config says how gains and
+/// biases are read, see LayersConfig::norm_unit_offset / norm_bias and TransformerConfig::logits_bias).
 struct Conventions {
-  bool unit_offset_gains = true;   // stored value = gain − 1 (≥ 1.31.3); false: the gain itself
-  bool layernorm_gain_is_weight = false;  // LayerNorm gains named `weight` (bias-less nn.LayerNorm, 1.27.1 – 1.30.x)
+  bool layernorm_torch_names = false;  // LayerNorm `weight` / `bias` for xtr's `gamma` / `beta` (torch's nn.LayerNorm)
+  bool rotary_half = false;            // rotary pairs (i, i + r/2): to_q / to_k rows permuted on load and export
 };
 
 /// What a JSON description resolved to: sizes, the policy per axis by name, and the release's conventions.
@@ -91,11 +96,9 @@ inline ModelDescription parse_description(const json::Value& root) {
   if (const auto* v = root.find("x_transformers_version")) m.version = v->as_string();
   using V = detail::Version;
   const V version = detail::parse_version(m.version);
-  require(version >= V{1, 27, 1}, "x_transformers_version ", m.version,
-          ": releases before 1.27.1 (norm biases, a persistent beta buffer, a to_logits bias) are not supported");
+  require(version >= V{1, 20, 0}, "x_transformers_version ", m.version,
+          ": releases before 1.20.0 are not supported (their layout was not checked)");
   require(version != V{1, 31, 2}, "x_transformers_version 1.31.2 cannot build these models (a broken release)");
-  m.conventions.unit_offset_gains = version >= V{1, 31, 3};
-  m.conventions.layernorm_gain_is_weight = version < V{1, 31, 0};
   m.config.num_tokens = root.at("num_tokens").as_int();
   m.config.max_seq_len = root.at("max_seq_len").as_int();
   m.config.emb_dropout = detail::real(root, "emb_dropout", 0);
@@ -103,7 +106,7 @@ inline ModelDescription parse_description(const json::Value& root) {
   require(layers.is_object(), "attn_layers must be an object, got ", layers.dump());
   detail::only_known(layers, {"type", "dim", "depth", "heads", "attn_dim_head", "attn_kv_heads", "attn_one_kv_head",
                               "ff_mult", "attn_dropout", "ff_dropout", "rotary_pos_emb", "rotary_emb_dim",
-                              "use_rmsnorm", "ff_glu", "ff_swish"},
+                              "use_rmsnorm", "ff_glu", "ff_swish", "norm_add_unit_offset"},
                      "attn_layers");
   m.stack = layers.at("type").as_string();
   require(m.stack == "Decoder" || m.stack == "Encoder", "attn_layers type '", m.stack,
@@ -120,14 +123,21 @@ inline ModelDescription parse_description(const json::Value& root) {
   L.rotary_dim = detail::integer(layers, "rotary_emb_dim", 0);
 
   const bool rotary = detail::flag(layers, "rotary_pos_emb", false);
-  require(!rotary || version >= V{1, 30, 1}, "x_transformers_version ", m.version,
-          ": rotary models before 1.30.1 rotate halves, not interleaved pairs; not supported");
   if (rotary && version < V{1, 42, 18} && L.rotary_dim == 0) L.rotary_dim = std::max<Index>(L.dim_head / 2, 32);
   const bool absolute = detail::flag(root, "use_abs_pos_emb", true);
   require(!(rotary && root.find("use_abs_pos_emb") && absolute),
           "rotary_pos_emb=True together with use_abs_pos_emb=True is not supported (one position encoding)");
   m.position = rotary ? "Rotary" : absolute ? "AbsoluteLearned" : "NoPosition";
   m.norm = detail::flag(layers, "use_rmsnorm", false) ? "RMSNorm" : "LayerNorm";
+  const bool layernorm = m.norm == "LayerNorm";
+  require(!layers.find("norm_add_unit_offset") || version >= V{1, 31, 0}, "x_transformers_version ", m.version,
+          " has no norm_add_unit_offset keyword (from 1.31.0)");
+  L.norm_unit_offset = detail::flag(layers, "norm_add_unit_offset", version >= V{1, 31, 3});
+  L.norm_bias = layernorm && version < V{1, 27, 1};  // nn.LayerNorm's bias; 1.27.0's persistent `beta` buffer
+  m.config.logits_bias = version < V{1, 27, 0};
+  m.conventions.layernorm_torch_names = layernorm && (version < V{1, 27, 0} || (version >= V{1, 27, 1} &&
+                                                                                version < V{1, 31, 0}));
+  m.conventions.rotary_half = rotary && version < V{1, 30, 1};
   const bool glu = detail::flag(layers, "ff_glu", false), swish = detail::flag(layers, "ff_swish", false);
   require(glu || !swish, "ff_swish=True without ff_glu=True (a plain SiLU feed-forward) is not supported");
   m.feedforward = !glu ? "GELU" : swish ? "SwiGLU" : "GEGLU";
@@ -175,36 +185,68 @@ void with_model(const ModelDescription& m, F&& f, StackSet<Stacks...> = {}) {
 inline constexpr std::string_view rotary_buffer = "attn_layers.rotary_pos_emb.inv_freq";
 
 namespace detail {
-/// The suffix a release gives a norm gain named `gain_name` by xtr ("gamma" or "g").
-inline std::string release_gain_name(const std::string& gain_name, const Conventions& c) {
-  return gain_name == "gamma" && c.layernorm_gain_is_weight ? "weight" : gain_name;
-}
-/// Whether `name` is a norm gain (pre-branch norms and the final norm) with suffix `suffix`.
-inline bool is_norm_gain(const std::string& name, const std::string& suffix) {
-  if (name == "attn_layers.final_norm." + suffix) return true;
-  const std::string_view prefix = "attn_layers.layers.";  // then "<layer>.0.0.<suffix>"
+/// Whether `name` is `<prefix>attn_layers.final_norm.<suffix>` or `<prefix>attn_layers.layers.<i>.0.0.<suffix>`.
+inline bool is_norm_parameter(std::string_view name, std::string_view prefix, std::string_view suffix) {
   if (!name.starts_with(prefix)) return false;
-  std::size_t i = prefix.size();
+  name.remove_prefix(prefix.size());
+  if (name.size() == std::string_view("attn_layers.final_norm.").size() + suffix.size() &&
+      name.starts_with("attn_layers.final_norm.") && name.ends_with(suffix))
+    return true;
+  constexpr std::string_view layers = "attn_layers.layers.";  // then "<i>.0.0.<suffix>"
+  if (!name.starts_with(layers)) return false;
+  std::size_t i = layers.size();
   const std::size_t digits = i;
   while (i < name.size() && name[i] >= '0' && name[i] <= '9') ++i;
-  return i > digits && std::string_view(name).substr(i) == ".0.0." + suffix;
+  const std::string_view rest = name.substr(i);
+  return i > digits && rest.size() == 5 + suffix.size() && rest.starts_with(".0.0.") && rest.ends_with(suffix);
 }
-/// Norm gains renamed and re-offset between a release's layout and xtr's; `to_xtr` picks the direction.
+
+/// Rows of a (heads · dim_head, ·) projection reordered within each head between rotary layouts: the interleaved
+/// row 2i is the half-layout row i and 2i + 1 is i + r/2 (i < r/2); rows r.. stay. Bytes move, values do not change.
+inline void permute_rotary_rows(safetensors::TensorRecord& t, Index heads, Index dim_head, Index rotary_dim,
+                                bool half_to_interleaved) {
+  require(t.shape.size() == 2 && t.shape[0] == heads * dim_head, t.name, " has shape ",
+          safetensors::detail::shape_str(t.shape), ", expected (", heads * dim_head, ", ·)");
+  const std::size_t row = t.bytes.size() / std::size_t(t.shape[0]);
+  const auto original = t.bytes;
+  for (Index h = 0; h < heads; ++h)
+    for (Index i = 0; i < rotary_dim / 2; ++i)
+      for (const auto& [interleaved, half] : {std::pair{2 * i, i}, std::pair{2 * i + 1, i + rotary_dim / 2}}) {
+        const Index to = h * dim_head + (half_to_interleaved ? interleaved : half);
+        const Index from = h * dim_head + (half_to_interleaved ? half : interleaved);
+        std::copy_n(original.begin() + std::ptrdiff_t(std::size_t(from) * row), row,
+                    t.bytes.begin() + std::ptrdiff_t(std::size_t(to) * row));
+      }
+}
+
+/// `file` with the tensors of one part (names starting with `prefix`) moved between a release's layout (`to_xtr`:
+/// from it) and xtr's: LayerNorm `weight` / `bias` ↔ `gamma` / `beta`, rotary to_q / to_k rows half ↔ interleaved.
 template <class Net>
-safetensors::File convert_gains(const safetensors::File& file, const Conventions& c, bool to_xtr) {
-  const std::string xtr_name(Net::Norm::gain_name), release_name = release_gain_name(xtr_name, c);
-  if (c.unit_offset_gains && xtr_name == release_name) return file;
-  safetensors::File out = file;
-  for (auto& t : out.tensors) {
-    if (!is_norm_gain(t.name, to_xtr ? release_name : xtr_name)) continue;
-    auto values = safetensors::to_vector<float>(t);
-    if (!c.unit_offset_gains)
-      for (auto& v : values) v += to_xtr ? -1.0f : 1.0f;
-    const std::string from = to_xtr ? release_name : xtr_name, to = to_xtr ? xtr_name : release_name;
-    t = safetensors::make_record<float>(t.name.substr(0, t.name.size() - from.size()) + to, t.shape,
-                                        std::span<const float>(values));
+safetensors::File convert_layout(const Net& net, safetensors::File file, const std::string& prefix,
+                                 const Conventions& c, bool to_xtr) {
+  using Layers = typename Net::layers_type;
+  if (c.layernorm_torch_names && Net::Norm::name == LayerNorm::name) {
+    for (auto& t : file.tensors)
+      for (const auto& [xtr_suffix, torch_suffix] : {std::pair{"gamma", "weight"}, std::pair{"beta", "bias"}}) {
+        if (xtr_suffix == std::string_view("beta") && !net.config().layers.norm_bias) continue;  // errors name `bias`
+        const std::string from = to_xtr ? torch_suffix : xtr_suffix, to = to_xtr ? xtr_suffix : torch_suffix;
+        if (is_norm_parameter(t.name, prefix, from)) t.name = t.name.substr(0, t.name.size() - from.size()) + to;
+      }
   }
-  return out;
+  if constexpr (Net::has_rotary && Layers::self_attend) {
+    if (c.rotary_half) {
+      const auto& L = net.config().layers;
+      const Index blocks_per_layer = 2 + Index(Layers::cross_attend);
+      for (Index l = 0; l < L.depth; ++l) {
+        const std::string block = prefix + "attn_layers.layers." + std::to_string(l * blocks_per_layer) + ".1.";
+        for (const auto& [projection, heads] : {std::pair{"to_q", L.heads}, std::pair{"to_k", net.kv_heads()}})
+          for (auto& t : file.tensors)
+            if (t.name == block + projection + ".weight")
+              permute_rotary_rows(t, heads, L.dim_head, net.rotary_dim(), to_xtr);
+      }
+    }
+  }
+  return file;
 }
 }  // namespace detail
 
@@ -234,7 +276,7 @@ void check_rotary_buffer(const Net& net, const safetensors::File& file, const st
 template <class Net>
 void load(Net& net, const safetensors::File& release_file, const std::string& what = "x-transformers state dict",
           const Conventions& conventions = {}) {
-  const safetensors::File file = detail::convert_gains<Net>(release_file, conventions, /*to_xtr=*/true);
+  const safetensors::File file = detail::convert_layout(net, release_file, "", conventions, /*to_xtr=*/true);
   load_state_dict(net.parameters(), file, StateDictOptions{.prefix = "", .ignore = {std::string(rotary_buffer)}},
                   what);
   detail::check_rotary_buffer(net, file, std::string(rotary_buffer), what);
@@ -278,9 +320,9 @@ inline XTransformerDescription parse_xtransformer_description(const json::Value&
   XTransformerDescription d;
   d.encoder = parse_description(parts[0]);
   d.decoder = parse_description(parts[1]);
-  require(d.encoder.conventions.unit_offset_gains && !d.encoder.conventions.layernorm_gain_is_weight,
+  require(detail::parse_version(d.encoder.version) >= detail::Version{1, 31, 3},
           "XTransformer checkpoints of x_transformers_version ", d.encoder.version,
-          " (before 1.31.3) are not supported");
+          " (before 1.31.3) are not supported: no golden fixture checks their layout");
   auto& c = d.config;
   c.dim = root.at("dim").as_int();
   c.encoder = d.encoder.config;
@@ -349,7 +391,7 @@ safetensors::File export_state_dict(const Net& net, const safetensors::File* sou
   safetensors::File file;
   append_state_dict(net.parameters(), file);
   detail::append_rotary_buffer(net, std::string(rotary_buffer), source, file);
-  return detail::convert_gains<Net>(file, conventions, /*to_xtr=*/false);
+  return detail::convert_layout(net, std::move(file), "", conventions, /*to_xtr=*/false);
 }
 
 

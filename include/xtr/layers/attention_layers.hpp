@@ -41,6 +41,9 @@ struct LayersConfig {
   Index rotary_dim = 0;     // Rotary: rotated channels per head; 0 = dim_head / 2
   double rotary_theta = 10000;
   Index dim_context = 0;    // CrossAttend: width of the context; 0 = dim (x-transformers' cross_attn_dim_context)
+  bool norm_unit_offset = true;  // norm gains stored as gain − 1, init 0 (x-transformers' norm_add_unit_offset, its
+                                 // default from 1.31.3); false: the gain itself, init 1 (older checkpoints)
+  bool norm_bias = false;        // LayerNorm adds a learned bias β (x-transformers before 1.27.1: nn.LayerNorm)
 };
 
 namespace detail {

@@ -57,6 +57,7 @@ struct TransformerConfig {
   std::uint64_t seed = 0;  // parameter initialisation and dropout streams
   bool return_only_embed = false;  // no to_logits: embed() only (x-transformers' return_only_embed, an encoder's)
   Index logits_dim = 0;            // outputs per position; 0 = num_tokens (x-transformers' logits_dim; 1: a critic)
+  bool logits_bias = false;        // to_logits adds a bias (x-transformers before 1.27.0: nn.Linear with a bias)
 };
 
 /// What a cross-attending stack attends to: (batch, length, dim) row-major values and an optional (batch, length)
@@ -134,8 +135,9 @@ class TransformerWrapper {
       : config_(other.config_),
         owned_params_(other.owned_params_ ? std::make_unique<ParameterStore<T>>(*other.owned_params_) : nullptr),
         params_(owned_params_ ? owned_params_.get() : other.params_), layers_(other.layers_),
-        token_emb_(other.token_emb_), pos_emb_(other.pos_emb_), final_norm_(other.final_norm_),
-        to_logits_(other.to_logits_), rotary_(other.rotary_), training_(other.training_),
+        token_emb_(other.token_emb_), pos_emb_(other.pos_emb_), to_logits_(other.to_logits_),
+        to_logits_bias_(other.to_logits_bias_), final_norm_(other.final_norm_), rotary_(other.rotary_),
+        training_(other.training_),
         dropout_seed_(other.dropout_seed_), forward_count_(other.forward_count_) {
     activations_.resize(layers_.size());
   }
@@ -314,9 +316,13 @@ class TransformerWrapper {
  private:
   using T = scalar;
   enum class Output { logits, embeddings };
+  struct NormParameters {
+    ParameterId gain, bias;  // bias only with layers.norm_bias
+  };
   struct LayerParameters {
-    ParameterId attn_norm, to_q, to_k, to_v, to_out, ff_norm, ff_in, ff_in_bias, ff_out, ff_out_bias;
-    ParameterId cross_norm, cross_q, cross_k, cross_v, cross_out;
+    NormParameters attn_norm, ff_norm, cross_norm;
+    ParameterId to_q, to_k, to_v, to_out, ff_in, ff_in_bias, ff_out, ff_out_bias;
+    ParameterId cross_q, cross_k, cross_v, cross_out;
   };
   struct LayerActivations {
     T *attn_xhat, *attn_rstd, *attn_h, *qkv, *o, *lse;  // qkv: (N, HD + 2·KD) rows [q | k | v]
@@ -341,14 +347,20 @@ class TransformerWrapper {
     }
     if constexpr (has_absolute_positions)
       pos_emb_ = store.add(prefix + "pos_emb.emb.weight", {config_.max_seq_len, D}, Init::normal_std(1.0));
-    const std::string gain(Norm::gain_name);
+    // norm `<name>.gamma` (or `.g`): gain − 1 init 0 with norm_unit_offset, else the gain, init 1; `<name>.beta`
+    const auto add_norm = [&](const std::string& name) {
+      NormParameters n;
+      n.gain = store.add(name + "." + std::string(Norm::gain_name), {D}, Init::fill(L.norm_unit_offset ? 0 : 1));
+      if (L.norm_bias) n.bias = store.add(name + ".beta", {D}, Init::fill(0));
+      return n;
+    };
     Index block = 0;
     auto next_block = [&] { return prefix + "attn_layers.layers." + std::to_string(block++) + "."; };
     for (Index l = 0; l < L.depth; ++l) {
       LayerParameters p;
       if constexpr (Layers::self_attend) {
         const std::string a = next_block();
-        p.attn_norm = store.add(a + "0.0." + gain, {D}, Init::fill(0));
+        p.attn_norm = add_norm(a + "0.0");
         p.to_q = store.add(a + "1.to_q.weight", {HD, D}, bound(D));
         p.to_k = store.add(a + "1.to_k.weight", {KD, D}, bound(D));
         p.to_v = store.add(a + "1.to_v.weight", {KD, D}, bound(D));
@@ -356,14 +368,14 @@ class TransformerWrapper {
       }
       if constexpr (Layers::cross_attend) {
         const std::string c = next_block();
-        p.cross_norm = store.add(c + "0.0." + gain, {D}, Init::fill(0));
+        p.cross_norm = add_norm(c + "0.0");
         p.cross_q = store.add(c + "1.to_q.weight", {HD, D}, bound(D));
         p.cross_k = store.add(c + "1.to_k.weight", {KD, C}, bound(C));
         p.cross_v = store.add(c + "1.to_v.weight", {KD, C}, bound(C));
         if (has_out_projection()) p.cross_out = store.add(c + "1.to_out.weight", {D, HD}, bound(HD));
       }
       const std::string f = next_block();
-      p.ff_norm = store.add(f + "0.0." + gain, {D}, Init::fill(0));
+      p.ff_norm = add_norm(f + "0.0");
       const std::string in = FeedForward::gated ? "1.ff.0.proj." : "1.ff.0.0.";
       p.ff_in = store.add(f + in + "weight", {W1, D}, bound(D));
       p.ff_in_bias = store.add(f + in + "bias", {W1}, bound(D));
@@ -371,7 +383,7 @@ class TransformerWrapper {
       p.ff_out_bias = store.add(f + "1.ff.2.bias", {D}, bound(F));
       layers_.push_back(p);
     }
-    final_norm_ = store.add(prefix + "attn_layers.final_norm." + gain, {D}, Init::fill(0));
+    final_norm_ = add_norm(prefix + "attn_layers.final_norm");
     for (const auto& p : layers_) {  // the fused projections rely on this layout
       if constexpr (Layers::self_attend)
         require(store.entry(p.to_k).offset == store.entry(p.to_q).offset + HD * D &&
@@ -381,7 +393,10 @@ class TransformerWrapper {
         require(store.entry(p.cross_v).offset == store.entry(p.cross_k).offset + KD * C,
                 "internal: the cross-attention's to_k, to_v must be adjacent in the parameter buffer");
     }
-    if (!config_.return_only_embed) to_logits_ = store.add(prefix + "to_logits.weight", {logits_dim(), D}, bound(D));
+    if (!config_.return_only_embed) {
+      to_logits_ = store.add(prefix + "to_logits.weight", {logits_dim(), D}, bound(D));
+      if (config_.logits_bias) to_logits_bias_ = store.add(prefix + "to_logits.bias", {logits_dim()}, bound(D));
+    }
     if constexpr (has_rotary) rotary_ = cpu::RotaryTable<scalar>(rotary_dim(), L.rotary_theta, config_.max_seq_len);
     activations_.resize(std::size_t(L.depth));
   }
@@ -403,6 +418,8 @@ class TransformerWrapper {
       require(p >= 0 && p < 1, "dropout rates must be in [0, 1), got ", p);
     require(L.dim_context >= 0, "layers.dim_context must be >= 0 (0 = dim), got ", L.dim_context);
     require(c.logits_dim >= 0, "logits_dim must be >= 0 (0 = num_tokens), got ", c.logits_dim);
+    require(!L.norm_bias || cpu::subtracts_mean<Norm>, "layers.norm_bias is a LayerNorm bias; ", Norm::name, " has none");
+    require(!c.logits_bias || !c.return_only_embed, "logits_bias without to_logits (return_only_embed)");
     if constexpr (has_rotary) {
       const Index r = L.rotary_dim ? L.rotary_dim : L.dim_head / 2;
       require(r % 2 == 0 && r >= 2 && r <= L.dim_head, "layers.rotary_dim ", r,
@@ -530,6 +547,21 @@ class TransformerWrapper {
   MatrixView<T> cross_kv_grad(const LayerParameters& p) {
     return {params_->grad(p.cross_k).data(), 2 * kv_heads() * config_.layers.dim_head, dim_context()};
   }
+  /// A norm's parameters and gradients in the backend's form.
+  cpu::NormWeights<T> norm_weights(const NormParameters& n) const {
+    return {params_->value(n.gain).data(), T(config_.layers.norm_unit_offset ? 1 : 0),
+            n.bias.index >= 0 ? params_->value(n.bias).data() : nullptr};
+  }
+  cpu::NormGradients<T> norm_gradients(const NormParameters& n) {
+    return {params_->grad(n.gain).data(), n.bias.index >= 0 ? params_->grad(n.bias).data() : nullptr};
+  }
+  /// y (+)= x W_logitsᵀ + b_logits (the bias only with logits_bias).
+  void project_logits(MatrixView<T> x, MatrixView<T> logits) {
+    project(x, to_logits_, logits_dim(), logits, false);
+    if (to_logits_bias_.index >= 0)
+      logits.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(params_->value(to_logits_bias_).data(),
+                                                                               logits_dim());
+  }
   [[nodiscard]] Index qkv_width() const {
     return (config_.layers.heads + 2 * kv_heads()) * config_.layers.dim_head;
   }
@@ -552,7 +584,8 @@ class TransformerWrapper {
   std::unique_ptr<ParameterStore<T>> owned_params_;  // null for a part of a larger model
   ParameterStore<T>* params_;
   std::vector<LayerParameters> layers_;
-  ParameterId token_emb_, pos_emb_, final_norm_, to_logits_;
+  ParameterId token_emb_, pos_emb_, to_logits_, to_logits_bias_;
+  NormParameters final_norm_;
   cpu::RotaryTable<T> rotary_;
   bool training_ = true;
   const std::uint16_t* bf16_weights_ = nullptr;  // set only inside forward_cached()
@@ -586,7 +619,7 @@ auto TransformerWrapper<Layers, Backend>::feedforward_sublayer(const LayerParame
                                                                double dropout_p, RandomStream stream) -> const T* {
   const Index N = x.rows(), D = x.cols(), F = config_.layers.ff_mult * D, W1 = FeedForward::gated ? 2 * F : F;
   MatrixView<T> h(a.ff_h, N, D), pre(a.ff_a, N, W1), g(a.ff_g, N, F);
-  cpu::norm_forward<Norm, T>(x, params_->value(p.ff_norm).data(), h, a.ff_xhat, a.ff_rstd, pending_bias);
+  cpu::norm_forward<Norm, T>(x, norm_weights(p.ff_norm), h, a.ff_xhat, a.ff_rstd, pending_bias);
   project(h, p.ff_in, W1, pre, false);
   cpu::feedforward_activation_forward<FeedForward, T>(pre, params_->value(p.ff_in_bias).data(), g);
   dropout(g, dropout_p, stream);
@@ -650,7 +683,7 @@ void TransformerWrapper<Layers, Backend>::run_forward(Output output, TokensView 
       a.o = arena_.allocate<T>(N * HD);
       a.lse = arena_.allocate<T>(B * H * Tn);
       MatrixView<T> h(a.attn_h, N, D), qkv(a.qkv, N, QKV), o(a.o, N, HD);
-      cpu::norm_forward<Norm, T>(x, params_->value(p.attn_norm).data(), h, a.attn_xhat, a.attn_rstd, pending_bias);
+      cpu::norm_forward<Norm, T>(x, norm_weights(p.attn_norm), h, a.attn_xhat, a.attn_rstd, pending_bias);
       pending_bias = nullptr;
       project(h, p.to_q, QKV, qkv, false);  // [W_q; W_k; W_v] are adjacent
       if constexpr (has_rotary) {
@@ -676,7 +709,7 @@ void TransformerWrapper<Layers, Backend>::run_forward(Output output, TokensView 
       a.cross_o = arena_.allocate<T>(N * HD);
       a.cross_lse = arena_.allocate<T>(B * H * Tn);
       MatrixView<T> h(a.cross_h, N, D), q(a.cross_q, N, HD), o(a.cross_o, N, HD);
-      cpu::norm_forward<Norm, T>(x, params_->value(p.cross_norm).data(), h, a.cross_xhat, a.cross_rstd, pending_bias);
+      cpu::norm_forward<Norm, T>(x, norm_weights(p.cross_norm), h, a.cross_xhat, a.cross_rstd, pending_bias);
       pending_bias = nullptr;
       project(h, p.cross_q, HD, q, false);
       project(MatrixView<T>(context_, NS, C), p.cross_k, 2 * KD, MatrixView<T>(a.cross_kv, NS, 2 * KD), false);
@@ -701,11 +734,11 @@ void TransformerWrapper<Layers, Backend>::run_forward(Output output, TokensView 
   final_xhat_ = arena_.allocate<T>(N * D);
   final_rstd_ = arena_.allocate<T>(N);
   MatrixView<T> final_h = arena_.matrix<T>(N, D);
-  cpu::norm_forward<Norm, T>(x, params_->value(final_norm_).data(), final_h, final_xhat_, final_rstd_, pending_bias);
+  cpu::norm_forward<Norm, T>(x, norm_weights(final_norm_), final_h, final_xhat_, final_rstd_, pending_bias);
   final_h_ = final_h.data();
   if (output == Output::logits) {
     MatrixView<T> logits = arena_.matrix<T>(N, logits_dim());
-    project(final_h, to_logits_, logits_dim(), logits, false);
+    project_logits(final_h, logits);
     logits_ = logits.data();
   }
 }
@@ -734,12 +767,13 @@ void TransformerWrapper<Layers, Backend>::backward(T alpha) {
   if (output_ == Output::logits) {  // logits = h_f W_logitsᵀ
     const MatrixView<T> dlogits(logits_, N, logits_dim());
     cpu::linear_backward_weight<T>(dlogits, final_h, params_->grad(to_logits_), alpha);
+    if (to_logits_bias_.index >= 0) cpu::bias_backward<T>(dlogits, params_->grad(to_logits_bias_), alpha);
     cpu::linear_backward_input<T>(dlogits, params_->value(to_logits_), dh_buf, alpha, false);
   } else {  // the embeddings buffer holds d loss / d h_f
     dh_buf = alpha * final_h;
   }
-  cpu::norm_backward<Norm, T>(dh_buf, final_xhat_, final_rstd_, params_->value(final_norm_).data(), dx,
-                              params_->grad(final_norm_).data(), arena_);
+  cpu::norm_backward<Norm, T>(dh_buf, final_xhat_, final_rstd_, norm_weights(final_norm_), dx,
+                              norm_gradients(final_norm_), arena_);
 
   for (std::size_t li = layers_.size(); li-- > 0;) {
     const LayerParameters& p = layers_[li];
@@ -754,8 +788,8 @@ void TransformerWrapper<Layers, Backend>::backward(T alpha) {
                                                          params_->grad(p.ff_in_bias).data(), arena_);
     cpu::linear_backward_weight<T>(da, h2, params_->grad(p.ff_in), T(1));
     cpu::linear_backward_input<T>(da, params_->value(p.ff_in), dh_buf, T(1), false);
-    cpu::norm_backward<Norm, T>(dh_buf, a.ff_xhat, a.ff_rstd, params_->value(p.ff_norm).data(), dx,
-                                params_->grad(p.ff_norm).data(), arena_);
+    cpu::norm_backward<Norm, T>(dh_buf, a.ff_xhat, a.ff_rstd, norm_weights(p.ff_norm), dx,
+                                norm_gradients(p.ff_norm), arena_);
 
     if constexpr (Layers::cross_attend) {  // x += o' W'ₒᵀ, o' = attn(q', k', v')
       attention_output_backward(p.cross_out, MatrixView<T>(a.cross_o, N, HD), dx, dout);
@@ -776,8 +810,8 @@ void TransformerWrapper<Layers, Backend>::backward(T alpha) {
       cpu::linear_backward_input<T>(dkv_cross, cross_kv_weight(p), MatrixView<T>(context_grad_, NS, C), T(1), true);
       cpu::linear_backward_weight<T>(dq_cross, h, params_->grad(p.cross_q), T(1));
       cpu::linear_backward_input<T>(dq_cross, params_->value(p.cross_q), dh_buf, T(1), false);
-      cpu::norm_backward<Norm, T>(dh_buf, a.cross_xhat, a.cross_rstd, params_->value(p.cross_norm).data(), dx,
-                                  params_->grad(p.cross_norm).data(), arena_);
+      cpu::norm_backward<Norm, T>(dh_buf, a.cross_xhat, a.cross_rstd, norm_weights(p.cross_norm), dx,
+                                  norm_gradients(p.cross_norm), arena_);
     }
 
     if constexpr (Layers::self_attend) {  // x += o Wₒᵀ (or x += o with one head)
@@ -800,8 +834,8 @@ void TransformerWrapper<Layers, Backend>::backward(T alpha) {
       const MatrixView<T> h1(a.attn_h, N, D);
       cpu::linear_backward_weight<T>(dqkv, h1, qkv_grad(p), T(1));
       cpu::linear_backward_input<T>(dqkv, qkv_weight(p), dh_buf, T(1), false);
-      cpu::norm_backward<Norm, T>(dh_buf, a.attn_xhat, a.attn_rstd, params_->value(p.attn_norm).data(), dx,
-                                  params_->grad(p.attn_norm).data(), arena_);
+      cpu::norm_backward<Norm, T>(dh_buf, a.attn_xhat, a.attn_rstd, norm_weights(p.attn_norm), dx,
+                                  norm_gradients(p.attn_norm), arena_);
     }
   }
   if (dropout_active_) dropout(dx, config_.emb_dropout, dropout_stream(0));
@@ -875,7 +909,7 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
   const T* pending_bias = nullptr;  // the last feed-forward's b₂, added by the next norm
   for (std::size_t l = 0; l < layers_.size(); ++l) {
     const LayerParameters& p = layers_[l];
-    cpu::norm_forward<Norm, T>(x, params_->value(p.attn_norm).data(), h, nullptr, nullptr, pending_bias);
+    cpu::norm_forward<Norm, T>(x, norm_weights(p.attn_norm), h, nullptr, nullptr, pending_bias);
     project(h, p.to_q, QKV, qkv, false);  // [W_q; W_k; W_v] are adjacent
     if constexpr (has_rotary) {
       rotary_.apply(qkv.data(), N, QKV, H, dh, n, cache.position, false);
@@ -896,7 +930,7 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
     add_attention_output(p.to_out, o, x);
     if constexpr (Layers::cross_attend) {  // the context's keys and values were projected by make_cache()
       const Index S = cache.context_length;
-      cpu::norm_forward<Norm, T>(x, params_->value(p.cross_norm).data(), h, nullptr, nullptr);
+      cpu::norm_forward<Norm, T>(x, norm_weights(p.cross_norm), h, nullptr, nullptr);
       MatrixView<T> q(qkv.data(), N, HD);
       project(h, p.cross_q, HD, q, false);
       const std::uint8_t* key_mask = cache.context_mask.empty() ? nullptr : cache.context_mask.data();
@@ -913,9 +947,9 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
   // logits of the last new position of each sequence only
   MatrixView<T> last = arena_.matrix<T>(B, D), last_h = arena_.matrix<T>(B, D);
   for (Index b = 0; b < B; ++b) last.row(b) = x.row(b * n + n - 1);
-  cpu::norm_forward<Norm, T>(last, params_->value(final_norm_).data(), last_h, nullptr, nullptr, pending_bias);
+  cpu::norm_forward<Norm, T>(last, norm_weights(final_norm_), last_h, nullptr, nullptr, pending_bias);
   MatrixView<T> out = arena_.matrix<T>(B, V);
-  project(last_h, to_logits_, V, out, false);
+  project_logits(last_h, out);
   return out;
 }
 

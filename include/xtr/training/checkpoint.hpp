@@ -36,7 +36,9 @@ inline json::Value to_json(const TransformerConfig& c) {
                                    {"ff_dropout", c.layers.ff_dropout},
                                    {"rotary_dim", c.layers.rotary_dim},
                                    {"rotary_theta", c.layers.rotary_theta},
-                                   {"dim_context", c.layers.dim_context}})
+                                   {"dim_context", c.layers.dim_context},
+                                   {"norm_unit_offset", c.layers.norm_unit_offset},
+                                   {"norm_bias", c.layers.norm_bias}})
     layers.set(key, value);
   auto v = json::Value::object();
   v.set("num_tokens", c.num_tokens);
@@ -44,6 +46,7 @@ inline json::Value to_json(const TransformerConfig& c) {
   v.set("emb_dropout", c.emb_dropout);
   v.set("return_only_embed", c.return_only_embed);
   v.set("logits_dim", c.logits_dim);
+  v.set("logits_bias", c.logits_bias);
   v.set("layers", std::move(layers));
   return v;
 }

@@ -1,9 +1,10 @@
 #pragma once
-// Pre-norms on the CPU, one pass per row. Both policies have the form h = x̂ ⊙ (1 + γ) with a per-row x̂ and scale
-// r (the "rstd"); the backward then shares one formula:
+// Pre-norms on the CPU, one pass per row. Both policies have the form h = x̂ ⊙ (c + γ) [+ β] with a per-row x̂ and
+// scale r (the "rstd"), c the gain offset (1 when γ stores gain − 1) and an optional bias β; the backward then shares
+// one formula:
 //   LayerNorm: x̂ = (x − μ)·r,  r = 1/sqrt(σ² + ε);   dx += r·(dx̂ − mean(dx̂) − x̂·mean(dx̂ ⊙ x̂))
 //   RMSNorm:   x̂ = x·r,        r = sqrt(D)/max(‖x‖, ε); dx += r·(dx̂ − x̂·mean(dx̂ ⊙ x̂))   (no projection when clamped)
-// with dx̂ = dh ⊙ (1 + γ) and dγ += Σ_rows dh ⊙ x̂. Gradients add into dx: the residual stream's gradient and the
+// with dx̂ = dh ⊙ (c + γ), dγ += Σ_rows dh ⊙ x̂ and dβ += Σ_rows dh. Gradients add into dx: the residual stream's gradient and the
 // norm's contribution meet in the same pass.
 #include <cmath>
 #include <type_traits>
@@ -18,11 +19,29 @@ namespace xtr::cpu {
 template <class Norm>
 inline constexpr bool subtracts_mean = std::is_same_v<Norm, LayerNorm>;
 
-/// h = norm(x) ⊙ (1 + γ); keeps x̂ (N, D) and r (N) for the backward when they are non-null. With `residual_bias`,
+/// A norm's parameters: h = x̂ ⊙ (gain_offset + gain) [+ bias].
+template <class T>
+struct NormWeights {
+  NormWeights(const T* gain, T gain_offset = T(1), const T* bias = nullptr)  // NOLINT: a bare gain converts
+      : gain(gain), gain_offset(gain_offset), bias(bias) {}
+  const T* gain;
+  T gain_offset;  // 1: `gain` stores gain − 1 (x-transformers' norm_add_unit_offset); 0: the gain itself
+  const T* bias;  // β, or null (bias-less)
+};
+
+/// Where a norm's parameter gradients add up: dγ, and dβ when the norm has a bias.
+template <class T>
+struct NormGradients {
+  NormGradients(T* gain, T* bias = nullptr) : gain(gain), bias(bias) {}  // NOLINT: a bare dγ converts
+  T* gain;
+  T* bias;
+};
+
+/// h = norm(x) ⊙ (c + γ) [+ β]; keeps x̂ (N, D) and r (N) for the backward when they are non-null. With `residual_bias`,
 /// the residual stream is first updated in the same pass, x += b (the feed-forward's output bias): residual + norm
 /// read and write each row once.
 template <class Norm, class T>
-void norm_forward(MatrixView<T> x, const T* gamma, MatrixView<T> h, T* xhat, T* rstd,
+void norm_forward(MatrixView<T> x, NormWeights<T> w, MatrixView<T> h, T* xhat, T* rstd,
                   const T* residual_bias = nullptr) {
   const Index D = x.cols();
   parallel_rows(x.rows(), 6 * D, [&](Index begin, Index end) {
@@ -49,16 +68,18 @@ void norm_forward(MatrixView<T> x, const T* gamma, MatrixView<T> h, T* xhat, T* 
       }
       const T m = T(mean);
       for (Index d = 0; d < D; ++d) xh[d] = (xr[d] - m) * r;
-      for (Index d = 0; d < D; ++d) hr[d] = xh[d] * (T(1) + gamma[d]);
+      for (Index d = 0; d < D; ++d) hr[d] = xh[d] * (w.gain_offset + w.gain[d]);
+      if (w.bias)
+        for (Index d = 0; d < D; ++d) hr[d] += w.bias[d];
       if (rstd) rstd[n] = r;
     }
   });
 }
 
-/// dx += ∂h/∂x ᵀ dh;  dγ += Σ_rows dh ⊙ x̂. Per-thread partial dγ sums live in `arena`.
+/// dx += ∂h/∂x ᵀ dh;  dγ += Σ_rows dh ⊙ x̂;  dβ += Σ_rows dh. Per-thread partial sums live in `arena`.
 template <class Norm, class T>
-void norm_backward(MatrixView<T> dh, const T* xhat, const T* rstd, const T* gamma, MatrixView<T> dx, T* dgamma,
-                   Arena& arena) {
+void norm_backward(MatrixView<T> dh, const T* xhat, const T* rstd, NormWeights<T> w, MatrixView<T> dx,
+                   NormGradients<T> grads, Arena& arena) {
   const Index N = dh.rows(), D = dh.cols();
   const int threads = max_threads();
   T* partial = arena.allocate<T>(Index(threads) * D);
@@ -72,7 +93,7 @@ void norm_backward(MatrixView<T> dh, const T* xhat, const T* rstd, const T* gamm
       T* out = dx.data() + n * D;
       T sum_dxhat = 0, sum_dxhat_xhat = 0;
       for (Index d = 0; d < D; ++d) {
-        const T dxh = g[d] * (T(1) + gamma[d]);
+        const T dxh = g[d] * (w.gain_offset + w.gain[d]);
         sum_dxhat += dxh;
         sum_dxhat_xhat += dxh * xh[d];
         dg[d] += g[d] * xh[d];
@@ -83,11 +104,14 @@ void norm_backward(MatrixView<T> dh, const T* xhat, const T* rstd, const T* gamm
         if (rstd[n] * T(Norm::eps) >= sqrt_d) mean_proj = 0;  // ‖x‖ was clamped to ε: h is linear in x
       }
       const T r = rstd[n];
-      for (Index d = 0; d < D; ++d) out[d] += r * (g[d] * (T(1) + gamma[d]) - mean_dxhat - xh[d] * mean_proj);
+      for (Index d = 0; d < D; ++d) out[d] += r * (g[d] * (w.gain_offset + w.gain[d]) - mean_dxhat - xh[d] * mean_proj);
     }
   });
   for (int t = 0; t < threads; ++t)
-    for (Index d = 0; d < D; ++d) dgamma[d] += partial[Index(t) * D + d];
+    for (Index d = 0; d < D; ++d) grads.gain[d] += partial[Index(t) * D + d];
+  if (grads.bias)
+    for (Index n = 0; n < N; ++n)
+      for (Index d = 0; d < D; ++d) grads.bias[d] += dh.data()[n * D + d];
 }
 
 }  // namespace xtr::cpu
