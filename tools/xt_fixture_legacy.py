@@ -29,8 +29,25 @@ Before accepting a file the script checks, on the real modules of the release it
   and the same forward with any single convention flipped (gain offset, norm bias ignored, rotary layout, rotary dim,
   to_logits bias ignored) misses them by > 1e-2, so a wrong importer cannot pass.
 
+XTransformer configs (kind "xtransformer", names xtransformer_*; not part of `all`) build
+XTransformer(**config) with that release instead (copy-task data of tools/xt_fixture.py: vocabulary 18, 0 = padding,
+1 = start token, 2..17 content), perturb the norms of both stacks the same way and write
+    <out>/legacy_<version>_<name>.safetensors
+holding the XTransformer's state dict under that release's names (both names of a tied embedding), plus
+    fixture.src (I64, (2, 12)), fixture.src_mask (BOOL, (2, 12)), fixture.tgt (I64, (2, 25)),
+    fixture.encoded (F32, (2, 12, 32)) model.encoder(src, mask=src_mask, return_embeddings=True), eval
+    fixture.logits  (F32, (2, 24, 18)) model.decoder.net(tgt[:, :-1] with -100 -> 0, context=encoded,
+                                       context_mask=src_mask), eval
+    fixture.loss    (F32, (1,))        model(src, tgt, mask=src_mask), eval
+    fixture.greedy  (I64, (1, 24))     model.generate(src[:1], [[1]], 24, mask=src_mask[:1], temperature=0.,
+                                       cache_kv=True), new tokens only (cache_kv=False must agree)
+with the same checks (bit-exact reload and rebuild, an independent encoder-decoder reference forward to 1e-4, every
+single wrong convention missing by > 1e-2) and the cross-attention / padding facts of the release observed on its
+real modules (metadata `facts`).
+
 Usage:
     PYTHONPATH=/tmp/xt_X python3 tools/xt_fixture_legacy.py [names...|all] [--out DIR] [--expect-version V]
+`all` means the decoder configs only (as before); name the xtransformer_* configs explicitly.
 Python is only a tool here: nothing in the C++ build or tests runs this script.
 """
 import argparse
@@ -49,7 +66,7 @@ import safetensors
 import safetensors.torch
 import x_transformers
 from fixture_io import file_summary, write_and_reload
-from x_transformers import AutoregressiveWrapper, Decoder, TransformerWrapper
+from x_transformers import AutoregressiveWrapper, Decoder, TransformerWrapper, XTransformer
 
 try:  # newer releases warn (via loguru) about small rotary dims
     from loguru import logger as _loguru
@@ -475,9 +492,540 @@ def make_fixture(name, out_dir, version):
     return path
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# XTransformer (encoder-decoder) configs: the copy-task data of tools/xt_fixture.py (xt_copy_batch, duplicated here so
+# that this script imports nothing of the current release), untrained models built by the old release
+
+XT_VOCAB = 18          # 0 = padding (also what -100 decoder inputs become), 1 = start/prefix token, 2..17 content
+XT_PAD, XT_START, XT_FIRST = 0, 1, 2
+XT_SRC = 12            # source length S (padded)
+XT_TGT = 2 * XT_SRC + 1  # [1, src[:L], src[:L]] padded to 25
+XT_IGNORE = -100       # XTransformer's default ignore_index (pad_value 0)
+XT_FIXTURE_LENS = (12, 7)  # row 0 unpadded (greedy runs on it), row 1 padded
+XT_GREEDY = XT_TGT - 1     # generate 24 tokens after the start token
+XT_DATA_SEED = 1235        # == tools/xt_fixture.py SEED + 1: the same held-out rows as the current xtransformer_* files
+XT_SRC_ROWS = [[13, 4, 4, 17, 5, 9, 5, 8, 11, 10, 2, 2], [4, 4, 17, 6, 16, 8, 10, 0, 0, 0, 0, 0]]
+
+
+def _xcfg(tie, dh, **both):
+    cfg = {"dim": 32, "tie_token_emb": tie}
+    for side, n in (("enc", XT_SRC), ("dec", XT_TGT)):
+        cfg.update({f"{side}_num_tokens": XT_VOCAB, f"{side}_depth": 1, f"{side}_heads": 2,
+                    f"{side}_attn_dim_head": dh, f"{side}_max_seq_len": n})
+        cfg.update({f"{side}_{k}": v for k, v in both.items()})
+    return cfg
+
+
+CONFIGS.update({
+    "xtransformer_rotary_layernorm": dict(
+        kind="xtransformer", config=_xcfg(False, 32, rotary_pos_emb=True),
+        description="XTransformer (encoder-decoder, copy-task data), rotary positions in both stacks (dim_head 32: "
+                    "rotary dim max(dim_head // 2, 32) before 1.42.18), default LayerNorm, GELU feed-forwards, "
+                    "untied token embeddings."),
+    "xtransformer_tied_layernorm": dict(
+        kind="xtransformer", config=_xcfg(True, 16),
+        description="XTransformer (encoder-decoder, copy-task data), learned absolute positions in both stacks, "
+                    "default LayerNorm, GELU feed-forwards, tie_token_emb=True."),
+})
+
+
+def xt_split(config):
+    """(dim, encoder keywords, decoder keywords) with the enc_/dec_ prefixes dropped, as XTransformer splits them."""
+    enc = {k[4:]: v for k, v in config.items() if k.startswith("enc_")}
+    dec = {k[4:]: v for k, v in config.items() if k.startswith("dec_")}
+    return config["dim"], enc, dec
+
+
+def xt_copy_batch(lengths, gen):
+    """== tools/xt_fixture.py xt_copy_batch: src (B, S) content ids then 0-padding, src_mask (B, S) True on real
+    tokens, tgt (B, 2S+1) = [1, src[:L], src[:L]] then -100."""
+    B = len(lengths)
+    L = torch.tensor(lengths, dtype=torch.long)
+    content = torch.randint(XT_FIRST, XT_VOCAB, (B, XT_SRC), generator=gen)
+    src_mask = torch.arange(XT_SRC)[None, :] < L[:, None]
+    src = content.masked_fill(~src_mask, XT_PAD)
+    tgt = torch.full((B, XT_TGT), XT_IGNORE, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        tgt[b, 0] = XT_START
+        tgt[b, 1:1 + n] = src[b, :n]
+        tgt[b, 1 + n:1 + 2 * n] = src[b, :n]
+    return src, src_mask, tgt
+
+
+def xt_decoder_input(tgt):
+    """What the AutoregressiveWrapper feeds the decoder: -100 replaced by pad_value 0."""
+    return torch.where(tgt == XT_IGNORE, XT_PAD, tgt)
+
+
+def xt_stack_cfg(dim, kw):
+    """A decoder-style config dict for one stack, so that check_norm_modules / perturb / rotary_dim_of apply as is."""
+    return {"attn_layers": {"dim": dim, **kw}}
+
+
+def xt_expected_names(config, conv):
+    """State dict names and shapes of XTransformer(**config) under the convention table. Both stacks are full
+    TransformerWrappers: the encoder keeps an (unused) to_logits in these releases; the decoder blocks are
+    [self-attention, cross-attention, feed-forward] = layers.{3l}, {3l+1}, {3l+2}."""
+    dim, enc_kw, dec_kw = xt_split(config)
+    names = {}
+    for P, kw, cross in (("encoder.", enc_kw, False), ("decoder.net.", dec_kw, True)):
+        H, dh = kw.get("heads", 8), kw.get("attn_dim_head", 64)
+        nc = conv["rmsnorm"] if kw.get("use_rmsnorm") else conv["layernorm"]
+        names[f"{P}token_emb.emb.weight"] = (kw["num_tokens"], dim)
+        if not kw.get("rotary_pos_emb"):
+            names[f"{P}pos_emb.emb.weight"] = (kw["max_seq_len"], dim)
+
+        def norm(prefix):
+            names[f"{prefix}.{nc['gain']}"] = (dim,)
+            if nc["bias"]:
+                names[f"{prefix}.{nc['bias']}"] = (dim,)
+
+        def attn(a):
+            norm(f"{a}.0.0")
+            names.update({f"{a}.1.to_q.weight": (H * dh, dim), f"{a}.1.to_k.weight": (H * dh, dim),
+                          f"{a}.1.to_v.weight": (H * dh, dim), f"{a}.1.to_out.weight": (dim, H * dh)})
+        per = 3 if cross else 2
+        for l in range(kw["depth"]):
+            attn(f"{P}attn_layers.layers.{per * l}")
+            if cross:
+                attn(f"{P}attn_layers.layers.{per * l + 1}")
+            f = f"{P}attn_layers.layers.{per * l + per - 1}"
+            norm(f"{f}.0.0")
+            names.update({f"{f}.1.ff.0.0.weight": (4 * dim, dim), f"{f}.1.ff.0.0.bias": (4 * dim,),
+                          f"{f}.1.ff.2.weight": (dim, 4 * dim), f"{f}.1.ff.2.bias": (dim,)})
+        if kw.get("rotary_pos_emb"):
+            names[f"{P}attn_layers.rotary_pos_emb.inv_freq"] = (rotary_dim_of(conv, dh) // 2,)
+        norm(f"{P}attn_layers.final_norm")
+        names[f"{P}to_logits.weight"] = (kw["num_tokens"], dim)
+        if conv["to_logits_bias"]:
+            names[f"{P}to_logits.bias"] = (kw["num_tokens"],)
+    return names
+
+
+def reference_xt_stack(sd, P, kw, dim, conv, tokens, *, causal, mask=None, context=None, context_mask=None,
+                       flip=None, masked_rows="softmax"):
+    """Plain-tensor TransformerWrapper(attn_layers=Encoder/Decoder(dim, **kw)) under `P`, written from the convention
+    table: the final-normed embeddings (B, T, dim). With `context` each block is [self, cross, ff] (layers 3l, 3l+1,
+    3l+2). Rules of these releases: pre-norm on the query stream only, the context enters to_k/to_v as is;
+    cross-attention has no rotary and no causal mask, its keys are masked by context_mask; with `mask` (self keys) the
+    self-attention output after to_out is zeroed at padded query positions. masked_rows: what a query row whose keys
+    are ALL masked gets: "softmax" (plain softmax over -finfo.max everywhere = uniform average of all values) or
+    "zero" (the current release). `flip` = one convention deliberately wrong (see xt_flips_for)."""
+    H, dh = kw.get("heads", 8), kw.get("attn_dim_head", 64)
+    rms, glu, swish = kw.get("use_rmsnorm", False), kw.get("ff_glu", False), kw.get("ff_swish", False)
+    nc = conv["rmsnorm"] if rms else conv["layernorm"]
+    offset = nc["offset"] if flip != "gain_offset" else 1.0 - nc["offset"]
+    B, T = tokens.shape
+
+    def norm(x, prefix):
+        g = sd[f"{prefix}.{nc['gain']}"] + offset
+        if rms:
+            return x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12) * math.sqrt(dim) * g
+        mu = x.mean(-1, keepdim=True)
+        var = ((x - mu) ** 2).mean(-1, keepdim=True)
+        y = (x - mu) / torch.sqrt(var + 1e-5) * g
+        if nc["bias"] and flip != "norm_bias":
+            y = y + sd[f"{prefix}.{nc['bias']}"]
+        return y
+
+    x = sd[f"{P}token_emb.emb.weight"][tokens]
+    if f"{P}pos_emb.emb.weight" in sd:
+        x = x + sd[f"{P}pos_emb.emb.weight"][:T] * dim ** -0.5
+
+    def rot_for(n):
+        rd = rotary_dim_of(conv, dh)
+        if flip == "rotary_dim":
+            rd = dh // 2 if rd != dh // 2 else min(dh, 32)
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, rd, 2).float() / rd))
+        if flip != "rotary_dim":
+            assert torch.equal(inv_freq, sd[f"{P}attn_layers.rotary_pos_emb.inv_freq"])
+        ang = torch.arange(n).float()[:, None] * inv_freq[None, :]
+        layout = conv["rotary_layout"]
+        if flip == "rotary_layout":
+            layout = "half" if layout == "interleaved" else "interleaved"
+        return rd, layout, ang.to(x.dtype).cos(), ang.to(x.dtype).sin()
+
+    def rope(t, rot):
+        rd, layout, c, s = rot
+        a, rest = t[..., :rd], t[..., rd:]
+        if layout == "interleaved":
+            x0, x1 = a[..., 0::2], a[..., 1::2]
+            y = torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).flatten(-2)
+        else:
+            x0, x1 = a[..., : rd // 2], a[..., rd // 2:]
+            y = torch.cat((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1)
+        return torch.cat((y, rest), dim=-1)
+
+    def attend(a, h, kv_in, masked, rot_q, rot_k):
+        n = kv_in.shape[1]
+        q = (h @ sd[f"{a}.1.to_q.weight"].T).view(B, T, H, dh).transpose(1, 2)
+        k = (kv_in @ sd[f"{a}.1.to_k.weight"].T).view(B, n, H, dh).transpose(1, 2)
+        v = (kv_in @ sd[f"{a}.1.to_v.weight"].T).view(B, n, H, dh).transpose(1, 2)
+        if rot_q is not None:
+            q, k = rope(q, rot_q), rope(k, rot_k)
+        sim = (q @ k.transpose(-1, -2)) * dh ** -0.5
+        masked = masked.expand(B, H, T, n)
+        sim = sim.masked_fill(masked, -torch.finfo(sim.dtype).max)
+        o = sim.softmax(-1) @ v
+        if masked_rows == "zero":
+            o = o * (~masked).any(-1, keepdim=True).to(o.dtype)
+        o = o.transpose(1, 2).reshape(B, T, H * dh)
+        return o @ sd[f"{a}.1.to_out.weight"].T
+
+    rot = rot_for(T) if kw.get("rotary_pos_emb") else None
+    self_masked = (torch.ones(T, T, dtype=torch.bool).triu(1) if causal else torch.zeros(T, T, dtype=torch.bool))
+    self_masked = self_masked[None, None]
+    if mask is not None:
+        self_masked = self_masked | ~mask[:, None, None, :]
+    per = 3 if context is not None else 2
+    for l in range(kw["depth"]):
+        a = f"{P}attn_layers.layers.{per * l}"
+        o = attend(a, norm(x, f"{a}.0.0"), norm(x, f"{a}.0.0"), self_masked, rot, rot)
+        if mask is not None:
+            o = o * mask[..., None].to(o.dtype)
+        x = x + o
+        if context is not None:
+            c = f"{P}attn_layers.layers.{per * l + 1}"
+            S = context.shape[1]
+            ctx = norm(context, f"{c}.0.0") if flip == "norm_context" else context
+            cm = context_mask if (context_mask is not None and flip != "no_context_mask") else \
+                torch.ones(B, S, dtype=torch.bool)
+            crot_q = crot_k = None
+            if flip == "cross_rotary" and rot is not None:
+                crot_q, crot_k = rot, rot_for(S)
+            x = x + attend(c, norm(x, f"{c}.0.0"), ctx, ~cm[:, None, None, :], crot_q, crot_k)
+        f = f"{P}attn_layers.layers.{per * l + per - 1}"
+        h = norm(x, f"{f}.0.0")
+        if glu:
+            pj = h @ sd[f"{f}.1.ff.0.proj.weight"].T + sd[f"{f}.1.ff.0.proj.bias"]
+            up, gate = pj.chunk(2, dim=-1)
+            h = up * (F.silu(gate) if swish else F.gelu(gate))
+        else:
+            h = h @ sd[f"{f}.1.ff.0.0.weight"].T + sd[f"{f}.1.ff.0.0.bias"]
+            h = F.silu(h) if swish else F.gelu(h)
+        x = x + h @ sd[f"{f}.1.ff.2.weight"].T + sd[f"{f}.1.ff.2.bias"]
+    return norm(x, f"{P}attn_layers.final_norm")
+
+
+def reference_xt(sd, config, conv, src, src_mask, dec_in, flip=None, masked_rows="softmax", encoded=None):
+    """(encoded (B, S, dim), decoder logits (B, T, V)) from the state dict alone (`encoded` given: decoder only)."""
+    dim, enc_kw, dec_kw = xt_split(config)
+    if encoded is None:
+        encoded = reference_xt_stack(sd, "encoder.", enc_kw, dim, conv, src, causal=False, mask=src_mask,
+                                     flip=flip if flip not in ("to_logits_bias",) else None,
+                                     masked_rows=masked_rows)
+    h = reference_xt_stack(sd, "decoder.net.", dec_kw, dim, conv, dec_in, causal=True, context=encoded,
+                           context_mask=src_mask, flip=flip, masked_rows=masked_rows)
+    logits = h @ sd["decoder.net.to_logits.weight"].T
+    if conv["to_logits_bias"] and flip != "to_logits_bias":
+        logits = logits + sd["decoder.net.to_logits.bias"]
+    return encoded, logits
+
+
+def xt_flips_for(config, conv):
+    dim, enc_kw, dec_kw = xt_split(config)
+    out = []
+    for kw in (enc_kw, dec_kw):
+        for f in flips_for(xt_stack_cfg(dim, kw), conv):
+            if f not in out:
+                out.append(f)
+    return out + ["cross_rotary" if dec_kw.get("rotary_pos_emb") else None, "norm_context", "no_context_mask"]
+
+
+def xt_greedy_steps(model, src, src_mask, greedy):
+    """Decoder logits of the greedy steps from one uncached pass over [1, greedy[:-1]] (GREEDY, V)."""
+    with torch.no_grad():
+        enc = model.encoder(src, mask=src_mask, return_embeddings=True)
+        full = torch.cat((torch.full((greedy.shape[0], 1), XT_START, dtype=torch.long), greedy), dim=-1)
+        return model.decoder.net(full[:, :-1], context=enc, context_mask=src_mask)[0]
+
+
+def xt_observe_facts(model, config, conv, sd, src, src_mask, dec_in, encoded, logits):
+    """Cross-attention / padding / tie / cache facts of this release, observed on its real modules and asserted."""
+    import x_transformers.x_transformers as xtm
+    dim, enc_kw, dec_kw = xt_split(config)
+    facts = {}
+    dec_layers = model.decoder.net.attn_layers
+    assert tuple(dec_layers.layer_types) == ("a", "c", "f") * dec_kw["depth"], dec_layers.layer_types
+    assert tuple(model.encoder.attn_layers.layer_types) == ("a", "f") * enc_kw["depth"]
+    facts["layout"] = ("decoder.net.attn_layers.layer_types == ('a', 'c', 'f') * depth: layers.{3l} causal "
+                       "self-attention, layers.{3l+1} cross-attention, layers.{3l+2} feed-forward, each with its own "
+                       "pre-norm .0.0.*; the encoder keeps layers.{2l} / {2l+1}")
+
+    # (a) rotary in cross-attention? count the calls of apply_rotary_pos_emb and the shapes they rotate
+    calls = []
+    orig = xtm.apply_rotary_pos_emb
+
+    def spy(t, freqs, *a, **k):
+        calls.append(tuple(t.shape))
+        return orig(t, freqs, *a, **k)
+    xtm.apply_rotary_pos_emb = spy
+    try:
+        with torch.no_grad():
+            model.decoder.net(dec_in, context=encoded, context_mask=src_mask)
+    finally:
+        xtm.apply_rotary_pos_emb = orig
+    if dec_kw.get("rotary_pos_emb"):
+        T = dec_in.shape[1]
+        assert len(calls) == 2 * dec_kw["depth"] and all(c[-2] == T for c in calls), calls
+        facts["cross_rotary"] = (f"no: one decoder forward rotates only self-attention q and k ({len(calls)} calls of "
+                                 f"apply_rotary_pos_emb, all of length {T}; cross-attention k of length "
+                                 f"{XT_SRC} never); rotating cross q/k would move the logits (see flips)")
+    else:
+        assert not calls
+        facts["cross_rotary"] = "no rotary in this config (apply_rotary_pos_emb is never called)"
+
+    # (b) context_mask: XTransformer passes its `mask` as the decoder's context_mask (keyword of AttentionLayers)
+    import inspect
+    assert "context_mask" in inspect.signature(type(dec_layers).forward).parameters
+    assert "context_mask = mask" in inspect.getsource(XTransformer.forward).replace("context_mask=mask",
+                                                                                    "context_mask = mask")
+    with torch.no_grad():
+        no_cm = model.decoder.net(dec_in, context=encoded)
+    d_cm = (no_cm[1] - logits[1]).abs().max().item()
+    assert torch.equal(no_cm[0], logits[0]) and d_cm > 1e-2, d_cm
+    facts["context_mask"] = (f"XTransformer.forward/generate pass the source mask to the decoder as "
+                             f"context_mask=mask (same name as the current release); it masks cross-attention keys "
+                             f"only; dropping it moves row 1's logits by {d_cm:.3g} (row 0, unpadded, unchanged)")
+    # padded encoder rows never read
+    enc_mod = encoded.masked_fill(~src_mask[..., None], 1e3)
+    with torch.no_grad():
+        l_mod = model.decoder.net(dec_in, context=enc_mod, context_mask=src_mask)
+    assert torch.equal(l_mod, logits)
+    facts["padding"] = ("encoder: mask=src_mask masks self-attention keys and zeroes the self-attention output "
+                        "(after to_out) at padded query positions; the feed-forward and final norm still run there "
+                        f"(max |encoded| at padded positions {encoded[~src_mask].abs().max().item():.3g}); those "
+                        "rows are never read: setting them to 1e3 leaves the logits bit-identical. decoder: no mask "
+                        "on its own stream (-100 fed as token 0)")
+
+    # (b) fully masked source row: uniform softmax average or zero?
+    fm = src_mask.clone()
+    fm[1] = False
+    with torch.no_grad():
+        enc_fm = model.encoder(src, mask=fm, return_embeddings=True)
+        log_fm = model.decoder.net(dec_in, context=enc_fm, context_mask=fm)
+    assert torch.isfinite(log_fm).all()
+    assert torch.equal(log_fm[0], logits[0])
+    e_soft = reference_xt(sd, config, conv, src, fm, dec_in, masked_rows="softmax")
+    e_zero = reference_xt(sd, config, conv, src, fm, dec_in, masked_rows="zero")
+    err_soft = max((e_soft[0] - enc_fm).abs().max().item(), (e_soft[1] - log_fm).abs().max().item())
+    err_zero = (e_zero[1] - log_fm).abs().max().item()
+    if err_soft < 1e-4 and err_zero > 1e-2:
+        rule = "softmax"
+        facts["fully_masked_source"] = (
+            f"an all-False src_mask row (tried on row 1) gives no NaN; NO zeroing of entirely masked attention rows: "
+            f"the softmax over keys that are all -finfo.max is uniform, so every decoder cross-attention row of it "
+            f"averages the values of ALL {XT_SRC} encoder positions (and the encoder self-attention output there is "
+            f"zeroed anyway by the query mask). Reference with the uniform rule matches to {err_soft:.2g}; the "
+            f"current release's rule (zero output for such rows) misses by {err_zero:.3g}")
+    elif err_zero < 1e-4 and err_soft > 1e-2:
+        rule = "zero"
+        facts["fully_masked_source"] = (f"an all-False src_mask row: entirely masked attention rows output exactly 0 "
+                                        f"(reference to {err_zero:.2g}; uniform softmax misses by {err_soft:.3g})")
+    else:
+        raise SystemExit(f"fully masked row: neither rule fits (softmax {err_soft}, zero {err_zero})")
+    facts["fully_masked_rule"] = rule
+
+    # tied embedding
+    if config.get("tie_token_emb"):
+        assert model.decoder.net.token_emb is model.encoder.token_emb
+        pn = [k for k, _ in model.named_parameters()]
+        assert "encoder.token_emb.emb.weight" in pn and "decoder.net.token_emb.emb.weight" not in pn
+        assert "decoder.net.token_emb.emb.weight" in sd and "encoder.token_emb.emb.weight" in sd
+        facts["tied"] = ("decoder.net.token_emb IS encoder.token_emb: state_dict() lists both "
+                         "encoder.token_emb.emb.weight and decoder.net.token_emb.emb.weight (stored here as two equal "
+                         "tensors), named_parameters() once; to_logits is not tied")
+    facts["encoder_to_logits"] = ("the encoder is a plain TransformerWrapper: it has its own encoder.to_logits."
+                                  + ("weight/.bias" if conv["to_logits_bias"] else "weight") +
+                                  " (default init, never used by XTransformer: encoder(..., return_embeddings=True))")
+
+    # kv cache: how does cross-attention get its keys in cached greedy decoding?
+    seen = []
+    to_k = dec_layers.layers[1][1].to_k
+    hook = to_k.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    try:
+        model.generate(src[:1], torch.tensor([[XT_START]]), 4, mask=src_mask[:1], temperature=0., cache_kv=True)
+    finally:
+        hook.remove()
+    if seen == [XT_SRC] * 4:
+        facts["cache_cross_kv"] = (f"cache_kv=True: cross-attention to_k sees the full context at every step "
+                                   f"(input lengths {seen}): the context stays, cross k/v are recomputed each step, "
+                                   f"only self-attention k/v come from the cache")
+    elif seen == [XT_SRC] + [0] * 3:
+        facts["cache_cross_kv"] = (f"cache_kv=True: cross-attention to_k sees the context at the first step only "
+                                   f"(input lengths {seen}): later steps get context[:, :0] and reuse the cached "
+                                   f"cross k/v (as the current release)")
+    else:
+        raise SystemExit(f"unexpected cross-attention inputs while decoding with the cache: {seen}")
+    return facts
+
+
+def make_xt_fixture(name, out_dir, version):
+    spec = CONFIGS[name]
+    config = spec["config"]
+    conv = conventions(version, torch.__version__)
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    dim, enc_kw, dec_kw = xt_split(config)
+    assert enc_kw["num_tokens"] == dec_kw["num_tokens"] == XT_VOCAB
+    assert enc_kw["max_seq_len"] == XT_SRC and dec_kw["max_seq_len"] == XT_TGT
+
+    src, src_mask, tgt = xt_copy_batch(list(XT_FIXTURE_LENS), torch.Generator().manual_seed(XT_DATA_SEED))
+    assert src.tolist() == XT_SRC_ROWS, src.tolist()
+    B = len(XT_FIXTURE_LENS)
+    dec_in = xt_decoder_input(tgt)
+    start = torch.tensor([[XT_START]], dtype=torch.long)
+    want = xt_expected_names(config, conv)
+
+    for seed in range(SEED, SEED + 50):
+        torch.manual_seed(seed)
+        model = XTransformer(**config)
+        got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if got != want:
+            raise SystemExit(f"[{name}] state dict differs from the convention table:\n  got  {got}\n  want {want}")
+        gen = torch.Generator().manual_seed(seed)
+        touched = []
+        for P, net, kw in (("encoder.", model.encoder, enc_kw), ("decoder.net.", model.decoder.net, dec_kw)):
+            check_norm_modules(net, xt_stack_cfg(dim, kw), conv)
+            touched += [P + t for t in perturb(net, xt_stack_cfg(dim, kw), conv, gen)]
+        model.eval()
+        with torch.no_grad():
+            greedy = model.generate(src[:1], start, XT_GREEDY, mask=src_mask[:1], temperature=0., cache_kv=True)
+            step_logits = xt_greedy_steps(model, src[:1], src_mask[:1], greedy)
+        top2 = step_logits.topk(2, dim=-1).values
+        margin = (top2[:, 0] - top2[:, 1]).min().item()
+        if margin >= 1e-2:
+            break
+    else:
+        raise SystemExit(f"[{name}] no seed gave a greedy margin >= 1e-2")
+    assert greedy.shape == (1, XT_GREEDY), greedy.shape                          # new tokens only
+    assert torch.equal(step_logits.argmax(-1), greedy[0]), "greedy is not the argmax of the decoder logits"
+    greedy_nc = model.generate(src[:1], start, XT_GREEDY, mask=src_mask[:1], temperature=0., cache_kv=False)
+    if not torch.equal(greedy, greedy_nc):
+        raise SystemExit(f"[{name}] cache_kv=True gives {greedy.tolist()}, cache_kv=False {greedy_nc.tolist()}")
+
+    with torch.no_grad():
+        encoded = model.encoder(src, mask=src_mask, return_embeddings=True)
+        logits = model.decoder.net(dec_in[:, :-1], context=encoded, context_mask=src_mask)
+        logits_full = model.decoder.net(dec_in, context=encoded, context_mask=src_mask)[:, :-1]
+        loss = model(src, tgt, mask=src_mask)
+    assert encoded.shape == (B, XT_SRC, dim) and logits.shape == (B, XT_TGT - 1, XT_VOCAB)
+    assert torch.allclose(logits, logits_full, atol=1e-5), "causality: net(x)[:, :-1] != net(x[:, :-1])"
+    ce = F.cross_entropy(logits.transpose(1, 2), tgt[:, 1:], ignore_index=XT_IGNORE)
+    assert abs(ce.item() - loss.item()) < 1e-5, (ce.item(), loss.item())
+
+    # independent forward, every single wrong convention must miss, release facts
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    ref_enc, ref = reference_xt(sd, config, conv, src, src_mask, dec_in[:, :-1])
+    err_enc = (ref_enc - encoded).abs().max().item()
+    err = (ref - logits).abs().max().item()
+    assert err_enc < 1e-4 and err < 1e-4, f"[{name}] reference forward differs: encoded {err_enc}, logits {err}"
+    sd64 = {k: (v if k.endswith("inv_freq") else v.double()) for k, v in sd.items()}
+    err64 = (reference_xt(sd64, config, conv, src, src_mask, dec_in[:, :-1])[1] - logits.double()).abs().max().item()
+    flip_err = {}
+    for flip in xt_flips_for(config, conv):
+        if flip is None:
+            continue
+        d = (reference_xt(sd, config, conv, src, src_mask, dec_in[:, :-1], flip=flip)[1] - logits).abs().max().item()
+        assert d > 1e-2, f"[{name}] flipping {flip} changes logits by only {d}: fixture cannot discriminate"
+        flip_err[flip] = d
+    facts = xt_observe_facts(model, config, conv, sd, src, src_mask, dec_in[:, :-1], encoded, logits)
+    facts["greedy"] = (f"temperature=0. is argmax (the {XT_GREEDY} cached greedy tokens equal the argmax of one "
+                       "uncached decoder pass over [1, greedy[:-1]]); cache_kv=True and cache_kv=False give the same "
+                       "tokens")
+
+    tensors = {k: v.contiguous() for k, v in sd.items()}       # clone above: tied names are separate tensors
+    tensors["fixture.src"] = src.contiguous()
+    tensors["fixture.src_mask"] = src_mask.contiguous()
+    tensors["fixture.tgt"] = tgt.contiguous()
+    tensors["fixture.encoded"] = encoded.contiguous()
+    tensors["fixture.logits"] = logits.contiguous()
+    tensors["fixture.loss"] = loss.detach().reshape(1).contiguous()
+    tensors["fixture.greedy"] = greedy.to(torch.long).contiguous()
+    for k, v in tensors.items():
+        assert v.dtype in (torch.float32, torch.int64, torch.bool), (k, v.dtype)
+
+    conv_meta = {}
+    for side, kw in (("encoder", enc_kw), ("decoder", dec_kw)):
+        nc = conv["rmsnorm"] if kw.get("use_rmsnorm") else conv["layernorm"]
+        conv_meta.setdefault("norm", nc)
+        assert conv_meta["norm"] == nc, "both stacks use the same norm here"
+        if kw.get("rotary_pos_emb"):
+            conv_meta.setdefault("rotary", {
+                "dim": f"{conv['rotary_dim']} = {rotary_dim_of(conv, kw['attn_dim_head'])}",
+                "layout": conv["rotary_layout"] + (
+                    ": pairs (i, i + rd/2) rotate by pos * inv_freq[i] (rotate_half on halves)"
+                    if conv["rotary_layout"] == "half" else ": pairs (2i, 2i+1) rotate by pos * inv_freq[i]"),
+                "where": "self-attention q/k of both stacks (positions 0..T-1); never cross-attention"})
+    conv_meta["to_logits"] = conv["to_logits"] + " (decoder.net.to_logits; encoder.to_logits exists but is unused)"
+    meta = {
+        "config": json.dumps(config),
+        "x_transformers_version": version,
+        "torch_version": torch.__version__,
+        "safetensors_version": safetensors.__version__,
+        "description": spec["description"] + f" Built with x-transformers {version}; weights are the default init "
+                       f"(seed {seed}) with the norm tensors perturbed, no training.",
+        "conventions": json.dumps(conv_meta),
+        "facts": json.dumps(facts),
+        "token_mapping": f"vocabulary {XT_VOCAB}: {XT_PAD} = padding (source padding, and the decoder input where "
+                         f"tgt is {XT_IGNORE}), {XT_START} = start/prefix token, {XT_FIRST}..{XT_VOCAB - 1} content",
+        "perturbation": f"norm gains += N(0, {PERTURB['gain_std']}^2), norm biases += N(0, {PERTURB['bias_std']}^2) "
+                        f"(one torch.Generator seed {seed}, encoder first, then decoder.net); to_logits biases keep "
+                        f"nn.Linear's default (nonzero) init; tensors: " + ", ".join(touched),
+        "src": f"I64 (B, {XT_SRC}) sources (torch.Generator seed {XT_DATA_SEED}, as tools/xt_fixture.py), lengths "
+               f"{list(XT_FIXTURE_LENS)}: content ids then {XT_PAD}-padding",
+        "src_mask": "BOOL (B, S) True = real source token; passed as mask= (encoder keys, padded encoder queries "
+                    "zeroed) and as the decoder's context_mask",
+        "tgt": f"I64 (B, {XT_TGT}) = [{XT_START}, src[:L], src[:L]] then {XT_IGNORE} (ignore_index)",
+        "encoded": "model.encoder(src, mask=src_mask, return_embeddings=True), eval mode (after the encoder's "
+                   "final norm)",
+        "logits": f"model.decoder.net(tgt[:, :-1] with {XT_IGNORE} -> {XT_PAD}, context=encoded, "
+                  "context_mask=src_mask), eval mode",
+        "loss": "model(src, tgt, mask=src_mask), eval mode: cross_entropy(decoder logits of all 25 inputs [:, :-1], "
+                f"tgt[:, 1:], ignore_index={XT_IGNORE}), mean over the non-ignored targets",
+        "generate": json.dumps({"call": f"model.generate(src[:1], [[{XT_START}]], {XT_GREEDY}, mask=src_mask[:1], "
+                                        "temperature=0., cache_kv=True)", "returns": "new tokens only",
+                                "seq_len": XT_GREEDY, "temperature": 0.0, "cache_kv": True}),
+        "greedy": f"I64 (1, {XT_GREEDY}) the generate call above (cache_kv=False gives the same tokens)",
+        "greedy_min_margin": f"{margin:.4f}",
+    }
+    path = os.path.join(out_dir, f"legacy_{version}_{name}.safetensors")
+    loaded, meta_back = write_and_reload(path, tensors, meta)
+
+    # verify: rebuild from the config metadata alone (another init seed), bit-identical encoded/logits/loss, greedy
+    torch.manual_seed(0)
+    model2 = XTransformer(**json.loads(meta_back["config"])).eval()
+    model2.load_state_dict({k: v for k, v in loaded.items() if not k.startswith("fixture.")}, strict=True)
+    s2, m2, t2 = loaded["fixture.src"], loaded["fixture.src_mask"], loaded["fixture.tgt"]
+    with torch.no_grad():
+        re_enc = model2.encoder(s2, mask=m2, return_embeddings=True)
+        re_logits = model2.decoder.net(xt_decoder_input(t2)[:, :-1], context=re_enc, context_mask=m2)
+        re_loss = model2(s2, t2, mask=m2)
+    for what, a, b in (("encoded", re_enc, loaded["fixture.encoded"]), ("logits", re_logits, loaded["fixture.logits"]),
+                       ("loss", re_loss.reshape(1), loaded["fixture.loss"])):
+        if not torch.equal(a, b):
+            raise SystemExit(f"[{name}] {what} from saved weights differs by {(a - b).abs().max().item()}")
+    if config.get("tie_token_emb"):
+        assert torch.equal(loaded["encoder.token_emb.emb.weight"], loaded["decoder.net.token_emb.emb.weight"])
+    for cache_kv in (True, False):
+        g2 = model2.generate(s2[:1], start, XT_GREEDY, mask=m2[:1], temperature=0., cache_kv=cache_kv)
+        assert torch.equal(g2, loaded["fixture.greedy"]), f"greedy (cache_kv={cache_kv}) from saved weights differs"
+
+    print(f"[{name}] wrote {path}: {file_summary(path)}, seed {seed}, loss {loss.item():.6f}, "
+          f"greedy {greedy[0].tolist()} (min margin {margin:.4f}); reference fp32 err encoded {err_enc:.2g} logits "
+          f"{err:.2g}, fp32-vs-fp64 {err64:.2g}; max |logit| {logits.abs().max().item():.3g}; single wrong "
+          f"convention misses by " + ", ".join(f"{k} {v:.3g}" for k, v in flip_err.items()))
+    for k, v in facts.items():
+        print(f"    fact {k}: {v}")
+    for k, s in want.items():
+        print(f"    {k} {s}")
+    return path
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("names", nargs="*", default=["all"], help=f"config names or 'all': {', '.join(CONFIGS)}")
+    ap.add_argument("names", nargs="*", default=["all"],
+                    help=f"config names or 'all' (= the decoder configs): {', '.join(CONFIGS)}")
     ap.add_argument("--out", default="tests/fixtures")
     ap.add_argument("--expect-version", default=None, help="fail unless this x-transformers version is imported")
     args = ap.parse_args(argv)
@@ -492,11 +1040,15 @@ def main(argv=None):
         raise SystemExit(f"version metadata ({dist_files}) and imported code ({here}) come from different installs")
     conv = conventions(version, torch.__version__)
     print(json.dumps(conv, indent=1))
-    names = list(CONFIGS) if (not args.names or "all" in args.names) else args.names
+    decoder_names = [n for n in CONFIGS if CONFIGS[n].get("kind", "decoder") == "decoder"]
+    names = decoder_names if (not args.names or "all" in args.names) else args.names
     for n in names:
         if n not in CONFIGS:
             ap.error(f"unknown config {n!r}; known: {', '.join(CONFIGS)}")
-        make_fixture(n, args.out, version)
+        if CONFIGS[n].get("kind", "decoder") == "xtransformer":
+            make_xt_fixture(n, args.out, version)
+        else:
+            make_fixture(n, args.out, version)
 
 
 if __name__ == "__main__":

@@ -282,10 +282,16 @@ void load(Net& net, const safetensors::File& release_file, const std::string& wh
   detail::check_rotary_buffer(net, file, std::string(rotary_buffer), what);
 }
 
+/// How each part of an XTransformer's state dict differs from xtr's layout.
+struct XTransformerConventions {
+  Conventions encoder, decoder;
+};
+
 /// What an XTransformer description resolved to: the config and each part's policies by name.
 struct XTransformerDescription {
   XTransformerConfig config;
   ModelDescription encoder, decoder;
+  [[nodiscard]] XTransformerConventions conventions() const { return {encoder.conventions, decoder.conventions}; }
 };
 
 /// Reads x-transformers' XTransformer keywords: dim, tie_token_emb, ignore_index, pad_value, cross_attn_tokens_dropout,
@@ -320,9 +326,6 @@ inline XTransformerDescription parse_xtransformer_description(const json::Value&
   XTransformerDescription d;
   d.encoder = parse_description(parts[0]);
   d.decoder = parse_description(parts[1]);
-  require(detail::parse_version(d.encoder.version) >= detail::Version{1, 31, 3},
-          "XTransformer checkpoints of x_transformers_version ", d.encoder.version,
-          " (before 1.31.3) are not supported: no golden fixture checks their layout");
   auto& c = d.config;
   c.dim = root.at("dim").as_int();
   c.encoder = d.encoder.config;
@@ -331,6 +334,7 @@ inline XTransformerDescription parse_xtransformer_description(const json::Value&
   c.ignore_index = std::int32_t(detail::integer(root, "ignore_index", -100));
   c.pad_value = std::int32_t(detail::integer(root, "pad_value", 0));
   c.cross_attn_tokens_dropout = detail::real(root, "cross_attn_tokens_dropout", 0);
+  c.encoder_to_logits = detail::parse_version(d.encoder.version) < detail::Version{1, 35, 2};
   return d;
 }
 
@@ -346,10 +350,15 @@ inline constexpr std::string_view encoder_rotary_buffer = "encoder.attn_layers.r
 inline constexpr std::string_view decoder_rotary_buffer = "decoder.net.attn_layers.rotary_pos_emb.inv_freq";
 
 /// Loads an XTransformer state dict (`encoder.…`, `decoder.net.…`; with tie_token_emb both token embedding names,
-/// which must hold equal values); checks the rotary buffers. `ignore`: further name prefixes to skip.
+/// which must hold equal values) written by a release with `conventions`; checks the rotary buffers. `ignore`:
+/// further name prefixes to skip.
 template <class Model>
-void load_xtransformer(Model& model, const safetensors::File& file, const std::string& what = "x-transformers state dict",
-          std::vector<std::string> ignore = {}) {
+void load_xtransformer(Model& model, const safetensors::File& release_file,
+                       const std::string& what = "x-transformers state dict", std::vector<std::string> ignore = {},
+                       const XTransformerConventions& conventions = {}) {
+  safetensors::File file =
+      detail::convert_layout(model.encoder, release_file, "encoder.", conventions.encoder, /*to_xtr=*/true);
+  file = detail::convert_layout(model.decoder.net, std::move(file), "decoder.net.", conventions.decoder, true);
   ignore.emplace_back(encoder_rotary_buffer);
   ignore.emplace_back(decoder_rotary_buffer);
   detail::check_rotary_buffer(model.encoder, file, std::string(encoder_rotary_buffer), what);
@@ -395,15 +404,18 @@ safetensors::File export_state_dict(const Net& net, const safetensors::File* sou
 }
 
 
-/// An XTransformer's state dict under x-transformers' names (both names of a tied embedding) with the rotary buffers
-/// its load_state_dict(strict=True) expects; buffers present in `source` are copied byte for byte.
+/// An XTransformer's state dict under x-transformers' names (both names of a tied embedding; in the layout of a
+/// release with `conventions`) with the rotary buffers its load_state_dict(strict=True) expects; buffers present in
+/// `source` are copied byte for byte.
 template <class Model>
-safetensors::File export_xtransformer_state_dict(const Model& model, const safetensors::File* source = nullptr) {
+safetensors::File export_xtransformer_state_dict(const Model& model, const safetensors::File* source = nullptr,
+                                                 const XTransformerConventions& conventions = {}) {
   safetensors::File file;
   append_state_dict(model.parameters(), file);
   detail::append_rotary_buffer(model.encoder, std::string(encoder_rotary_buffer), source, file);
   detail::append_rotary_buffer(model.decoder.net, std::string(decoder_rotary_buffer), source, file);
-  return file;
+  file = detail::convert_layout(model.encoder, std::move(file), "encoder.", conventions.encoder, /*to_xtr=*/false);
+  return detail::convert_layout(model.decoder.net, std::move(file), "decoder.net.", conventions.decoder, false);
 }
 
 }  // namespace xtr::x_transformers

@@ -32,6 +32,8 @@ struct XTransformerConfig {
   std::int32_t pad_value = 0;
   double cross_attn_tokens_dropout = 0;  // training: fraction of source tokens hidden from cross-attention
   std::uint64_t seed = 0;          // parameters, dropout and sampling streams (the parts' seeds derive from it)
+  bool encoder_to_logits = false;  // the encoder keeps a to_logits it never uses (x-transformers before 1.35.2 has
+                                   // `encoder.to_logits.*` in its state dicts); false: embeddings only
 };
 
 /// x-transformers' dropout_seq as a key mask (batch, length) written to `kept`: per row keep
@@ -163,7 +165,7 @@ class XTransformer {
             " != decoder.num_tokens ", c.decoder.num_tokens);
     require(c.cross_attn_tokens_dropout >= 0 && c.cross_attn_tokens_dropout < 1,
             "cross_attn_tokens_dropout must be in [0, 1), got ", c.cross_attn_tokens_dropout);
-    c.encoder.return_only_embed = true;
+    c.encoder.return_only_embed = !c.encoder_to_logits;
     c.decoder.return_only_embed = false;
     c.encoder.seed = RandomStream{c.seed, 4}.bits64(0);
     c.decoder.seed = RandomStream{c.seed, 4}.bits64(1);
