@@ -5,6 +5,8 @@
 //
 //   train_copy --num-batches 2000 --log-jsonl copy.jsonl          (dim 128, depth 3 + 3, heads 8, 16 + 2 tokens,
 //                                                                   source 32, target 65, batch 32, Adam 3e-4)
+// --save PATH writes a training checkpoint at every print-out and at the end; --resume PATH continues from one (the
+// same flags otherwise: the checkpoint refuses another model or configuration).
 #include <omp.h>
 
 #include <chrono>
@@ -32,7 +34,7 @@ struct Options {
   long eval_samples = 20;
   long seed = 0;
   int threads = 0;
-  std::string log_jsonl;
+  std::string log_jsonl, save, resume;
 };
 
 void usage_text(std::FILE* out) {
@@ -40,7 +42,7 @@ void usage_text(std::FILE* out) {
                "usage: train_copy [--num-batches N] [--batch-size N] [--learning-rate X] [--generate-every N]\n"
                "  [--num-tokens N] [--src-len N] [--min-len N (variable-length sources, 0 = fixed)]\n"
                "  [--dim N] [--depth N] [--heads N] [--eval-samples N] [--seed N] [--threads N]\n"
-               "  [--log-jsonl PATH]\n");
+               "  [--log-jsonl PATH] [--save CHECKPOINT] [--resume CHECKPOINT]\n");
 }
 
 Options parse(int argc, char** argv) {
@@ -60,7 +62,9 @@ Options parse(int argc, char** argv) {
           .bind("--seed", &o.seed)
           .bind("--learning-rate", &o.learning_rate)
           .bind("--threads", &o.threads)
-          .bind("--log-jsonl", &o.log_jsonl);
+          .bind("--log-jsonl", &o.log_jsonl)
+          .bind("--save", &o.save)
+          .bind("--resume", &o.resume);
   flags.parse(argc, argv);
   for (auto [v, name] : {std::pair{o.num_batches, "--num-batches"}, std::pair{o.batch_size, "--batch-size"},
                          std::pair{o.generate_every, "--generate-every"}, std::pair{o.src_len, "--src-len"},
@@ -110,9 +114,17 @@ int main(int argc, char** argv) try {
   auto fresh = xtr::copy_task({.batch = std::max<long>(1, o.eval_samples), .src_len = S, .num_tokens = o.num_tokens,
                                .min_len = o.min_len},
                               std::uint64_t(o.seed), /*stream=*/1);  // never trained on
+  long first_step = 0;
+  if (!o.resume.empty()) {
+    const auto state = xtr::load_checkpoint(o.resume, model, optimizer);
+    first_step = long(state.step);
+    batches.seek(state.data_position);
+    if (auto it = state.extra.find("fresh_position"); it != state.extra.end()) fresh.seek(std::stoull(it->second));
+    std::printf("resumed from %s at step %ld\n", o.resume.c_str(), first_step);
+  }
   std::ofstream log;
   if (!o.log_jsonl.empty()) {
-    log.open(o.log_jsonl);
+    log.open(o.log_jsonl, o.resume.empty() ? std::ios::out : std::ios::app);
     if (!log) throw xtr::Error("xtr: cannot open --log-jsonl file '" + o.log_jsonl + "'");
   }
   std::printf("%s, %lld parameters, %d threads\n", Model::describe().c_str(),
@@ -120,7 +132,7 @@ int main(int argc, char** argv) try {
 
   const xtr::TokenBatch start(1, 1, 1);  // the prefix token
   const auto began = std::chrono::steady_clock::now();
-  for (long step = 0; step < o.num_batches; ++step) {
+  for (long step = first_step; step < o.num_batches; ++step) {
     model.train();
     const auto& batch = batches.next();
     auto loss = model(batch.src, batch.tgt, batch.src_mask);
@@ -161,10 +173,16 @@ int main(int argc, char** argv) try {
       }
       std::fflush(stdout);
       if (log) log.flush();
+      if (!o.save.empty())
+        xtr::save_checkpoint(o.save, model, optimizer,
+                             {.step = step + 1,
+                              .data_position = batches.position(),
+                              .extra = {{"fresh_position", std::to_string(fresh.position())}}});
     }
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
-  std::printf("%ld steps in %.1f s (%.3f s/step)\n", o.num_batches, seconds, seconds / double(o.num_batches));
+  const long steps = std::max(1L, o.num_batches - first_step);
+  std::printf("%ld steps in %.1f s (%.3f s/step)\n", o.num_batches - first_step, seconds, seconds / double(steps));
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "train_copy: %s\n", e.what());

@@ -3,6 +3,7 @@
 // windows in --steps parallel refinement steps. Prints the loss, and every --generate-every steps a sample.
 //
 //   train_nar --data ../shared/data/tinyshakespeare.txt --num-batches 2000 --log-jsonl nar.jsonl
+// --save PATH writes a training checkpoint at every sample and at the end; --resume PATH continues from one.
 #include <omp.h>
 
 #include <chrono>
@@ -26,7 +27,7 @@ struct Options {
   long self_cond = 0;  // 1: self-conditioning (x-transformers' self_cond=True)
   double learning_rate = 3e-4;
   int threads = 0;
-  std::string data = "/usr/share/games/fortunes", log_jsonl;
+  std::string data = "/usr/share/games/fortunes", log_jsonl, save, resume;
 };
 
 void usage_text(std::FILE* out) {
@@ -34,7 +35,7 @@ void usage_text(std::FILE* out) {
                "usage: train_nar [--data PATH (file, .gz, .zip or directory; default /usr/share/games/fortunes)]\n"
                "  [--num-batches N] [--batch-size N] [--seq-len N] [--learning-rate X] [--generate-every N]\n"
                "  [--steps N (refinement steps)] [--dim N] [--depth N] [--heads N] [--seed N] [--threads N]\n"
-               "  [--self-cond 0|1] [--log-jsonl PATH]\n");
+               "  [--self-cond 0|1] [--log-jsonl PATH] [--save CHECKPOINT] [--resume CHECKPOINT]\n");
 }
 
 Options parse(int argc, char** argv) {
@@ -55,7 +56,9 @@ Options parse(int argc, char** argv) {
           .bind("--learning-rate", &o.learning_rate)
           .bind("--threads", &o.threads)
           .bind("--data", &o.data)
-          .bind("--log-jsonl", &o.log_jsonl);
+          .bind("--log-jsonl", &o.log_jsonl)
+          .bind("--save", &o.save)
+          .bind("--resume", &o.resume);
   flags.parse(argc, argv);
   for (auto [v, name] : {std::pair{o.num_batches, "--num-batches"}, std::pair{o.batch_size, "--batch-size"},
                          std::pair{o.generate_every, "--generate-every"}, std::pair{o.dim, "--dim"},
@@ -99,16 +102,23 @@ int main(int argc, char** argv) try {
                                      .seed = std::uint64_t(o.seed)},
               {.mask_id = mask_id, .steps = o.steps, .self_cond = o.self_cond != 0});
   auto optimizer = xtr::Adam(model.parameters(), {.lr = o.learning_rate});
+  long first_step = 0;
+  if (!o.resume.empty()) {
+    const auto state = xtr::load_checkpoint(o.resume, model, optimizer);
+    first_step = long(state.step);
+    batches.seek(state.data_position);
+    std::printf("resumed from %s at step %ld\n", o.resume.c_str(), first_step);
+  }
   std::ofstream log;
   if (!o.log_jsonl.empty()) {
-    log.open(o.log_jsonl);
+    log.open(o.log_jsonl, o.resume.empty() ? std::ios::out : std::ios::app);
     if (!log) throw xtr::Error("xtr: cannot open --log-jsonl file '" + o.log_jsonl + "'");
   }
   std::printf("model: %s, %lld parameters, %d threads; %lld training bytes\n", Net::describe().c_str(),
               static_cast<long long>(model.parameters().count()), omp_get_max_threads(),
               static_cast<long long>(train_data.size()));
   const auto began = std::chrono::steady_clock::now();
-  for (long step = 0; step < o.num_batches; ++step) {
+  for (long step = first_step; step < o.num_batches; ++step) {
     model.train();
     auto loss = model(batches.next());
     if (!std::isfinite(loss.item())) {
@@ -129,10 +139,13 @@ int main(int argc, char** argv) try {
       if (log) log << "{\"step\": " << step << ", \"sample\": " << json_string(text) << "}\n";
       std::fflush(stdout);
       if (log) log.flush();
+      if (!o.save.empty())
+        xtr::save_checkpoint(o.save, model, optimizer, {.step = step + 1, .data_position = batches.position()});
     }
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
-  std::printf("%ld steps in %.1f s (%.3f s/step)\n", o.num_batches, seconds, seconds / double(o.num_batches));
+  const long steps = std::max(1L, o.num_batches - first_step);
+  std::printf("%ld steps in %.1f s (%.3f s/step)\n", o.num_batches - first_step, seconds, seconds / double(steps));
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "train_nar: %s\n", e.what());

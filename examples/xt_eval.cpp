@@ -1,23 +1,92 @@
-// Evaluates an x-transformers decoder from its JSON description and safetensors weights:
+// Evaluates an x-transformers model from its JSON description and safetensors weights:
 //   xt_eval --config C.json --weights W.safetensors --tokens T.json [--prompt-len 8] [--new-tokens 16]
 //           [--export OUT.safetensors] [--ignore PREFIX,PREFIX...]
-// T.json is a list of equal-length token rows. Prints one JSON object:
-//   loss        the autoregressive loss over all rows (shift inside)
-//   logits_sum  the sum of every logit of the network on every row without its last token
-//   greedy      the temperature-0 continuation of row 0's first --prompt-len tokens (KV cache on)
+// C.json describes one of
+//   a Decoder   TransformerWrapper keywords with "attn_layers": {"type": "Decoder", ...}
+//   an Encoder  the same with "type": "Encoder"
+//   an XTransformer  XTransformer keywords (dim, tie_token_emb, enc_*, dec_*; no attn_layers)
+// For a Decoder or an Encoder, T.json is a list of equal-length token rows; the program prints one JSON object:
+//   loss        x-transformers' AutoregressiveWrapper(net)(rows): the cross-entropy of net(row)[:-1] against
+//               row[1:], mean over every non-ignored target (for a Decoder net(row)[:-1] = net(row[:-1]))
+//   logits_sum  the sum of every logit of net(row[:-1]) over all rows (eval mode)
+//   greedy      the temperature-0 continuation of row 0's first --prompt-len tokens (KV cache on); null for an
+//               Encoder (a bidirectional stack cannot decode)
+// For an XTransformer, T.json is an object {"src": rows, "tgt": rows, "src_mask": rows of true/false or 1/0}
+// (src_mask optional, equal batch for all three) and the object printed holds
+//   loss        model(src, tgt, src_mask)
+//   logits_sum  the sum of the decoder's logits on tgt[:, :-1] (ignore_index fed as pad_value) attending to the
+//               encoder's output for src (eval mode)
+//   greedy      model.generate(src[:1], tgt[:1, :prompt_len], new_tokens, src_mask[:1]) at temperature 0 (new tokens)
+// The compiled model types are a closed set (below): 18 Decoders, 18 Encoders, and the XTransformers of
+// `XTransformers`; a description outside it is an error naming the combination.
+// The JSON object is printed last, after the export: it appears only when everything succeeded.
 // --export writes the model back under x-transformers' names (with its buffers) for load_state_dict(strict=True).
 // --ignore skips tensors whose names start with the given prefixes (e.g. a golden fixture's "fixture.,grad.");
 // every other tensor must be a parameter or buffer of the model.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
-#include <map>
 #include <sstream>
 #include <string>
+#include <vector>
 
+#include "command_line.hpp"
 #include "xtr/io/x_transformers.hpp"
 #include "xtr/xtr.hpp"
 
 namespace {
+
+namespace xt = xtr::x_transformers;
+
+using xtr::AbsoluteLearned, xtr::Rotary, xtr::NoPosition, xtr::LayerNorm, xtr::RMSNorm, xtr::GELU, xtr::GEGLU,
+    xtr::SwiGLU, xtr::Encoder, xtr::Decoder, xtr::XTransformer;
+
+/// Every Encoder the CPU backend implements: 3 positions × 2 norms × 3 feed-forwards (xt::Decoders' counterpart).
+using Encoders = xt::StackSet<Encoder<AbsoluteLearned, LayerNorm, GELU>, Encoder<AbsoluteLearned, LayerNorm, GEGLU>,
+                              Encoder<AbsoluteLearned, LayerNorm, SwiGLU>, Encoder<AbsoluteLearned, RMSNorm, GELU>,
+                              Encoder<AbsoluteLearned, RMSNorm, GEGLU>, Encoder<AbsoluteLearned, RMSNorm, SwiGLU>,
+                              Encoder<Rotary, LayerNorm, GELU>, Encoder<Rotary, LayerNorm, GEGLU>,
+                              Encoder<Rotary, LayerNorm, SwiGLU>, Encoder<Rotary, RMSNorm, GELU>,
+                              Encoder<Rotary, RMSNorm, GEGLU>, Encoder<Rotary, RMSNorm, SwiGLU>,
+                              Encoder<NoPosition, LayerNorm, GELU>, Encoder<NoPosition, LayerNorm, GEGLU>,
+                              Encoder<NoPosition, LayerNorm, SwiGLU>, Encoder<NoPosition, RMSNorm, GELU>,
+                              Encoder<NoPosition, RMSNorm, GEGLU>, Encoder<NoPosition, RMSNorm, SwiGLU>>;
+
+template <class... Models>
+struct ModelSet {};
+
+/// The compiled XTransformers. Each one instantiates two networks with forward, backward (the loss) and cached
+/// decoding, about 8 s of compile time apiece, so the set is small: x-transformers' defaults (what
+/// XTransformer(dim=..., enc_*=..., dec_*=...) builds without position, norm or feed-forward keywords; the
+/// xtransformer_copy_tied fixture) and rotary + RMSNorm with a GEGLU decoder (xtransformer_rotary_rmsnorm_gqa).
+/// Sizes, heads, kv heads, tied embeddings and dropout are run-time values: any of them fits these two types.
+/// Add a line to evaluate another combination of positions, norms and feed-forwards.
+using XTransformers =
+    ModelSet<XTransformer<Encoder<AbsoluteLearned, LayerNorm, GELU>, Decoder<AbsoluteLearned, LayerNorm, GELU>>,
+             XTransformer<Encoder<Rotary, RMSNorm, GELU>, Decoder<Rotary, RMSNorm, GEGLU>>>;
+
+/// Builds the XTransformer of the set that `d` describes and calls f(model); throws naming the combination otherwise.
+template <class F, class... Models>
+void with_xtransformer(const xt::XTransformerDescription& d, F&& f, ModelSet<Models...>) {
+  bool found = false;
+  (
+      [&] {
+        if (found || !xt::describes<Models>(d)) return;
+        found = true;
+        Models model(d.config);
+        f(model);
+      }(),
+      ...);
+  if (found) return;
+  std::string compiled;
+  ((compiled += "\n  " + Models::describe()), ...);
+  throw xtr::Error("xtr: no compiled model type for XTransformer<Encoder<" + d.encoder.position + ", " +
+                   d.encoder.norm + ", " + d.encoder.feedforward + ">, Decoder<" + d.decoder.position + ", " +
+                   d.decoder.norm + ", " + d.decoder.feedforward + ">> in xt_eval's set; compiled:" + compiled +
+                   "\n(add the type to XTransformers in examples/xt_eval.cpp)");
+}
 
 std::string read_text(const std::string& path) {
   std::ifstream in(path);
@@ -27,78 +96,263 @@ std::string read_text(const std::string& path) {
   return text.str();
 }
 
-xtr::TokenBatch read_tokens(const std::string& path) {
-  const auto rows = xtr::json::parse(read_text(path));
-  xtr::require(rows.is_array() && rows.size() > 0, path, ": expected a non-empty JSON list of token rows");
+/// A JSON list of equal-length rows of integers; `what` names the value in errors ("T.json: src").
+xtr::TokenBatch token_rows(const xtr::json::Value& rows, const std::string& what) {
+  xtr::require(rows.is_array() && rows.size() > 0, what, ": expected a non-empty JSON list of token rows, got ",
+               rows.dump().substr(0, 80));
   xtr::TokenBatch tokens;
   tokens.batch = xtr::Index(rows.size());
   for (std::size_t b = 0; b < rows.size(); ++b) {
     const auto& row = rows.at(b);
-    xtr::require(row.is_array(), path, ": row ", b, " is not a list");
+    xtr::require(row.is_array(), what, ": row ", b, " is not a list");
     if (b == 0) tokens.length = xtr::Index(row.size());
-    xtr::require(xtr::Index(row.size()) == tokens.length, path, ": row ", b, " has ", row.size(),
+    xtr::require(xtr::Index(row.size()) == tokens.length, what, ": row ", b, " has ", row.size(),
                  " tokens, row 0 has ", tokens.length);
-    for (std::size_t t = 0; t < row.size(); ++t) tokens.data.push_back(std::int32_t(row.at(t).as_int()));
+    for (std::size_t t = 0; t < row.size(); ++t) {
+      const auto& id = row.at(t);
+      xtr::require(id.is_number(), what, "[", b, "][", t, "] is ", id.dump(), ", not a token id");
+      const std::int64_t value = id.as_int();
+      xtr::require(value >= INT32_MIN && value <= INT32_MAX, what, "[", b, "][", t, "] = ", value,
+                   " is outside the 32-bit token id range");
+      tokens.data.push_back(std::int32_t(value));
+    }
   }
+  xtr::require(tokens.length > 0, what, ": rows are empty");
   return tokens;
+}
+
+/// A JSON list of rows of true/false or 1/0 shaped (batch, length) like the tokens it masks.
+xtr::Mask mask_rows(const xtr::json::Value& rows, const std::string& what, xtr::Index batch, xtr::Index length,
+                    const std::string& of) {
+  xtr::require(rows.is_array(), what, ": expected a list of rows of true/false (or 1/0), got ",
+               rows.dump().substr(0, 80));
+  xtr::require(xtr::Index(rows.size()) == batch, what, ": batch ", rows.size(), " != ", of, " batch ", batch);
+  xtr::Mask mask(batch, length);
+  for (xtr::Index b = 0; b < batch; ++b) {
+    const auto& row = rows.at(std::size_t(b));
+    xtr::require(row.is_array(), what, ": row ", b, " is not a list");
+    xtr::require(xtr::Index(row.size()) == length, what, ": row ", b, " has ", row.size(), " entries, ", of,
+                 " rows have ", length);
+    for (xtr::Index t = 0; t < length; ++t) {
+      const auto& v = row.at(std::size_t(t));
+      const bool ok = v.is_bool() || (v.is_number() && (v.as_number() == 0 || v.as_number() == 1));
+      xtr::require(ok, what, "[", b, "][", t, "] is ", v.dump(), ", expected true/false or 1/0");
+      mask(b, t) = v.is_bool() ? v.as_bool() : v.as_number() != 0;
+    }
+  }
+  return mask;
+}
+
+/// The encoder-decoder's tokens: {"src": rows, "tgt": rows, "src_mask": rows (optional)}.
+struct PairedTokens {
+  xtr::TokenBatch src, tgt;
+  xtr::Mask src_mask;  // empty: every source token is real
+};
+
+PairedTokens read_paired_tokens(const std::string& path) {
+  const auto root = xtr::json::parse(read_text(path));
+  xtr::require(root.is_object(), path, ": an XTransformer needs a JSON object {\"src\": rows, \"tgt\": rows, "
+               "\"src_mask\": rows (optional)}, got ", root.is_array() ? "a list" : root.dump().substr(0, 80));
+  for (const auto& [key, value] : root.as_object())
+    xtr::require(key == "src" || key == "tgt" || key == "src_mask", path, ": unknown key \"", key,
+                 "\" (expected src, tgt, src_mask)");
+  for (const char* key : {"src", "tgt"})
+    xtr::require(root.find(key) != nullptr, path, ": missing \"", key, "\" (an XTransformer needs src and tgt rows)");
+  PairedTokens p;
+  p.src = token_rows(root.at("src"), path + ": src");
+  p.tgt = token_rows(root.at("tgt"), path + ": tgt");
+  xtr::require(p.tgt.batch == p.src.batch, path, ": tgt batch ", p.tgt.batch, " != src batch ", p.src.batch,
+               " (one tgt row per src row)");
+  xtr::require(p.tgt.length >= 2, path, ": tgt rows need >= 2 tokens (the loss shifts by one), got ", p.tgt.length);
+  if (const auto* m = root.find("src_mask"))
+    p.src_mask = mask_rows(*m, path + ": src_mask", p.src.batch, p.src.length, "src");
+  return p;
+}
+
+/// Whether a description holds XTransformer keywords (enc_* / dec_*, no attn_layers).
+bool is_xtransformer(const xtr::json::Value& root) {
+  if (!root.is_object() || root.find("attn_layers")) return false;
+  for (const auto& [key, value] : root.as_object())
+    if (key.starts_with("enc_") || key.starts_with("dec_")) return true;
+  return false;
+}
+
+/// The first `batch` rows, first `length` tokens of each.
+xtr::TokenBatch prefix(const xtr::TokenBatch& tokens, xtr::Index batch, xtr::Index length) {
+  xtr::TokenBatch out(batch, length);
+  for (xtr::Index b = 0; b < batch; ++b)
+    std::copy_n(tokens.data.begin() + b * tokens.length, length, out.data.begin() + b * length);
+  return out;
+}
+
+/// `tokens` as a network's input: ids equal to ignore_index fed as pad_value (as AutoregressiveWrapper does).
+xtr::TokenBatch as_input(xtr::TokenBatch tokens, std::int32_t ignore_index, std::int32_t pad_value) {
+  std::replace(tokens.data.begin(), tokens.data.end(), ignore_index, pad_value);
+  return tokens;
+}
+
+template <class Matrix>
+double sum_of(const Matrix& m) {
+  double sum = 0;
+  for (xtr::Index i = 0; i < m.size(); ++i) sum += double(m.data()[i]);
+  return sum;
+}
+
+/// Mean over the targets tokens(b, t + 1) != ignore_index of −log softmax(logits of (b, t))[target], t < T − 1, in
+/// double with a max-shifted log-sum-exp; logits is (B·T, V).
+template <class Matrix>
+double next_token_loss(const Matrix& logits, const xtr::TokenBatch& tokens, std::int32_t ignore_index) {
+  const xtr::Index T = tokens.length, V = logits.cols();
+  double total = 0;
+  xtr::Index counted = 0;
+  for (xtr::Index b = 0; b < tokens.batch; ++b)
+    for (xtr::Index t = 0; t + 1 < T; ++t) {
+      const std::int32_t target = tokens(b, t + 1);
+      if (target == ignore_index) continue;
+      const auto* row = logits.data() + (b * T + t) * V;
+      double top = row[0];
+      for (xtr::Index v = 1; v < V; ++v) top = std::max(top, double(row[v]));
+      double sum = 0;
+      for (xtr::Index v = 0; v < V; ++v) sum += std::exp(double(row[v]) - top);
+      total += top + std::log(sum) - double(row[target]);
+      ++counted;
+    }
+  xtr::require(counted > 0, "every target is ignore_index ", ignore_index, ": no loss to compute");
+  return total / double(counted);
+}
+
+void print_result(double loss, double logits_sum, const xtr::TokenBatch* greedy) {
+  std::printf("{\"loss\": %.17g, \"logits_sum\": %.17g, \"greedy\": ", loss, logits_sum);
+  if (!greedy) {
+    std::printf("null}\n");
+    return;
+  }
+  std::printf("[");
+  for (xtr::Index t = 0; t < greedy->length; ++t) std::printf("%s%d", t ? ", " : "", (*greedy)(0, t));
+  std::printf("]}\n");
+}
+
+struct Options {
+  std::string config, weights, tokens, export_path, ignore;
+  long prompt_len = 8, new_tokens = 16;
+};
+
+void usage_text(std::FILE* out) {
+  std::fprintf(out,
+               "usage: xt_eval --config C.json --weights W.safetensors --tokens T.json [--prompt-len 8] "
+               "[--new-tokens 16] [--export OUT.safetensors] [--ignore PREFIX,PREFIX...]\n"
+               "  C.json: TransformerWrapper keywords with attn_layers {\"type\": \"Decoder\" | \"Encoder\", ...}, or\n"
+               "          XTransformer keywords (dim, enc_*, dec_*)\n"
+               "  T.json: a list of token rows, or for an XTransformer {\"src\": rows, \"tgt\": rows, "
+               "\"src_mask\": rows}\n");
+}
+
+/// A Decoder or an Encoder: loss, logits_sum, greedy (null for an Encoder); the export.
+template <class Net>
+void evaluate(Net& net, const xt::ModelDescription& description, const xtr::safetensors::File& weights,
+              const xtr::TokenBatch& tokens, const Options& o) {
+  constexpr std::int32_t ignore_index = -100, pad_value = 0;  // AutoregressiveWrapper's defaults
+  xt::load(net, weights, "'" + o.weights + "'", description.conventions);
+  net.eval();
+  xtr::require(tokens.length >= 2, o.tokens, ": rows need >= 2 tokens (the loss shifts by one), got ", tokens.length);
+  const double logits_sum =
+      sum_of(net.forward(as_input(prefix(tokens, tokens.batch, tokens.length - 1), ignore_index, pad_value)));
+  if constexpr (Net::layers_type::causal) {
+    xtr::AutoregressiveWrapper<Net> model(std::move(net), {ignore_index, pad_value});
+    const double loss = model(tokens).item();
+    const auto greedy = model.generate(prefix(tokens, 1, o.prompt_len), o.new_tokens, {.temperature = 0});
+    if (!o.export_path.empty())
+      xtr::safetensors::write(o.export_path, xt::export_state_dict(model.net, &weights, description.conventions));
+    print_result(loss, logits_sum, &greedy);
+  } else {  // x-transformers' AutoregressiveWrapper runs the net on the whole row and drops the last position
+    const double loss = next_token_loss(net.forward(as_input(tokens, ignore_index, pad_value)), tokens, ignore_index);
+    if (!o.export_path.empty())
+      xtr::safetensors::write(o.export_path, xt::export_state_dict(net, &weights, description.conventions));
+    print_result(loss, logits_sum, nullptr);
+  }
+}
+
+/// An XTransformer: loss, the decoder's logits_sum, greedy; the export.
+template <class Model>
+void evaluate_xtransformer(Model& model, const xtr::safetensors::File& weights, const PairedTokens& p,
+                           const Options& o, const xt::XTransformerConventions& conventions) {
+  xt::load_xtransformer(model, weights, "'" + o.weights + "'", {}, conventions);
+  model.eval();
+  const auto& c = model.config();
+  const xtr::MaskView src_mask = p.src_mask.data.empty() ? xtr::MaskView{} : xtr::MaskView(p.src_mask);
+  xtr::require(o.prompt_len <= p.tgt.length, "--prompt-len ", o.prompt_len, " must be in [1, ", p.tgt.length,
+               "] (the tgt row length)");
+  double logits_sum = 0;
+  {
+    const auto encoded = model.encoder.embed(p.src, src_mask);
+    const std::vector<typename Model::scalar> context(encoded.data(), encoded.data() + encoded.size());
+    logits_sum = sum_of(model.decoder.net.forward(
+        as_input(prefix(p.tgt, p.tgt.batch, p.tgt.length - 1), c.ignore_index, c.pad_value), {},
+        {context.data(), p.src.batch, p.src.length, c.dim, src_mask}));
+  }
+  const double loss = model(p.src, p.tgt, src_mask).item();
+  xtr::Mask mask0;
+  if (!p.src_mask.data.empty()) {
+    mask0 = xtr::Mask(1, p.src.length);
+    std::copy_n(p.src_mask.data.begin(), p.src.length, mask0.data.begin());
+  }
+  const auto greedy = model.generate(prefix(p.src, 1, p.src.length), prefix(p.tgt, 1, o.prompt_len),
+                                     o.new_tokens, mask0.data.empty() ? xtr::MaskView{} : xtr::MaskView(mask0),
+                                     {.temperature = 0});
+  if (!o.export_path.empty())
+    xtr::safetensors::write(o.export_path, xt::export_xtransformer_state_dict(model, &weights, conventions));
+  print_result(loss, logits_sum, &greedy);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::map<std::string, std::string> args{{"--prompt-len", "8"}, {"--new-tokens", "16"}};
-  for (int i = 1; i + 1 < argc; i += 2) args[argv[i]] = argv[i + 1];
-  if (argc % 2 == 0 || !args.count("--config") || !args.count("--weights") || !args.count("--tokens")) {
-    std::fprintf(stderr,
-                 "usage: xt_eval --config C.json --weights W.safetensors --tokens T.json [--prompt-len 8] "
-                 "[--new-tokens 16] [--export OUT.safetensors] [--ignore PREFIX,PREFIX...]\n");
-    return 2;
-  }
+  Options o;
+  const examples::CommandLine flags =
+      examples::CommandLine("xt_eval", "evaluate an x-transformers model from its description and weights", usage_text)
+          .bind("--config", &o.config)
+          .bind("--weights", &o.weights)
+          .bind("--tokens", &o.tokens)
+          .bind("--prompt-len", &o.prompt_len)
+          .bind("--new-tokens", &o.new_tokens)
+          .bind("--export", &o.export_path)
+          .bind("--ignore", &o.ignore);
+  flags.parse(argc, argv);
+  if (o.config.empty() || o.weights.empty() || o.tokens.empty())
+    flags.fail("--config, --weights and --tokens are required");
+  if (o.prompt_len < 1) flags.fail("--prompt-len " + std::to_string(o.prompt_len) + " must be >= 1");
+  if (o.new_tokens < 0) flags.fail("--new-tokens " + std::to_string(o.new_tokens) + " must be >= 0");
   try {
-    const auto description = xtr::x_transformers::parse_description(xtr::json::parse(read_text(args["--config"])));
-    auto weights = xtr::safetensors::read(args["--weights"]);
-    if (args.count("--ignore")) {
-      std::vector<std::string> prefixes;
-      std::stringstream list(args["--ignore"]);
-      for (std::string prefix; std::getline(list, prefix, ',');)
-        if (!prefix.empty()) prefixes.push_back(prefix);
-      std::erase_if(weights.tensors, [&](const xtr::safetensors::TensorRecord& t) {
-        return std::any_of(prefixes.begin(), prefixes.end(), [&](const auto& p) { return t.name.starts_with(p); });
-      });
+    const auto root = xtr::json::parse(read_text(o.config));
+    auto weights = xtr::safetensors::read(o.weights);
+    std::vector<std::string> prefixes;
+    std::stringstream list(o.ignore);
+    for (std::string p; std::getline(list, p, ',');)
+      if (!p.empty()) prefixes.push_back(p);
+    std::erase_if(weights.tensors, [&](const xtr::safetensors::TensorRecord& t) {
+      return std::any_of(prefixes.begin(), prefixes.end(), [&](const auto& p) { return t.name.starts_with(p); });
+    });
+    if (is_xtransformer(root)) {
+      const auto description = xt::parse_xtransformer_description(root);
+      const auto tokens = read_paired_tokens(o.tokens);
+      with_xtransformer(
+          description,
+          [&](auto& model) { evaluate_xtransformer(model, weights, tokens, o, description.conventions()); },
+          XTransformers{});
+    } else {
+      const auto description = xt::parse_description(root);
+      const auto rows = xtr::json::parse(read_text(o.tokens));
+      xtr::require(!rows.is_object(), o.tokens, ": ", description.stack == "Encoder" ? "an Encoder" : "a Decoder",
+                   " takes a JSON list of token rows; the {\"src\", \"tgt\"} object is for XTransformer descriptions");
+      const auto tokens = token_rows(rows, o.tokens);
+      xtr::require(o.prompt_len <= tokens.length, "--prompt-len ", o.prompt_len, " must be in [1, ", tokens.length,
+                   "]");
+      auto f = [&](auto& net) { evaluate(net, description, weights, tokens, o); };
+      if (description.stack == "Encoder")
+        xt::with_model(description, f, Encoders{});
+      else
+        xt::with_model(description, f, xt::Decoders{});
     }
-    const auto tokens = read_tokens(args["--tokens"]);
-    const xtr::Index prompt_len = std::stol(args["--prompt-len"]), new_tokens = std::stol(args["--new-tokens"]);
-    xtr::require(prompt_len >= 1 && prompt_len <= tokens.length, "--prompt-len ", prompt_len, " must be in [1, ",
-                 tokens.length, "]");
-    xtr::x_transformers::with_model(
-        description,
-        [&](auto& net) {
-          using Net = std::decay_t<decltype(net)>;
-          xtr::x_transformers::load(net, weights, "'" + args["--weights"] + "'", description.conventions);
-          net.eval();
-          // logits of the network on every row without its last token
-          xtr::TokenBatch inputs(tokens.batch, tokens.length - 1);
-          for (xtr::Index b = 0; b < tokens.batch; ++b)
-            std::copy_n(tokens.data.begin() + b * tokens.length, tokens.length - 1,
-                        inputs.data.begin() + b * inputs.length);
-          double logits_sum = 0;
-          {
-            auto logits = net.forward(inputs);
-            for (xtr::Index i = 0; i < logits.size(); ++i) logits_sum += double(logits.data()[i]);
-          }
-          xtr::AutoregressiveWrapper<Net> model(std::move(net));
-          const double loss = model(tokens).item();
-          xtr::TokenBatch prompt(1, prompt_len);
-          std::copy_n(tokens.data.begin(), prompt_len, prompt.data.begin());
-          const auto greedy = model.generate(prompt, new_tokens, {.temperature = 0});
-          std::printf("{\"loss\": %.17g, \"logits_sum\": %.17g, \"greedy\": [", loss, logits_sum);
-          for (xtr::Index t = 0; t < greedy.length; ++t) std::printf("%s%d", t ? ", " : "", greedy(0, t));
-          std::printf("]}\n");
-          if (args.count("--export"))
-            xtr::safetensors::write(args["--export"], xtr::x_transformers::export_state_dict(
-                                                          model.net, &weights, description.conventions));
-        },
-        xtr::x_transformers::Decoders{});
   } catch (const std::exception& e) {
     std::fprintf(stderr, "xt_eval: %s\n", e.what());
     return 1;

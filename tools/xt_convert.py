@@ -12,13 +12,18 @@
     python3 tools/xt_convert.py config-from-fixture FIXTURE.safetensors OUT.json
         The fixture's `config` metadata plus its "x_transformers_version", as the C.json xt_eval takes.
     python3 tools/xt_convert.py tokens-from-fixture FIXTURE.safetensors OUT.json
-        The fixture's `fixture.tokens` as a JSON list of token rows (xt_eval's T.json).
+        The fixture's `fixture.tokens` as a JSON list of token rows (xt_eval's T.json); for an XTransformer
+        fixture the object {"src": rows, "tgt": rows, "src_mask": rows} from `fixture.src/tgt/src_mask`.
     python3 tools/xt_convert.py fixture-json FIXTURE.safetensors... [--out DIR]
-        Both of the above for each fixture: DIR/<name>.config.json and DIR/<name>.tokens.json
+        Both of the above for each fixture: DIR/<name>.config.json and DIR/<name>.tokens.json, and
+        DIR/<name>.greedy.txt (`fixture.greedy` as a JSON list) where the fixture has greedy tokens
         (DIR defaults to the fixture's own folder), e.g.  fixture-json tests/fixtures/*.safetensors
+        (an XTransformer fixture's greedy tokens come from the prompt tgt[:1, :1] = [[1]] and
+        fixture.greedy's length: xt_eval --prompt-len 1 --new-tokens 24 reproduces them)
 
 C.json holds the constructor keywords: TransformerWrapper's at the top level, the attention stack's under
-"attn_layers" with its class ("Decoder" or "Encoder") under "type"; "x_transformers_version" is informational.
+"attn_layers" with its class ("Decoder" or "Encoder") under "type"; or XTransformer's keywords (dim,
+tie_token_emb, enc_*, dec_*; no "attn_layers"). "x_transformers_version" selects the release's conventions.
 """
 import argparse
 import importlib.metadata
@@ -51,14 +56,22 @@ def xt_version():
     return importlib.metadata.version("x-transformers")
 
 
+def is_xtransformer(config):
+    """Whether a C.json dict holds XTransformer keywords (enc_* / dec_*, no attn_layers)."""
+    return "attn_layers" not in config and any(k.startswith(("enc_", "dec_")) for k in config)
+
+
 def build_model(config):
-    """TransformerWrapper from a C.json dict (the keywords exactly as x-transformers takes them)."""
+    """TransformerWrapper, or XTransformer for enc_* / dec_* keywords, from a C.json dict (the keywords exactly as
+    x-transformers takes them)."""
     x_transformers = import_x_transformers()
     cfg = json.loads(json.dumps(config))
     version = cfg.pop("x_transformers_version", None)
     if version and version != xt_version():
         print(f"warning: config written for x-transformers {version}, installed {xt_version()}",
               file=sys.stderr)
+    if is_xtransformer(cfg):
+        return x_transformers.XTransformer(**cfg)
     layers = cfg.pop("attn_layers")
     kind = layers.pop("type", "Decoder")
     if kind not in LAYER_TYPES:
@@ -133,17 +146,31 @@ def fixture_config(path):
     if "config" not in meta:
         sys.exit(f"{path}: no `config` metadata")
     cfg = json.loads(meta["config"])
-    layers = cfg.pop("attn_layers")
+    layers = cfg.pop("attn_layers", None)
     cfg["x_transformers_version"] = meta.get("x_transformers_version", "unknown")
-    cfg["attn_layers"] = layers
+    if layers is not None:
+        cfg["attn_layers"] = layers
     return cfg
 
 
 def fixture_tokens(path):
+    """`fixture.tokens` as rows, or {"src", "tgt", "src_mask"} from an XTransformer fixture."""
     with safe_open(path, "pt") as f:
-        if "fixture.tokens" not in f.keys():
-            sys.exit(f"{path}: no `fixture.tokens` tensor")
-        return f.get_tensor("fixture.tokens").tolist()
+        keys = set(f.keys())
+        if "fixture.tokens" in keys:
+            return f.get_tensor("fixture.tokens").tolist()
+        if {"fixture.src", "fixture.tgt"} <= keys:
+            out = {"src": f.get_tensor("fixture.src").tolist(), "tgt": f.get_tensor("fixture.tgt").tolist()}
+            if "fixture.src_mask" in keys:
+                out["src_mask"] = f.get_tensor("fixture.src_mask").bool().tolist()
+            return out
+    sys.exit(f"{path}: no `fixture.tokens` tensor (nor `fixture.src` and `fixture.tgt`)")
+
+
+def fixture_greedy(path):
+    """`fixture.greedy`'s one row, or None."""
+    with safe_open(path, "pt") as f:
+        return f.get_tensor("fixture.greedy")[0].tolist() if "fixture.greedy" in f.keys() else None
 
 
 def write_config(cfg, path):
@@ -151,9 +178,16 @@ def write_config(cfg, path):
         f.write(json.dumps(cfg, indent=2) + "\n")
 
 
-def write_tokens(rows, path):
+def write_tokens(tokens, path):
+    """Rows one per line: a list of rows, or an object of row lists ({"src": ..., "tgt": ..., "src_mask": ...})."""
+    def rows_text(rows, indent):
+        return "[\n" + ",\n".join(indent + "  " + json.dumps(r) for r in rows) + "\n" + indent + "]"
+    if isinstance(tokens, dict):
+        text = "{\n" + ",\n".join(f"  {json.dumps(k)}: " + rows_text(v, "  ") for k, v in tokens.items()) + "\n}"
+    else:
+        text = rows_text(tokens, "")
     with open(path, "w") as f:
-        f.write("[\n" + ",\n".join("  " + json.dumps(r) for r in rows) + "\n]\n")
+        f.write(text + "\n")
 
 
 def main():
@@ -183,7 +217,13 @@ def main():
             stem = os.path.join(args.out or os.path.dirname(fx), os.path.basename(fx).removesuffix(".safetensors"))
             write_config(fixture_config(fx), stem + ".config.json")
             write_tokens(fixture_tokens(fx), stem + ".tokens.json")
-            print(f"wrote {stem}.config.json, {stem}.tokens.json")
+            written = [stem + ".config.json", stem + ".tokens.json"]
+            greedy = fixture_greedy(fx)
+            if greedy is not None:
+                with open(stem + ".greedy.txt", "w") as f:
+                    f.write(json.dumps(greedy) + "\n")
+                written.append(stem + ".greedy.txt")
+            print("wrote " + ", ".join(written))
 
 
 if __name__ == "__main__":

@@ -173,6 +173,88 @@ TEST_CASE("save then load gives identical logits / a resumed run repeats the los
   std::filesystem::remove(path);
 }
 
+namespace {
+/// Trains `make(seed 1)` 8 steps, saving after step 4; a model made with another seed loads the checkpoint and runs
+/// steps 5..8: the losses must be identical (parameters, optimiser, dropout and every wrapper draw resume).
+template <class Make, class Step>
+void check_resume(const std::string& file, Make make, Step step) {
+  const auto path = temp_path(file);
+  std::vector<double> uninterrupted, resumed;
+  {
+    auto model = make(1);
+    auto opt = AdamW<float>(model.parameters(), {.lr = 3e-3});
+    for (int s = 0; s < 8; ++s) {
+      uninterrupted.push_back(step(model, opt, s));
+      if (s == 3) save_checkpoint(path, model, opt, {.step = 4, .data_position = 4});
+    }
+  }
+  auto model = make(99);
+  auto opt = AdamW<float>(model.parameters(), {.lr = 3e-3});
+  const auto state = load_checkpoint(path, model, opt);
+  REQUIRE(state.data_position == 4);
+  for (int s = 4; s < 8; ++s) resumed.push_back(step(model, opt, s));
+  for (int s = 4; s < 8; ++s) REQUIRE(resumed[std::size_t(s - 4)] == uninterrupted[std::size_t(s)]);
+  std::filesystem::remove(path);
+}
+double optimiser_step(AdamW<float>& opt, Loss loss) {
+  const double value = loss.item();
+  loss.backward();
+  opt.step();
+  opt.zero_grad();
+  return value;
+}
+}  // namespace
+
+TEST_CASE("XTransformer and NonAutoregressiveWrapper checkpoints resume a run exactly", "[training][checkpoint]") {
+  using Seq2Seq = XTransformer<Encoder<Rotary>, Decoder<Rotary>>;
+  auto make_seq2seq = [](std::uint64_t seed) {
+    const TransformerConfig part{.num_tokens = 12, .max_seq_len = 13, .emb_dropout = 0.1,
+                                 .layers = {.depth = 1, .heads = 2, .dim_head = 8, .attn_dropout = 0.1}};
+    auto encoder = part;
+    encoder.max_seq_len = 6;
+    return Seq2Seq({.dim = 16, .encoder = encoder, .decoder = part, .tie_token_emb = true,
+                    .cross_attn_tokens_dropout = 0.25, .seed = seed});
+  };
+  using Nar = NonAutoregressiveWrapper<TransformerWrapper<Encoder<AbsoluteLearned>>,
+                                       TransformerWrapper<Encoder<NoPosition>>>;
+  auto make_nar = [](std::uint64_t seed) {
+    const TransformerConfig net{.num_tokens = 16, .max_seq_len = 10, .emb_dropout = 0.1,
+                                .layers = {.dim = 16, .depth = 1, .heads = 2, .dim_head = 8, .ff_dropout = 0.1},
+                                .seed = seed};
+    auto critic = net;
+    critic.seed = seed + 1;
+    return Nar(net, {.mask_id = 15, .self_cond = true}, critic);
+  };
+  SECTION("XTransformer: dropout, source-token dropout, the copy task's batches") {
+    const auto copy = copy_task({.batch = 4, .src_len = 6, .num_tokens = 12, .min_len = 3}, 5);
+    check_resume("xtransformer.safetensors", make_seq2seq, [&](Seq2Seq& model, AdamW<float>& opt, int s) {
+      PairedBatch batch;
+      copy.fill(std::uint64_t(s), batch);
+      return optimiser_step(opt, model(batch.src, batch.tgt, batch.src_mask));
+    });
+  }
+  SECTION("NonAutoregressiveWrapper: self-conditioning, a token critic, the corruption draws") {
+    check_resume("nar.safetensors", make_nar, [](Nar& model, AdamW<float>& opt, int s) {
+      return optimiser_step(opt, model(xtr::testing::random_tokens(3, 10, 15, std::uint64_t(s))));
+    });
+  }
+  SECTION("a checkpoint of one model type does not load into another") {
+    const auto path = temp_path("nar_into_seq2seq.safetensors");
+    auto nar = make_nar(1);
+    auto nar_opt = AdamW<float>(nar.parameters());
+    save_checkpoint(path, nar, nar_opt, {});
+    auto seq2seq = make_seq2seq(1);
+    auto opt = AdamW<float>(seq2seq.parameters());
+    REQUIRE_THROWS_WITH(load_checkpoint(path, seq2seq, opt),
+                        Catch::Contains("holds a NonAutoregressiveWrapper<TransformerWrapper<Encoder<AbsoluteLearned") &&
+                            Catch::Contains("this model is a XTransformer<"));
+    auto other = make_nar(1);
+    auto other_opt = AdamW<float>(other.parameters());
+    load_checkpoint(path, other, other_opt);  // the same type and options load
+    std::filesystem::remove(path);
+  }
+}
+
 TEST_CASE("checkpoints from another configuration or type, and corrupt files, are clear errors", "[training][checkpoint][errors]") {
   const auto path = temp_path("mismatch.safetensors");
   Model model{Net{small_config()}};

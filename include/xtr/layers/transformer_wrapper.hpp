@@ -176,13 +176,20 @@ class TransformerWrapper {
 
   /// Forward passes so far; a backward must follow the forward it differentiates.
   [[nodiscard]] std::uint64_t forward_count() const { return forward_count_; }
-  /// Dropout masks are drawn from (dropout_seed, forward pass, site): saving both resumes a run exactly.
+  /// Dropout masks (and the wrappers' own draws) come from (dropout_seed, forward pass, site): saving both resumes a
+  /// run exactly.
   [[nodiscard]] std::uint64_t dropout_seed() const { return dropout_seed_; }
   void set_random_state(std::uint64_t dropout_seed, std::uint64_t forward_count) {
     dropout_seed_ = dropout_seed;
     forward_count_ = forward_count;
   }
   void set_forward_count(std::uint64_t n) { forward_count_ = n; }
+  /// Everything its random draws depend on besides the seed: {dropout_seed, forward_count} (checkpoints).
+  [[nodiscard]] std::vector<std::uint64_t> random_state() const { return {dropout_seed_, forward_count_}; }
+  void set_random_state(std::span<const std::uint64_t> state) {
+    require(state.size() == 2, describe(), " has a random state of 2 counters, got ", state.size());
+    set_random_state(state[0], state[1]);
+  }
 
   /// The activation arena (tests check that a steady-state step makes no heap allocation).
   [[nodiscard]] const Arena& activation_arena() const { return arena_; }

@@ -5,8 +5,10 @@
 //   optimizer.exp_avg_sq.<name> AdamW second moments
 //   __metadata__                xtr.model (type), xtr.config (JSON), step, optimizer.steps and hyperparameters
 //                               (optimizer.lr, .beta1, .beta2, .eps, .weight_decay: restored on load, as PyTorch's
-//                               optimizer state_dict does), forward_count, dropout_seed, data_position, and the
-//                               caller's own entries
+//                               optimizer state_dict does), xtr.random_state (the model's counters: dropout
+//                               streams, forward passes, wrapper draws), data_position, and the caller's own entries
+// for a TransformerWrapper, an XTransformer or a NonAutoregressiveWrapper (anything with parameters(), describe(),
+// random_state() and a configuration checkpoint_config() can write).
 // Loading checks the whole file first: on any error neither model nor optimiser has changed.
 // Written to a temporary file and renamed, so a crash never leaves a half-written checkpoint under the final name.
 #include <cmath>
@@ -20,6 +22,8 @@
 #include "xtr/io/state_dict.hpp"
 #include "xtr/layers/transformer_wrapper.hpp"
 #include "xtr/training/adamw.hpp"
+#include "xtr/wrappers/non_autoregressive_wrapper.hpp"
+#include "xtr/wrappers/x_transformer.hpp"
 
 namespace xtr {
 
@@ -51,6 +55,42 @@ inline json::Value to_json(const TransformerConfig& c) {
   return v;
 }
 
+inline json::Value to_json(const XTransformerConfig& c) {
+  auto v = json::Value::object();
+  v.set("dim", c.dim);
+  v.set("encoder", to_json(c.encoder));
+  v.set("decoder", to_json(c.decoder));
+  v.set("tie_token_emb", c.tie_token_emb);
+  v.set("ignore_index", c.ignore_index);
+  v.set("pad_value", c.pad_value);
+  v.set("cross_attn_tokens_dropout", c.cross_attn_tokens_dropout);
+  v.set("encoder_to_logits", c.encoder_to_logits);
+  return v;
+}
+
+/// What a checkpoint records to recognise its model: the configuration, and a wrapper's options (a
+/// NonAutoregressiveWrapper's schedule is a function: not recorded).
+template <class Model>
+json::Value checkpoint_config(const Model& model) {
+  if constexpr (requires { model.options().mask_id; }) {
+    const auto& o = model.options();
+    auto v = json::Value::object();
+    v.set("net", to_json(model.net.config()));
+    if constexpr (Model::has_critic) v.set("token_critic", to_json(model.token_critic.config()));
+    v.set("mask_id", o.mask_id);
+    v.set("steps", o.steps);
+    v.set("no_replace_prob", o.no_replace_prob);
+    v.set("random_token_prob", o.random_token_prob);
+    v.set("can_mask_prev_unmasked", o.can_mask_prev_unmasked);
+    v.set("self_cond", o.self_cond);
+    v.set("self_cond_train_prob", o.self_cond_train_prob);
+    v.set("critic_loss_weight", o.critic_loss_weight);
+    return v;
+  } else {
+    return to_json(model.config());
+  }
+}
+
 /// Where a training run stands, besides parameters and optimiser state.
 struct TrainingState {
   std::int64_t step = 0;             // optimiser steps done
@@ -58,6 +98,8 @@ struct TrainingState {
   std::map<std::string, std::string> extra;  // caller's metadata (e.g. validation loader position)
 };
 
+/// Writes parameters, optimiser state, the model's random state and `state` (atomically: a temporary file renamed).
+/// Net: a TransformerWrapper, an XTransformer or a NonAutoregressiveWrapper.
 template <class Net>
 void save_checkpoint(const std::filesystem::path& path, const Net& net, AdamW<typename Net::scalar>& optimizer,
                      const TrainingState& state) {
@@ -72,7 +114,7 @@ void save_checkpoint(const std::filesystem::path& path, const Net& net, AdamW<ty
           prefix + e.name, e.shape.dims(), std::span<const T>(moments->data() + e.offset, std::size_t(e.shape.numel()))));
   file.metadata = state.extra;
   file.metadata["xtr.model"] = Net::describe();
-  file.metadata["xtr.config"] = to_json(net.config()).dump();
+  file.metadata["xtr.config"] = checkpoint_config(net).dump();
   file.metadata["step"] = std::to_string(state.step);
   file.metadata["optimizer.steps"] = std::to_string(optimizer.steps());
   const auto& o = optimizer.options();
@@ -83,8 +125,9 @@ void save_checkpoint(const std::filesystem::path& path, const Net& net, AdamW<ty
     std::snprintf(text, sizeof text, "%.17g", value);
     file.metadata[key] = text;
   }
-  file.metadata["forward_count"] = std::to_string(net.forward_count());
-  file.metadata["dropout_seed"] = std::to_string(net.dropout_seed());
+  std::string counters;
+  for (const auto c : net.random_state()) counters += (counters.empty() ? "" : ",") + std::to_string(c);
+  file.metadata["xtr.random_state"] = counters;
   file.metadata["data_position"] = std::to_string(state.data_position);
   safetensors::write(path, file);
 }
@@ -103,7 +146,7 @@ TrainingState load_checkpoint(const std::filesystem::path& path, Net& net, AdamW
   };
   require(meta("xtr.model") == Net::describe(), what, " holds a ", meta("xtr.model"), ", this model is a ",
           Net::describe());
-  const std::string config = to_json(net.config()).dump();
+  const std::string config = checkpoint_config(net).dump();
   require(meta("xtr.config") == config, what, " was saved with config ", meta("xtr.config"),
           ", this model has config ", config);
   // metadata values: whole strings that parse as a count (≥ 0) or a finite number
@@ -145,8 +188,29 @@ TrainingState load_checkpoint(const std::filesystem::path& path, Net& net, AdamW
                             std::pair{"optimizer.beta2", &hyper.beta2}, std::pair{"optimizer.eps", &hyper.eps},
                             std::pair{"optimizer.weight_decay", &hyper.weight_decay}})
     *field = real(key);
-  const auto steps = number("optimizer.steps"), forward_count = number("forward_count");
-  const auto dropout_seed = number("dropout_seed"), step = number("step"), position = number("data_position");
+  const auto steps = number("optimizer.steps"), step = number("step"), position = number("data_position");
+  std::vector<std::uint64_t> random_state;  // comma-separated counters, as many as the model has
+  {
+    const std::string& list = meta("xtr.random_state");
+    std::size_t begin = 0;
+    while (begin <= list.size()) {
+      const std::size_t end = std::min(list.find(',', begin), list.size());
+      const std::string item = list.substr(begin, end - begin);
+      std::size_t used = 0;
+      unsigned long long v = 0;
+      try {
+        v = std::stoull(item, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      require(!item.empty() && used == item.size() && item[0] != '-', what, " metadata 'xtr.random_state' is not a "
+              "list of counters: '", list, "'");
+      random_state.push_back(std::uint64_t(v));
+      begin = end + 1;
+    }
+    require(random_state.size() == net.random_state().size(), what, " holds ", random_state.size(),
+            " random-state counters, this model has ", net.random_state().size());
+  }
   load_state_dict(net.parameters(), file, StateDictOptions{.prefix = "", .ignore = {"optimizer."}}, what);
   for (const auto& [record, destination] : moments) {
     const auto values = safetensors::to_vector<T>(*record);
@@ -154,13 +218,12 @@ TrainingState load_checkpoint(const std::filesystem::path& path, Net& net, AdamW
   }
   optimizer.options() = hyper;
   optimizer.set_steps(steps);
-  net.set_random_state(std::uint64_t(dropout_seed), std::uint64_t(forward_count));
+  net.set_random_state(std::span<const std::uint64_t>(random_state));
   TrainingState state;
   state.step = step;
   state.data_position = std::uint64_t(position);
   for (const auto& [k, v] : file.metadata)
-    if (!k.starts_with("xtr.") && !k.starts_with("optimizer.") && k != "step" && k != "forward_count" &&
-        k != "dropout_seed" && k != "data_position")
+    if (!k.starts_with("xtr.") && !k.starts_with("optimizer.") && k != "step" && k != "data_position")
       state.extra[k] = v;
   return state;
 }

@@ -41,6 +41,17 @@ class AutoregressiveWrapper {
 
   [[nodiscard]] const AutoregressiveOptions& options() const { return options_; }
   [[nodiscard]] ParameterStore<scalar>& parameters() { return net.parameters(); }
+  /// The network's random state and the count of unseeded generate() calls (checkpoints).
+  [[nodiscard]] std::vector<std::uint64_t> random_state() const {
+    auto state = net.random_state();
+    state.push_back(generate_calls_);
+    return state;
+  }
+  void set_random_state(std::span<const std::uint64_t> state) {
+    require(state.size() == 3, "an AutoregressiveWrapper has a random state of 3 counters, got ", state.size());
+    net.set_random_state(state.first(2));
+    generate_calls_ = state[2];
+  }
   void train(bool on = true) { net.train(on); }
   void eval() { net.eval(); }
   [[nodiscard]] Index max_seq_len() const { return net.max_seq_len(); }
@@ -95,7 +106,7 @@ class AutoregressiveWrapper {
     require(!sampling.bf16_weights || sampling.cache_kv,
             "bf16_weights applies to KV-cached decoding; set cache_kv = true");
     const std::uint64_t seed =
-        sampling.seed ? *sampling.seed : RandomStream{net.config().seed, 3}.bits64(generate_calls_++);
+        sampling.seed ? *sampling.seed : RandomStream{net.dropout_seed(), 3}.bits64(generate_calls_++);
     Sampler sampler(sampling, V, seed);
     struct RestoreMode {           // eval() for generation; the caller's mode comes back even on an exception
       Net& net;

@@ -135,7 +135,33 @@ class NonAutoregressiveWrapper {
   [[no_unique_address]] CriticNet token_critic;  // with a Critic type: one logit per position
 
   [[nodiscard]] const NonAutoregressiveOptions& options() const { return options_; }
+  /// The network's (and the critic's) random state, then the counts of training and unseeded generate() calls.
+  [[nodiscard]] std::vector<std::uint64_t> random_state() const {
+    auto state = net.random_state();
+    if constexpr (has_critic) {
+      const auto critic = token_critic.random_state();
+      state.insert(state.end(), critic.begin(), critic.end());
+    }
+    state.push_back(calls_);
+    state.push_back(generate_calls_);
+    return state;
+  }
+  void set_random_state(std::span<const std::uint64_t> state) {
+    const std::size_t n = has_critic ? 6 : 4;
+    require(state.size() == n, "this NonAutoregressiveWrapper has a random state of ", n, " counters, got ",
+            state.size());
+    net.set_random_state(state.first(2));
+    if constexpr (has_critic) token_critic.set_random_state(state.subspan(2, 2));
+    calls_ = state[n - 2];
+    generate_calls_ = state[n - 1];
+  }
+  static std::string describe() {
+    std::string d = "NonAutoregressiveWrapper<" + Net::describe();
+    if constexpr (has_critic) d += ", " + Critic::describe();
+    return d + ">";
+  }
   [[nodiscard]] ParameterStore<scalar>& parameters() { return store_ ? *store_ : net.parameters(); }
+  [[nodiscard]] const ParameterStore<scalar>& parameters() const { return store_ ? *store_ : net.parameters(); }
   void train(bool on = true) {
     net.train(on);
     if constexpr (has_critic) token_critic.train(on);
@@ -201,7 +227,7 @@ class NonAutoregressiveWrapper {
 
   /// Mean cross-entropy over the masked positions of x (batch, max_seq_len), corrupted inside.
   Loss operator()(TokensView x) {
-    return (*this)(x, corrupt(x, RandomStream{net.config().seed, 6}.fork(calls_++)));
+    return (*this)(x, corrupt(x, RandomStream{net.dropout_seed(), 6}.fork(calls_++)));
   }
   /// The same for a given corruption of x (from corrupt()).
   Loss operator()(TokensView x, const Corruption& corruption) {
@@ -250,7 +276,7 @@ class NonAutoregressiveWrapper {
     }
     const Index S = options_.steps, free = L - P;
     const std::uint64_t seed =
-        sampling.seed ? *sampling.seed : RandomStream{net.config().seed, 7}.bits64(generate_calls_++);
+        sampling.seed ? *sampling.seed : RandomStream{net.dropout_seed(), 7}.bits64(generate_calls_++);
     const RandomStream stream{seed, 0x6E6172};
     struct RestoreMode {
       NonAutoregressiveWrapper& model;

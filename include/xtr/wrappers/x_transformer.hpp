@@ -109,6 +109,19 @@ class XTransformer {
   void eval() { train(false); }
   [[nodiscard]] bool training() const { return training_; }
 
+  /// The encoder's random state, then the decoder's (checkpoints; token dropout follows the encoder's count).
+  [[nodiscard]] std::vector<std::uint64_t> random_state() const {
+    auto state = encoder.random_state();
+    const auto decoding = decoder.random_state();
+    state.insert(state.end(), decoding.begin(), decoding.end());
+    return state;
+  }
+  void set_random_state(std::span<const std::uint64_t> state) {
+    require(state.size() == 5, "an XTransformer has a random state of 5 counters, got ", state.size());
+    encoder.set_random_state(state.first(2));
+    decoder.set_random_state(state.subspan(2));
+  }
+
   static std::string describe() {
     return "XTransformer<" + EncoderLayers::describe() + ", " + DecoderNet::layers_type::describe() + ", " +
            std::string(Backend::name) + ">";
@@ -123,7 +136,7 @@ class XTransformer {
     auto encoded = encoder.embed(src, src_mask);
     ContextView<scalar> context{encoded.data(), src.batch, src.length, config_.dim, src_mask};
     if (training_ && config_.cross_attn_tokens_dropout > 0) {
-      const RandomStream stream = RandomStream{config_.seed, 5}.fork(encoder.forward_count());
+      const RandomStream stream = RandomStream{encoder.dropout_seed(), 5}.fork(encoder.forward_count());
       context.mask = drop_context_tokens(src.batch, src.length, src_mask, config_.cross_attn_tokens_dropout, stream,
                                          dropped_mask_);
     }
