@@ -208,8 +208,8 @@ def main(argv=None):
     # table
     rows = []
     print()
-    print(f"| bench | config | xtr tokens/s | peer tokens/s | ratio xtr/peer | runs |")
-    print(f"|---|---|---:|---:|---:|---:|")
+    print("| bench | config | xtr tokens/s | peer tokens/s | ratio xtr/peer | runs |")
+    print("|---|---|---:|---:|---:|---:|")
     for kind in kinds:
         bench = KINDS[kind][2]
         for config in kind_configs[kind]:
