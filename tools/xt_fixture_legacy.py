@@ -496,13 +496,9 @@ def make_fixture(name, out_dir, version):
 # XTransformer (encoder-decoder) configs: the copy-task data of tools/xt_fixture.py (xt_copy_batch, duplicated here so
 # that this script imports nothing of the current release), untrained models built by the old release
 
-XT_VOCAB = 18          # 0 = padding (also what -100 decoder inputs become), 1 = start/prefix token, 2..17 content
-XT_PAD, XT_START, XT_FIRST = 0, 1, 2
-XT_SRC = 12            # source length S (padded)
-XT_TGT = 2 * XT_SRC + 1  # [1, src[:L], src[:L]] padded to 25
-XT_IGNORE = -100       # XTransformer's default ignore_index (pad_value 0)
-XT_FIXTURE_LENS = (12, 7)  # row 0 unpadded (greedy runs on it), row 1 padded
-XT_GREEDY = XT_TGT - 1     # generate 24 tokens after the start token
+# the copy task's vocabulary, lengths and batch builders are the current-release fixtures' (tools/xt_fixture.py)
+from xt_fixture import (XT_FIXTURE_LENS, XT_FIRST, XT_GREEDY, XT_IGNORE, XT_PAD, XT_SRC, XT_START, XT_TGT,  # noqa: E402
+                        XT_VOCAB, xt_copy_batch, xt_decoder_input, xt_split)
 XT_DATA_SEED = 1235        # == tools/xt_fixture.py SEED + 1: the same held-out rows as the current xtransformer_* files
 XT_SRC_ROWS = [[13, 4, 4, 17, 5, 9, 5, 8, 11, 10, 2, 2], [4, 4, 17, 6, 16, 8, 10, 0, 0, 0, 0, 0]]
 
@@ -527,34 +523,6 @@ CONFIGS.update({
         description="XTransformer (encoder-decoder, copy-task data), learned absolute positions in both stacks, "
                     "default LayerNorm, GELU feed-forwards, tie_token_emb=True."),
 })
-
-
-def xt_split(config):
-    """(dim, encoder keywords, decoder keywords) with the enc_/dec_ prefixes dropped, as XTransformer splits them."""
-    enc = {k[4:]: v for k, v in config.items() if k.startswith("enc_")}
-    dec = {k[4:]: v for k, v in config.items() if k.startswith("dec_")}
-    return config["dim"], enc, dec
-
-
-def xt_copy_batch(lengths, gen):
-    """== tools/xt_fixture.py xt_copy_batch: src (B, S) content ids then 0-padding, src_mask (B, S) True on real
-    tokens, tgt (B, 2S+1) = [1, src[:L], src[:L]] then -100."""
-    B = len(lengths)
-    L = torch.tensor(lengths, dtype=torch.long)
-    content = torch.randint(XT_FIRST, XT_VOCAB, (B, XT_SRC), generator=gen)
-    src_mask = torch.arange(XT_SRC)[None, :] < L[:, None]
-    src = content.masked_fill(~src_mask, XT_PAD)
-    tgt = torch.full((B, XT_TGT), XT_IGNORE, dtype=torch.long)
-    for b, n in enumerate(lengths):
-        tgt[b, 0] = XT_START
-        tgt[b, 1:1 + n] = src[b, :n]
-        tgt[b, 1 + n:1 + 2 * n] = src[b, :n]
-    return src, src_mask, tgt
-
-
-def xt_decoder_input(tgt):
-    """What the AutoregressiveWrapper feeds the decoder: -100 replaced by pad_value 0."""
-    return torch.where(tgt == XT_IGNORE, XT_PAD, tgt)
 
 
 def xt_stack_cfg(dim, kw):
