@@ -43,17 +43,6 @@ namespace xt = xtr::x_transformers;
 using xtr::AbsoluteLearned, xtr::Rotary, xtr::NoPosition, xtr::LayerNorm, xtr::RMSNorm, xtr::GELU, xtr::GEGLU,
     xtr::SwiGLU, xtr::Encoder, xtr::Decoder, xtr::XTransformer;
 
-/// Every Encoder the CPU backend implements: 3 positions × 2 norms × 3 feed-forwards (xt::Decoders' counterpart).
-using Encoders = xt::StackSet<Encoder<AbsoluteLearned, LayerNorm, GELU>, Encoder<AbsoluteLearned, LayerNorm, GEGLU>,
-                              Encoder<AbsoluteLearned, LayerNorm, SwiGLU>, Encoder<AbsoluteLearned, RMSNorm, GELU>,
-                              Encoder<AbsoluteLearned, RMSNorm, GEGLU>, Encoder<AbsoluteLearned, RMSNorm, SwiGLU>,
-                              Encoder<Rotary, LayerNorm, GELU>, Encoder<Rotary, LayerNorm, GEGLU>,
-                              Encoder<Rotary, LayerNorm, SwiGLU>, Encoder<Rotary, RMSNorm, GELU>,
-                              Encoder<Rotary, RMSNorm, GEGLU>, Encoder<Rotary, RMSNorm, SwiGLU>,
-                              Encoder<NoPosition, LayerNorm, GELU>, Encoder<NoPosition, LayerNorm, GEGLU>,
-                              Encoder<NoPosition, LayerNorm, SwiGLU>, Encoder<NoPosition, RMSNorm, GELU>,
-                              Encoder<NoPosition, RMSNorm, GEGLU>, Encoder<NoPosition, RMSNorm, SwiGLU>>;
-
 template <class... Models>
 struct ModelSet {};
 
@@ -349,7 +338,7 @@ int main(int argc, char** argv) {
                    "]");
       auto f = [&](auto& net) { evaluate(net, description, weights, tokens, o); };
       if (description.stack == "Encoder")
-        xt::with_model(description, f, Encoders{});
+        xt::with_model(description, f, xt::Encoders{});
       else
         xt::with_model(description, f, xt::Decoders{});
     }

@@ -159,6 +159,17 @@ using Decoders = StackSet<Decoder<AbsoluteLearned, LayerNorm, GELU>, Decoder<Abs
                           Decoder<NoPosition, LayerNorm, SwiGLU>, Decoder<NoPosition, RMSNorm, GELU>,
                           Decoder<NoPosition, RMSNorm, GEGLU>, Decoder<NoPosition, RMSNorm, SwiGLU>>;
 
+/// Every Encoder the CPU backend implements: 3 positions × 2 norms × 3 feed-forwards (xt_eval dispatches to them).
+using Encoders = StackSet<Encoder<AbsoluteLearned, LayerNorm, GELU>, Encoder<AbsoluteLearned, LayerNorm, GEGLU>,
+                         Encoder<AbsoluteLearned, LayerNorm, SwiGLU>, Encoder<AbsoluteLearned, RMSNorm, GELU>,
+                         Encoder<AbsoluteLearned, RMSNorm, GEGLU>, Encoder<AbsoluteLearned, RMSNorm, SwiGLU>,
+                         Encoder<Rotary, LayerNorm, GELU>, Encoder<Rotary, LayerNorm, GEGLU>,
+                         Encoder<Rotary, LayerNorm, SwiGLU>, Encoder<Rotary, RMSNorm, GELU>,
+                         Encoder<Rotary, RMSNorm, GEGLU>, Encoder<Rotary, RMSNorm, SwiGLU>,
+                         Encoder<NoPosition, LayerNorm, GELU>, Encoder<NoPosition, LayerNorm, GEGLU>,
+                         Encoder<NoPosition, LayerNorm, SwiGLU>, Encoder<NoPosition, RMSNorm, GELU>,
+                         Encoder<NoPosition, RMSNorm, GEGLU>, Encoder<NoPosition, RMSNorm, SwiGLU>>;
+
 template <class Stack>
 bool describes(const ModelDescription& m) {
   return m.stack == (Stack::causal ? "Decoder" : "Encoder") && m.position == Stack::position::name &&
