@@ -28,6 +28,7 @@
 #include "xtr/io/safetensors.hpp"
 #include "xtr/io/state_dict.hpp"
 #include "xtr/layers/transformer_wrapper.hpp"
+#include "xtr/wrappers/non_autoregressive_wrapper.hpp"
 #include "xtr/wrappers/x_transformer.hpp"
 
 namespace xtr::x_transformers {
@@ -427,6 +428,36 @@ safetensors::File export_xtransformer_state_dict(const Model& model, const safet
   detail::append_rotary_buffer(model.decoder.net, std::string(decoder_rotary_buffer), source, file);
   file = detail::convert_layout(model.encoder, std::move(file), "encoder.", conventions.encoder, /*to_xtr=*/false);
   return detail::convert_layout(model.decoder.net, std::move(file), "decoder.net.", conventions.decoder, false);
+}
+
+/// A NonAutoregressiveWrapper's state dict (x-transformers' names: `net.…`, with self_cond `null_embed` and
+/// `to_self_cond.weight`, with a token critic `token_critic.…`) in the current layout; checks the rotary buffers.
+/// `ignore`: further name prefixes to skip.
+template <class Model>
+void load_non_autoregressive(Model& model, const safetensors::File& file,
+                             const std::string& what = "x-transformers state dict",
+                             std::vector<std::string> ignore = {}) {
+  const std::string net_buffer = "net." + std::string(rotary_buffer);
+  const std::string critic_buffer = "token_critic." + std::string(rotary_buffer);
+  detail::check_rotary_buffer(model.net, file, net_buffer, what);
+  ignore.push_back(net_buffer);
+  if constexpr (Model::has_critic) {
+    detail::check_rotary_buffer(model.token_critic, file, critic_buffer, what);
+    ignore.push_back(critic_buffer);
+  }
+  load_state_dict(model.parameters(), file, StateDictOptions{.prefix = "", .ignore = std::move(ignore)}, what);
+}
+
+/// A NonAutoregressiveWrapper's state dict with the rotary buffers its load_state_dict(strict=True) expects; buffers
+/// present in `source` are copied byte for byte.
+template <class Model>
+safetensors::File export_non_autoregressive_state_dict(const Model& model, const safetensors::File* source = nullptr) {
+  safetensors::File file;
+  append_state_dict(model.parameters(), file);
+  detail::append_rotary_buffer(model.net, "net." + std::string(rotary_buffer), source, file);
+  if constexpr (Model::has_critic)
+    detail::append_rotary_buffer(model.token_critic, "token_critic." + std::string(rotary_buffer), source, file);
+  return file;
 }
 
 }  // namespace xtr::x_transformers
