@@ -201,6 +201,21 @@ def setup_torch():
     torch.use_deterministic_algorithms(True)
 
 
+def train_adam(module, steps, lr, step_loss):
+    """`steps` Adam steps (default betas/eps) on module's parameters, in train mode; step_loss() draws a batch and
+    returns its loss. Returns every step's loss."""
+    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    module.train()
+    losses = []
+    for _ in range(steps):
+        loss = step_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # an independent plain-tensor forward, written from the facts below; it must match x-transformers to 1e-4
 
@@ -533,18 +548,13 @@ def make_fixture(name, out_dir, steps, facts_out):
     # --- brief training so weights are not near init
     data = torch.tensor(encode(TRAIN_TEXT * 4), dtype=torch.long)
     gen = torch.Generator().manual_seed(SEED)
-    opt = torch.optim.Adam(model.parameters(), lr=TRAIN["lr"])
-    model.train()
-    first_loss = last_loss = None
-    for step in range(steps):
+
+    def step_loss():
         starts = torch.randint(0, len(data) - TRAIN["window"], (TRAIN["batch"],), generator=gen)
-        batch = torch.stack([data[s: s + TRAIN["window"]] for s in starts.tolist()])
-        loss = model(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        first_loss = loss.item() if first_loss is None else first_loss
-        last_loss = loss.item()
+        return model(torch.stack([data[s: s + TRAIN["window"]] for s in starts.tolist()]))
+
+    losses = train_adam(model, steps, TRAIN["lr"], step_loss)
+    first_loss, last_loss = losses[0], losses[-1]
     print(f"[{name}] trained {steps} steps: loss {first_loss:.4f} -> {last_loss:.4f}")
 
     # --- fixture inputs: held-out windows
@@ -737,21 +747,17 @@ def make_encoder_fixture(name, out_dir, steps, facts_out):
 
     data = torch.tensor(encode(TRAIN_TEXT * 4), dtype=torch.long)
     gen = torch.Generator().manual_seed(SEED)
-    opt = torch.optim.Adam(net.parameters(), lr=TRAIN["lr"])
-    net.train()
-    first_loss = last_loss = None
-    for step in range(steps):
+
+    def step_loss():
         starts = torch.randint(0, len(data) - W, (TRAIN["batch"],), generator=gen)
         targets = torch.stack([data[s: s + W] for s in starts.tolist()])
         inputs = corrupt(targets, gen)
         pad = torch.randint(0, PAD_MAX + 1, (TRAIN["batch"],), generator=gen)
         mask = torch.arange(W)[None, :] < (W - pad)[:, None]
-        loss = encoder_loss(net(inputs, mask=mask), targets, mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        first_loss = loss.item() if first_loss is None else first_loss
-        last_loss = loss.item()
+        return encoder_loss(net(inputs, mask=mask), targets, mask)
+
+    losses = train_adam(net, steps, TRAIN["lr"], step_loss)
+    first_loss, last_loss = losses[0], losses[-1]
     print(f"[{name}] trained {steps} steps: loss {first_loss:.4f} -> {last_loss:.4f}")
 
     # --- fixture inputs: held-out windows, corrupted with a fixed generator; row 1 padded at the end
@@ -874,6 +880,23 @@ def xt_split(config):
     enc = {k[4:]: v for k, v in config.items() if k.startswith("enc_")}
     dec = {k[4:]: v for k, v in config.items() if k.startswith("dec_")}
     return config["dim"], enc, dec
+
+
+def xt_tensor_notes():
+    """Metadata texts every XTransformer fixture shares (this script's and tools/xt_fixture_legacy.py's)."""
+    return {
+        "token_mapping": f"vocabulary {XT_VOCAB}: {XT_PAD} = padding (source padding, and the decoder input where "
+                         f"tgt is {XT_IGNORE}), {XT_START} = start/prefix token, {XT_FIRST}..{XT_VOCAB - 1} content",
+        "src_mask": "BOOL (B, S) True = real source token; passed as mask= (encoder keys, padded encoder queries "
+                    "zeroed) and as the decoder's context_mask",
+        "tgt": f"I64 (B, {XT_TGT}) = [{XT_START}, src[:L], src[:L]] then {XT_IGNORE} (ignore_index)",
+        "encoded": "model.encoder(src, mask=src_mask, return_embeddings=True), eval mode (after the encoder's "
+                   "final norm)",
+        "logits": f"model.decoder.net(tgt[:, :-1] with {XT_IGNORE} -> {XT_PAD}, context=encoded, "
+                  "context_mask=src_mask), eval mode",
+        "loss": "model(src, tgt, mask=src_mask), eval mode: cross_entropy(decoder logits of all 25 inputs [:, :-1], "
+                f"tgt[:, 1:], ignore_index={XT_IGNORE}), mean over the non-ignored targets",
+    }
 
 
 def xt_copy_batch(lengths, gen):
@@ -1177,20 +1200,17 @@ def make_xtransformer_fixture(name, out_dir, steps, facts_out):
 
     # --- training
     gen = torch.Generator().manual_seed(SEED)
-    opt = torch.optim.Adam(model.parameters(), lr=XT_TRAIN["lr"])
-    model.train()
-    first_loss = last_loss = None
-    ema = None
-    for step in range(steps):
+
+    def step_loss():
         lengths = torch.randint(XT_MIN_LEN, XT_SRC + 1, (XT_TRAIN["batch"],), generator=gen).tolist()
         src, src_mask, tgt = xt_copy_batch(lengths, gen)
-        loss = model(src, tgt, mask=src_mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        first_loss = loss.item() if first_loss is None else first_loss
-        last_loss = loss.item()
-        ema = last_loss if ema is None else 0.95 * ema + 0.05 * last_loss
+        return model(src, tgt, mask=src_mask)
+
+    losses = train_adam(model, steps, XT_TRAIN["lr"], step_loss)
+    first_loss, last_loss = losses[0], losses[-1]
+    ema = None
+    for value in losses:
+        ema = value if ema is None else 0.95 * ema + 0.05 * value
     print(f"[{name}] trained {steps} steps: loss {first_loss:.4f} -> {last_loss:.4f} (running mean {ema:.4f})")
 
     # --- held-out rows (another generator): row 0 unpadded, row 1 padded
@@ -1260,22 +1280,12 @@ def make_xtransformer_fixture(name, out_dir, steps, facts_out):
         "torch_version": torch.__version__,
         "safetensors_version": safetensors.__version__,
         "description": spec["description"],
-        "token_mapping": f"vocabulary {XT_VOCAB}: {XT_PAD} = padding (source padding, and the decoder input where "
-                         f"tgt is {XT_IGNORE}), {XT_START} = start/prefix token, {XT_FIRST}..{XT_VOCAB - 1} content",
+        **xt_tensor_notes(),
         "train": json.dumps({**XT_TRAIN, "steps": steps, "seed": SEED, "task": "copy", "src_len": XT_SRC,
                              "min_len": XT_MIN_LEN, "tgt_len": XT_TGT, "first_loss": round(first_loss, 4),
                              "last_loss": round(last_loss, 4)}),
         "src": f"I64 (B, {XT_SRC}) held-out sources (torch.Generator seed {SEED + 1}), lengths "
                f"{list(XT_FIXTURE_LENS)}: content ids then {XT_PAD}-padding",
-        "src_mask": "BOOL (B, S) True = real source token; passed as mask= (encoder keys, padded encoder queries "
-                    "zeroed) and as the decoder's context_mask",
-        "tgt": f"I64 (B, {XT_TGT}) = [{XT_START}, src[:L], src[:L]] then {XT_IGNORE} (ignore_index)",
-        "encoded": "model.encoder(src, mask=src_mask, return_embeddings=True), eval mode (after the encoder's "
-                   "final norm)",
-        "logits": f"model.decoder.net(tgt[:, :-1] with {XT_IGNORE} -> {XT_PAD}, context=encoded, "
-                  "context_mask=src_mask), eval mode",
-        "loss": "model(src, tgt, mask=src_mask), eval mode: cross_entropy(decoder logits of all 25 inputs [:, :-1], "
-                f"tgt[:, 1:], ignore_index={XT_IGNORE}), mean over the non-ignored targets",
         "grads": "grad.<name> = d fixture.loss / d <name>, one backward from zeroed grads, eval mode; both names of "
                  "a tied parameter carry the same (summed) gradient",
         "generate": json.dumps({"call": f"model.generate(src[:1], [[{XT_START}]], {XT_GREEDY}, mask=src_mask[:1], "

@@ -497,8 +497,8 @@ def make_fixture(name, out_dir, version):
 # that this script imports nothing of the current release), untrained models built by the old release
 
 # the copy task's vocabulary, lengths and batch builders are the current-release fixtures' (tools/xt_fixture.py)
-from xt_fixture import (XT_FIXTURE_LENS, XT_FIRST, XT_GREEDY, XT_IGNORE, XT_PAD, XT_SRC, XT_START, XT_TGT,  # noqa: E402
-                        XT_VOCAB, xt_copy_batch, xt_decoder_input, xt_split)
+from xt_fixture import (XT_FIXTURE_LENS, XT_GREEDY, XT_IGNORE, XT_PAD, XT_SRC, XT_START, XT_TGT,  # noqa: E402
+                        XT_VOCAB, xt_copy_batch, xt_decoder_input, xt_split, xt_tensor_notes)
 XT_DATA_SEED = 1235        # == tools/xt_fixture.py SEED + 1: the same held-out rows as the current xtransformer_* files
 XT_SRC_ROWS = [[13, 4, 4, 17, 5, 9, 5, 8, 11, 10, 2, 2], [4, 4, 17, 6, 16, 8, 10, 0, 0, 0, 0, 0]]
 
@@ -935,22 +935,12 @@ def make_xt_fixture(name, out_dir, version):
                        f"(seed {seed}) with the norm tensors perturbed, no training.",
         "conventions": json.dumps(conv_meta),
         "facts": json.dumps(facts),
-        "token_mapping": f"vocabulary {XT_VOCAB}: {XT_PAD} = padding (source padding, and the decoder input where "
-                         f"tgt is {XT_IGNORE}), {XT_START} = start/prefix token, {XT_FIRST}..{XT_VOCAB - 1} content",
+        **xt_tensor_notes(),
         "perturbation": f"norm gains += N(0, {PERTURB['gain_std']}^2), norm biases += N(0, {PERTURB['bias_std']}^2) "
                         f"(one torch.Generator seed {seed}, encoder first, then decoder.net); to_logits biases keep "
                         f"nn.Linear's default (nonzero) init; tensors: " + ", ".join(touched),
         "src": f"I64 (B, {XT_SRC}) sources (torch.Generator seed {XT_DATA_SEED}, as tools/xt_fixture.py), lengths "
                f"{list(XT_FIXTURE_LENS)}: content ids then {XT_PAD}-padding",
-        "src_mask": "BOOL (B, S) True = real source token; passed as mask= (encoder keys, padded encoder queries "
-                    "zeroed) and as the decoder's context_mask",
-        "tgt": f"I64 (B, {XT_TGT}) = [{XT_START}, src[:L], src[:L]] then {XT_IGNORE} (ignore_index)",
-        "encoded": "model.encoder(src, mask=src_mask, return_embeddings=True), eval mode (after the encoder's "
-                   "final norm)",
-        "logits": f"model.decoder.net(tgt[:, :-1] with {XT_IGNORE} -> {XT_PAD}, context=encoded, "
-                  "context_mask=src_mask), eval mode",
-        "loss": "model(src, tgt, mask=src_mask), eval mode: cross_entropy(decoder logits of all 25 inputs [:, :-1], "
-                f"tgt[:, 1:], ignore_index={XT_IGNORE}), mean over the non-ignored targets",
         "generate": json.dumps({"call": f"model.generate(src[:1], [[{XT_START}]], {XT_GREEDY}, mask=src_mask[:1], "
                                         "temperature=0., cache_kv=True)", "returns": "new tokens only",
                                 "seq_len": XT_GREEDY, "temperature": 0.0, "cache_kv": True}),

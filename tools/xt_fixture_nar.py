@@ -46,7 +46,8 @@ import safetensors
 sys.dont_write_bytecode = True  # no tools/__pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fixture_io import file_summary, write_and_reload  # noqa: E402
-from xt_fixture import HELD_OUT_TEXT, NUM_TOKENS, SEED, TRAIN_TEXT, VOCAB, build, encode, setup_torch  # noqa: E402
+from xt_fixture import (HELD_OUT_TEXT, NUM_TOKENS, SEED, TRAIN_TEXT, VOCAB, build, encode, setup_torch,  # noqa: E402
+                        train_adam)
 from x_transformers import NonAutoregressiveWrapper  # noqa: E402
 
 MASK_ID = NUM_TOKENS - 1  # never occurs in the text
@@ -148,17 +149,13 @@ def make_nar_fixture(name, out_dir):
 
     data = torch.tensor(encode(TRAIN_TEXT * 4), dtype=torch.long)
     gen = torch.Generator().manual_seed(SEED)
-    opt = torch.optim.Adam(model.parameters(), lr=TRAIN["lr"])
-    model.train()
-    first = last = None
-    for _ in range(TRAIN["steps"]):
+
+    def step_loss():
         starts = torch.randint(0, len(data) - SEQ, (TRAIN["batch"],), generator=gen)
-        loss = model(torch.stack([data[s: s + SEQ] for s in starts.tolist()])).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        first = loss.item() if first is None else first
-        last = loss.item()
+        return model(torch.stack([data[s: s + SEQ] for s in starts.tolist()])).loss
+
+    losses = train_adam(model, TRAIN["steps"], TRAIN["lr"], step_loss)
+    first, last = losses[0], losses[-1]
     print(f"[{name}] trained {TRAIN['steps']} steps: loss {first:.4f} -> {last:.4f}")
 
     held = encode(HELD_OUT_TEXT)
