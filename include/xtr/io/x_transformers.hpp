@@ -149,27 +149,20 @@ inline ModelDescription parse_description(const json::Value& root) {
 template <class... Stacks>
 struct StackSet {};
 
-/// Every Decoder the CPU backend implements: 3 positions × 2 norms × 3 feed-forwards.
-using Decoders = StackSet<Decoder<AbsoluteLearned, LayerNorm, GELU>, Decoder<AbsoluteLearned, LayerNorm, GEGLU>,
-                          Decoder<AbsoluteLearned, LayerNorm, SwiGLU>, Decoder<AbsoluteLearned, RMSNorm, GELU>,
-                          Decoder<AbsoluteLearned, RMSNorm, GEGLU>, Decoder<AbsoluteLearned, RMSNorm, SwiGLU>,
-                          Decoder<Rotary, LayerNorm, GELU>, Decoder<Rotary, LayerNorm, GEGLU>,
-                          Decoder<Rotary, LayerNorm, SwiGLU>, Decoder<Rotary, RMSNorm, GELU>,
-                          Decoder<Rotary, RMSNorm, GEGLU>, Decoder<Rotary, RMSNorm, SwiGLU>,
-                          Decoder<NoPosition, LayerNorm, GELU>, Decoder<NoPosition, LayerNorm, GEGLU>,
-                          Decoder<NoPosition, LayerNorm, SwiGLU>, Decoder<NoPosition, RMSNorm, GELU>,
-                          Decoder<NoPosition, RMSNorm, GEGLU>, Decoder<NoPosition, RMSNorm, SwiGLU>>;
-
-/// Every Encoder the CPU backend implements: 3 positions × 2 norms × 3 feed-forwards (xt_eval dispatches to them).
-using Encoders = StackSet<Encoder<AbsoluteLearned, LayerNorm, GELU>, Encoder<AbsoluteLearned, LayerNorm, GEGLU>,
-                         Encoder<AbsoluteLearned, LayerNorm, SwiGLU>, Encoder<AbsoluteLearned, RMSNorm, GELU>,
-                         Encoder<AbsoluteLearned, RMSNorm, GEGLU>, Encoder<AbsoluteLearned, RMSNorm, SwiGLU>,
-                         Encoder<Rotary, LayerNorm, GELU>, Encoder<Rotary, LayerNorm, GEGLU>,
-                         Encoder<Rotary, LayerNorm, SwiGLU>, Encoder<Rotary, RMSNorm, GELU>,
-                         Encoder<Rotary, RMSNorm, GEGLU>, Encoder<Rotary, RMSNorm, SwiGLU>,
-                         Encoder<NoPosition, LayerNorm, GELU>, Encoder<NoPosition, LayerNorm, GEGLU>,
-                         Encoder<NoPosition, LayerNorm, SwiGLU>, Encoder<NoPosition, RMSNorm, GELU>,
-                         Encoder<NoPosition, RMSNorm, GEGLU>, Encoder<NoPosition, RMSNorm, SwiGLU>>;
+/// Every stack of kind `Stack` (Decoder or Encoder) the CPU backend implements: 3 positions × 2 norms × 3
+/// feed-forwards.
+template <template <class...> class Stack>
+using EveryStack = StackSet<Stack<AbsoluteLearned, LayerNorm, GELU>, Stack<AbsoluteLearned, LayerNorm, GEGLU>,
+                            Stack<AbsoluteLearned, LayerNorm, SwiGLU>, Stack<AbsoluteLearned, RMSNorm, GELU>,
+                            Stack<AbsoluteLearned, RMSNorm, GEGLU>, Stack<AbsoluteLearned, RMSNorm, SwiGLU>,
+                            Stack<Rotary, LayerNorm, GELU>, Stack<Rotary, LayerNorm, GEGLU>,
+                            Stack<Rotary, LayerNorm, SwiGLU>, Stack<Rotary, RMSNorm, GELU>,
+                            Stack<Rotary, RMSNorm, GEGLU>, Stack<Rotary, RMSNorm, SwiGLU>,
+                            Stack<NoPosition, LayerNorm, GELU>, Stack<NoPosition, LayerNorm, GEGLU>,
+                            Stack<NoPosition, LayerNorm, SwiGLU>, Stack<NoPosition, RMSNorm, GELU>,
+                            Stack<NoPosition, RMSNorm, GEGLU>, Stack<NoPosition, RMSNorm, SwiGLU>>;
+using Decoders = EveryStack<Decoder>;
+using Encoders = EveryStack<Encoder>;  // xt_eval dispatches encoder descriptions to these
 
 template <class Stack>
 bool describes(const ModelDescription& m) {

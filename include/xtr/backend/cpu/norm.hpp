@@ -82,11 +82,13 @@ void norm_backward(MatrixView<T> dh, const T* xhat, const T* rstd, NormWeights<T
                    NormGradients<T> grads, Arena& arena) {
   const Index N = dh.rows(), D = dh.cols();
   const int threads = max_threads();
-  T* partial = arena.allocate<T>(Index(threads) * D);
-  std::fill_n(partial, Index(threads) * D, T(0));
+  const Index sums = grads.bias ? 2 : 1;  // per thread: dγ, then dβ
+  T* partial = arena.allocate<T>(Index(threads) * sums * D);
+  std::fill_n(partial, Index(threads) * sums * D, T(0));
   const T sqrt_d = T(std::sqrt(double(D)));
   parallel_rows(N, 8 * D, [&](Index begin, Index end) {
-    T* dg = partial + Index(omp_get_thread_num()) * D;
+    T* dg = partial + Index(omp_get_thread_num()) * sums * D;
+    T* db = grads.bias ? dg + D : nullptr;
     for (Index n = begin; n < end; ++n) {
       const T* g = dh.data() + n * D;
       const T* xh = xhat + n * D;
@@ -98,6 +100,8 @@ void norm_backward(MatrixView<T> dh, const T* xhat, const T* rstd, NormWeights<T
         sum_dxhat_xhat += dxh * xh[d];
         dg[d] += g[d] * xh[d];
       }
+      if (db)
+        for (Index d = 0; d < D; ++d) db[d] += g[d];
       const T mean_dxhat = subtracts_mean<Norm> ? sum_dxhat / T(D) : T(0);
       T mean_proj = sum_dxhat_xhat / T(D);
       if constexpr (!subtracts_mean<Norm>) {
@@ -107,11 +111,12 @@ void norm_backward(MatrixView<T> dh, const T* xhat, const T* rstd, NormWeights<T
       for (Index d = 0; d < D; ++d) out[d] += r * (g[d] * (w.gain_offset + w.gain[d]) - mean_dxhat - xh[d] * mean_proj);
     }
   });
-  for (int t = 0; t < threads; ++t)
-    for (Index d = 0; d < D; ++d) grads.gain[d] += partial[Index(t) * D + d];
-  if (grads.bias)
-    for (Index n = 0; n < N; ++n)
-      for (Index d = 0; d < D; ++d) grads.bias[d] += dh.data()[n * D + d];
+  for (int t = 0; t < threads; ++t) {
+    const T* sum = partial + Index(t) * sums * D;
+    for (Index d = 0; d < D; ++d) grads.gain[d] += sum[d];
+    if (grads.bias)
+      for (Index d = 0; d < D; ++d) grads.bias[d] += sum[D + d];
+  }
 }
 
 }  // namespace xtr::cpu
