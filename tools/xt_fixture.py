@@ -40,6 +40,12 @@ decoder.net.*; with tie_token_emb both embedding names, as separate equal tensor
                                          cache_kv=True) (new tokens only)
     fixture.greedy_nocache (I64, (1, 24)) the same with cache_kv=False (the script requires them equal)
 
+Option decoders (OPTION_CONFIGS, merged into CONFIGS): the base decoder plus one x-transformers option each, in the
+decoder format above. Where x-transformers cannot decode a config with the kv cache (net.can_cache_kv False, e.g.
+memory tokens, or generate(cache_kv=True) raising), fixture.greedy comes from cache_kv=False and the `generate`
+metadata says so ("cache_kv": false, "no_cache_reason"). reference_forward does not implement these options: with
+--facts they get check_facts_fp64 / check_option_behaviour instead of check_facts / check_misc / check_init.
+
 After writing, each file is re-read with safetensors.torch.load_file, the model is rebuilt from the
 `config` metadata alone, and the forward must reproduce fixture.logits bit for bit. An independent
 plain-tensor re-implementation of the forward (`reference_forward`, written from the facts this
@@ -178,6 +184,162 @@ CONFIGS = {
                     "attention (4 query heads, 2 kv heads) in self- AND cross-attention.",
     ),
 }
+
+
+def option_decoder(attn=None, wrapper=None, depth=2):
+    """The base decoder of the option fixtures (num_tokens 64, max_seq_len 32, dim 32, depth 2, heads 2, attn_dim_head
+    16, everything else x-transformers' default) plus one option: `attn` are Decoder keywords, `wrapper`
+    TransformerWrapper keywords (placed before attn_layers, as in decoder_noposition_rmsnorm_geglu)."""
+    return {"num_tokens": NUM_TOKENS, "max_seq_len": MAX_SEQ_LEN, **(wrapper or {}),
+            "attn_layers": {"type": "Decoder", "dim": 32, "depth": depth, "heads": 2, "attn_dim_head": 16,
+                            **(attn or {})}}
+
+
+# one decoder per x-transformers option, on top of the base decoder above (default pre-LayerNorm, GELU feed-forward,
+# learned absolute positions unless the option turns them off). `reference: False`: the plain-tensor
+# reference_forward does not implement the option, so --facts skips its checks for these files and runs only
+# check_facts_fp64 (x-transformers' own model in float64 vs the fixture's float32 logits, loss and grads).
+OPTION_CONFIGS = {
+    "decoder_alibi": dict(
+        config=option_decoder({"alibi_pos_bias": True, "alibi_num_heads": 1}),
+        description="Decoder with ALiBi on 1 of 2 heads (alibi_num_heads=1): head 0 adds -slope * |i - j| to its "
+                    "attention logits, slope 2 ** -8 (x-transformers' slope list for 1 head), head 1 has no bias; "
+                    "the learned absolute position embedding stays on (x-transformers only disables it for "
+                    "rotary / T5 relative bias); slopes are a non-persistent buffer (not in the file).",
+    ),
+    "decoder_rel_pos_bias": dict(
+        config=option_decoder({"rel_pos_bias": True}),
+        description="Decoder with T5 relative position bias (rel_pos_bias=True, defaults: 32 buckets, max distance "
+                    "128, causal bucketing: distances 0..15 exact, then log buckets; lengths <= 32 reach buckets "
+                    "0..21): one table attn_layers.rel_pos.relative_attention_bias.weight (buckets, heads) shared by "
+                    "all layers, multiplied by dim_head ** 0.5 and added to the scaled logits; no absolute positions.",
+    ),
+    "decoder_dynamic_pos_bias": dict(
+        config=option_decoder({"dynamic_pos_bias": True}),
+        description="Decoder with dynamic position bias (dynamic_pos_bias=True): an MLP Linear(1, dim // 4), SiLU, "
+                    "Linear(8, 8), SiLU, Linear(8, heads) of the relative position i - j (as a float) gives a "
+                    "per-head bias added to the attention logits, shared by all layers (attn_layers.rel_pos.mlp.*); "
+                    "the learned absolute position embedding stays on.",
+    ),
+    "decoder_rotary_xpos": dict(
+        config=option_decoder({"rotary_pos_emb": True, "rotary_xpos": True}),
+        description="Decoder with xPos rotary (rotary_xpos=True, scale_base 512): rotary as decoder_rotary_layernorm, "
+                    "and q / k rotated dims multiplied by scale ** (+-(pos - n // 2) / 512) with the persistent "
+                    "buffer attn_layers.rotary_pos_emb.scale = (arange(0, rd, 2) + 0.4 rd) / (1.4 rd).",
+    ),
+    "decoder_rotary_interpolation": dict(
+        config=option_decoder({"rotary_pos_emb": True, "rotary_interpolation_factor": 2.0}),
+        description="Decoder with rotary position interpolation (rotary_interpolation_factor=2.0): rotary angles "
+                    "are pos * inv_freq / 2; the inv_freq buffer is unchanged, so the factor is known only from "
+                    "the config.",
+    ),
+    "decoder_rotary_base_rescale": dict(
+        config=option_decoder({"rotary_pos_emb": True, "rotary_base_rescale_factor": 2.0}),
+        description="Decoder with NTK-aware rotary base rescaling (rotary_base_rescale_factor=2.0): base = 10000 * "
+                    "2 ** (rd / (rd - 2)) with rd = 8, visible in the stored inv_freq buffer.",
+    ),
+    "decoder_scalenorm": dict(
+        config=option_decoder({"use_scalenorm": True}),
+        description="Decoder with ScaleNorm everywhere (use_scalenorm=True): y = x / max(||x||, 1e-12) * sqrt(dim) "
+                    "* (g + 1) with ONE scalar gain per norm, stored g = gain - 1 (shape (1,), init 0).",
+    ),
+    "decoder_simple_rmsnorm": dict(
+        config=option_decoder({"use_simple_rmsnorm": True}),
+        description="Decoder with SimpleRMSNorm everywhere (use_simple_rmsnorm=True): y = x / max(||x||, 1e-12) * "
+                    "sqrt(dim), no gain at all (no norm parameters in the file).",
+    ),
+    "decoder_post_norm": dict(
+        config=option_decoder({"pre_norm": False}),
+        description="Decoder with post-norm (pre_norm=False): x = LayerNorm(x + branch(x)) after every attention "
+                    "and feed-forward layer (norm stored as layers.{i}.0.2.gamma, the third norm slot), no "
+                    "pre-branch norm and NO final norm (attn_layers.final_norm is Identity).",
+    ),
+    "decoder_sandwich_norm": dict(
+        config=option_decoder({"sandwich_norm": True}),
+        description="Decoder with sandwich norm (sandwich_norm=True): pre-norm as usual (layers.{i}.0.0) plus a "
+                    "second LayerNorm on each branch output before the residual add (layers.{i}.0.1); final norm "
+                    "kept.",
+    ),
+    "decoder_qk_norm": dict(
+        config=option_decoder({"attn_qk_norm": True}),
+        description="Decoder with cosine-sim attention (attn_qk_norm=True): q and k l2-normalised per head, logits "
+                    "= 10 * q.k (qk_norm_scale 10, a constant, replaces dim_head ** -0.5); no new parameters.",
+    ),
+    "decoder_qk_norm_dim_scale": dict(
+        config=option_decoder({"attn_qk_norm": True, "attn_qk_norm_dim_scale": True}),
+        description="Decoder with qk norm and learned per-dimension scales (attn_qk_norm_dim_scale=True): q, k "
+                    "l2-normalised, times qk_norm_q_scale (heads, 1, dim_head) / qk_norm_k_scale (kv_heads, 1, "
+                    "dim_head) (init dim_head ** 0.25, used as is), logits scaled by dim_head ** -0.5.",
+    ),
+    "decoder_mem_kv": dict(
+        config=option_decoder({"attn_num_mem_kv": 2}),
+        description="Decoder with 2 learned memory key/values per attention layer (attn_num_mem_kv=2): mem_k, mem_v "
+                    "(kv_heads, 2, dim_head), init N(0, 1), prepended to every query's keys/values (always "
+                    "visible, no position), not part of the kv cache.",
+    ),
+    "decoder_gate_values": dict(
+        config=option_decoder({"attn_gate_values": True}),
+        description="Decoder with gated attention values (attn_gate_values=True): the merged head outputs are "
+                    "multiplied by sigmoid(to_v_gate(x)) before to_out, to_v_gate a bias-less Linear(dim, heads * "
+                    "dim_head) on the (normed) attention input, zero-initialised (gate 0.5 at init).",
+    ),
+    "decoder_head_scale": dict(
+        config=option_decoder({"attn_head_scale": True}),
+        description="Decoder with per-head output scaling (attn_head_scale=True): each head's attention output is "
+                    "multiplied by head_scale_params (1, heads, 1, 1), init 1, before the heads are merged.",
+    ),
+    "decoder_value_residual": dict(
+        config=option_decoder({"add_value_residual": True}, depth=3),
+        description="Decoder with value residual learning (add_value_residual=True, learned_value_residual_mix "
+                    "default True), depth 3: every later attention layer's values become v1 + mix * (v - v1), v1 "
+                    "the FIRST layer's values (after to_v, before any mixing), mix = sigmoid(Linear(dim, heads)(x)) "
+                    "per token and head (to_value_residual_mix.0, with bias, on the normed attention input); the "
+                    "first layer has no mixer. Depth 3 so that two layers read layer 0's values.",
+    ),
+    "decoder_relu_squared": dict(
+        config=option_decoder({"ff_relu_squared": True}),
+        description="Decoder with ReLU-squared feed-forward (ff_relu_squared=True): relu(x) ** 2 instead of GELU.",
+    ),
+    "decoder_swish": dict(
+        config=option_decoder({"ff_swish": True}),
+        description="Decoder with SiLU feed-forward (ff_swish=True without ff_glu): silu(x) instead of GELU, plain "
+                    "(not gated) feed-forward.",
+    ),
+    "decoder_ff_no_bias": dict(
+        config=option_decoder({"ff_no_bias": True}),
+        description="Decoder whose feed-forward linears have no bias (ff_no_bias=True): only ff.0.0.weight and "
+                    "ff.2.weight.",
+    ),
+    "decoder_tie_embedding": dict(
+        config=option_decoder(wrapper={"tie_embedding": True}),
+        description="Decoder with tied output embedding (TransformerWrapper tie_embedding=True): no to_logits "
+                    "parameter, logits = h @ token_emb.emb.weight.T * dim ** -0.5 (tie_embedding_scale defaults to "
+                    "dim ** -0.5).",
+    ),
+    "decoder_post_emb_norm": dict(
+        config=option_decoder(wrapper={"post_emb_norm": True}),
+        description="Decoder with a LayerNorm after the embedding (TransformerWrapper post_emb_norm=True): x = "
+                    "LN(token_emb + pos_emb) * gamma before the layers; this norm has NO unit offset: "
+                    "post_emb_norm.gamma is the gain itself, init 1 (unlike the layers' norms).",
+    ),
+    "decoder_l2norm_embed": dict(
+        config=option_decoder(wrapper={"l2norm_embed": True}),
+        description="Decoder with l2-normalised embeddings (TransformerWrapper l2norm_embed=True): x = "
+                    "l2norm(token_emb[ids]) + l2norm(pos_emb[pos]) (the position embedding is NOT scaled by "
+                    "dim ** -0.5 here), both tables initialised N(0, 1e-5).",
+    ),
+    "decoder_memory_tokens": dict(
+        config=option_decoder(wrapper={"num_memory_tokens": 2}),
+        description="Decoder with 2 memory tokens (TransformerWrapper num_memory_tokens=2): memory_tokens (2, dim), "
+                    "init N(0, 1), prepended to the embedded sequence (after the position embedding, so they get "
+                    "none) and run through the causal layers and final norm like tokens (so they see only each "
+                    "other, while every token sees them), dropped before to_logits. "
+                    "x-transformers cannot kv-cache this model (can_cache_kv False): greedy is uncached.",
+    ),
+}
+for _spec in OPTION_CONFIGS.values():
+    _spec["reference"] = False
+CONFIGS.update(OPTION_CONFIGS)
 
 # the encoder fixture: a denoising task with key padding
 MASK_ID = NUM_TOKENS - 1    # never occurs in the text (ids >= len(VOCAB) are unused), so it marks corrupted inputs
@@ -536,6 +698,267 @@ def check_facts(name, config, sd, inputs, mask, loss_fn, logits, grads, loss_val
 
 # ----------------------------------------------------------------------------------------------------------------------
 
+def cache_support(net, model, prompt):
+    """(True, None) if AutoregressiveWrapper.generate really decodes `net` with the kv cache; else (False, why).
+    generate(cache_kv=True) silently decodes WITHOUT a cache when net.can_cache_kv is False (memory tokens), and
+    may assert or raise for other options: both are reported, and the fixture then records uncached greedy."""
+    if not net.can_cache_kv:
+        why = ("net.can_cache_kv is False" + (f" (num_memory_tokens = {net.num_memory_tokens} > 0)"
+                                              if net.num_memory_tokens > 0 else "") +
+               ": AutoregressiveWrapper.generate ignores cache_kv=True and recomputes the whole sequence each step")
+        return False, why
+    try:
+        model.generate(prompt, 2, temperature=0., cache_kv=True)
+    except Exception as e:  # an assert or error inside x-transformers' cached path
+        return False, f"generate(cache_kv=True) raises {type(e).__name__}: {e}"
+    return True, None
+
+
+def check_option_behaviour(name, config, weights, tokens):
+    """The claims of an option config's description, asserted on the real modules (a model rebuilt from `config` and
+    the saved weights, and a fresh one for init values). Returns the lines print_facts shows."""
+    from x_transformers.x_transformers import (AlibiPositionalBias, DynamicPositionBias, LayerNorm,
+                                               RelativePositionBias, ReluSquared, ScaleNorm, SimpleRMSNorm)
+    al, lines = config["attn_layers"], []
+    torch.manual_seed(0)
+    fresh = build(config)
+    net = build(config)
+    net.load_state_dict(weights, strict=True)
+    net.eval()
+    x_in = tokens[:, :-1]
+    dim, dh, H = al["dim"], al["attn_dim_head"], al["heads"]
+    attns = [blk for (_, blk, _), t in zip(net.attn_layers.layers, net.attn_layers.layer_types) if t == "a"]
+    ffs = [blk for (_, blk, _), t in zip(net.attn_layers.layers, net.attn_layers.layer_types) if t == "f"]
+    has_abs = "pos_emb.emb.weight" in weights
+    lines.append(f"learned absolute position embedding: {'present' if has_abs else 'absent'}")
+    if al.get("alibi_pos_bias"):
+        rp = net.attn_layers.rel_pos
+        assert isinstance(rp, AlibiPositionalBias) and has_abs
+        assert rp.slopes.flatten().tolist() == [2.0 ** -8], rp.slopes
+        b = rp(5, 5)
+        d = (torch.arange(5)[:, None] - torch.arange(5)[None, :]).abs().float()
+        assert b.shape == (H, 5, 5) and torch.equal(b[0], -d * 2.0 ** -8) and torch.equal(b[1], torch.zeros(5, 5))
+        lines.append("ALiBi, alibi_num_heads=1 of 2: bias[h=0] = -|i - j| * 2 ** -8, bias[h=1] = 0 (the un-ALiBi'd "
+                     "heads are the LAST ones, zero-padded); abs pos emb kept")
+    if al.get("rel_pos_bias"):
+        rp = net.attn_layers.rel_pos
+        assert isinstance(rp, RelativePositionBias) and rp.scale == dh ** 0.5 and rp.causal and not has_abs
+        n = torch.arange(MAX_SEQ_LEN)
+        buckets = rp._relative_position_bucket(-n, causal=True, num_buckets=32, max_distance=128)
+        assert buckets[:16].tolist() == list(range(16)) and int(buckets.max()) == 21, buckets
+        b = rp(4, 4)
+        tab = weights["attn_layers.rel_pos.relative_attention_bias.weight"]
+        assert torch.equal(b[:, 3, 1], tab[2] * dh ** 0.5)                      # query 3, key 1: distance 2
+        lines.append(f"T5 bias: bucket(distance) = distance for 0..15, then 16 + floor(log(d / 16) / log(8) * 16), "
+                     f"max bucket at distance 31 is {int(buckets.max())}; bias[h, i, j] = table[bucket(i - j), h] * "
+                     f"dim_head ** 0.5; one table for all layers; no abs pos emb")
+    if al.get("dynamic_pos_bias"):
+        rp = net.attn_layers.rel_pos
+        assert isinstance(rp, DynamicPositionBias) and has_abs
+        b = rp(4, 4)
+        mlp_in = torch.tensor([[2.0]])
+        for layer in rp.mlp:
+            mlp_in = layer(mlp_in)
+        assert torch.allclose(b[:, 3, 1], mlp_in[0], atol=1e-6)                 # query 3, key 1: input i - j = 2
+        lines.append("dynamic bias: bias[h, i, j] = MLP(float(i - j))[h] (Linear(1, 8), SiLU, Linear(8, 8), SiLU, "
+                     "Linear(8, heads)), no scale; abs pos emb kept; the last Linear's bias adds a per-head constant "
+                     "to every logit of a row, so softmax ignores it and its exact gradient is 0")
+    if al.get("rotary_pos_emb"):
+        re = net.attn_layers.rotary_pos_emb
+        rd = dh // 2
+        base = 10000 * al.get("rotary_base_rescale_factor", 1.0) ** (rd / (rd - 2))
+        assert torch.equal(re.inv_freq, 1.0 / (base ** (torch.arange(0, rd, 2).float() / rd)))
+        assert re.interpolation_factor == al.get("rotary_interpolation_factor", 1.0)
+        freqs, scale = re(torch.arange(6))
+        assert torch.allclose(freqs[0, :, 0::2], torch.arange(6).float()[:, None] * re.inv_freq / re.interpolation_factor)
+        if al.get("rotary_xpos"):
+            assert torch.allclose(re.scale, (torch.arange(0, rd, 2) + 0.4 * rd) / (1.4 * rd))
+            want = re.scale[None, :] ** ((torch.arange(6) - 3).float()[:, None] / 512)
+            assert torch.allclose(scale[0, :, 0::2], want) and "attn_layers.rotary_pos_emb.scale" in weights
+            lines.append("xPos: q rotated dims * scale ** ((pos - n // 2) / 512), k * the inverse (n = current "
+                         "length, which cancels in q.k); `scale` is a persistent buffer")
+        else:
+            assert scale == 1.0
+        lines.append(f"rotary inv_freq = 1 / base ** (arange(0, {rd}, 2) / {rd}), base = {base:.6g}; angles = pos * "
+                     f"inv_freq / {re.interpolation_factor}")
+    norms = [m for m in net.modules() if isinstance(m, (LayerNorm, ScaleNorm, SimpleRMSNorm))]
+    if al.get("use_scalenorm"):
+        assert all(isinstance(m, ScaleNorm) and m.g.shape == (1,) and m.unit_offset for m in norms)
+        xx = torch.randn(3, dim)
+        m = norms[0]
+        assert torch.allclose(m(xx), F.normalize(xx, dim=-1) * dim ** 0.5 * (m.g + 1), atol=1e-6)
+        lines.append("ScaleNorm: y = x / max(||x||, 1e-12) * sqrt(dim) * (g + 1), g shape (1,), init 0")
+    if al.get("use_simple_rmsnorm"):
+        assert norms and all(isinstance(m, SimpleRMSNorm) for m in norms) and not any("norm" in k for k in weights)
+        xx = torch.randn(3, dim)
+        assert torch.allclose(norms[0](xx), F.normalize(xx, dim=-1) * dim ** 0.5)
+        lines.append("SimpleRMSNorm: y = x / max(||x||, 1e-12) * sqrt(dim), no parameter")
+    if al.get("pre_norm") is False:
+        assert type(net.attn_layers.final_norm).__name__ == "Identity"
+        assert all(n[0] is None and n[1] is None and n[2] is not None for n, _, _ in net.attn_layers.layers)
+        lines.append("post-norm: only norm slot 2 (layers.{i}.0.2, applied to x + branch(x)); final_norm is Identity")
+    if al.get("sandwich_norm"):
+        assert all(n[0] is not None and n[1] is not None and n[2] is None for n, _, _ in net.attn_layers.layers)
+        assert type(net.attn_layers.final_norm).__name__ != "Identity"
+        lines.append("sandwich: slots 0 (pre) and 1 (on the branch output, before the residual add); final norm kept")
+    if al.get("attn_qk_norm"):
+        for a in attns:
+            if al.get("attn_qk_norm_dim_scale"):
+                assert a.attend.scale == dh ** -0.5
+            else:
+                assert a.attend.scale == 10 and a.qk_norm_q_scale == 1
+        if al.get("attn_qk_norm_dim_scale"):
+            fa = [m for m in fresh.modules() if type(m).__name__ == "Attention"][0]
+            assert torch.all(fa.qk_norm_q_scale == dh ** 0.25) and fa.qk_norm_q_scale.shape == (H, 1, dh)
+            lines.append(f"qk norm + dim scale: q = l2norm(q) * q_scale, k = l2norm(k) * k_scale (init dim_head ** "
+                         f"0.25 = {dh ** 0.25:g}), logits * dim_head ** -0.5")
+        else:
+            lines.append("qk norm: q, k l2-normalised per head, logits = 10 * q.k (constant qk_norm_scale)")
+    if al.get("attn_num_mem_kv"):
+        with torch.no_grad():
+            _, inter = net(x_in, return_intermediates=True)
+        T = x_in.shape[1]
+        assert all(i.cached_kv[0].shape[-2] == T for i in inter.attn_intermediates)
+        lines.append("memory kv: concatenated in front of the keys/values after the kv cache is taken (the cache "
+                     "holds only the T real keys)")
+    if al.get("attn_gate_values"):
+        fa = [m for m in fresh.modules() if type(m).__name__ == "Attention"][0]
+        assert isinstance(fa.to_v_gate, torch.nn.Linear) and fa.to_v_gate.bias is None
+        assert torch.all(fa.to_v_gate.weight == 0)
+        lines.append("gate values: to_v_gate = Linear(dim, heads * dim_head, bias=False), zero init; out = "
+                     "merge(heads) * sigmoid(to_v_gate(x)) before to_out")
+    if al.get("attn_head_scale"):
+        fa = [m for m in fresh.modules() if type(m).__name__ == "Attention"][0]
+        assert torch.all(fa.head_scale_params == 1)
+        lines.append("head scale: head_scale_params (1, heads, 1, 1), init 1")
+    if al.get("add_value_residual"):
+        mixers = [not isinstance(a.to_value_residual_mix, torch.nn.Module) for a in attns]
+        assert mixers == [True] + [False] * (len(attns) - 1), mixers
+        captured = []
+        hooks = [a.to_v.register_forward_hook(lambda mod, args, res: captured.append(res)) for a in attns]
+        mix_out = []
+        hooks += [a.to_value_residual_mix.register_forward_hook(lambda mod, args, res: mix_out.append(res))
+                  for a in attns[1:]]
+        with torch.no_grad():
+            _, inter = net(x_in, return_intermediates=True)
+        for h in hooks:
+            h.remove()
+        B, T = x_in.shape
+        vs = [c.view(B, T, H, dh).transpose(1, 2) for c in captured]
+        for l in range(1, len(attns)):
+            want = vs[0] + mix_out[l - 1] * (vs[l] - vs[0])
+            assert torch.allclose(inter.attn_intermediates[l].cached_kv[1], want, atol=1e-6)
+        lines.append("value residual: layer l >= 1 uses v = v0 + sigmoid(Linear(x))[per token, head] * (v - v0), "
+                     "v0 = layer 0's to_v output (also what the kv cache stores for l >= 1: the mixed values)")
+    for f in ffs:
+        act = f.ff[0][-1]
+        if al.get("ff_relu_squared"):
+            assert isinstance(act, ReluSquared)
+        elif al.get("ff_swish"):
+            assert isinstance(act, torch.nn.SiLU)
+        if al.get("ff_no_bias"):
+            assert f.ff[0][0].bias is None and f.ff[-1].bias is None
+    if al.get("ff_relu_squared"):
+        lines.append("feed-forward activation: relu(x) ** 2 (ReluSquared), plain (not GLU), biases kept")
+    elif al.get("ff_swish"):
+        lines.append("feed-forward activation: nn.SiLU, plain (not GLU: ff_glu is off), biases kept")
+    if al.get("ff_no_bias"):
+        lines.append("feed-forward: ff.0.0 and ff.2 without bias; GELU")
+    if config.get("tie_embedding"):
+        with torch.no_grad():
+            h = net(x_in, return_embeddings=True)
+            assert torch.allclose(net(x_in), h @ weights["token_emb.emb.weight"].T * dim ** -0.5, atol=1e-6)
+        assert "to_logits.weight" not in weights
+        lines.append("tied logits = h @ token_emb.emb.weight.T * dim ** -0.5 (tie_embedding_scale default)")
+    if config.get("post_emb_norm") or config.get("l2norm_embed"):
+        with torch.no_grad():
+            _, inter = net(x_in, return_intermediates=True)
+        te, pe = weights["token_emb.emb.weight"][x_in], weights["pos_emb.emb.weight"][:x_in.shape[1]]
+        if config.get("post_emb_norm"):
+            assert isinstance(fresh.post_emb_norm, LayerNorm) and not fresh.post_emb_norm.unit_offset
+            assert torch.all(fresh.post_emb_norm.gamma == 1)
+            want = F.layer_norm(te + pe * dim ** -0.5, (dim,), eps=1e-5) * weights["post_emb_norm.gamma"]
+            assert torch.allclose(inter.initial_embeds, want, atol=1e-6)
+            lines.append("post_emb_norm: LN(token_emb + pos_emb * dim ** -0.5) * gamma, gamma init 1 and used as is "
+                         "(no unit offset, unlike the layers' norms)")
+        if config.get("l2norm_embed"):
+            assert net.pos_emb.scale == 1.0
+            assert fresh.token_emb.emb.weight.std().item() < 1e-4 and fresh.pos_emb.emb.weight.std().item() < 1e-4
+            want = F.normalize(te, dim=-1) + F.normalize(pe, dim=-1)
+            assert torch.allclose(inter.initial_embeds, want, atol=1e-6)
+            lines.append("l2norm_embed: x = l2norm(token_emb[ids]) + l2norm(pos_emb[pos]) (no dim ** -0.5), both "
+                         "tables init N(0, 1e-5)")
+    if config.get("num_memory_tokens"):
+        assert not net.can_cache_kv and net.memory_tokens.shape == (config["num_memory_tokens"], dim)
+        with torch.no_grad():
+            _, i1 = net(x_in, return_intermediates=True)
+            _, i2 = net((x_in + 1) % len(VOCAB), return_intermediates=True)
+        assert torch.equal(i1.memory_tokens, i2.memory_tokens)
+        lines.append("memory tokens: prepended before the layers at sequence positions 0..m-1, so under the causal "
+                     "mask they see only each other (their outputs do not depend on the text) while every token "
+                     "sees all of them; can_cache_kv False (generate(cache_kv=True) silently runs uncached)")
+    return lines
+
+
+def check_facts_fp64(name, config, weights, loaded, out):
+    """For the option configs (no reference_forward): the fixture's own model, rebuilt from `config` and the saved
+    weights and run by x-transformers in float64, vs the float32 fixture.logits, fixture.loss and every grad.*.
+    This bounds the fixture's float32 error (what a C++ comparison inherits); it is no independent check."""
+    setup_torch()
+    net64 = build(config)
+    net64.load_state_dict(weights, strict=True)
+    net64 = net64.double().eval()
+    # DynamicPositionBias feeds its MLP float32 positions (arange(...).float(), exact integers) whatever the model
+    # dtype: cast a Linear's input to its weight dtype where they differ (a no-op everywhere else)
+    for m in net64.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.register_forward_pre_hook(lambda mod, args: tuple(
+                a.to(mod.weight.dtype) if torch.is_tensor(a) and a.is_floating_point() else a for a in args))
+    # Attend computes the softmax in float32 whatever the input dtype (F.softmax(..., dtype=torch.float32)); in
+    # this check it runs in float64 like everything else
+    from functools import partial
+    from x_transformers.attend import Attend
+    for m in net64.modules():
+        if isinstance(m, Attend) and isinstance(m.attn_fn, partial) and m.attn_fn.func is F.softmax:
+            m.attn_fn = partial(F.softmax, dim=m.attn_fn.keywords["dim"])
+    tok = loaded["fixture.tokens"]
+    with torch.no_grad():
+        lg64 = net64(tok[:, :-1])
+    err = (lg64 - loaded["fixture.logits"].double()).abs().max().item()
+    assert err < 1e-4, f"{name}: fp64 logits differ from the fp32 fixture by {err}"
+    for p in net64.parameters():
+        p.grad = None
+    loss64 = AutoregressiveWrapper(net64)(tok)
+    loss64.backward()
+    worst = (0.0, "")
+    top = max(p.grad.abs().max().item() for p in net64.parameters())
+    zero = []   # gradients that are exactly 0 in exact arithmetic (fp64 ~1e-17): the fp32 value is rounding noise
+    for k, p in net64.named_parameters():
+        g = loaded["grad." + k].double()
+        if p.grad.abs().max().item() < 1e-12 * top:
+            assert g.abs().max().item() < 1e-5 * top, (k, g.abs().max().item())
+            if g.abs().max().item() > 0:
+                zero.append((k, g.abs().max().item()))
+            continue
+        d = (p.grad - g).abs().max().item() / max(g.abs().max().item(), 1e-30)
+        worst = max(worst, (d, k))
+    assert worst[0] < 1e-3, f"{name}: grad.{worst[1]} differs from fp64 by relative {worst[0]}"
+    # greedy: the fp64 model's argmax at every generated position must give the same tokens
+    greedy = loaded["fixture.greedy"]
+    with torch.no_grad():
+        full = torch.cat((loaded["fixture.prompt"], greedy), dim=-1)
+        step64 = net64(full[:, :-1])[0, PROMPT - 1:]
+    assert torch.equal(step64.argmax(-1), greedy[0]), f"{name}: fp64 greedy differs"
+    top2 = step64.topk(2, dim=-1).values
+    margin64 = (top2[:, 0] - top2[:, 1]).min().item()
+    behaviour = check_option_behaviour(name, config, weights, tok)
+    out[name] = {"params": [(k, tuple(v.shape)) for k, v in weights.items()], "fp64_only": True, "zero_grads": zero,
+                 "behaviour": behaviour, "greedy_margin_fp64": margin64,
+                 "fp32_logits_vs_fp64_max_abs_err": err, "max_abs_logit": loaded["fixture.logits"].abs().max().item(),
+                 "loss_vs_fp64_abs_err": abs(loss64.item() - loaded["fixture.loss"].item()),
+                 "grad_vs_fp64_worst_rel_err": worst}
+
+
 def make_fixture(name, out_dir, steps, facts_out):
     spec = CONFIGS[name]
     config = spec["config"]
@@ -584,11 +1007,16 @@ def make_fixture(name, out_dir, steps, facts_out):
 
     # --- greedy generation, cached vs uncached
     prompt = tokens[:1, :PROMPT].clone()
-    greedy = model.generate(prompt, GREEDY, temperature=0., cache_kv=True)
     greedy_nc = model.generate(prompt, GREEDY, temperature=0., cache_kv=False)
-    if not torch.equal(greedy, greedy_nc):
-        raise SystemExit(f"[{name}] FAIL: cache_kv=True gives {greedy.tolist()} but cache_kv=False gives "
-                         f"{greedy_nc.tolist()}")
+    use_cache, no_cache_reason = cache_support(net, model, prompt)
+    if use_cache:
+        greedy = model.generate(prompt, GREEDY, temperature=0., cache_kv=True)
+        if not torch.equal(greedy, greedy_nc):
+            raise SystemExit(f"[{name}] FAIL: cache_kv=True gives {greedy.tolist()} but cache_kv=False gives "
+                             f"{greedy_nc.tolist()}")
+    else:
+        greedy = greedy_nc
+        print(f"[{name}] NOTE: greedy recorded with cache_kv=False only: {no_cache_reason}")
     with torch.no_grad():   # how close greedy came to a tie: (top1 - top2) logit at each generated step
         full = torch.cat((prompt, greedy), dim=-1)
         step_logits = net(full[:, :-1])[0, PROMPT - 1:]                  # (GREEDY, V)
@@ -627,7 +1055,9 @@ def make_fixture(name, out_dir, steps, facts_out):
         "train": json.dumps({**TRAIN, "steps": steps, "seed": SEED, "first_loss": round(first_loss, 4),
                              "last_loss": round(last_loss, 4)}),
         "generate": json.dumps({"seq_len": GREEDY, "temperature": 0.0, "cache_kv": True,
-                                "filter_logits_fn": "unused (greedy)"}),
+                                "filter_logits_fn": "unused (greedy)"} if use_cache else
+                               {"seq_len": GREEDY, "temperature": 0.0, "cache_kv": False,
+                                "filter_logits_fn": "unused (greedy)", "no_cache_reason": no_cache_reason}),
         "greedy_min_margin": f"{margin:.4f}",
         "logits": "net(fixture.tokens[:, :-1]) in eval mode",
         "loss": "AutoregressiveWrapper(net)(fixture.tokens): cross_entropy(net(tokens)[:, :-1], tokens[:, 1:]), "
@@ -647,14 +1077,19 @@ def make_fixture(name, out_dir, steps, facts_out):
         raise SystemExit(f"[{name}] FAIL: forward from saved weights differs by "
                          f"{(re_logits - loaded['fixture.logits']).abs().max().item()}")
     m2 = AutoregressiveWrapper(net2)
-    g2 = m2.generate(loaded["fixture.prompt"], GREEDY, temperature=0., cache_kv=True)
+    g2 = m2.generate(loaded["fixture.prompt"], GREEDY, temperature=0., cache_kv=use_cache)
     assert torch.equal(g2, loaded["fixture.greedy"]), "greedy from saved weights differs"
 
     n_params = sum(p.numel() for p in net.parameters())
     print(f"[{name}] wrote {path}: {file_summary(path)}, {n_params} params, "
           f"loss {loss.item():.6f}; reload + rebuild reproduces logits exactly")
 
-    if facts_out is not None:
+    if facts_out is not None and not spec.get("reference", True):
+        print(f"[{name}] --facts: reference_forward does not implement this option: its checks (plain-tensor "
+              f"forward, fp64 autograd, init, misc) are skipped; running check_facts_fp64 (x-transformers in fp64, "
+              f"option behaviour on the real modules) only")
+        check_facts_fp64(name, config, {k: weights[k] for k in sd}, loaded, facts_out)
+    elif facts_out is not None:
         ordered = {k: weights[k] for k in sd}                            # state_dict order
         grads = {k[len("grad."):]: v for k, v in loaded.items() if k.startswith("grad.")}
         tok = loaded["fixture.tokens"]
@@ -1376,6 +1811,20 @@ def print_facts(facts):
         for k, s in f["params"]:
             print(f"| `{k}` | {s} |")
         print()
+        if f.get("fp64_only"):
+            print(f"- no independent forward for this option (reference_forward does not implement it); "
+                  f"x-transformers' own model in fp64 vs the fp32 fixture: logits max |diff| = "
+                  f"{f['fp32_logits_vs_fp64_max_abs_err']:.3g} (max |logit| = {f['max_abs_logit']:.3g}); loss "
+                  f"{f['loss_vs_fp64_abs_err']:.3g}; grad.* worst max|diff| / max|grad| = "
+                  f"{f['grad_vs_fp64_worst_rel_err'][0]:.3g} (grad.{f['grad_vs_fp64_worst_rel_err'][1]}); the fp64 "
+                  f"argmax reproduces fixture.greedy (min top1 - top2 margin in fp64 {f['greedy_margin_fp64']:.4g})")
+            for line in f["behaviour"]:
+                print(f"- {line}")
+            for k, v in f["zero_grads"]:
+                print(f"- grad.{k} is 0 in exact arithmetic (fp64: < 1e-12 of the largest gradient); the fp32 "
+                      f"fixture holds rounding noise up to {v:.2g}: compare it with an absolute tolerance")
+            print()
+            continue
         for key in ("norm", "position", "rotary", "gqa", "to_logits"):
             if key in f:
                 print(f"- {key}: {f[key]}")
