@@ -1,5 +1,5 @@
 // A layer stack has one feed-forward slot: Decoder<GELU, SwiGLU> must not compile.
-// expect: xtr: a layer stack takes one feed-forward; keep one of GELU, GEGLU, SwiGLU
+// expect: xtr: a layer stack takes one feed-forward; keep one of GELU, GEGLU, SwiGLU, SiLU, ReLUSquared
 #include "xtr/layers/attention_layers.hpp"
 
 #ifdef SHOULD_FAIL

@@ -1,5 +1,5 @@
 // A layer stack has one norm slot: Decoder<LayerNorm, RMSNorm> must not compile.
-// expect: xtr: a layer stack takes one norm; keep one of LayerNorm, RMSNorm
+// expect: xtr: a layer stack takes one norm; keep one of LayerNorm, RMSNorm, ScaleNorm, SimpleRMSNorm
 #include "xtr/layers/attention_layers.hpp"
 
 #ifdef SHOULD_FAIL

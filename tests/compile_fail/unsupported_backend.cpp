@@ -1,5 +1,5 @@
 // The CPU backend computes in float or double: TransformerWrapper<..., Cpu<int>> must not compile.
-// expect: xtr: TransformerWrapper supports the Cpu<float> and Cpu<double> backends in this build
+// expect: xtr: TransformerWrapper computes in float or double: use Cpu<float>, Cpu<double>, Reference<float> or Reference<double>
 #include "xtr/layers/transformer_wrapper.hpp"
 
 #ifdef SHOULD_FAIL

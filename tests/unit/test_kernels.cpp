@@ -667,7 +667,7 @@ TEMPLATE_TEST_CASE(
   const auto R = random_values(N * F, 13);
   // reference: a = z + b;  g = act(a) or a[:F] ⊙ act(a[F:])
   std::vector<double> ref(sz(N * F));
-  auto act = [](double a) { return TestType::activation == Activation::gelu ? gelu_exact(a) : silu_exact(a); };
+  auto act = [](double a) { return std::is_same_v<typename TestType::activation, act::Gelu> ? gelu_exact(a) : silu_exact(a); };
   for (Index n = 0; n < N; ++n)
     for (Index f = 0; f < F; ++f) {
       const double u = z[n * W + f] + bias[f];

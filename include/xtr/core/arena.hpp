@@ -41,6 +41,20 @@ class Arena {
     return m;
   }
 
+  /// A point to come back to: memory allocated after it can be handed back with release() (scratch of one step of a
+  /// backward, say), stack-wise.
+  struct Mark {
+    std::size_t blocks = 0, used = 0, total = 0;
+  };
+  [[nodiscard]] Mark mark() const { return {blocks_.size(), used_, total_}; }
+  /// Makes the memory allocated since `m` reusable. Pointers into it must not be used again. (While the arena is
+  /// still growing, a release across a new block keeps that block: the next reset() merges everything.)
+  void release(const Mark& m) {
+    if (blocks_.size() != m.blocks) return;
+    used_ = m.used;
+    total_ = m.total;
+  }
+
   /// Frees nothing; makes all memory reusable. Several blocks from a first pass become one block.
   void reset() {
     if (blocks_.size() > 1) {

@@ -23,6 +23,9 @@
 #include "xtr/policies/no_position.hpp"
 #include "xtr/policies/rms_norm.hpp"
 #include "xtr/policies/rotary.hpp"
+#include "xtr/policies/scale_norm.hpp"
+#include "xtr/policies/score_bias.hpp"
+#include "xtr/policies/simple_rms_norm.hpp"
 
 namespace xtr {
 
@@ -44,6 +47,8 @@ struct LayersConfig {
   bool norm_unit_offset = true;  // norm gains stored as gain − 1, init 0 (x-transformers' norm_add_unit_offset, its
                                  // default from 1.31.3); false: the gain itself, init 1 (older checkpoints)
   bool norm_bias = false;        // LayerNorm adds a learned bias β (x-transformers before 1.27.1: nn.LayerNorm)
+  bool pre_norm = true;          // false: post-norm, x ← norm(x + f(x)), and no final norm (x-transformers' pre_norm)
+  bool sandwich_norm = false;    // x ← x + norm(f(norm(x))) (x-transformers' sandwich_norm; needs pre_norm)
 };
 
 namespace detail {
@@ -84,13 +89,15 @@ struct AttentionLayers {
   static_assert(detail::count_axis<axis::position, Policies...> <= 1,
                 "xtr: a layer stack takes one position encoding; keep one of AbsoluteLearned, Rotary, NoPosition");
   static_assert(detail::count_axis<axis::norm, Policies...> <= 1,
-                "xtr: a layer stack takes one norm; keep one of LayerNorm, RMSNorm");
+                "xtr: a layer stack takes one norm; keep one of LayerNorm, RMSNorm, ScaleNorm, SimpleRMSNorm");
   static_assert(detail::count_axis<axis::feedforward, Policies...> <= 1,
-                "xtr: a layer stack takes one feed-forward; keep one of GELU, GEGLU, SwiGLU");
+                "xtr: a layer stack takes one feed-forward; keep one of GELU, GEGLU, SwiGLU, SiLU, ReLUSquared");
   static_assert(detail::count_axis<axis::attention, Policies...> <= 1,
                 "xtr: a layer stack takes one attention policy; keep one MultiHeadAttention");
   static_assert(detail::count_axis<axis::cross_attention, Policies...> <= 1,
                 "xtr: CrossAttend appears twice; name it once");
+  static_assert(detail::count_axis<axis::score_bias, Policies...> <= 1,
+                "xtr: a layer stack takes one score bias; keep one of ALiBi, RelativePositionBias, DynamicPositionBias");
 
   static constexpr bool causal = Causal;
   static constexpr bool self_attend = SelfAttend;
@@ -99,12 +106,14 @@ struct AttentionLayers {
   using norm = detail::pick_axis<axis::norm, LayerNorm, Policies...>;
   using feedforward = detail::pick_axis<axis::feedforward, GELU, Policies...>;
   using attention = detail::pick_axis<axis::attention, MultiHeadAttention, Policies...>;
+  using score_bias = detail::pick_axis<axis::score_bias, NoScoreBias, Policies...>;
 
   /// What this type resolved to, e.g. "Decoder<Rotary, LayerNorm, GELU, MultiHeadAttention>".
   static std::string describe() {
     const char* stack = !SelfAttend ? "CrossAttender<" : Causal ? "Decoder<" : "Encoder<";
     return std::string(stack) + std::string(position::name) + ", " + std::string(norm::name) + ", " +
            std::string(feedforward::name) + ", " + std::string(attention::name) +
+           (std::is_same_v<score_bias, NoScoreBias> ? std::string() : ", " + std::string(score_bias::name)) +
            (SelfAttend && cross_attend ? ", CrossAttend>" : ">");
   }
 };
@@ -145,6 +154,7 @@ concept LayerStack = requires {
   requires NormPolicy<typename L::norm>;
   requires FeedForwardPolicy<typename L::feedforward>;
   requires AttentionPolicy<typename L::attention>;
+  requires ScoreBiasPolicy<typename L::score_bias>;
 };
 
 }  // namespace xtr

@@ -8,6 +8,8 @@ struct LayerNorm {
   using axis = axis::norm;
   static constexpr std::string_view name = "LayerNorm";
   static constexpr std::string_view gain_name = "gamma";
-  static constexpr double eps = 1e-5;
+  static constexpr double eps = 1e-5;            // added to the variance
+  static constexpr bool subtracts_mean = true;   // r = 1 / sqrt(var + eps)
+  static constexpr NormGain gain = NormGain::channel;
 };
 }  // namespace xtr

@@ -6,7 +6,8 @@
 #include <cmath>
 #include <cstdint>
 
-#include "xtr/backend/cpu/parallel.hpp"
+#include "xtr/backend/cpu/backend.hpp"
+#include "xtr/backend/ops.hpp"
 #include "xtr/core/parameters.hpp"
 
 namespace xtr {
@@ -18,7 +19,7 @@ struct AdamWOptions {
   double weight_decay = 1e-2;  // PyTorch AdamW's default; 0 gives Adam
 };
 
-template <class T>
+template <class T, class Backend = Cpu<T>>
 class AdamW {
  public:
   AdamW(ParameterStore<T>& params, AdamWOptions options = {}) : params_(&params), options_(options) {
@@ -36,19 +37,12 @@ class AdamW {
     ++step_;
     const double lr = options_.lr, b1 = options_.beta1, b2 = options_.beta2;
     const T bias1 = T(1 - std::pow(b1, double(step_))), bias2_sqrt = T(std::sqrt(1 - std::pow(b2, double(step_))));
-    const T step_size = T(lr) / bias1, decay = T(1 - lr * options_.weight_decay), eps = T(options_.eps);
-    const T c1 = T(1 - b1), c2 = T(1 - b2), tb1 = T(b1), tb2 = T(b2);
-    T* w = params_->values().data();
-    const T* g = params_->grads().data();
-    T* m = exp_avg_.data();
-    T* v = exp_avg_sq_.data();
-    cpu::parallel_rows(params_->count(), 8, [&](Index begin, Index end) {
-      for (Index i = begin; i < end; ++i) {
-        m[i] = tb1 * m[i] + c1 * g[i];
-        v[i] = tb2 * v[i] + c2 * g[i] * g[i];
-        w[i] = w[i] * decay - step_size * m[i] / (std::sqrt(v[i]) / bias2_sqrt + eps);
-      }
-    });
+    using K = kernel<Backend, ops::AdamWUpdate>;
+    const typename K::Coefficients c{.step_size = T(lr) / bias1, .decay = T(1 - lr * options_.weight_decay),
+                                     .eps = T(options_.eps), .beta1 = T(b1), .beta2 = T(b2),
+                                     .one_minus_beta1 = T(1 - b1), .one_minus_beta2 = T(1 - b2),
+                                     .bias2_sqrt = bias2_sqrt};
+    K::step(params_->values().data(), params_->grads().data(), exp_avg_.data(), exp_avg_sq_.data(), params_->count(), c);
   }
   void zero_grad() { params_->zero_grad(); }
 
@@ -66,10 +60,10 @@ class AdamW {
 };
 
 /// Adam = AdamW without weight decay (torch.optim.Adam, as x-transformers' training scripts use).
-template <class T>
-AdamW<T> Adam(ParameterStore<T>& params, AdamWOptions options = {.weight_decay = 0}) {
+template <class T, class Backend = Cpu<T>>
+AdamW<T, Backend> Adam(ParameterStore<T>& params, AdamWOptions options = {.weight_decay = 0}) {
   options.weight_decay = 0;
-  return AdamW<T>(params, options);
+  return AdamW<T, Backend>(params, options);
 }
 
 /// Scales all gradients so that their global L2 norm is at most max_norm (torch.nn.utils.clip_grad_norm_);

@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "xtr/backend/cpu/cross_entropy.hpp"
+#include "xtr/backend/ops.hpp"
 #include "xtr/core/tokens.hpp"
 #include "xtr/generation/sampling.hpp"
 #include "xtr/layers/transformer_wrapper.hpp"
@@ -86,8 +86,8 @@ class AutoregressiveWrapper {
     MaskView input_mask{};
     if (!mask.empty()) input_mask = {input_mask_.data(), B, T};
     auto logits = net_forward({input_.data(), B, T}, input_mask, context);
-    const double value =
-        cpu::cross_entropy_forward_backward<scalar>(logits, target_.data(), options_.ignore_index, true);
+    const double value = kernel<typename Net::backend_type, ops::SoftmaxCrossEntropy>::run(
+        logits, target_.data(), options_.ignore_index, net.output_gradient().data());
     return Loss(value, this, &AutoregressiveWrapper::backward_of, net.forward_count());
   }
 

@@ -248,8 +248,9 @@ class NonAutoregressiveWrapper {
       }
     }
     auto logits = options_.self_cond ? net.forward(input, {}, self_cond_sum(x.batch * x.length)) : net.forward(input);
-    if constexpr (has_critic) sample_for_critic(x, corruption, logits);  // before the loss overwrites the logits
-    losses_.generator = cpu::cross_entropy_forward_backward<scalar>(logits, targets_.data(), ignore, true);
+    if constexpr (has_critic) sample_for_critic(x, corruption, logits);
+    losses_.generator = kernel<typename Net::backend_type, ops::SoftmaxCrossEntropy>::run(
+        logits, targets_.data(), ignore, net.output_gradient().data());
     double value = losses_.generator;
     if constexpr (has_critic) {
       losses_.critic = critic_loss();
@@ -396,15 +397,16 @@ class NonAutoregressiveWrapper {
       critic_labels_[std::size_t(i)] = generated_[std::size_t(i)] != x.data[i];
     }
   }
-  /// Mean binary cross-entropy of the critic on ŷ; writes its gradient into the critic's logits.
+  /// Mean binary cross-entropy of the critic on ŷ; writes its gradient into the critic's output gradient.
   double critic_loss() {
     const Index N = Index(generated_.size());
     auto z = token_critic.forward({generated_.data(), N / net.max_seq_len(), net.max_seq_len()});
+    auto dz = token_critic.output_gradient();
     double total = 0;
     for (Index i = 0; i < N; ++i) {
       const double zi = z(i, 0), y = critic_labels_[std::size_t(i)];
       total += std::max(zi, 0.0) - zi * y + std::log1p(std::exp(-std::abs(zi)));  // BCE with logits, stable
-      z(i, 0) = scalar((1 / (1 + std::exp(-zi)) - y) / double(N));
+      dz(i, 0) = scalar((1 / (1 + std::exp(-zi)) - y) / double(N));
     }
     return total / double(N);
   }

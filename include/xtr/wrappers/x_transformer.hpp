@@ -201,10 +201,8 @@ class XTransformer {
     claim_backward(forward_id == me.decoder.net.forward_count() && me.encoded_ != nullptr, forward_id,
                    me.last_backward_);
     me.decoder.net.backward(scalar(scale));
-    // d loss / d encoder output = d loss / d context, written where the encoder's backward reads it
-    const auto context_grad = me.decoder.net.context_gradient();
-    std::copy_n(context_grad.data(), context_grad.size(), me.encoded_);
-    me.encoder.backward(scalar(1));
+    // d loss / d encoder output = d loss / d context
+    me.encoder.backward(ConstView<scalar>(me.decoder.net.context_gradient()), scalar(1));
   }
 
   bool training_ = true;

@@ -14,35 +14,18 @@
 #include <limits>
 
 #include "xtr/backend/cpu/parallel.hpp"
+#include "xtr/backend/ops.hpp"
 #include "xtr/core/arena.hpp"
 #include "xtr/core/rng.hpp"
 
 namespace xtr::cpu {
 
-/// Sizes and mask rules of one attention call.
 template <class T>
-struct AttentionProblem {
-  Index batch = 0, heads = 0, kv_heads = 0, dim_head = 0;
-  Index q_len = 0, k_len = 0;
-  Index q_offset = 0;  // key position of query 0: causal lets query i see keys j ≤ i + q_offset
-  bool causal = false;
-  T scale = 1;
-  const std::uint8_t* key_mask = nullptr;  // (batch, key_mask_stride), 1 = attend; nullptr = every key
-  Index key_mask_stride = 0;
-  double dropout = 0;
-  RandomStream dropout_stream{};
-};
-
-/// Row-strided storage of one (batch, length, heads·dim_head) operand: element (b, t, head, d) is at
-/// data[b·batch_stride + t·row_stride + head·dim_head + d].
+using AttentionProblem = ops::AttentionProblem<T>;
 template <class T>
-struct HeadsView {
-  T* data = nullptr;
-  Index batch_stride = 0, row_stride = 0;
-  [[nodiscard]] T* at(Index b, Index t, Index head, Index dim_head) const {
-    return data + b * batch_stride + t * row_stride + head * dim_head;
-  }
-};
+using HeadsView = ops::HeadsView<T>;
+template <class T>
+using AttentionExtraGradients = ops::AttentionExtraGradients<T>;
 
 namespace detail {
 inline constexpr Index tile_q = 64, tile_k = 64;
@@ -52,7 +35,7 @@ bool tile_needs_mask(const AttentionProblem<T>& p, Index i0, Index j1) {
   return p.key_mask != nullptr || (p.causal && j1 - 1 > i0 + p.q_offset);
 }
 
-/// Applies causal and key-padding masks to S (rows i0.., cols j0..) by writing −∞.
+/// Applies causal and key-padding masks to S (rows i0.., cols j0.. of the regular keys) by writing −∞.
 template <class T, class S>
 void mask_tile(const AttentionProblem<T>& p, Index b, Index i0, Index j0, S& s) {
   const T neg_inf = -std::numeric_limits<T>::infinity();
@@ -64,12 +47,30 @@ void mask_tile(const AttentionProblem<T>& p, Index b, Index i0, Index j0, S& s) 
     }
 }
 
+/// S += the relative score bias of head h (regular keys j0.., queries i0..).
 template <class T, class S>
-void drop_tile(const AttentionProblem<T>& p, Index b, Index h, Index i0, Index j0, S& s) {
+void bias_tile(const AttentionProblem<T>& p, Index h, Index i0, Index j0, S& s) {
+  const T* row0 = p.bias + h * p.bias_stride + p.bias_zero + j0 - i0 - p.q_offset;
+  for (Index r = 0; r < s.rows(); ++r)
+    for (Index c = 0; c < s.cols(); ++c) s(r, c) += row0[c - r];
+}
+
+/// d bias of head h += dS (the same indices as bias_tile).
+template <class T, class S>
+void bias_tile_backward(const AttentionProblem<T>& p, T* dbias, Index i0, Index j0, const S& ds) {
+  T* row0 = dbias + p.bias_zero + j0 - i0 - p.q_offset;
+  for (Index r = 0; r < ds.rows(); ++r)
+    for (Index c = 0; c < ds.cols(); ++c) row0[c - r] += ds(r, c);
+}
+
+/// Dropout keeps (b, h, i, key) when uniform(((b·H + h)·Tq + i)·(M + Tk) + key) ≥ p; key counts the memory keys first.
+template <class T, class S>
+void drop_tile(const AttentionProblem<T>& p, Index b, Index h, Index i0, Index key0, S& s) {
   const T keep_scale = T(1.0 / (1.0 - p.dropout));
   const float threshold = float(p.dropout);
+  const Index width = p.mem_len + p.k_len;
   for (Index r = 0; r < s.rows(); ++r) {
-    const std::uint64_t base = ((std::uint64_t(b) * p.heads + h) * p.q_len + (i0 + r)) * p.k_len + j0;
+    const std::uint64_t base = ((std::uint64_t(b) * p.heads + h) * p.q_len + (i0 + r)) * width + key0;
     for (Index c = 0; c < s.cols(); ++c) s(r, c) *= p.dropout_stream.uniform(base + c) >= threshold ? keep_scale : T(0);
   }
 }
@@ -79,9 +80,14 @@ template <class T>
 Index key_end(const AttentionProblem<T>& p, Index i1) {
   return p.causal ? std::min(p.k_len, i1 + p.q_offset) : p.k_len;
 }
+
+template <class T>
+bool query_masked(const AttentionProblem<T>& p, Index b, Index i) {
+  return p.query_mask != nullptr && !p.query_mask[b * p.query_mask_stride + i];
+}
 }  // namespace detail
 
-/// O and lse (batch, heads, q_len; may be null) from Q, K, V.
+/// O and lse (batch, heads, q_len; may be null) from Q, K, V (and the memory keys and values, the score bias).
 template <class T>
 void attention_forward(const AttentionProblem<T>& p, HeadsView<const T> q, HeadsView<const T> k,
                        HeadsView<const T> v, HeadsView<T> o, T* lse, Arena& arena) {
@@ -92,8 +98,9 @@ void attention_forward(const AttentionProblem<T>& p, HeadsView<const T> q, Heads
   const Index scratch = 2 * tile_q * tile_k + tile_q * dh + 2 * tile_q;
   T* per_thread = arena.allocate<T>(Index(max_threads()) * scratch);
   const T neg_inf = -std::numeric_limits<T>::infinity();
+  const HeadsView<const T> mem_k{p.mem_k, 0, p.kv_heads * dh}, mem_v{p.mem_v, 0, p.kv_heads * dh};
 
-  parallel_tasks(p.batch * p.heads, 4 * p.q_len * p.k_len * dh, [&](Index task, int thread) {
+  parallel_tasks(p.batch * p.heads, 4 * p.q_len * (p.k_len + p.mem_len) * dh, [&](Index task, int thread) {
     const Index b = task / p.heads, h = task % p.heads, g = h % p.kv_heads;
     T* mem = per_thread + Index(thread) * scratch;
     for (Index i0 = 0; i0 < p.q_len; i0 += tile_q) {
@@ -105,14 +112,14 @@ void attention_forward(const AttentionProblem<T>& p, HeadsView<const T> q, Heads
       acc.setZero();
       std::fill_n(m, bq, neg_inf);
       std::fill_n(l, bq, T(0));
-      const Index j_end = detail::key_end(p, i0 + bq);
-      for (Index j0 = 0; j0 < j_end; j0 += tile_k) {
-        const Index bk = std::min(tile_k, j_end - j0);
-        ConstStridedView<T> K(k.at(b, j0, g, dh), bk, dh, Eigen::OuterStride<>(k.row_stride));
-        ConstStridedView<T> V(v.at(b, j0, g, dh), bk, dh, Eigen::OuterStride<>(v.row_stride));
+      // one key tile: the memory keys first (key0 < mem_len, no mask, no bias), then the regular ones
+      auto visit = [&](HeadsView<const T> keys, HeadsView<const T> values, Index j0, Index bk, bool regular) {
+        ConstStridedView<T> K(keys.at(b, j0, g, dh), bk, dh, Eigen::OuterStride<>(keys.row_stride));
+        ConstStridedView<T> V(values.at(b, j0, g, dh), bk, dh, Eigen::OuterStride<>(values.row_stride));
         Tile S(mem, bq, bk);
         S.noalias() = p.scale * (Q * K.transpose());
-        if (detail::tile_needs_mask(p, i0, j0 + bk)) detail::mask_tile(p, b, i0, j0, S);
+        if (regular && p.bias) detail::bias_tile(p, h, i0, j0, S);
+        if (regular && detail::tile_needs_mask(p, i0, j0 + bk)) detail::mask_tile(p, b, i0, j0, S);
         for (Index r = 0; r < bq; ++r) {
           const T m_new = std::max(m[r], S.row(r).maxCoeff());
           if (m_new == neg_inf) {  // every key so far is masked for this query
@@ -125,28 +132,34 @@ void attention_forward(const AttentionProblem<T>& p, HeadsView<const T> q, Heads
           acc.row(r) *= alpha;
           m[r] = m_new;
         }
-        if (p.dropout > 0) detail::drop_tile(p, b, h, i0, j0, S);
+        if (p.dropout > 0) detail::drop_tile(p, b, h, i0, regular ? p.mem_len + j0 : j0, S);
         acc.noalias() += S * V;
-      }
+      };
+      for (Index j0 = 0; j0 < p.mem_len; j0 += tile_k) visit(mem_k, mem_v, j0, std::min(tile_k, p.mem_len - j0), false);
+      const Index j_end = detail::key_end(p, i0 + bq);
+      for (Index j0 = 0; j0 < j_end; j0 += tile_k) visit(k, v, j0, std::min(tile_k, j_end - j0), true);
       for (Index r = 0; r < bq; ++r) {
         Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>> out(o.at(b, i0 + r, h, dh), dh);
-        if (l[r] > T(0)) {
+        T* row_lse = lse ? lse + (b * p.heads + h) * p.q_len + i0 + r : nullptr;
+        if (l[r] > T(0) && !detail::query_masked(p, b, i0 + r)) {
           out = acc.row(r) / l[r];
-          if (lse) lse[(b * p.heads + h) * p.q_len + i0 + r] = m[r] + std::log(l[r]);
-        } else {
+          if (row_lse) *row_lse = m[r] + std::log(l[r]);
+        } else {  // no visible key, or a padded query: O = 0, and lse = +∞ makes every P of the backward 0
           out.setZero();
-          if (lse) lse[(b * p.heads + h) * p.q_len + i0 + r] = std::numeric_limits<T>::infinity();
+          if (row_lse) *row_lse = std::numeric_limits<T>::infinity();
         }
       }
     }
   });
 }
 
-/// dQ, dK, dV (zeroed by the caller) from dO, with O and lse from the forward.
+/// dQ, dK, dV (zeroed by the caller) from dO, with O and lse from the forward; with memory keys or a score bias,
+/// their gradients add into `extra`.
 template <class T>
 void attention_backward(const AttentionProblem<T>& p, HeadsView<const T> q, HeadsView<const T> k,
                         HeadsView<const T> v, HeadsView<const T> o, const T* lse, HeadsView<const T> dout,
-                        HeadsView<T> dq, HeadsView<T> dk, HeadsView<T> dv, Arena& arena) {
+                        HeadsView<T> dq, HeadsView<T> dk, HeadsView<T> dv, Arena& arena,
+                        AttentionExtraGradients<T> extra = {}) {
   using detail::tile_k;
   using detail::tile_q;
   using Tile = Eigen::Map<RowMatrix<T>>;
@@ -164,22 +177,32 @@ void attention_backward(const AttentionProblem<T>& p, HeadsView<const T> q, Head
     }
   });
   const Index scratch = 3 * tile_q * tile_k;
-  T* per_thread = arena.allocate<T>(Index(max_threads()) * scratch);
+  const int threads = max_threads();
+  T* per_thread = arena.allocate<T>(Index(threads) * scratch);
   const Index group = p.heads / p.kv_heads;
+  // what several tasks add to (shared by the batch): per-thread partial sums, reduced at the end
+  const Index mem_size = p.kv_heads * p.mem_len * dh, bias_size = p.bias ? p.heads * p.bias_stride : 0;
+  const Index shared = 2 * mem_size + bias_size;
+  T* partial = shared > 0 ? arena.allocate<T>(Index(threads) * shared) : nullptr;
+  if (partial) std::fill_n(partial, Index(threads) * shared, T(0));
+  const HeadsView<const T> mem_k{p.mem_k, 0, p.kv_heads * dh}, mem_v{p.mem_v, 0, p.kv_heads * dh};
 
-  parallel_tasks(p.batch * p.kv_heads, 10 * group * p.q_len * p.k_len * dh, [&](Index task, int thread) {
+  parallel_tasks(p.batch * p.kv_heads, 10 * group * p.q_len * (p.k_len + p.mem_len) * dh, [&](Index task, int thread) {
     const Index b = task / p.kv_heads, g = task % p.kv_heads;
     T* mem = per_thread + Index(thread) * scratch;
+    T* mine = partial ? partial + Index(thread) * shared : nullptr;
+    const HeadsView<T> dmem_k{mine, 0, p.kv_heads * dh}, dmem_v{mine ? mine + mem_size : nullptr, 0, p.kv_heads * dh};
     for (Index r = 0; r < group; ++r) {
       const Index h = g + r * p.kv_heads;
-      for (Index j0 = 0; j0 < p.k_len; j0 += tile_k) {
-        const Index bk = std::min(tile_k, p.k_len - j0);
-        ConstStridedView<T> K(k.at(b, j0, g, dh), bk, dh, Eigen::OuterStride<>(k.row_stride));
-        ConstStridedView<T> V(v.at(b, j0, g, dh), bk, dh, Eigen::OuterStride<>(v.row_stride));
-        StridedView<T> dK(dk.at(b, j0, g, dh), bk, dh, Eigen::OuterStride<>(dk.row_stride));
-        StridedView<T> dV(dv.at(b, j0, g, dh), bk, dh, Eigen::OuterStride<>(dv.row_stride));
+      T* dbias = p.bias && extra.bias ? mine + 2 * mem_size + h * p.bias_stride : nullptr;
+      auto visit = [&](HeadsView<const T> keys, HeadsView<const T> values, HeadsView<T> dkeys, HeadsView<T> dvalues,
+                       Index j0, Index bk, bool regular) {
+        ConstStridedView<T> K(keys.at(b, j0, g, dh), bk, dh, Eigen::OuterStride<>(keys.row_stride));
+        ConstStridedView<T> V(values.at(b, j0, g, dh), bk, dh, Eigen::OuterStride<>(values.row_stride));
+        StridedView<T> dK(dkeys.at(b, j0, g, dh), bk, dh, Eigen::OuterStride<>(dkeys.row_stride));
+        StridedView<T> dV(dvalues.at(b, j0, g, dh), bk, dh, Eigen::OuterStride<>(dvalues.row_stride));
         // first query tile that can see key j0: i + q_offset ≥ j0
-        const Index i_first = p.causal ? std::max<Index>(0, j0 - p.q_offset) / tile_q * tile_q : 0;
+        const Index i_first = regular && p.causal ? std::max<Index>(0, j0 - p.q_offset) / tile_q * tile_q : 0;
         for (Index i0 = i_first; i0 < p.q_len; i0 += tile_q) {
           const Index bq = std::min(tile_q, p.q_len - i0);
           ConstStridedView<T> Q(q.at(b, i0, h, dh), bq, dh, Eigen::OuterStride<>(q.row_stride));
@@ -187,27 +210,44 @@ void attention_backward(const AttentionProblem<T>& p, HeadsView<const T> q, Head
           StridedView<T> dQ(dq.at(b, i0, h, dh), bq, dh, Eigen::OuterStride<>(dq.row_stride));
           Tile P(mem, bq, bk), dP(mem + tile_q * tile_k, bq, bk), Pd(mem + 2 * tile_q * tile_k, bq, bk);
           P.noalias() = p.scale * (Q * K.transpose());
-          if (detail::tile_needs_mask(p, i0, j0 + bk)) detail::mask_tile(p, b, i0, j0, P);
+          if (regular && p.bias) detail::bias_tile(p, h, i0, j0, P);
+          if (regular && detail::tile_needs_mask(p, i0, j0 + bk)) detail::mask_tile(p, b, i0, j0, P);
           const T* row_lse = lse + (b * p.heads + h) * p.q_len + i0;
           const T* row_delta = delta + (b * p.heads + h) * p.q_len + i0;
           for (Index rr = 0; rr < bq; ++rr) P.row(rr) = (P.row(rr).array() - row_lse[rr]).exp().matrix();
           dP.noalias() = dO * V.transpose();
+          const Index key0 = regular ? p.mem_len + j0 : j0;
           if (p.dropout > 0) {
             Pd = P;
-            detail::drop_tile(p, b, h, i0, j0, Pd);
-            detail::drop_tile(p, b, h, i0, j0, dP);
+            detail::drop_tile(p, b, h, i0, key0, Pd);
+            detail::drop_tile(p, b, h, i0, key0, dP);
             dV.noalias() += Pd.transpose() * dO;
           } else {
             dV.noalias() += P.transpose() * dO;
           }
           for (Index rr = 0; rr < bq; ++rr)
             P.row(rr) = (P.row(rr).array() * (dP.row(rr).array() - row_delta[rr])).matrix();  // P := dS
+          if (regular && dbias) detail::bias_tile_backward(p, dbias, i0, j0, P);
           dQ.noalias() += p.scale * (P * K);
           dK.noalias() += p.scale * (P.transpose() * Q);
         }
-      }
+      };
+      for (Index j0 = 0; j0 < p.mem_len; j0 += tile_k)
+        visit(mem_k, mem_v, dmem_k, dmem_v, j0, std::min(tile_k, p.mem_len - j0), false);
+      for (Index j0 = 0; j0 < p.k_len; j0 += tile_k) visit(k, v, dk, dv, j0, std::min(tile_k, p.k_len - j0), true);
     }
   });
+  if (partial) {
+    for (int t = 0; t < threads; ++t) {
+      const T* sum = partial + Index(t) * shared;
+      if (extra.mem_k)
+        for (Index i = 0; i < mem_size; ++i) extra.mem_k[i] += sum[i];
+      if (extra.mem_v)
+        for (Index i = 0; i < mem_size; ++i) extra.mem_v[i] += sum[mem_size + i];
+      if (extra.bias)
+        for (Index i = 0; i < bias_size; ++i) extra.bias[i] += sum[2 * mem_size + i];
+    }
+  }
 }
 
 }  // namespace xtr::cpu

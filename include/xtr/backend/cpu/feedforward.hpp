@@ -4,100 +4,38 @@
 //   forward, gated:  a = z + b₁ (kept), [u | v] = a;  g = u ⊙ act(v)
 //   backward, plain: da = dg ⊙ act'(a)                          and db₁ += Σ_rows da, same pass
 //   backward, gated: du = dg ⊙ act(v), dv = dg ⊙ u ⊙ act'(v)   and db₁ += Σ_rows [du | dv], same pass
-// z = h W₁ᵀ comes from the GEMM. Activations are Eigen array expressions (vectorised erf, exp, logistic).
-#include <unsupported/Eigen/SpecialFunctions>
-
+// z = h W₁ᵀ comes from the GEMM. These are the feed-forward's first epilogue (backend/cpu/epilogue.hpp), the form the
+// kernel tests call.
 #include <cmath>
 
+#include "xtr/backend/cpu/epilogue.hpp"
 #include "xtr/backend/cpu/parallel.hpp"
+#include "xtr/backend/epilogue.hpp"
 #include "xtr/core/arena.hpp"
 #include "xtr/policies/feedforward.hpp"
 
 namespace xtr::cpu {
 
-/// act(a) and act'(a) as Eigen array expressions.
-template <Activation A>
-struct ActivationMath;
-
-template <>
-struct ActivationMath<Activation::gelu> {
-  // gelu(a) = a Φ(a) = a/2 · (1 + erf(a/√2));  gelu'(a) = Φ(a) + a φ(a)
-  template <class X>
-  static auto value(const X& a) {
-    using S = typename X::Scalar;
-    return S(0.5) * a * (S(1) + (a * S(M_SQRT1_2)).erf());
-  }
-  template <class X>
-  static auto derivative(const X& a) {
-    using S = typename X::Scalar;
-    return S(0.5) * (S(1) + (a * S(M_SQRT1_2)).erf()) + a * (S(-0.5) * a.square()).exp() * S(0.3989422804014327);
-  }
-};
-
-template <>
-struct ActivationMath<Activation::silu> {
-  // silu(a) = a σ(a);  silu'(a) = σ(a) (1 + a (1 − σ(a)))
-  template <class X>
-  static auto value(const X& a) {
-    return a * a.logistic();
-  }
-  template <class X>
-  static auto derivative(const X& a) {
-    using S = typename X::Scalar;
-    return a.logistic() * (S(1) + a * (S(1) - a.logistic()));
-  }
-};
+/// The first GEMM's epilogue of a feed-forward policy: Dropout<Act<A, Bias<Acc>>> or Dropout<Glu<A, Bias<Acc>>>.
+template <class FF>
+using FeedForwardEpilogue = epilogue::Dropout<std::conditional_t<
+    FF::gated, epilogue::Glu<typename FF::activation, epilogue::Bias<epilogue::Acc>>,
+    epilogue::Act<typename FF::activation, epilogue::Bias<epilogue::Acc>>>>;
 
 /// z (N, W) → a = z + b in place; g (N, F) = act(a) (plain, W = F) or a[:, :F] ⊙ act(a[:, F:]) (gated, W = 2F).
 template <class FF, class T>
 void feedforward_activation_forward(MatrixView<T> a, const T* bias, MatrixView<T> g) {
-  using Math = ActivationMath<FF::activation>;
-  using Row = Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>>;
-  using ConstRow = Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>>;
-  const Index W = a.cols(), F = g.cols();
-  parallel_rows(a.rows(), 20 * W, [&](Index begin, Index end) {
-    const ConstRow b(bias, W);
-    for (Index n = begin; n < end; ++n) {
-      Row ar(a.data() + n * W, W), gr(g.data() + n * F, F);
-      ar += b;
-      if constexpr (FF::gated) {
-        gr = ar.head(F) * Math::value(ar.tail(F));
-      } else {
-        gr = Math::value(ar);
-      }
-    }
-  });
+  using E = FeedForwardEpilogue<FF>;
+  epilogue_rows<E, T>(View<T>(a.data(), a.rows(), a.cols()), {.bias = bias}, View<T>(g.data(), g.rows(), g.cols()));
 }
 
 /// dg (N, F) → da (N, W) (may alias dg when plain); db += Σ_rows da. Per-thread partial sums live in `arena`.
 template <class FF, class T>
 void feedforward_activation_backward(MatrixView<T> a, const T* dg, T* da, T* dbias, Arena& arena) {
-  using Math = ActivationMath<FF::activation>;
-  using Row = Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>>;
-  using ConstRow = Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>>;
+  using E = FeedForwardEpilogue<FF>;
   const Index N = a.rows(), W = a.cols(), F = FF::gated ? W / 2 : W;
-  const int threads = max_threads();
-  T* partial = arena.allocate<T>(Index(threads) * W);
-  std::fill_n(partial, Index(threads) * W, T(0));
-  parallel_rows(N, 30 * W, [&](Index begin, Index end) {
-    Row db(partial + Index(omp_get_thread_num()) * W, W);
-    for (Index n = begin; n < end; ++n) {
-      const ConstRow ar(a.data() + n * W, W);
-      const ConstRow gr(dg + n * F, F);
-      Row dr(da + n * W, W);
-      if constexpr (FF::gated) {
-        const auto u = ar.head(F);
-        const auto v = ar.tail(F);
-        dr.tail(F) = gr * u * Math::derivative(v);  // written first: when plain, da may alias dg; here it may not
-        dr.head(F) = gr * Math::value(v);
-      } else {
-        dr = gr * Math::derivative(ar);
-      }
-      db += dr;
-    }
-  });
-  for (int t = 0; t < threads; ++t)
-    for (Index w = 0; w < W; ++w) dbias[w] += partial[Index(t) * W + w];
+  epilogue_rows_backward<E, T>(View<const T>(dg, N, F), View<const T>(a.data(), N, W), {}, View<T>(da, N, W), dbias,
+                               T(1), arena);
 }
 
 }  // namespace xtr::cpu

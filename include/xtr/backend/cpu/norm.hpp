@@ -1,15 +1,18 @@
 #pragma once
-// Pre-norms on the CPU, one pass per row. Both policies have the form h = x̂ ⊙ (c + γ) [+ β] with a per-row x̂ and
-// scale r (the "rstd"), c the gain offset (1 when γ stores gain − 1) and an optional bias β; the backward then shares
-// one formula:
-//   LayerNorm: x̂ = (x − μ)·r,  r = 1/sqrt(σ² + ε);   dx += r·(dx̂ − mean(dx̂) − x̂·mean(dx̂ ⊙ x̂))
-//   RMSNorm:   x̂ = x·r,        r = sqrt(D)/max(‖x‖, ε); dx += r·(dx̂ − x̂·mean(dx̂ ⊙ x̂))   (no projection when clamped)
-// with dx̂ = dh ⊙ (c + γ), dγ += Σ_rows dh ⊙ x̂ and dβ += Σ_rows dh. Gradients add into dx: the residual stream's gradient and the
-// norm's contribution meet in the same pass.
+// Norms on the CPU, one pass per row. Every norm policy has the form h = x̂ ⊙ (c + γ) [+ β] with a per-row x̂ and
+// scale r (the "rstd"), c the gain offset (1 when γ stores gain − 1), γ per channel, one scalar (ScaleNorm) or absent
+// (SimpleRMSNorm: h = x̂), and an optional bias β; the backward then shares one formula:
+//   mean-subtracting (LayerNorm): x̂ = (x − μ)·r,  r = 1/sqrt(σ² + ε);    dx += r·(dx̂ − mean(dx̂) − x̂·mean(dx̂ ⊙ x̂))
+//   L2 (RMSNorm, ScaleNorm, SimpleRMSNorm): x̂ = x·r,  r = sqrt(D)/max(‖x‖, ε);  dx += r·(dx̂ − x̂·mean(dx̂ ⊙ x̂))
+//                                                                                 (no projection when clamped)
+// with dx̂ = dh ⊙ (c + γ), dγ += Σ_rows dh ⊙ x̂ (a scalar γ: Σ over everything) and dβ += Σ_rows dh. Gradients add
+// into dx: the residual stream's gradient and the norm's contribution meet in the same pass.
 #include <cmath>
 #include <type_traits>
+#include <vector>
 
 #include "xtr/backend/cpu/parallel.hpp"
+#include "xtr/backend/ops.hpp"
 #include "xtr/core/arena.hpp"
 #include "xtr/policies/layer_norm.hpp"
 #include "xtr/policies/rms_norm.hpp"
@@ -17,40 +20,39 @@
 namespace xtr::cpu {
 
 template <class Norm>
-inline constexpr bool subtracts_mean = std::is_same_v<Norm, LayerNorm>;
+inline constexpr bool subtracts_mean = Norm::subtracts_mean;
 
-/// A norm's parameters: h = x̂ ⊙ (gain_offset + gain) [+ bias].
 template <class T>
-struct NormWeights {
-  NormWeights(const T* gain, T gain_offset = T(1), const T* bias = nullptr)  // NOLINT: a bare gain converts
-      : gain(gain), gain_offset(gain_offset), bias(bias) {}
-  const T* gain;
-  T gain_offset;  // 1: `gain` stores gain − 1 (x-transformers' norm_add_unit_offset); 0: the gain itself
-  const T* bias;  // β, or null (bias-less)
-};
-
-/// Where a norm's parameter gradients add up: dγ, and dβ when the norm has a bias.
+using NormWeights = ops::NormWeights<T>;
 template <class T>
-struct NormGradients {
-  NormGradients(T* gain, T* bias = nullptr) : gain(gain), bias(bias) {}  // NOLINT: a bare dγ converts
-  T* gain;
-  T* bias;
-};
+using NormGradients = ops::NormGradients<T>;
 
-/// h = norm(x) ⊙ (c + γ) [+ β]; keeps x̂ (N, D) and r (N) for the backward when they are non-null. With `residual_bias`,
-/// the residual stream is first updated in the same pass, x += b (the feed-forward's output bias): residual + norm
-/// read and write each row once.
+namespace detail {
+/// The multiplier of x̂ at channel d: c + γ_d, c + γ, or 1.
 template <class Norm, class T>
-void norm_forward(MatrixView<T> x, NormWeights<T> w, MatrixView<T> h, T* xhat, T* rstd,
-                  const T* residual_bias = nullptr) {
-  const Index D = x.cols();
-  parallel_rows(x.rows(), 6 * D, [&](Index begin, Index end) {
+T gain_at(const NormWeights<T>& w, Index d) {
+  if constexpr (Norm::gain == NormGain::channel) return w.gain_offset + w.gain[d];
+  else if constexpr (Norm::gain == NormGain::scalar) return w.gain_offset + w.gain[0];
+  else return T(1);
+}
+}  // namespace detail
+
+/// h (+)= norm(x [+ residual]) ⊙ (c + γ) [+ β], rows of x, residual and h `ld` apart; keeps x̂ (N, D) and r (N)
+/// for the backward when they are non-null. h may be x (in place); with `accumulate`, h += instead of h = (a sandwich
+/// norm adding into the residual stream). `residual` (N, D) is added to x first (a post-norm's residual + branch).
+template <class Norm, class T>
+void norm_rows(const T* x, const T* residual, Index N, Index D, Index ld, NormWeights<T> w, T* h, bool accumulate,
+               T* xhat, T* rstd) {
+  parallel_rows(N, 6 * D, [&](Index begin, Index end) {
+    std::vector<T> sum_row(residual ? std::size_t(D) : 0);
     for (Index n = begin; n < end; ++n) {
-      T* xr = x.data() + n * D;
-      T* hr = h.data() + n * D;
-      if (residual_bias)
-        for (Index d = 0; d < D; ++d) xr[d] += residual_bias[d];
-      T* xh = xhat ? xhat + n * D : hr;  // without a save buffer, normalise in place in h
+      const T* xr = x + n * ld;
+      if (residual) {
+        for (Index d = 0; d < D; ++d) sum_row[std::size_t(d)] = xr[d] + residual[n * ld + d];
+        xr = sum_row.data();
+      }
+      T* hr = h + n * ld;
+      T* xh = xhat ? xhat + n * D : (accumulate || residual ? nullptr : hr);  // without a save buffer: in place in h
       double mean = 0, sq = 0;
       if constexpr (subtracts_mean<Norm>) {
         for (Index d = 0; d < D; ++d) mean += xr[d];
@@ -67,13 +69,35 @@ void norm_forward(MatrixView<T> x, NormWeights<T> w, MatrixView<T> h, T* xhat, T
         r = T(std::sqrt(double(D)) / std::max(std::sqrt(sq), Norm::eps));
       }
       const T m = T(mean);
-      for (Index d = 0; d < D; ++d) xh[d] = (xr[d] - m) * r;
-      for (Index d = 0; d < D; ++d) hr[d] = xh[d] * (w.gain_offset + w.gain[d]);
-      if (w.bias)
-        for (Index d = 0; d < D; ++d) hr[d] += w.bias[d];
+      if (xh) {
+        for (Index d = 0; d < D; ++d) xh[d] = (xr[d] - m) * r;
+        for (Index d = 0; d < D; ++d) {
+          const T v = xh[d] * detail::gain_at<Norm>(w, d) + (w.bias ? w.bias[d] : T(0));
+          hr[d] = accumulate ? hr[d] + v : v;
+        }
+      } else {  // accumulate or residual without a save buffer: one expression per entry
+        for (Index d = 0; d < D; ++d) {
+          const T v = (xr[d] - m) * r * detail::gain_at<Norm>(w, d) + (w.bias ? w.bias[d] : T(0));
+          hr[d] = accumulate ? hr[d] + v : v;
+        }
+      }
       if (rstd) rstd[n] = r;
     }
   });
+}
+
+/// h = norm(x) ⊙ (c + γ) [+ β]; keeps x̂ (N, D) and r (N) for the backward when they are non-null. With `residual_bias`,
+/// the residual stream is first updated in the same pass, x += b.
+template <class Norm, class T>
+void norm_forward(MatrixView<T> x, NormWeights<T> w, MatrixView<T> h, T* xhat, T* rstd,
+                  const T* residual_bias = nullptr) {
+  const Index D = x.cols();
+  if (residual_bias)
+    parallel_rows(x.rows(), D, [&](Index begin, Index end) {
+      for (Index n = begin; n < end; ++n)
+        for (Index d = 0; d < D; ++d) x.data()[n * D + d] += residual_bias[d];
+    });
+  norm_rows<Norm, T>(x.data(), nullptr, x.rows(), D, D, w, h.data(), false, xhat, rstd);
 }
 
 /// dx += ∂h/∂x ᵀ dh;  dγ += Σ_rows dh ⊙ x̂;  dβ += Σ_rows dh. Per-thread partial sums live in `arena`.
@@ -82,23 +106,26 @@ void norm_backward(MatrixView<T> dh, const T* xhat, const T* rstd, NormWeights<T
                    NormGradients<T> grads, Arena& arena) {
   const Index N = dh.rows(), D = dh.cols();
   const int threads = max_threads();
-  const Index sums = grads.bias ? 2 : 1;  // per thread: dγ, then dβ
-  T* partial = arena.allocate<T>(Index(threads) * sums * D);
-  std::fill_n(partial, Index(threads) * sums * D, T(0));
+  constexpr bool has_gain = Norm::gain != NormGain::none;
+  const Index gain_sums = Norm::gain == NormGain::channel ? D : has_gain ? 1 : 0;
+  const Index sums = gain_sums + (grads.bias ? D : 0);  // per thread: dγ, then dβ
+  T* partial = arena.allocate<T>(Index(threads) * std::max<Index>(sums, 1));
+  std::fill_n(partial, Index(threads) * std::max<Index>(sums, 1), T(0));
   const T sqrt_d = T(std::sqrt(double(D)));
   parallel_rows(N, 8 * D, [&](Index begin, Index end) {
-    T* dg = partial + Index(omp_get_thread_num()) * sums * D;
-    T* db = grads.bias ? dg + D : nullptr;
+    T* dg = partial + Index(omp_get_thread_num()) * sums;
+    T* db = grads.bias ? dg + gain_sums : nullptr;
     for (Index n = begin; n < end; ++n) {
       const T* g = dh.data() + n * D;
       const T* xh = xhat + n * D;
       T* out = dx.data() + n * D;
       T sum_dxhat = 0, sum_dxhat_xhat = 0;
       for (Index d = 0; d < D; ++d) {
-        const T dxh = g[d] * (w.gain_offset + w.gain[d]);
+        const T dxh = g[d] * detail::gain_at<Norm>(w, d);
         sum_dxhat += dxh;
         sum_dxhat_xhat += dxh * xh[d];
-        dg[d] += g[d] * xh[d];
+        if constexpr (Norm::gain == NormGain::channel) dg[d] += g[d] * xh[d];
+        if constexpr (Norm::gain == NormGain::scalar) dg[0] += g[d] * xh[d];
       }
       if (db)
         for (Index d = 0; d < D; ++d) db[d] += g[d];
@@ -108,14 +135,15 @@ void norm_backward(MatrixView<T> dh, const T* xhat, const T* rstd, NormWeights<T
         if (rstd[n] * T(Norm::eps) >= sqrt_d) mean_proj = 0;  // ‖x‖ was clamped to ε: h is linear in x
       }
       const T r = rstd[n];
-      for (Index d = 0; d < D; ++d) out[d] += r * (g[d] * (w.gain_offset + w.gain[d]) - mean_dxhat - xh[d] * mean_proj);
+      for (Index d = 0; d < D; ++d) out[d] += r * (g[d] * detail::gain_at<Norm>(w, d) - mean_dxhat - xh[d] * mean_proj);
     }
   });
   for (int t = 0; t < threads; ++t) {
-    const T* sum = partial + Index(t) * sums * D;
-    for (Index d = 0; d < D; ++d) grads.gain[d] += sum[d];
+    const T* sum = partial + Index(t) * sums;
+    if (has_gain && grads.gain)
+      for (Index d = 0; d < gain_sums; ++d) grads.gain[d] += sum[d];
     if (grads.bias)
-      for (Index d = 0; d < D; ++d) grads.bias[d] += sum[D + d];
+      for (Index d = 0; d < D; ++d) grads.bias[d] += sum[gain_sums + d];
   }
 }
 

@@ -1,0 +1,28 @@
+#pragma once
+// What a layer's sublayers read besides the residual stream: the layer's index (dropout sites), the rotary table,
+// the context of a cross-attending stack (and where its gradient goes), and while decoding, the cache.
+#include <cstdint>
+
+#include "xtr/backend/ops.hpp"
+#include "xtr/core/view.hpp"
+#include "xtr/layers/kv_cache.hpp"
+
+namespace xtr {
+
+template <class Backend>
+struct LayerInputs {
+  using T = typename Backend::scalar;
+  using RotaryTable = typename kernel<Backend, ops::Rotate>::Table;
+
+  Index layer = 0, depth = 0;
+  const RotaryTable* rotary = nullptr;
+  // CrossAttend
+  ConstView<T> context{};                     // (B·S, dim_context)
+  const std::uint8_t* context_mask = nullptr;  // (B, S) or null
+  Index context_length = 0;
+  T* context_grad = nullptr;                  // (B·S, dim_context), += in the backward
+  // decoding
+  KVCache<T>* cache = nullptr;
+};
+
+}  // namespace xtr

@@ -1,0 +1,42 @@
+#pragma once
+// The output projection of a TransformerWrapper (x-transformers' to_logits):
+//   logits = h W_logitsᵀ (+ b)          (N, logits_dim)     Linear<Bias<Acc>>
+// Parameters: `to_logits.weight` (logits_dim, D), U(±1/sqrt(D)); `to_logits.bias` with logits_bias (releases before
+// 1.27.0). The backward takes d loss / d logits in its own buffer (never the logits') and scales by α.
+#include <cmath>
+#include <string>
+
+#include "xtr/backend/epilogue.hpp"
+#include "xtr/backend/ops.hpp"
+#include "xtr/layers/pass.hpp"
+
+namespace xtr {
+
+template <class Backend>
+class Logits {
+ public:
+  using T = typename Backend::scalar;
+  using K = kernel<Backend, ops::Linear<epilogue::Bias<epilogue::Acc>>>;
+
+  void declare(ParameterStore<T>& store, const std::string& prefix, Index logits_dim, Index dim, bool bias) {
+    const auto bound = Init::uniform_bound(1.0 / std::sqrt(double(dim)));
+    weight_ = store.add(prefix + "to_logits.weight", {logits_dim, dim}, bound);
+    if (bias) bias_ = store.add(prefix + "to_logits.bias", {logits_dim}, bound);
+  }
+
+  void forward(Pass<Backend>& pass, ConstView<T> h, View<T> logits) const {
+    epilogue::Operands<T> o;
+    o.bias = pass.value(bias_);
+    K::forward(h, pass.weights(weight_), logits, o, pass.arena);
+  }
+  /// dh = α dlogits W; dW += α dlogitsᵀ h; db += α Σ dlogits.
+  void backward(Pass<Backend>& pass, ConstView<T> h, ConstView<T> dlogits, View<T> dh, T alpha) const {
+    K::backward(dlogits, h, pass.weights(weight_).w, {}, dh, false, pass.grad(weight_), pass.grad(bias_), alpha,
+                pass.arena);
+  }
+
+ private:
+  ParameterId weight_, bias_;
+};
+
+}  // namespace xtr

@@ -1,0 +1,54 @@
+#pragma once
+// What every sublayer needs during one pass of a model: where activations go (the backend's arena), the parameters,
+// the batch shape, the key mask, whether dropout is on and which random streams it draws from, and, while decoding
+// with a bfloat16 copy of the weights, that copy. The model fills one Pass per forward, backward or decode step and
+// hands it down; sublayers never reach into the model.
+#include <cstdint>
+#include <string>
+
+#include "xtr/backend/ops.hpp"
+#include "xtr/core/arena.hpp"
+#include "xtr/core/parameters.hpp"
+#include "xtr/core/rng.hpp"
+#include "xtr/core/view.hpp"
+
+namespace xtr {
+
+template <class Backend>
+struct Pass {
+  using T = typename Backend::scalar;
+
+  Arena& arena;
+  ParameterStore<T>& params;
+  Index batch = 0, length = 0;          // the stack sees batch · length rows
+  const std::uint8_t* mask = nullptr;   // (batch, length) key padding (1 = real), or null
+  bool dropout = false;                 // training mode: dropout is drawn
+  std::uint64_t dropout_seed = 0, forward_count = 0;
+  const std::uint16_t* bf16 = nullptr;  // decoding from a bfloat16 copy of every parameter (same offsets), or null
+  Index position = 0;                   // position of row 0 of each sequence (decoding: the cache's position)
+
+  [[nodiscard]] Index rows() const { return batch * length; }
+
+  /// Dropout streams: (forward pass, site); sites: 0 embeddings, 3l+1 attention, 3l+2 feed-forward, 3·depth + l
+  /// cross-attention of layer l.
+  [[nodiscard]] RandomStream dropout_stream(std::uint64_t site) const {
+    return RandomStream{dropout_seed, 1}.fork(forward_count).fork(site);
+  }
+  /// The rate to apply: p while training, 0 otherwise.
+  [[nodiscard]] double rate(double p) const { return dropout ? p : 0.0; }
+
+  /// Fresh (rows, cols) backend memory, uninitialised.
+  [[nodiscard]] View<T> allocate(Index rows, Index cols) { return {arena.allocate<T>(rows * cols), rows, cols}; }
+
+  /// A parameter (or `rows` rows of adjacent parameters starting at `first`) as GEMM weights, with the bfloat16 copy
+  /// while decoding with one.
+  [[nodiscard]] ops::Weights<T> weights(ParameterId first, Index rows = -1) const {
+    const auto& e = params.entry(first);
+    const Index r = rows < 0 ? e.shape.rows() : rows, c = e.shape.cols();
+    return {ConstView<T>(params.values().data() + e.offset, r, c), bf16 ? bf16 + e.offset : nullptr};
+  }
+  [[nodiscard]] const T* value(ParameterId id) const { return id.index < 0 ? nullptr : params.values().data() + params.entry(id).offset; }
+  [[nodiscard]] T* grad(ParameterId id) const { return id.index < 0 ? nullptr : params.grads().data() + params.entry(id).offset; }
+};
+
+}  // namespace xtr
