@@ -17,8 +17,10 @@
 //   logits_sum  the sum of the decoder's logits on tgt[:, :-1] (ignore_index fed as pad_value) attending to the
 //               encoder's output for src (eval mode)
 //   greedy      model.generate(src[:1], tgt[:1, :prompt_len], new_tokens, src_mask[:1]) at temperature 0 (new tokens)
-// The compiled model types are a closed set (below): 18 Decoders, 18 Encoders, and the XTransformers of
-// `XTransformers`; a description outside it is an error naming the combination.
+// Every description is built as one run-time model type per kind (x_transformers::AnyDecoder, AnyEncoder and
+// XTransformer<AnyEncoder, AnyDecoder>): each position, norm, feed-forward and score bias is chosen when the model is
+// built and every op dispatches to its policy's kernel, so any supported combination of keywords loads (a keyword or
+// combination xtr does not support is an error naming it).
 // The JSON object is printed last, after the export: it appears only when everything succeeded.
 // --export writes the model back under x-transformers' names (with its buffers) for load_state_dict(strict=True).
 // --ignore skips tensors whose names start with the given prefixes (e.g. a golden fixture's "fixture.,grad.");
@@ -40,42 +42,10 @@ namespace {
 
 namespace xt = xtr::x_transformers;
 
-using xtr::AbsoluteLearned, xtr::Rotary, xtr::NoPosition, xtr::LayerNorm, xtr::RMSNorm, xtr::GELU, xtr::GEGLU,
-    xtr::SwiGLU, xtr::Encoder, xtr::Decoder, xtr::XTransformer;
+using xtr::XTransformer;
 
-template <class... Models>
-struct ModelSet {};
-
-/// The compiled XTransformers. Each one instantiates two networks with forward, backward (the loss) and cached
-/// decoding, about 8 s of compile time apiece, so the set is small: x-transformers' defaults (what
-/// XTransformer(dim=..., enc_*=..., dec_*=...) builds without position, norm or feed-forward keywords; the
-/// xtransformer_copy_tied fixture) and rotary + RMSNorm with a GEGLU decoder (xtransformer_rotary_rmsnorm_gqa).
-/// Sizes, heads, kv heads, tied embeddings and dropout are run-time values: any of them fits these two types.
-/// Add a line to evaluate another combination of positions, norms and feed-forwards.
-using XTransformers =
-    ModelSet<XTransformer<Encoder<AbsoluteLearned, LayerNorm, GELU>, Decoder<AbsoluteLearned, LayerNorm, GELU>>,
-             XTransformer<Encoder<Rotary, RMSNorm, GELU>, Decoder<Rotary, RMSNorm, GEGLU>>>;
-
-/// Builds the XTransformer of the set that `d` describes and calls f(model); throws naming the combination otherwise.
-template <class F, class... Models>
-void with_xtransformer(const xt::XTransformerDescription& d, F&& f, ModelSet<Models...>) {
-  bool found = false;
-  (
-      [&] {
-        if (found || !xt::describes<Models>(d)) return;
-        found = true;
-        Models model(d.config);
-        f(model);
-      }(),
-      ...);
-  if (found) return;
-  std::string compiled;
-  ((compiled += "\n  " + Models::describe()), ...);
-  throw xtr::Error("xtr: no compiled model type for XTransformer<Encoder<" + d.encoder.position + ", " +
-                   d.encoder.norm + ", " + d.encoder.feedforward + ">, Decoder<" + d.decoder.position + ", " +
-                   d.decoder.norm + ", " + d.decoder.feedforward + ">> in xt_eval's set; compiled:" + compiled +
-                   "\n(add the type to XTransformers in examples/xt_eval.cpp)");
-}
+/// The XTransformer type every encoder-decoder description is built as.
+using AnyXTransformer = XTransformer<xt::AnyEncoder, xt::AnyDecoder>;
 
 std::string read_text(const std::string& path) {
   std::ifstream in(path);
@@ -324,10 +294,8 @@ int main(int argc, char** argv) {
     if (is_xtransformer(root)) {
       const auto description = xt::parse_xtransformer_description(root);
       const auto tokens = read_paired_tokens(o.tokens);
-      with_xtransformer(
-          description,
-          [&](auto& model) { evaluate_xtransformer(model, weights, tokens, o, description.conventions()); },
-          XTransformers{});
+      AnyXTransformer model(description.config);
+      evaluate_xtransformer(model, weights, tokens, o, description.conventions());
     } else {
       const auto description = xt::parse_description(root);
       const auto rows = xtr::json::parse(read_text(o.tokens));
@@ -336,11 +304,7 @@ int main(int argc, char** argv) {
       const auto tokens = token_rows(rows, o.tokens);
       xtr::require(o.prompt_len <= tokens.length, "--prompt-len ", o.prompt_len, " must be in [1, ", tokens.length,
                    "]");
-      auto f = [&](auto& net) { evaluate(net, description, weights, tokens, o); };
-      if (description.stack == "Encoder")
-        xt::with_model(description, f, xt::Encoders{});
-      else
-        xt::with_model(description, f, xt::Decoders{});
+      xt::with_model(description, [&](auto& net) { evaluate(net, description, weights, tokens, o); });
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "xt_eval: %s\n", e.what());

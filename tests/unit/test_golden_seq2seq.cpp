@@ -200,10 +200,10 @@ TEST_CASE("XTransformer descriptions: keywords map to the parts, unknown ones ar
   CHECK_FALSE(x_transformers::describes<XTransformer<Encoder<Rotary>, Decoder<Rotary, GEGLU>>>(d));
   REQUIRE_THROWS_WITH(x_transformers::parse_xtransformer_description(json::parse(
                           R"({"dim": 8, "enc_num_tokens": 4, "enc_depth": 1, "enc_max_seq_len": 4, "dec_num_tokens": 4,
-                              "dec_depth": 1, "dec_max_seq_len": 4, "enc_sandwich_norm": true})")),
-                      Catch::Contains("attn_layers keywords not supported by xtr: sandwich_norm"));
+                              "dec_depth": 1, "dec_max_seq_len": 4, "enc_residual_attn": true})")),
+                      Catch::Contains("attn_layers keywords not supported by xtr: residual_attn"));
   REQUIRE_THROWS_WITH(x_transformers::parse_xtransformer_description(json::parse(
                           R"({"dim": 8, "enc_num_tokens": 4, "enc_depth": 1, "enc_max_seq_len": 4, "dec_num_tokens": 4,
-                              "dec_depth": 1, "dec_max_seq_len": 4, "return_tgt_loss": true})")),
-                      Catch::Contains("XTransformer keywords not supported by xtr: return_tgt_loss"));
+                              "dec_depth": 1, "dec_max_seq_len": 4, "shared_stack": true})")),
+                      Catch::Contains("XTransformer keywords not supported by xtr: shared_stack"));
 }

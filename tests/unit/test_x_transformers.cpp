@@ -127,11 +127,11 @@ TEST_CASE("descriptions map keywords to policies", "[x-transformers]") {
 TEST_CASE("unsupported descriptions and misfit buffers are errors naming what is wrong", "[x-transformers][errors]") {
   auto parse = [](const std::string& text) { return xt::parse_description(json::parse(text)); };
   REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "attn_layers": {"type": "Decoder", "dim": 8,
-                                "depth": 1, "alibi_pos_bias": true, "qk_norm": true}})"),
-                      Contains("attn_layers keywords not supported by xtr: alibi_pos_bias, qk_norm"));
-  REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "tie_embedding": true,
+                                "depth": 1, "qk_norm": true, "residual_attn": true}})"),
+                      Contains("attn_layers keywords not supported by xtr: qk_norm, residual_attn"));
+  REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "emb_frac_gradient": 0.5,
                                 "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1}})"),
-                      Contains("TransformerWrapper keywords not supported by xtr: tie_embedding"));
+                      Contains("TransformerWrapper keywords not supported by xtr: emb_frac_gradient"));
   REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "x_transformers_version": "1.19.4",
                                 "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1}})"),
                       Contains("x_transformers_version 1.19.4: releases before 1.20.0 are not supported"));
@@ -146,8 +146,8 @@ TEST_CASE("unsupported descriptions and misfit buffers are errors naming what is
                                 "attn_layers": {"type": "Decoder", "dim": 8, "depth": 1}})"),
                       Contains("x_transformers_version 'two' is not MAJOR.MINOR.PATCH"));
   REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "attn_layers": {"type": "Decoder", "dim": 8,
-                                "depth": 1, "ff_swish": true}})"),
-                      Contains("ff_swish=True without ff_glu=True"));
+                                "depth": 1, "ff_glu": true, "ff_relu_squared": true}})"),
+                      Contains("ff_glu=True with ff_relu_squared=True (a gated ReLU²) is not supported"));
   REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "attn_layers": {"type": "CrossAttender",
                                 "dim": 8, "depth": 1}})"),
                       Contains("attn_layers type 'CrossAttender' is not supported"));

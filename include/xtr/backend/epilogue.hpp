@@ -2,6 +2,7 @@
 // Epilogue expressions: the elementwise chain after a GEMM, as a type. z = x Wᵀ is the accumulator `Acc`; nodes wrap
 // it, innermost first:
 //
+//   Scale<E>      s · E            s: a run-time scalar (tied embeddings' dim^-½)
 //   Bias<E>       E + b            b: (width of E), a run-time operand (absent: no bias; ff_no_bias)
 //   Act<A, E>     A(E)             A an activation tag (policies/activations.hpp)
 //   Glu<A, E>     u ⊙ A(v)         [u | v] = E: the width halves (GEGLU, SwiGLU)
@@ -15,7 +16,7 @@
 // backward takes dz. (CUTLASS's epilogue visitor trees are the model; this grammar is the part transformers use.)
 //
 //   Epilogue := AddTo<Inner> | Inner;  Inner := Dropout<Core> | Core;  Core := Act<A, Lin> | Glu<A, Lin> | Lin;
-//   Lin := Bias<Acc> | Acc
+//   Lin := Bias<Acc> | Acc | Scale<Acc> | Bias<Scale<Acc>>
 #include <type_traits>
 
 #include "xtr/core/rng.hpp"
@@ -25,6 +26,8 @@
 namespace xtr::epilogue {
 
 struct Acc {};
+template <class E>
+struct Scale {};
 template <class E>
 struct Bias {};
 template <class A, class E>
@@ -40,6 +43,7 @@ struct AddTo {};
 template <class T>
 struct Operands {
   const T* bias = nullptr;  // Bias: b, or null for none
+  T scale = T(1);           // Scale: s
   double dropout = 0;       // Dropout: the rate p (0: off)
   RandomStream stream{};    // Dropout: the keep-mask stream
   T* saved = nullptr;       // Act / Glu: (N, width of z) pre-activation a = z + b, written by the forward for the
@@ -52,20 +56,28 @@ struct Shape;
 
 template <>
 struct Shape<Acc> {
-  static constexpr bool valid = true, bias = false, gated = false, dropout = false, add_to = false;
+  static constexpr bool valid = true, scaled = false, bias = false, gated = false, dropout = false, add_to = false;
   using activation = void;
 };
 template <>
-struct Shape<Bias<Acc>> : Shape<Acc> {
+struct Shape<Scale<Acc>> : Shape<Acc> {
+  static constexpr bool scaled = true;
+};
+template <class S>
+  requires(std::is_same_v<S, Acc> || std::is_same_v<S, Scale<Acc>>)
+struct Shape<Bias<S>> : Shape<S> {
   static constexpr bool bias = true;
 };
+template <class L>
+inline constexpr bool is_linear = std::is_same_v<L, Acc> || std::is_same_v<L, Bias<Acc>> ||
+                                  std::is_same_v<L, Scale<Acc>> || std::is_same_v<L, Bias<Scale<Acc>>>;
 template <class A, class L>
-  requires(std::is_same_v<L, Acc> || std::is_same_v<L, Bias<Acc>>)
+  requires(is_linear<L>)
 struct Shape<Act<A, L>> : Shape<L> {
   using activation = A;
 };
 template <class A, class L>
-  requires(std::is_same_v<L, Acc> || std::is_same_v<L, Bias<Acc>>)
+  requires(is_linear<L>)
 struct Shape<Glu<A, L>> : Shape<L> {
   using activation = A;
   static constexpr bool gated = true;

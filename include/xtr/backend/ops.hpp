@@ -17,8 +17,8 @@
 // | Embedding                  | x = E[ids] (+ s · P[pos])                       | scatter-add into dE, dP           |
 // | SoftmaxCrossEntropy        | loss and dz = (softmax(z) − onehot(y)) / M      | (fused into the forward)          |
 // | AdamWUpdate                | one AdamW step over a flat buffer               |                                   |
-// | L2NormHeads                | per head (group) x / ‖x‖                         | the projection's transpose        |
-// | ScaleHeads                 | per head h: x_h · s_h                            | dx, ds                            |
+// | ScaleHeads, MixHeads       | x_h · s_h;  a_h + μ_h (b_h − a_h)               | dx, ds;  da, db, dμ               |
+// | Multiply, Activation<A>    | a ⊙ b;  A(x)                                    | da, db;  dy ⊙ A'(x)               |
 // | Axpby, Fill, Dropout       | y ← β y + α x;  x ← v;  x ← x · keep / (1 − p)   | (Dropout: the same mask)          |
 #include <cmath>
 #include <concepts>
@@ -95,13 +95,15 @@ struct AttentionProblem {
   Index mem_len = 0;
   const T* mem_k = nullptr;
   const T* mem_v = nullptr;
+  Index mem_ld = 0;  // row stride of mem_k and mem_v (0: kv_heads · dim_head)
+  [[nodiscard]] Index memory_ld() const { return mem_ld ? mem_ld : kv_heads * dim_head; }
 };
 
 /// Where the attention backward adds the gradients of the memory keys and values and of the bias table.
 template <class T>
 struct AttentionExtraGradients {
   T* bias = nullptr;   // like AttentionProblem::bias
-  T* mem_k = nullptr;  // (mem_len, kv_heads · dim_head), like AttentionProblem::mem_k
+  T* mem_k = nullptr;  // (mem_len, kv_heads · dim_head) rows memory_ld() apart, like AttentionProblem::mem_k
   T* mem_v = nullptr;
 };
 
@@ -195,11 +197,19 @@ struct Dropout {};
 /// y ← β y + α x elementwise on (rows, cols) views (the residual add of a branch without an output projection, copies).
 struct Axpby {};
 
-/// Per-head (or per-group) L2 normalisation of q or k (attn_qk_norm).
-struct L2NormHeads {};
-
-/// Per-head scaling of the attention output (attn_head_scale) or by a per-channel vector.
+/// y_h = x_h · s_h for each head h of (N, H·dh) rows; backward dx = dy_h · s_h, ds_h += Σ dy_h ⊙ x_h (attn_head_scale).
 struct ScaleHeads {};
+
+/// y = a ⊙ b elementwise; backward da = dy ⊙ b, db = dy ⊙ a (attn_gate_values).
+struct Multiply {};
+
+/// y_h = a_h + μ_h (b_h − a_h) per head h, μ (N, heads) broadcast over the head's channels, computed as torch.lerp
+/// does (from a when μ < 0.5, from b otherwise); backward da, db, dμ (add_value_residual).
+struct MixHeads {};
+
+/// y = A(x) elementwise; backward dx (+)= dy ⊙ A'(x) (the dynamic position bias MLP between its norms).
+template <class A>
+struct Activation {};
 
 }  // namespace ops
 }  // namespace xtr

@@ -47,7 +47,7 @@ struct Conventions {
 struct ModelDescription {
   TransformerConfig config;
   std::string stack = "Decoder";  // Decoder | Encoder
-  std::string position, norm, feedforward;
+  std::string position, norm, feedforward, score_bias = "NoScoreBias";
   std::string version{current_version};
   Conventions conventions;
 };
@@ -85,14 +85,46 @@ inline void only_known(const json::Value& object, std::initializer_list<std::str
     if (std::find(known.begin(), known.end(), key) == known.end()) unknown += (unknown.empty() ? "" : ", ") + key;
   require(unknown.empty(), where, " keywords not supported by xtr: ", unknown);
 }
+
+/// Reads the keywords of options struct S from `object` through its field table (each field that has a keyword);
+/// marks them in `seen`. A keyword of the wrong JSON type is an error naming it.
+template <class S>
+void read_fields(const json::Value& object, S& options, std::vector<std::string>& seen) {
+  for_each_field<S>([&](const auto& f) {
+    if (f.keyword.empty()) return;
+    const auto* v = object.find(std::string(f.keyword));
+    if (!v) return;
+    seen.emplace_back(f.keyword);
+    using M = typename std::decay_t<decltype(f)>::value_type;
+    if (v->is_null()) return;  // None: the default
+    if constexpr (std::is_same_v<M, bool>) {
+      require(v->is_bool(), "x-transformers keyword '", f.keyword, "' must be true or false, got ", v->dump());
+      options.*(f.member) = v->as_bool();
+    } else if constexpr (std::is_integral_v<M>) {
+      require(v->is_number(), "x-transformers keyword '", f.keyword, "' must be an integer, got ", v->dump());
+      options.*(f.member) = M(v->as_int());
+    } else {
+      require(v->is_number(), "x-transformers keyword '", f.keyword, "' must be a number, got ", v->dump());
+      options.*(f.member) = M(v->as_number());
+    }
+  });
+}
+
+/// Keywords that select a policy or change nothing numerically: read by parse_description itself.
+inline constexpr std::string_view wrapper_keywords[] = {"use_abs_pos_emb", "x_transformers_version", "attn_layers"};
+inline constexpr std::string_view layers_keywords[] = {
+    "type",          "rotary_pos_emb", "use_rmsnorm",     "use_scalenorm",  "use_simple_rmsnorm", "ff_glu",
+    "ff_swish",      "ff_relu_squared", "alibi_pos_bias", "rel_pos_bias",   "dynamic_pos_bias",   "attn_one_kv_head",
+    "attn_flash",    "attn_onnxable",   "verbose"};  // the last three change nothing on the CPU (accepted, ignored)
 }  // namespace detail
 
-/// Reads an x-transformers constructor description. Unknown keywords and unsupported values are errors naming them.
+/// Reads an x-transformers constructor description: TransformerWrapper keywords at the top, the attention stack's
+/// under "attn_layers" (its class in "type"). Each keyword is a field of an options struct (TransformerConfig,
+/// LayersConfig, Rotary, MultiHeadAttention, ALiBi, RelativePositionBias, DynamicPositionBias: their fields() tables)
+/// or a policy selection (rotary_pos_emb, use_rmsnorm, ff_glu, alibi_pos_bias, ...). Unknown keywords and unsupported
+/// values are errors naming them.
 inline ModelDescription parse_description(const json::Value& root) {
   require(root.is_object(), "an x-transformers description must be a JSON object, got ", root.dump());
-  detail::only_known(root, {"num_tokens", "max_seq_len", "emb_dropout", "use_abs_pos_emb", "x_transformers_version",
-                            "attn_layers"},
-                     "TransformerWrapper");
   ModelDescription m;
   if (const auto* v = root.find("x_transformers_version")) m.version = v->as_string();
   using V = detail::Version;
@@ -100,57 +132,83 @@ inline ModelDescription parse_description(const json::Value& root) {
   require(version >= V{1, 20, 0}, "x_transformers_version ", m.version,
           ": releases before 1.20.0 are not supported (their layout was not checked)");
   require(version != V{1, 31, 2}, "x_transformers_version 1.31.2 cannot build these models (a broken release)");
-  m.config.num_tokens = root.at("num_tokens").as_int();
-  m.config.max_seq_len = root.at("max_seq_len").as_int();
-  m.config.emb_dropout = detail::real(root, "emb_dropout", 0);
+  // TransformerWrapper's keywords
+  std::vector<std::string> seen(std::begin(detail::wrapper_keywords), std::end(detail::wrapper_keywords));
+  TransformerConfig& c = m.config;
+  detail::read_fields(root, c, seen);
+  {
+    std::string unknown;
+    for (const auto& [key, value] : root.as_object())
+      if (std::find(seen.begin(), seen.end(), key) == seen.end())
+        unknown += (unknown.empty() ? "" : ", ") + key;
+    require(unknown.empty(), "TransformerWrapper keywords not supported by xtr: ", unknown);
+  }
+  require(root.find("num_tokens") && root.find("max_seq_len"), "an x-transformers description needs num_tokens and "
+          "max_seq_len");
   const auto& layers = root.at("attn_layers");
   require(layers.is_object(), "attn_layers must be an object, got ", layers.dump());
-  detail::only_known(layers, {"type", "dim", "depth", "heads", "attn_dim_head", "attn_kv_heads", "attn_one_kv_head",
-                              "ff_mult", "attn_dropout", "ff_dropout", "rotary_pos_emb", "rotary_emb_dim",
-                              "use_rmsnorm", "ff_glu", "ff_swish", "norm_add_unit_offset"},
-                     "attn_layers");
+  // AttentionLayers' keywords
+  auto& L = c.layers;
+  seen.assign(std::begin(detail::layers_keywords), std::end(detail::layers_keywords));
+  detail::read_fields(layers, L, seen);
+  detail::read_fields(layers, L.rotary, seen);
+  detail::read_fields(layers, L.attention, seen);
+  detail::read_fields(layers, L.alibi, seen);
+  detail::read_fields(layers, L.rel_pos_bias, seen);
+  detail::read_fields(layers, L.dynamic_pos_bias, seen);
+  {
+    std::string unknown;
+    for (const auto& [key, value] : layers.as_object())
+      if (std::find(seen.begin(), seen.end(), key) == seen.end()) unknown += (unknown.empty() ? "" : ", ") + key;
+    require(unknown.empty(), "attn_layers keywords not supported by xtr: ", unknown);
+  }
   m.stack = layers.at("type").as_string();
   require(m.stack == "Decoder" || m.stack == "Encoder", "attn_layers type '", m.stack,
           "' is not supported (Decoder, Encoder)");
-  auto& L = m.config.layers;
-  L.dim = layers.at("dim").as_int();
-  L.depth = layers.at("depth").as_int();
-  L.heads = detail::integer(layers, "heads", 8);
-  L.dim_head = detail::integer(layers, "attn_dim_head", 64);
-  L.kv_heads = detail::flag(layers, "attn_one_kv_head", false) ? 1 : detail::integer(layers, "attn_kv_heads", 0);
-  L.ff_mult = detail::integer(layers, "ff_mult", 4);
-  L.attn_dropout = detail::real(layers, "attn_dropout", 0);
-  L.ff_dropout = detail::real(layers, "ff_dropout", 0);
-  L.rotary_dim = detail::integer(layers, "rotary_emb_dim", 0);
-
-  const bool rotary = detail::flag(layers, "rotary_pos_emb", false);
+  require(layers.find("dim") && layers.find("depth"), "attn_layers needs dim and depth");
+  if (detail::flag(layers, "attn_one_kv_head", false)) L.kv_heads = 1;
+  // policies: position
+  const bool alibi = detail::flag(layers, "alibi_pos_bias", false), t5 = detail::flag(layers, "rel_pos_bias", false),
+             dynamic = detail::flag(layers, "dynamic_pos_bias", false);
+  require(int(alibi) + int(t5) + int(dynamic) <= 1, "alibi_pos_bias, rel_pos_bias and dynamic_pos_bias exclude each "
+          "other (x-transformers asserts at most one)");
+  const bool rotary = detail::flag(layers, "rotary_pos_emb", false) || L.rotary.xpos;
   if (rotary && version < V{1, 42, 18} && L.rotary_dim == 0) L.rotary_dim = std::max<Index>(L.dim_head / 2, 32);
   const bool absolute = detail::flag(root, "use_abs_pos_emb", true);
   require(!(rotary && root.find("use_abs_pos_emb") && absolute),
           "rotary_pos_emb=True together with use_abs_pos_emb=True is not supported (one position encoding)");
-  m.position = rotary ? "Rotary" : absolute ? "AbsoluteLearned" : "NoPosition";
-  m.norm = detail::flag(layers, "use_rmsnorm", false) ? "RMSNorm" : "LayerNorm";
+  m.position = rotary ? "Rotary" : absolute && !t5 ? "AbsoluteLearned" : "NoPosition";  // T5 removes pos_emb
+  m.score_bias = alibi ? "ALiBi" : t5 ? "RelativePositionBias" : dynamic ? "DynamicPositionBias" : "NoScoreBias";
+  // norm
+  const bool rms = detail::flag(layers, "use_rmsnorm", false), scale = detail::flag(layers, "use_scalenorm", false),
+             simple = detail::flag(layers, "use_simple_rmsnorm", false);
+  require(int(rms) + int(scale) + int(simple) <= 1, "use_rmsnorm, use_scalenorm and use_simple_rmsnorm exclude each "
+          "other");
+  m.norm = rms ? "RMSNorm" : scale ? "ScaleNorm" : simple ? "SimpleRMSNorm" : "LayerNorm";
   const bool layernorm = m.norm == "LayerNorm";
   require(!layers.find("norm_add_unit_offset") || version >= V{1, 31, 0}, "x_transformers_version ", m.version,
           " has no norm_add_unit_offset keyword (from 1.31.0)");
-  L.norm_unit_offset = detail::flag(layers, "norm_add_unit_offset", version >= V{1, 31, 3});
+  if (!layers.find("norm_add_unit_offset")) L.norm_unit_offset = version >= V{1, 31, 3};
   L.norm_bias = layernorm && version < V{1, 27, 1};  // nn.LayerNorm's bias; 1.27.0's persistent `beta` buffer
-  m.config.logits_bias = version < V{1, 27, 0};
+  c.logits_bias = version < V{1, 27, 0};
   m.conventions.layernorm_torch_names = layernorm && (version < V{1, 27, 0} || (version >= V{1, 27, 1} &&
                                                                                 version < V{1, 31, 0}));
   m.conventions.rotary_half = rotary && version < V{1, 30, 1};
-  const bool glu = detail::flag(layers, "ff_glu", false), swish = detail::flag(layers, "ff_swish", false);
-  require(glu || !swish, "ff_swish=True without ff_glu=True (a plain SiLU feed-forward) is not supported");
-  m.feedforward = !glu ? "GELU" : swish ? "SwiGLU" : "GEGLU";
+  // feed-forward: relu² wins over swish, as there; a gate wraps the activation
+  const bool glu = detail::flag(layers, "ff_glu", false), swish = detail::flag(layers, "ff_swish", false),
+             relu2 = detail::flag(layers, "ff_relu_squared", false);
+  require(!(glu && relu2), "ff_glu=True with ff_relu_squared=True (a gated ReLU²) is not supported");
+  m.feedforward = relu2 ? "ReLUSquared" : glu ? (swish ? "SwiGLU" : "GEGLU") : swish ? "SiLU" : "GELU";
+  L.policies = {m.position, m.norm, m.feedforward, m.score_bias};
   return m;
 }
 
-/// A list of layer stacks: the closed set a run-time description may select from.
+/// A list of layer stacks: a closed set a run-time description may select from (with_model's optional argument).
 template <class... Stacks>
 struct StackSet {};
 
-/// Every stack of kind `Stack` (Decoder or Encoder) the CPU backend implements: 3 positions × 2 norms × 3
-/// feed-forwards.
+/// Every stack of kind `Stack` (Decoder or Encoder) with the static policies of the first releases: 3 positions ×
+/// 2 norms × 3 feed-forwards (the set xt_eval compiled before AnyDecoder; kept for code that lists its own types).
 template <template <class...> class Stack>
 using EveryStack = StackSet<Stack<AbsoluteLearned, LayerNorm, GELU>, Stack<AbsoluteLearned, LayerNorm, GEGLU>,
                             Stack<AbsoluteLearned, LayerNorm, SwiGLU>, Stack<AbsoluteLearned, RMSNorm, GELU>,
@@ -162,28 +220,51 @@ using EveryStack = StackSet<Stack<AbsoluteLearned, LayerNorm, GELU>, Stack<Absol
                             Stack<NoPosition, LayerNorm, SwiGLU>, Stack<NoPosition, RMSNorm, GELU>,
                             Stack<NoPosition, RMSNorm, GEGLU>, Stack<NoPosition, RMSNorm, SwiGLU>>;
 using Decoders = EveryStack<Decoder>;
-using Encoders = EveryStack<Encoder>;  // xt_eval dispatches encoder descriptions to these
+using Encoders = EveryStack<Encoder>;
 
+/// Whether the stack type can run the description (an Any slot runs every policy of its axis).
 template <class Stack>
 bool describes(const ModelDescription& m) {
-  return m.stack == (Stack::causal ? "Decoder" : "Encoder") && m.position == Stack::position::name &&
-         m.norm == Stack::norm::name && m.feedforward == Stack::feedforward::name;
+  auto fits = []<class Slot>(const std::string& name) { return is_any<Slot> || name == Slot::name; };
+  return m.stack == (Stack::causal ? "Decoder" : "Encoder") &&
+         fits.template operator()<typename Stack::position>(m.position) &&
+         fits.template operator()<typename Stack::norm>(m.norm) &&
+         fits.template operator()<typename Stack::feedforward>(m.feedforward) &&
+         fits.template operator()<typename Stack::score_bias>(m.score_bias);
+}
+
+/// The model types a run-time description is built as: one per stack kind, every policy chosen at run time.
+using AnyDecoder = Decoder<AnyPosition, AnyNorm, AnyFeedForward, AnyScoreBias>;
+using AnyEncoder = Encoder<AnyPosition, AnyNorm, AnyFeedForward, AnyScoreBias>;
+
+/// Builds the model `m` describes and calls f(net): a TransformerWrapper<AnyDecoder or AnyEncoder, Backend>.
+template <class Backend = Cpu<float>, class F>
+void with_model(const ModelDescription& m, F&& f) {
+  if (m.stack == "Encoder") {
+    TransformerWrapper<AnyEncoder, Backend> net(m.config);
+    f(net);
+  } else {
+    TransformerWrapper<AnyDecoder, Backend> net(m.config);
+    f(net);
+  }
 }
 
 /// Builds the model type of `set` that `m` describes and calls f(net); throws naming the combination otherwise.
 template <class Backend = Cpu<float>, class F, class... Stacks>
-void with_model(const ModelDescription& m, F&& f, StackSet<Stacks...> = {}) {
+void with_model(const ModelDescription& m, F&& f, StackSet<Stacks...>) {
   bool found = false;
   (
       [&] {
         if (found || !describes<Stacks>(m)) return;
         found = true;
-        TransformerWrapper<Stacks, Backend> net(m.config);
+        TransformerConfig config = m.config;
+        config.layers.policies = {};  // a static type's own
+        TransformerWrapper<Stacks, Backend> net(config);
         f(net);
       }(),
       ...);
   require(found, "no compiled model type for ", m.stack, "<", m.position, ", ", m.norm, ", ", m.feedforward,
-          "> in this program's set");
+          m.score_bias == "NoScoreBias" ? std::string() : ", " + m.score_bias, "> in this program's set");
 }
 
 /// Non-parameter buffers x-transformers keeps in its state_dict.
@@ -230,7 +311,7 @@ template <class Net>
 safetensors::File convert_layout(const Net& net, safetensors::File file, const std::string& prefix,
                                  const Conventions& c, bool to_xtr) {
   using Layers = typename Net::layers_type;
-  if (c.layernorm_torch_names && Net::Norm::name == LayerNorm::name) {
+  if (c.layernorm_torch_names && net.norm_policy() == LayerNorm::name) {
     for (auto& t : file.tensors)
       for (const auto& [xtr_suffix, torch_suffix] : {std::pair{"gamma", "weight"}, std::pair{"beta", "bias"}}) {
         if (xtr_suffix == std::string_view("beta") && !net.config().layers.norm_bias) continue;  // errors name `bias`
@@ -238,8 +319,8 @@ safetensors::File convert_layout(const Net& net, safetensors::File file, const s
         if (is_norm_parameter(t.name, prefix, from)) t.name = t.name.substr(0, t.name.size() - from.size()) + to;
       }
   }
-  if constexpr (Net::has_rotary && Layers::self_attend) {
-    if (c.rotary_half) {
+  if constexpr (Layers::self_attend) {
+    if (c.rotary_half && net.uses_rotary()) {
       const auto& L = net.config().layers;
       const Index blocks_per_layer = 2 + Index(Layers::cross_attend);
       for (Index l = 0; l < L.depth; ++l) {
@@ -256,34 +337,50 @@ safetensors::File convert_layout(const Net& net, safetensors::File file, const s
 }  // namespace detail
 
 namespace detail {
-/// Checks the rotary frequency buffer `name` of `file` (if any) against the model's θ and rotary_dim.
+/// Checks the rotary frequency buffer `name` of `file` (if any) against the model's θ (after base rescaling) and
+/// rotary_dim, and with xpos its `scale` buffer next to it.
 template <class Net>
 void check_rotary_buffer(const Net& net, const safetensors::File& file, const std::string& name,
                          const std::string& what) {
   const auto* buffer = file.find(name);
-  require(Net::has_rotary || buffer == nullptr, what, " has ", name, " but the model has no Rotary");
+  require(net.uses_rotary() || buffer == nullptr, what, " has ", name, " but the model has no Rotary");
   if (!buffer) return;
   const auto values = safetensors::to_vector<double>(*buffer);
-  const Index r = net.rotary_dim();
+  const auto spec = net.rotary_spec();
+  const Index r = spec.dim;
   require(Index(values.size()) == r / 2, what, ": ", name, " has ", values.size(), " entries, rotary_dim ", r,
           " needs ", r / 2);
   for (Index i = 0; i < r / 2; ++i) {
-    const double expected = 1.0 / std::pow(net.config().layers.rotary_theta, double(2 * i) / double(r));
+    const double expected = 1.0 / std::pow(spec.base(), double(2 * i) / double(r));
     require(std::abs(values[i] - expected) <= 1e-6 * expected, what, ": ", name, "[", i, "] = ", values[i],
-            ", θ = ", net.config().layers.rotary_theta, " gives ", expected,
-            " (rotary base rescaling and interpolation are not supported)");
+            ", θ = ", spec.base(), " gives ", expected,
+            " (a different rotary base: set layers.rotary.base_rescale_factor, x-transformers' "
+            "rotary_base_rescale_factor, for rotary base rescaling)");
   }
+  const std::string scale_name = name.substr(0, name.size() - std::string_view("inv_freq").size()) + "scale";
+  const auto* scale = file.find(scale_name);
+  require(spec.xpos_scale_base != 0 || scale == nullptr, what, " has ", scale_name, " but the model has no xpos");
+  if (!scale) return;
+  const auto s = safetensors::to_vector<double>(*scale);
+  require(Index(s.size()) == r / 2, what, ": ", scale_name, " has ", s.size(), " entries, needs ", r / 2);
+  for (Index i = 0; i < r / 2; ++i) {
+    const double expected = (double(2 * i) + 0.4 * double(r)) / (1.4 * double(r));
+    require(std::abs(s[i] - expected) <= 1e-6, what, ": ", scale_name, "[", i, "] = ", s[i], ", xpos gives ", expected);
+  }
+}
+/// The non-parameter buffers of a rotary part under `prefix`, for load_state_dict's ignore list.
+inline std::vector<std::string> rotary_buffers(const std::string& prefix) {
+  return {prefix + std::string(rotary_buffer), prefix + "attn_layers.rotary_pos_emb.scale"};
 }
 }  // namespace detail
 
-/// Loads an x-transformers state dict written by a release with `conventions`; checks the rotary frequency buffer
-/// against the model's θ and rotary_dim.
+/// Loads an x-transformers state dict written by a release with `conventions`; checks the rotary buffers against the
+/// model's θ, rotary_dim and xpos.
 template <class Net>
 void load(Net& net, const safetensors::File& release_file, const std::string& what = "x-transformers state dict",
           const Conventions& conventions = {}) {
   const safetensors::File file = detail::convert_layout(net, release_file, "", conventions, /*to_xtr=*/true);
-  load_state_dict(net.parameters(), file, StateDictOptions{.prefix = "", .ignore = {std::string(rotary_buffer)}},
-                  what);
+  load_state_dict(net.parameters(), file, StateDictOptions{.prefix = "", .ignore = detail::rotary_buffers("")}, what);
   detail::check_rotary_buffer(net, file, std::string(rotary_buffer), what);
 }
 
@@ -319,10 +416,12 @@ inline XTransformerDescription parse_xtransformer_description(const json::Value&
     if (enc || dec) {
       const std::string k = key.substr(4);
       require(k != "dim", "XTransformer takes one `dim`; ", key, " is not a keyword");
-      const bool wrapper = k == "num_tokens" || k == "max_seq_len" || k == "emb_dropout" || k == "use_abs_pos_emb";
+      bool wrapper = k == "use_abs_pos_emb";
+      for_each_field<TransformerConfig>([&](const auto& f) { wrapper = wrapper || (!f.keyword.empty() && f.keyword == k); });
       (wrapper ? parts : layers)[enc ? 0 : 1].set(k, value);
     } else if (key != "dim" && key != "tie_token_emb" && key != "ignore_index" && key != "pad_value" &&
-               key != "cross_attn_tokens_dropout" && key != "x_transformers_version") {
+               key != "cross_attn_tokens_dropout" && key != "x_transformers_version" &&
+               key != "return_tgt_loss") {  // return_tgt_loss: not a parameter of 2.31.10, ignored there too
       unknown += (unknown.empty() ? "" : ", ") + key;
     }
   }
@@ -364,8 +463,8 @@ void load_xtransformer(Model& model, const safetensors::File& release_file,
   safetensors::File file =
       detail::convert_layout(model.encoder, release_file, "encoder.", conventions.encoder, /*to_xtr=*/true);
   file = detail::convert_layout(model.decoder.net, std::move(file), "decoder.net.", conventions.decoder, true);
-  ignore.emplace_back(encoder_rotary_buffer);
-  ignore.emplace_back(decoder_rotary_buffer);
+  for (const char* part : {"encoder.", "decoder.net."})
+    for (auto& name : detail::rotary_buffers(part)) ignore.push_back(name);
   detail::check_rotary_buffer(model.encoder, file, std::string(encoder_rotary_buffer), what);
   detail::check_rotary_buffer(model.decoder.net, file, std::string(decoder_rotary_buffer), what);
   if (model.config().tie_token_emb) {
@@ -382,17 +481,25 @@ namespace detail {
 template <class Net>
 void append_rotary_buffer(const Net& net, const std::string& name, const safetensors::File* source,
                           safetensors::File& file) {
-  if constexpr (Net::has_rotary) {
-    if (const auto* buffer = source ? source->find(name) : nullptr) {
-      file.tensors.push_back(*buffer);
-      return;
-    }
-    const Index r = net.rotary_dim();
+  if (!net.uses_rotary()) return;
+  const auto spec = net.rotary_spec();
+  const Index r = spec.dim;
+  if (const auto* buffer = source ? source->find(name) : nullptr) {
+    file.tensors.push_back(*buffer);
+  } else {
     std::vector<float> inv_freq(std::size_t(r / 2));
-    for (Index i = 0; i < r / 2; ++i)
-      inv_freq[std::size_t(i)] = float(1.0 / std::pow(net.config().layers.rotary_theta, double(2 * i) / double(r)));
+    for (Index i = 0; i < r / 2; ++i) inv_freq[std::size_t(i)] = spec.inv_freq(i);
     file.tensors.push_back(safetensors::make_record<float>(name, {r / 2}, std::span<const float>(inv_freq)));
   }
+  if (spec.xpos_scale_base == 0) return;
+  const std::string scale_name = name.substr(0, name.size() - std::string_view("inv_freq").size()) + "scale";
+  if (const auto* buffer = source ? source->find(scale_name) : nullptr) {
+    file.tensors.push_back(*buffer);
+    return;
+  }
+  std::vector<float> scale(std::size_t(r / 2));
+  for (Index i = 0; i < r / 2; ++i) scale[std::size_t(i)] = float((double(2 * i) + 0.4 * double(r)) / (1.4 * double(r)));
+  file.tensors.push_back(safetensors::make_record<float>(scale_name, {r / 2}, std::span<const float>(scale)));
 }
 }  // namespace detail
 

@@ -11,9 +11,12 @@
 #include <boost/hana/type.hpp>
 
 #include <string>
+#include <tuple>
 #include <type_traits>
 
+#include "xtr/core/fields.hpp"
 #include "xtr/core/tensor.hpp"
+#include "xtr/policies/any.hpp"
 #include "xtr/policies/absolute_learned.hpp"
 #include "xtr/policies/attention.hpp"
 #include "xtr/policies/concepts.hpp"
@@ -29,9 +32,17 @@
 
 namespace xtr {
 
-/// Sizes and rates of a layer stack. x-transformers: Decoder(dim, depth, heads=8, attn_dim_head=64,
-/// attn_kv_heads=None, ff_mult=4, attn_dropout=0, ff_dropout=0, rotary_emb_dim=None); its rotary base is fixed at
-/// 10000 (rotary_theta is xtr's, for models trained here).
+/// Which policy each Any<...> slot takes, by name ("" = x-transformers' default: AbsoluteLearned, LayerNorm, GELU,
+/// NoScoreBias). A static slot accepts only its own name (or "").
+struct PolicyNames {
+  std::string position, norm, feedforward, score_bias;
+};
+
+/// Sizes, rates and options of a layer stack: x-transformers' AttentionLayers keywords, with their defaults.
+/// x-transformers: Decoder(dim, depth, heads=8, attn_dim_head=64, attn_kv_heads=None, ff_mult=4, attn_dropout=0,
+/// ff_dropout=0, rotary_emb_dim=None, pre_norm=True, sandwich_norm=False, ff_no_bias=False, ...); its rotary base is
+/// fixed at 10000 (rotary_theta is xtr's, for models trained here). Each policy's options are a struct of its own
+/// (policies/*.hpp) held here by value; every field is listed once, in fields() (and the policies' fields()).
 struct LayersConfig {
   Index dim = 0;           // model width (required)
   Index depth = 0;         // number of (attention, feed-forward) layer pairs (required)
@@ -49,6 +60,38 @@ struct LayersConfig {
   bool norm_bias = false;        // LayerNorm adds a learned bias β (x-transformers before 1.27.1: nn.LayerNorm)
   bool pre_norm = true;          // false: post-norm, x ← norm(x + f(x)), and no final norm (x-transformers' pre_norm)
   bool sandwich_norm = false;    // x ← x + norm(f(norm(x))) (x-transformers' sandwich_norm; needs pre_norm)
+  bool ff_no_bias = false;       // feed-forward without biases (a gated first projection keeps its own, as there)
+  Rotary rotary{};               // Rotary's options: xpos, interpolation, base rescaling
+  MultiHeadAttention attention{};  // qk_norm, memory keys/values, value gates, head scale, value residual
+  ALiBi alibi{};                 // ALiBi's options
+  RelativePositionBias rel_pos_bias{};     // RelativePositionBias's options
+  DynamicPositionBias dynamic_pos_bias{};  // DynamicPositionBias's options
+  PolicyNames policies{};        // the choice of each Any<...> slot
+
+  static constexpr auto fields() {
+    using L = LayersConfig;
+    return std::tuple{
+        field("dim", "dim", &L::dim, rules::positive, "model width"),
+        field("depth", "depth", &L::depth, rules::positive, "layers"),
+        field("heads", "heads", &L::heads, rules::positive, "query heads"),
+        field("dim_head", "attn_dim_head", &L::dim_head, rules::positive, "width of each head"),
+        field("kv_heads", "attn_kv_heads", &L::kv_heads, rules::non_negative, "key/value heads (GQA); 0 = heads"),
+        field("ff_mult", "ff_mult", &L::ff_mult, rules::positive, "feed-forward inner width / dim"),
+        field("attn_dropout", "attn_dropout", &L::attn_dropout, rules::probability, "dropout on the probabilities"),
+        field("ff_dropout", "ff_dropout", &L::ff_dropout, rules::probability, "dropout after the activation"),
+        field("rotary_dim", "rotary_emb_dim", &L::rotary_dim, rules::non_negative,
+              "rotated channels per head; 0 = dim_head / 2"),
+        field("rotary_theta", "", &L::rotary_theta, rules::positive_real, "rotary base θ"),
+        field("dim_context", "cross_attn_dim_context", &L::dim_context, rules::non_negative,
+              "CrossAttend: context width; 0 = dim"),
+        field("norm_unit_offset", "norm_add_unit_offset", &L::norm_unit_offset, rules::any<bool>,
+              "norm gains stored as gain − 1"),
+        field("norm_bias", "", &L::norm_bias, rules::any<bool>, "LayerNorm bias β (releases before 1.27.1)"),
+        field("pre_norm", "pre_norm", &L::pre_norm, rules::any<bool>, "false: post-norm, no final norm"),
+        field("sandwich_norm", "sandwich_norm", &L::sandwich_norm, rules::any<bool>,
+              "a second norm on each branch's output"),
+        field("ff_no_bias", "ff_no_bias", &L::ff_no_bias, rules::any<bool>, "feed-forward without biases")};
+  }
 };
 
 namespace detail {

@@ -70,6 +70,7 @@ class Block {
           sublayer.declare(store, p, L, kv_heads, dim_context);
         } else {
           sublayer.declare(store, p, L, kv_heads);
+          if (L.attention.value_residual && layer > 0) sublayer.declare_value_mix(store, p);
         }
       });
     });
@@ -93,6 +94,12 @@ class Block {
     boost::hana::for_each(parts_, [&](const auto& part) { part.decode(pass, in, x); });
   }
 
+  /// The self-attention sublayer.
+  [[nodiscard]] const SelfAttention<Layers, Backend>& self_attention() const
+    requires(Layers::self_attend)
+  {
+    return boost::hana::at_c<0>(parts_).sublayer;
+  }
   /// The cross-attention sublayer (for projecting a context once into the cache).
   [[nodiscard]] const CrossAttention<Layers, Backend>& cross_attention() const
     requires(Layers::cross_attend)

@@ -4,8 +4,9 @@
 //         Linear<Dropout<Act<A, Bias<Acc>>>> / Linear<Dropout<Glu<A, Bias<Acc>>>>
 //   out (+)= g W₂ᵀ + b₂                       Linear<AddTo<Bias<Acc>>> (pre-norm) / Linear<Bias<Acc>>
 // Parameters (block prefix `attn_layers.layers.<i>.1.`): `ff.0.0.weight|bias` (plain) or `ff.0.proj.weight|bias`
-// (gated, W₁ is 2F × D), `ff.2.weight|bias`, U(±1/sqrt(fan_in)); F = ff_mult · dim. Saved for the backward: the
-// input h, the pre-activation a = h W₁ᵀ + b₁ and g.
+// (gated, W₁ is 2F × D), `ff.2.weight|bias`, U(±1/sqrt(fan_in)); F = ff_mult · dim. ff_no_bias drops b₂ and a plain
+// b₁ (a gated projection keeps its bias, as x-transformers). Saved for the backward: the input h, the pre-activation
+// a = h W₁ᵀ + b₁ and g. An AnyFeedForward slot picks the policy when declared; each call dispatches to its kernels.
 #include <cmath>
 #include <string>
 
@@ -14,6 +15,7 @@
 #include "xtr/layers/attention_layers.hpp"
 #include "xtr/layers/layer_inputs.hpp"
 #include "xtr/layers/pass.hpp"
+#include "xtr/policies/any.hpp"
 
 namespace xtr {
 
@@ -22,11 +24,12 @@ class FeedForward {
  public:
   using T = typename Backend::scalar;
   using Inputs = LayerInputs<Backend>;
-  using Policy = typename Layers::feedforward;
-  using Act = typename Policy::activation;
-  static constexpr bool gated = Policy::gated;
+  using Slot = typename Layers::feedforward;
   using Lin = epilogue::Bias<epilogue::Acc>;
-  using In = epilogue::Dropout<std::conditional_t<gated, epilogue::Glu<Act, Lin>, epilogue::Act<Act, Lin>>>;
+  /// The first GEMM's epilogue of policy P.
+  template <class P>
+  using In = epilogue::Dropout<
+      std::conditional_t<P::gated, epilogue::Glu<typename P::activation, Lin>, epilogue::Act<typename P::activation, Lin>>>;
   using OutAdd = epilogue::AddTo<Lin>;
   using OutSet = Lin;
 
@@ -37,16 +40,18 @@ class FeedForward {
   };
 
   void declare(ParameterStore<T>& store, const std::string& prefix, const LayersConfig& L) {
+    kind_ = resolve_policy<Slot>(L.policies.feedforward, "layers.policies.feedforward");
+    gated_ = visit_policy<Slot>(kind_, []<class P>() { return P::gated; });
     dim_ = L.dim;
     inner_ = L.ff_mult * L.dim;
     dropout_ = L.ff_dropout;
-    const Index D = dim_, F = inner_, W1 = gated ? 2 * F : F;
+    const Index D = dim_, F = inner_, W1 = gated_ ? 2 * F : F;
     const auto bound = [](Index fan_in) { return Init::uniform_bound(1.0 / std::sqrt(double(fan_in))); };
-    const std::string in = gated ? "ff.0.proj." : "ff.0.0.";
+    const std::string in = gated_ ? "ff.0.proj." : "ff.0.0.";
     w1_ = store.add(prefix + in + "weight", {W1, D}, bound(D));
-    b1_ = store.add(prefix + in + "bias", {W1}, bound(D));
+    if (gated_ || !L.ff_no_bias) b1_ = store.add(prefix + in + "bias", {W1}, bound(D));
     w2_ = store.add(prefix + "ff.2.weight", {D, F}, bound(F));
-    b2_ = store.add(prefix + "ff.2.bias", {D}, bound(F));
+    if (!L.ff_no_bias) b2_ = store.add(prefix + "ff.2.bias", {D}, bound(F));
   }
 
   Saved forward(Pass<Backend>& pass, const Inputs& in, ConstView<T> h, View<T> out, bool accumulate) const {
@@ -64,11 +69,15 @@ class FeedForward {
                 bool accumulate_dh) const {
     const Index N = dout.rows;
     View<T> dg = pass.allocate(N, inner_);
-    kernel<Backend, ops::Linear<OutAdd>>::backward(dout, ConstView<T>(s.g, N, inner_), pass.weights(w2_).w, {}, dg,
+    epilogue::Operands<T> second;
+    second.bias = pass.value(b2_);
+    kernel<Backend, ops::Linear<OutAdd>>::backward(dout, ConstView<T>(s.g, N, inner_), pass.weights(w2_).w, second, dg,
                                                    false, pass.grad(w2_), pass.grad(b2_), T(1), pass.arena);
-    kernel<Backend, ops::Linear<In>>::backward(dg, ConstView<T>(s.input, N, dim_), pass.weights(w1_).w,
-                                               first_operands(pass, in, s.a), dh, accumulate_dh, pass.grad(w1_),
-                                               pass.grad(b1_), T(1), pass.arena, gated ? View<T>{} : dg);
+    visit_policy<Slot>(kind_, [&]<class P>() {
+      kernel<Backend, ops::Linear<In<P>>>::backward(dg, ConstView<T>(s.input, N, dim_), pass.weights(w1_).w,
+                                                    first_operands(pass, in, s.a), dh, accumulate_dh, pass.grad(w1_),
+                                                    pass.grad(b1_), T(1), pass.arena, P::gated ? View<T>{} : dg);
+    });
   }
 
   /// The forward without saving (decoding).
@@ -77,7 +86,7 @@ class FeedForward {
   }
 
  private:
-  [[nodiscard]] Index w1_rows() const { return gated ? 2 * inner_ : inner_; }
+  [[nodiscard]] Index w1_rows() const { return gated_ ? 2 * inner_ : inner_; }
   epilogue::Operands<T> first_operands(const Pass<Backend>& pass, const Inputs& in, T* saved) const {
     epilogue::Operands<T> o;
     o.bias = pass.value(b1_);
@@ -88,7 +97,9 @@ class FeedForward {
   }
   void run(Pass<Backend>& pass, const Inputs& in, ConstView<T> h, View<T> out, bool accumulate, T* saved,
            View<T> g) const {
-    kernel<Backend, ops::Linear<In>>::forward(h, pass.weights(w1_), g, first_operands(pass, in, saved), pass.arena);
+    visit_policy<Slot>(kind_, [&]<class P>() {
+      kernel<Backend, ops::Linear<In<P>>>::forward(h, pass.weights(w1_), g, first_operands(pass, in, saved), pass.arena);
+    });
     epilogue::Operands<T> second;
     second.bias = pass.value(b2_);
     if (accumulate) {
@@ -98,6 +109,8 @@ class FeedForward {
     }
   }
 
+  int kind_ = 0;
+  bool gated_ = false;
   Index dim_ = 0, inner_ = 0;
   double dropout_ = 0;
   ParameterId w1_, b1_, w2_, b2_;

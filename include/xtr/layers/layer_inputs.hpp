@@ -21,6 +21,17 @@ struct LayerInputs {
   const std::uint8_t* context_mask = nullptr;  // (B, S) or null
   Index context_length = 0;
   T* context_grad = nullptr;                  // (B·S, dim_context), += in the backward
+  // the score bias of the stack (ScoreBias): table (heads, stride), bias(h, i, j) = table[h · stride + j − i − q_offset
+  // + zero]; its gradient adds into score_bias_grad in the backward
+  const T* score_bias = nullptr;
+  Index score_bias_stride = 0, score_bias_zero = 0;
+  T* score_bias_grad = nullptr;
+  // value residual: the first layer's values (rows ld apart), where later layers add their gradient, and where the
+  // first layer puts its values
+  const T* first_values = nullptr;
+  Index first_values_ld = 0;
+  T* first_values_grad = nullptr;
+  ConstView<T>* values_out = nullptr;
   // decoding
   KVCache<T>* cache = nullptr;
 };

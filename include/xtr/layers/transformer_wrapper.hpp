@@ -7,6 +7,8 @@
 //     feed-forward                                         layers/feedforward.hpp
 //   h = final norm(x) (pre-norm stacks)                    layers/norm.hpp
 //   logits = Logits(h)                                     layers/logits.hpp           (B·T, V)
+// with the stack's score bias (ALiBi, T5, dynamic) computed once per pass (layers/score_bias.hpp) and num_memory_tokens
+// learned rows before each sequence (the stack sees M + T rows per sequence; the output drops them).
 // Every sublayer asks the backend for ops (kernel<Backend, Op>, backend/ops.hpp); nothing here computes. The forward
 // fills a record of what the backward needs (per layer, a tuple of the sublayers' saved state); backward(dlogits, α)
 // consumes it. Activations live in an arena reset at each forward, so a steady-state training step allocates nothing.
@@ -36,6 +38,7 @@
 #include "xtr/layers/logits.hpp"
 #include "xtr/layers/norm.hpp"
 #include "xtr/layers/pass.hpp"
+#include "xtr/layers/score_bias.hpp"
 
 namespace xtr {
 
@@ -49,6 +52,27 @@ struct TransformerConfig {
   bool return_only_embed = false;  // no to_logits: embed() only (x-transformers' return_only_embed, an encoder's)
   Index logits_dim = 0;            // outputs per position; 0 = num_tokens (x-transformers' logits_dim; 1: a critic)
   bool logits_bias = false;        // to_logits adds a bias (x-transformers before 1.27.0: nn.Linear with a bias)
+  bool tie_embedding = false;      // logits = dim^-½ · h Eᵀ with the token embedding E; no to_logits
+  bool post_emb_norm = false;      // a LayerNorm (gain stored as is) after the embeddings are summed
+  bool l2norm_embed = false;       // l2-normalised token and position embeddings (init N(0, 1e-5))
+  Index num_memory_tokens = 0;     // learned tokens before every sequence (`memory_tokens` (M, dim) ~ N(0, 1))
+
+  static constexpr auto fields() {
+    using C = TransformerConfig;
+    return std::tuple{
+        field("num_tokens", "num_tokens", &C::num_tokens, rules::positive, "vocabulary size"),
+        field("max_seq_len", "max_seq_len", &C::max_seq_len, rules::positive, "longest sequence"),
+        field("emb_dropout", "emb_dropout", &C::emb_dropout, rules::probability, "dropout on the embeddings"),
+        field("return_only_embed", "return_only_embed", &C::return_only_embed, rules::any<bool>, "no to_logits"),
+        field("logits_dim", "logits_dim", &C::logits_dim, rules::non_negative, "outputs per position; 0 = num_tokens"),
+        field("logits_bias", "", &C::logits_bias, rules::any<bool>, "to_logits bias (releases before 1.27.0)"),
+        field("tie_embedding", "tie_embedding", &C::tie_embedding, rules::any<bool>,
+              "logits from the token embedding, scaled by dim^-1/2"),
+        field("post_emb_norm", "post_emb_norm", &C::post_emb_norm, rules::any<bool>, "LayerNorm after the embedding"),
+        field("l2norm_embed", "l2norm_embed", &C::l2norm_embed, rules::any<bool>, "l2-normalised embeddings"),
+        field("num_memory_tokens", "num_memory_tokens", &C::num_memory_tokens, rules::non_negative,
+              "learned tokens before every sequence")};
+  }
 };
 
 /// What a cross-attending stack attends to: (batch, length, dim) row-major values and an optional (batch, length)
@@ -67,7 +91,7 @@ class TransformerWrapper {
                                           std::is_same_v<typename Backend::scalar, double>),
                 "xtr: TransformerWrapper computes in float or double: use Cpu<float>, Cpu<double>, Reference<float> "
                 "or Reference<double>");
-  static_assert(detail::one_of<typename Layers::position, AbsoluteLearned, Rotary, NoPosition>,
+  static_assert(detail::one_of<typename Layers::position, AbsoluteLearned, Rotary, NoPosition, AnyPosition>,
                 "xtr: the Cpu backend implements the positions AbsoluteLearned, Rotary and NoPosition; add a kernel "
                 "for this position policy or use one of those");
   static_assert(Layers::self_attend || !std::is_same_v<typename Layers::position, Rotary>,
@@ -80,7 +104,9 @@ class TransformerWrapper {
   using Position = typename Layers::position;
   using Norm = typename Layers::norm;
   using FeedForward = typename Layers::feedforward;
+  using ScoreBias = typename Layers::score_bias;
   using Cache = KVCache<scalar>;
+  /// What the model type fixes (an AnyPosition slot fixes neither: see uses_rotary(), uses_absolute_positions()).
   static constexpr bool has_absolute_positions = std::is_same_v<Position, AbsoluteLearned>;
   static constexpr bool has_rotary = std::is_same_v<Position, Rotary>;
 
@@ -105,7 +131,8 @@ class TransformerWrapper {
   TransformerWrapper(const TransformerWrapper& other)
       : config_(other.config_),
         owned_params_(other.owned_params_ ? std::make_unique<ParameterStore<T>>(*other.owned_params_) : nullptr),
-        params_(owned_params_ ? owned_params_.get() : other.params_), embedding_(other.embedding_),
+        params_(owned_params_ ? owned_params_.get() : other.params_), position_kind_(other.position_kind_),
+        embedding_(other.embedding_), memory_tokens_(other.memory_tokens_), score_bias_(other.score_bias_),
         blocks_(other.blocks_), final_norm_(other.final_norm_), logits_(other.logits_), rotary_(other.rotary_),
         training_(other.training_), dropout_seed_(other.dropout_seed_), forward_count_(other.forward_count_) {}
   // Moves keep the arena (its blocks do not move, so saved activations stay valid).
@@ -134,6 +161,29 @@ class TransformerWrapper {
   }
   [[nodiscard]] Index dim_context() const {
     return config_.layers.dim_context ? config_.layers.dim_context : config_.layers.dim;
+  }
+  /// The position encoding and score bias the model runs (an Any slot's choice, or the static one).
+  [[nodiscard]] std::string_view position_policy() const { return policy_name<Position>(position_kind_); }
+  [[nodiscard]] bool uses_rotary() const { return position_policy() == Rotary::name; }
+  [[nodiscard]] bool uses_absolute_positions() const { return position_policy() == AbsoluteLearned::name; }
+  [[nodiscard]] std::string_view score_bias_policy() const { return score_bias_.policy(); }
+  [[nodiscard]] std::string_view norm_policy() const {
+    return policy_name<Norm>(resolve_policy<Norm>(config_.layers.policies.norm, "layers.policies.norm"));
+  }
+  /// The rotary table's description (θ after rescaling, interpolation, xpos).
+  [[nodiscard]] ops::RotarySpec rotary_spec() const {
+    const auto& L = config_.layers;
+    return {.dim = rotary_dim(), .theta = L.rotary_theta, .interpolation_factor = L.rotary.interpolation_factor,
+            .base_rescale_factor = L.rotary.base_rescale_factor,
+            .xpos_scale_base = L.rotary.xpos ? L.rotary.xpos_scale_base : 0.0};
+  }
+  /// Whether forward_cached() can append n tokens to `cache`: absolute positions end at max_seq_len, and with memory
+  /// tokens (which stay at the start of the cache) the window does not slide.
+  [[nodiscard]] bool can_decode(const Cache& cache, Index n) const {
+    const Index M = memory_in(cache);
+    if (uses_absolute_positions() && cache.position - M + n > config_.max_seq_len) return false;
+    if (config_.num_memory_tokens > 0 && cache.position - M + n > config_.max_seq_len) return false;
+    return true;
   }
 
   /// Training mode enables dropout (PyTorch's module.train() / module.eval()).
@@ -288,32 +338,40 @@ class TransformerWrapper {
   }
 
   /// Appends `tokens` (batch, n) to the cached sequence and returns the logits of the last new position (batch, V).
-  /// Rotary and position-free stacks slide past max_seq_len (the oldest keys drop out); AbsoluteLearned cannot.
+  /// Rotary and position-free stacks slide past max_seq_len (the oldest keys drop out); AbsoluteLearned cannot, nor
+  /// can a model with memory tokens (can_decode() tells; the first call also puts the memory tokens in the cache).
   MatrixView<scalar> forward_cached(TokensView tokens, Cache& cache)
     requires(Layers::causal);
 
  private:
   using T = scalar;
   using RotaryTable = typename kernel<Backend, ops::Rotate>::Table;
+  using ScoreBiasSublayer = ScoreBiasLayer<ScoreBias, Backend>;
   enum class Output { logits, embeddings };
 
   /// The last forward: what backward() reads (arena memory, valid until the next forward).
   struct Record {
     Output output = Output::logits;
     Index batch = 0, length = 0, context_length = 0;
+    Index stack_length = 0;                 // rows per sequence in the stack: num_memory_tokens + length
     std::int32_t* ids = nullptr;
-    std::uint8_t* mask = nullptr;           // (B, T) or null
+    std::uint8_t* mask = nullptr;           // (B, stack_length) or null
     bool dropout = false;
     T* context = nullptr;                   // (B·S, dim_context), a copy of the context
     std::uint8_t* context_mask = nullptr;   // (B, S) or null
+    typename Embedding<Backend>::Saved embedding;
+    typename ScoreBiasSublayer::Saved score_bias;
     std::vector<typename Block<Layers, Backend>::Saved> layers;  // per layer (capacity kept across forwards)
     typename NormLayer<Norm, Backend>::Saved final_norm;
+    ConstView<T> first_values{};            // value residual: the first layer's values
     T* final_h = nullptr;                   // (B·T, D)
     T* logits = nullptr;                    // (B·T, V)
     T* output_grad = nullptr;               // output_gradient()
     bool has_sum_embeds = false;
     T* sum_embeds_grad = nullptr;           // after backward()
     T* context_grad = nullptr;              // after backward()
+    T* score_bias_grad = nullptr;           // during backward(): Σ over layers of d table
+    T* first_values_grad = nullptr;         // during backward(): Σ over later layers of d v₁
   };
 
   [[nodiscard]] Index output_cols() const {
@@ -324,51 +382,97 @@ class TransformerWrapper {
                                     : config_.layers.sandwich_norm ? NormPlacement::sandwich : NormPlacement::pre;
   }
   [[nodiscard]] bool has_final_norm() const { return config_.layers.pre_norm; }
+  /// Memory-token rows the cache holds (put there by the first decoding step).
+  [[nodiscard]] Index memory_in(const Cache& cache) const { return cache.position > 0 ? config_.num_memory_tokens : 0; }
 
-  /// Registers every parameter in x-transformers' order and names (block i = the i-th sublayer).
+  /// Registers every parameter in x-transformers' names (block i = the i-th sublayer).
   void register_parameters(const std::string& prefix, std::optional<ParameterId> tied_token_emb) {
     const auto& L = config_.layers;
     auto& store = *params_;
-    embedding_.declare(store, prefix, config_.num_tokens, config_.max_seq_len, L.dim, tied_token_emb);
-    const NormStorage storage{L.norm_unit_offset, L.norm_bias};
+    position_kind_ = resolve_policy<Position>(L.policies.position, "layers.policies.position");
+    embedding_.declare(store, prefix, config_.num_tokens, config_.max_seq_len, L.dim, tied_token_emb,
+                       {.absolute = uses_absolute_positions(), .l2norm = config_.l2norm_embed,
+                        .post_norm = config_.post_emb_norm});
+    if (config_.num_memory_tokens > 0)
+      memory_tokens_ = store.add(prefix + "memory_tokens", {config_.num_memory_tokens, L.dim}, Init::normal_std(1.0));
+    const NormStorage storage{L.norm_unit_offset, L.norm_bias, L.policies.norm};
     blocks_.resize(std::size_t(L.depth));
     for (Index l = 0; l < L.depth; ++l)
       blocks_[std::size_t(l)].declare(store, prefix, l, L, kv_heads(), dim_context(), placement(), storage);
     if (has_final_norm()) final_norm_.declare(store, prefix + "attn_layers.final_norm", L.dim, storage);
-    if (!config_.return_only_embed) logits_.declare(store, prefix, logits_dim(), L.dim, config_.logits_bias);
-    if constexpr (has_rotary)
-      rotary_ = kernel<Backend, ops::Rotate>::make_table(
-          ops::RotarySpec{.dim = rotary_dim(), .theta = L.rotary_theta}, config_.max_seq_len);
+    score_bias_.declare(store, prefix, L, Layers::causal);
+    if (!config_.return_only_embed)
+      logits_.declare(store, prefix, logits_dim(), L.dim, config_.logits_bias,
+                      config_.tie_embedding ? std::optional(embedding_.token()) : std::nullopt);
+    if (uses_rotary()) rotary_ = kernel<Backend, ops::Rotate>::make_table(rotary_spec(), config_.max_seq_len);
+    validate_combination();
   }
 
+  /// Every field within its rule, then what only the combination decides.
   static TransformerConfig validated(TransformerConfig c) {
     const auto& L = c.layers;
-    require(c.num_tokens > 0, "num_tokens must be > 0, got ", c.num_tokens);
-    require(c.max_seq_len > 0, "max_seq_len must be > 0, got ", c.max_seq_len);
-    require(L.dim > 0, "layers.dim must be > 0, got ", L.dim);
-    require(L.depth > 0, "layers.depth must be > 0, got ", L.depth);
-    require(L.heads > 0, "layers.heads must be > 0, got ", L.heads);
-    require(L.dim_head > 0, "layers.dim_head must be > 0, got ", L.dim_head);
-    require(L.ff_mult > 0, "layers.ff_mult must be > 0, got ", L.ff_mult);
+    check_fields(c, "");
+    check_fields(L, "layers.");
+    check_fields(L.rotary, "layers.rotary.");
+    check_fields(L.attention, "layers.attention.");
+    check_fields(L.alibi, "layers.alibi.");
+    check_fields(L.rel_pos_bias, "layers.rel_pos_bias.");
+    check_fields(L.dynamic_pos_bias, "layers.dynamic_pos_bias.");
     const Index kv = L.kv_heads ? L.kv_heads : L.heads;
     require(kv > 0 && L.heads % kv == 0, "layers.heads ", L.heads, " must be a multiple of layers.kv_heads ", kv);
     require(L.heads > 1 || L.dim_head == L.dim, "with heads = 1 there is no output projection (as in x-transformers), "
             "so dim_head ", L.dim_head, " must equal dim ", L.dim);
-    for (double p : {c.emb_dropout, L.attn_dropout, L.ff_dropout})
-      require(p >= 0 && p < 1, "dropout rates must be in [0, 1), got ", p);
-    require(L.dim_context >= 0, "layers.dim_context must be >= 0 (0 = dim), got ", L.dim_context);
-    require(c.logits_dim >= 0, "logits_dim must be >= 0 (0 = num_tokens), got ", c.logits_dim);
-    require(!L.norm_bias || Norm::subtracts_mean, "layers.norm_bias is a LayerNorm bias; ", Norm::name, " has none");
     require(!c.logits_bias || !c.return_only_embed, "logits_bias without to_logits (return_only_embed)");
     require(L.pre_norm || !L.sandwich_norm, "layers.sandwich_norm needs layers.pre_norm (x-transformers asserts the "
             "same): a post-norm stack has no sandwich");
-    if constexpr (has_rotary) {
-      const Index r = L.rotary_dim ? L.rotary_dim : L.dim_head / 2;
+    require(!c.tie_embedding || (!c.return_only_embed && (c.logits_dim == 0 || c.logits_dim == c.num_tokens)),
+            "tie_embedding makes the logits from the token embedding: it needs to_logits over the vocabulary (logits_dim ",
+            c.logits_dim, ", return_only_embed ", c.return_only_embed, ")");
+    const auto& A = L.attention;
+    require(!A.qk_norm || (L.dim_head % A.qk_norm_groups == 0 && L.dim_head / A.qk_norm_groups > 2),
+            "layers.attention.qk_norm_groups ", A.qk_norm_groups, " must divide dim_head ", L.dim_head,
+            " into groups of more than 2 channels");
+    require(!A.value_residual || !A.learned_value_residual_mix || kv == L.heads,
+            "layers.attention.value_residual with learned_value_residual_mix needs kv_heads = heads (x-transformers "
+            "fails on grouped-query attention there); kv_heads ", kv, ", heads ", L.heads,
+            " (set learned_value_residual_mix = false for a fixed 0.5 mix)");
+    require(L.alibi.num_heads <= L.heads, "layers.alibi.num_heads ", L.alibi.num_heads, " > heads ", L.heads);
+    require(L.rel_pos_bias.num_buckets <= L.rel_pos_bias.max_distance, "layers.rel_pos_bias.num_buckets ",
+            L.rel_pos_bias.num_buckets, " must be <= max_distance ", L.rel_pos_bias.max_distance);
+    if constexpr (Layers::cross_attend)
+      require(!A.qk_norm && A.num_mem_kv == 0 && !A.gate_values && !A.head_scale && !A.value_residual,
+              "the attention options (qk_norm, num_mem_kv, gate_values, head_scale, value_residual) are not supported "
+              "in a cross-attending stack yet");
+    return c;
+  }
+  /// What depends on the resolved policies.
+  void validate_combination() const {
+    const auto& L = config_.layers;
+    const std::string_view bias = score_bias_.policy();
+    require(!L.norm_bias || norm_policy() == LayerNorm::name, "layers.norm_bias is a LayerNorm bias; ", norm_policy(),
+            " has none");
+    if (uses_rotary()) {
+      const Index r = rotary_dim();
       require(r % 2 == 0 && r >= 2 && r <= L.dim_head, "layers.rotary_dim ", r,
               " must be even, at least 2 and at most dim_head ", L.dim_head);
-      require(L.rotary_theta > 0, "layers.rotary_theta must be > 0, got ", L.rotary_theta);
+      require(!L.rotary.xpos || Layers::causal, "layers.rotary.xpos is for causal stacks (x-transformers: not "
+              "compatible with bidirectional attention)");
+      require(!L.rotary.xpos || L.attention.num_mem_kv == 0, "layers.rotary.xpos with attention.num_mem_kv: the "
+              "unscaled memory keys make x-transformers' scores depend on the sequence length, which xtr does not "
+              "reproduce");
+      require(L.rotary.base_rescale_factor == 1 || r > 2, "layers.rotary.base_rescale_factor needs rotary_dim > 2");
+      require(bias == NoScoreBias::name || bias == ALiBi::name, "Rotary with ", bias,
+              ": x-transformers cannot run this combination (only ALiBi goes with custom positions)");
     }
-    return c;
+    require(Layers::self_attend || bias == NoScoreBias::name, "a CrossAttender has no self-attention for ", bias);
+  }
+  template <class S>
+  static void check_fields(const S& s, const char* prefix) {
+    for_each_field<S>([&](const auto& f) {
+      const auto value = s.*(f.member);
+      const char* rule = f.rule(value);
+      require(rule == nullptr, prefix, f.name, " ", rule ? rule : "", ", got ", value);
+    });
   }
 
   void check_tokens(TokensView tokens, MaskView mask) const {
@@ -401,7 +505,7 @@ class TransformerWrapper {
   [[nodiscard]] Cache empty_cache(Index batch) const {
     Cache c;
     c.batch = batch;
-    c.capacity = 2 * config_.max_seq_len;
+    c.capacity = 2 * config_.max_seq_len + config_.num_memory_tokens;
     const Index KD = kv_heads() * config_.layers.dim_head;
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
       c.k.emplace_back(Shape{batch, c.capacity, KD});
@@ -410,26 +514,37 @@ class TransformerWrapper {
     return c;
   }
 
-  /// The pass over the record's batch.
+  /// The pass over the record's batch (the stack's rows).
   [[nodiscard]] Pass<Backend> training_pass() {
     Pass<Backend> p{arena_, *params_};
     p.batch = record_.batch;
-    p.length = record_.length;
+    p.length = record_.stack_length;
     p.mask = record_.mask;
     p.dropout = record_.dropout;
     p.dropout_seed = dropout_seed_;
     p.forward_count = forward_count_;
     return p;
   }
-  [[nodiscard]] LayerInputs<Backend> layer_inputs(Index layer) const {
+  /// What layer l reads besides x.
+  [[nodiscard]] LayerInputs<Backend> layer_inputs(Index layer, const typename ScoreBiasSublayer::Saved& bias,
+                                                  const ConstView<T>& first_values, T* first_values_grad) const {
     LayerInputs<Backend> in;
     in.layer = layer;
     in.depth = Index(blocks_.size());
-    if constexpr (has_rotary) in.rotary = &rotary_;
+    if (uses_rotary()) in.rotary = &rotary_;
     in.context = ConstView<T>(record_.context, record_.batch * record_.context_length, dim_context());
     in.context_mask = record_.context_mask;
     in.context_length = record_.context_length;
     in.context_grad = record_.context_grad;
+    in.score_bias = bias.table;
+    in.score_bias_stride = bias.width;
+    in.score_bias_zero = bias.zero;
+    in.score_bias_grad = record_.score_bias_grad;
+    if (layer > 0) {
+      in.first_values = first_values.data;
+      in.first_values_ld = first_values.ld;
+    }
+    in.first_values_grad = first_values_grad;
     return in;
   }
 
@@ -445,11 +560,23 @@ class TransformerWrapper {
   }
 
   void run_forward(Output output, TokensView tokens, MaskView mask, ContextView<T> context, const T* sum_embeds);
+  /// x (B·(M + T), D) = [memory tokens; xe] per sequence.
+  void prepend_memory(Pass<Backend>& pass, View<T> xe, Index T_len, View<T> x) const {
+    const Index M = config_.num_memory_tokens, L = M + T_len;
+    const ConstView<T> memory(pass.value(memory_tokens_), M, config_.layers.dim);
+    for (Index b = 0; b < pass.batch; ++b) {
+      kernel<Backend, ops::Axpby>::run(memory, x.middle_rows(b * L, M), T(1), T(0));
+      kernel<Backend, ops::Axpby>::run(xe.middle_rows(b * T_len, T_len), x.middle_rows(b * L + M, T_len), T(1), T(0));
+    }
+  }
 
   TransformerConfig config_;
   std::unique_ptr<ParameterStore<T>> owned_params_;  // null for a part of a larger model
   ParameterStore<T>* params_;
-  Embedding<Position, Backend> embedding_;
+  int position_kind_ = 0;  // the policy of an AnyPosition slot
+  Embedding<Backend> embedding_;
+  ParameterId memory_tokens_;
+  ScoreBiasSublayer score_bias_;
   std::vector<Block<Layers, Backend>> blocks_;
   NormLayer<Norm, Backend> final_norm_;
   Logits<Backend> logits_;
@@ -468,21 +595,28 @@ template <LayerStack Layers, class Backend>
 void TransformerWrapper<Layers, Backend>::run_forward(Output output, TokensView tokens, MaskView mask,
                                                       ContextView<T> context, const T* sum_embeds) {
   const Index B = tokens.batch, Tn = tokens.length, N = B * Tn, D = config_.layers.dim;
+  const Index M = config_.num_memory_tokens, L = M + Tn;
   ++forward_count_;
   arena_.reset();
   Record& r = record_;
   r.output = output;
   r.batch = B;
   r.length = Tn;
+  r.stack_length = L;
   r.dropout = training_;
   r.logits = r.final_h = r.output_grad = r.sum_embeds_grad = r.context_grad = nullptr;
+  r.score_bias_grad = r.first_values_grad = nullptr;
+  r.first_values = {};
   r.has_sum_embeds = sum_embeds != nullptr;
   r.ids = arena_.allocate<std::int32_t>(N);
   std::copy_n(tokens.data, N, r.ids);
   r.mask = nullptr;
-  if (!mask.empty()) {
-    r.mask = arena_.allocate<std::uint8_t>(N);
-    std::copy_n(mask.data, N, r.mask);
+  if (!mask.empty()) {  // memory tokens are always attended to
+    r.mask = arena_.allocate<std::uint8_t>(B * L);
+    for (Index b = 0; b < B; ++b) {
+      std::fill_n(r.mask + b * L, M, std::uint8_t(1));
+      std::copy_n(mask.data + b * Tn, Tn, r.mask + b * L + M);
+    }
   }
   r.context_length = context.length;
   r.context = nullptr;
@@ -497,17 +631,33 @@ void TransformerWrapper<Layers, Backend>::run_forward(Output output, TokensView 
     }
   }
   Pass<Backend> pass = training_pass();
-  View<T> x = pass.allocate(N, D);  // the residual stream
-  embedding_.forward(pass, r.ids, Tn, 0, sum_embeds, config_.emb_dropout, x);
+  View<T> xe = pass.allocate(N, D);
+  r.embedding = embedding_.forward(pass, r.ids, Tn, 0, sum_embeds, config_.emb_dropout, xe, true);
+  View<T> x = xe;  // the residual stream
+  if (M > 0) {
+    x = pass.allocate(B * L, D);
+    prepend_memory(pass, xe, Tn, x);
+  }
+  r.score_bias = {};
+  if (score_bias_.active()) r.score_bias = score_bias_.forward(pass, L, L, 0);
   r.layers.resize(blocks_.size());
-  for (std::size_t l = 0; l < blocks_.size(); ++l)
-    r.layers[l] = blocks_[l].forward(pass, layer_inputs(Index(l)), x);
+  for (std::size_t l = 0; l < blocks_.size(); ++l) {
+    LayerInputs<Backend> in = layer_inputs(Index(l), r.score_bias, r.first_values, nullptr);
+    if (l == 0) in.values_out = &r.first_values;
+    r.layers[l] = blocks_[l].forward(pass, in, x);
+  }
+  View<T> real = x;  // the rows of the real tokens
+  if (M > 0) {
+    real = pass.allocate(N, D);
+    for (Index b = 0; b < B; ++b)
+      kernel<Backend, ops::Axpby>::run(x.middle_rows(b * L + M, Tn), real.middle_rows(b * Tn, Tn), T(1), T(0));
+  }
   if (has_final_norm()) {
     View<T> h = pass.allocate(N, D);
-    r.final_norm = final_norm_.forward(pass, x, nullptr, h, false, true);
+    r.final_norm = final_norm_.forward(pass, real, nullptr, h, false, true);
     r.final_h = h.data;
   } else {
-    r.final_h = x.data;
+    r.final_h = real.data;
   }
   if (output == Output::logits) {
     View<T> out = pass.allocate(N, logits_dim());
@@ -521,7 +671,7 @@ void TransformerWrapper<Layers, Backend>::backward(ConstView<T> doutput, T alpha
   Record& r = record_;
   require(r.final_h != nullptr, "backward() needs a training forward() first (or embed(); generation keeps no "
           "activations)");
-  const Index N = r.batch * r.length, D = config_.layers.dim;
+  const Index N = r.batch * r.length, D = config_.layers.dim, M = config_.num_memory_tokens, L = r.stack_length;
   require(doutput.rows == N && doutput.cols == output_cols(), "backward: d output has shape (", doutput.rows, ", ",
           doutput.cols, "), the last forward's output is (", N, ", ", output_cols(), ")");
   Pass<Backend> pass = training_pass();
@@ -530,21 +680,52 @@ void TransformerWrapper<Layers, Backend>::backward(ConstView<T> doutput, T alpha
     kernel<Backend, ops::Fill>::run(dc, T(0));
     r.context_grad = dc.data;
   }
+  if (r.score_bias.table) {
+    View<T> db = pass.allocate(config_.layers.heads, r.score_bias.width);
+    kernel<Backend, ops::Fill>::run(db, T(0));
+    r.score_bias_grad = db.data;
+  }
+  if (r.first_values.data && config_.layers.attention.value_residual) {
+    View<T> dv = pass.allocate(r.batch * L, r.first_values.cols);
+    kernel<Backend, ops::Fill>::run(dv, T(0));
+    r.first_values_grad = dv.data;
+  }
   View<T> dh = pass.allocate(N, D);  // d loss / d final_h
   if (r.output == Output::logits) {
     logits_.backward(pass, ConstView<T>(r.final_h, N, D), doutput, dh, alpha);
   } else {
     kernel<Backend, ops::Axpby>::run(doutput, dh, alpha, T(0));
   }
-  View<T> dx = dh;  // gradient of the residual stream
+  View<T> dreal = dh;
   if (has_final_norm()) {
-    dx = pass.allocate(N, D);
-    kernel<Backend, ops::Fill>::run(dx, T(0));
-    final_norm_.backward(pass, r.final_norm, dh, dx);
+    dreal = pass.allocate(N, D);
+    kernel<Backend, ops::Fill>::run(dreal, T(0));
+    final_norm_.backward(pass, r.final_norm, dh, dreal);
   }
-  for (std::size_t l = blocks_.size(); l-- > 0;) blocks_[l].backward(pass, layer_inputs(Index(l)), r.layers[l], dx);
-  embedding_.backward(pass, r.ids, r.length, config_.emb_dropout, dx);
-  if (r.has_sum_embeds) r.sum_embeds_grad = dx.data;  // d loss / d (token + position + sum embeddings)
+  View<T> dx = dreal;  // gradient of the residual stream
+  if (M > 0) {
+    dx = pass.allocate(r.batch * L, D);
+    kernel<Backend, ops::Fill>::run(dx, T(0));
+    for (Index b = 0; b < r.batch; ++b)
+      kernel<Backend, ops::Axpby>::run(dreal.middle_rows(b * r.length, r.length), dx.middle_rows(b * L + M, r.length),
+                                       T(1), T(0));
+  }
+  for (std::size_t l = blocks_.size(); l-- > 0;)
+    blocks_[l].backward(pass, layer_inputs(Index(l), r.score_bias, r.first_values, r.first_values_grad), r.layers[l],
+                        dx);
+  if (r.score_bias.table) score_bias_.backward(pass, r.score_bias, r.score_bias_grad);
+  View<T> dxe = dx;
+  if (M > 0) {  // d memory tokens += Σ_b d x[b, :M]; the real rows go on into the embedding
+    View<T> dmemory(pass.grad(memory_tokens_), M, D);
+    dxe = pass.allocate(N, D);
+    for (Index b = 0; b < r.batch; ++b) {
+      kernel<Backend, ops::Axpby>::run(dx.middle_rows(b * L, M), dmemory, T(1), T(1));
+      kernel<Backend, ops::Axpby>::run(dx.middle_rows(b * L + M, r.length), dxe.middle_rows(b * r.length, r.length),
+                                       T(1), T(0));
+    }
+  }
+  embedding_.backward(pass, r.embedding, r.ids, r.length, config_.emb_dropout, dxe);
+  if (r.has_sum_embeds) r.sum_embeds_grad = dxe.data;  // d loss / d (token + position + sum embeddings)
 }
 
 template <LayerStack Layers, class Backend>
@@ -558,22 +739,30 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
   if constexpr (Layers::cross_attend)
     require(Index(cache.context_kv.size()) == Index(blocks_.size()),
             "this cache has no context: make it with make_cache(batch, context)");
-  const Index B = tokens.batch, n = tokens.length, N = B * n, D = config_.layers.dim, V = logits_dim();
-  if constexpr (has_absolute_positions) {
-    require(cache.position + n <= config_.max_seq_len, "absolute positions end at max_seq_len ", config_.max_seq_len,
-            ": cannot decode position ", cache.position + n - 1, " with a KV cache (use Rotary or NoPosition)");
+  const Index B = tokens.batch, n = tokens.length, D = config_.layers.dim, V = logits_dim();
+  const Index M = config_.num_memory_tokens;
+  const Index first = cache.position == 0 ? M : 0;  // the first step puts the memory tokens in the cache
+  const Index rows = first + n;                      // rows per sequence this step
+  if (uses_absolute_positions()) {
+    require(cache.position - memory_in(cache) + n <= config_.max_seq_len, "absolute positions end at max_seq_len ",
+            config_.max_seq_len, ": cannot decode position ", cache.position - memory_in(cache) + n - 1,
+            " with a KV cache (use Rotary or NoPosition)");
   }
+  if (M > 0)
+    require(cache.position - memory_in(cache) + n <= config_.max_seq_len, "with memory tokens the cache holds at "
+            "most max_seq_len ", config_.max_seq_len, " tokens after them: cannot decode token ",
+            cache.position - memory_in(cache) + n, " (recompute instead: can_decode() tells)");
   require(cache.bf16_weights.empty() || Index(cache.bf16_weights.size()) == params_->count(),
           "cache holds bfloat16 weights of ", cache.bf16_weights.size(), " parameters, the model has ",
           params_->count());
   // Sliding window: keep at most max_seq_len keys including the new ones; move the live rows to the front when the
   // end of the buffer is reached (amortised: once per max_seq_len tokens).
-  if (cache.length + n > config_.max_seq_len) {
-    const Index drop = cache.length + n - config_.max_seq_len;
+  if (cache.length + rows > config_.max_seq_len + M) {
+    const Index drop = cache.length + rows - config_.max_seq_len - M;
     cache.start += drop;
     cache.length -= drop;
   }
-  if (cache.start + cache.length + n > cache.capacity) {
+  if (cache.start + cache.length + rows > cache.capacity) {
     const Index KD = kv_heads() * config_.layers.dim_head;
     for (std::size_t l = 0; l < blocks_.size(); ++l)
       for (Tensor<T>* t : {&cache.k[l], &cache.v[l]})
@@ -583,30 +772,39 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
         }
     cache.start = 0;
   }
-  if constexpr (has_rotary) kernel<Backend, ops::Rotate>::ensure(rotary_, cache.position + n);
+  if (uses_rotary()) kernel<Backend, ops::Rotate>::ensure(rotary_, cache.position + rows);
 
   ++forward_count_;
   arena_.reset();
   record_.logits = record_.final_h = nullptr;  // invalidates backward(): this pass keeps no activations
   Pass<Backend> pass{arena_, *params_};
   pass.batch = B;
-  pass.length = n;
+  pass.length = rows;
   pass.position = cache.position;
   pass.bf16 = cache.bf16_weights.empty() ? nullptr : cache.bf16_weights.data();
-  auto* ids = arena_.allocate<std::int32_t>(N);
-  std::copy_n(tokens.data, N, ids);
-  View<T> x = pass.allocate(N, D);
-  embedding_.forward(pass, ids, n, cache.position, nullptr, 0.0, x);
+  auto* ids = arena_.allocate<std::int32_t>(B * n);
+  std::copy_n(tokens.data, B * n, ids);
+  View<T> xe = pass.allocate(B * n, D);
+  embedding_.forward(pass, ids, n, cache.position - memory_in(cache), nullptr, 0.0, xe, false);
+  View<T> x = xe;
+  if (first > 0) {
+    x = pass.allocate(B * rows, D);
+    prepend_memory(pass, xe, n, x);
+  }
+  typename ScoreBiasSublayer::Saved bias;
+  if (score_bias_.active()) bias = score_bias_.forward(pass, rows, cache.length + rows, cache.length);
+  ConstView<T> first_values{};
   for (std::size_t l = 0; l < blocks_.size(); ++l) {
-    LayerInputs<Backend> in = layer_inputs(Index(l));
+    LayerInputs<Backend> in = layer_inputs(Index(l), bias, first_values, nullptr);
     in.cache = &cache;
+    if (l == 0) in.values_out = &first_values;
     blocks_[l].decode(pass, in, x);
   }
-  cache.length += n;
-  cache.position += n;
+  cache.length += rows;
+  cache.position += rows;
   // logits of the last new position of each sequence only
   View<T> last = pass.allocate(B, D);
-  for (Index b = 0; b < B; ++b) std::copy_n(x.row(b * n + n - 1), D, last.row(b));
+  for (Index b = 0; b < B; ++b) kernel<Backend, ops::Axpby>::run(x.middle_rows(b * rows + rows - 1, 1), last.middle_rows(b, 1), T(1), T(0));
   View<T> h = last;
   if (has_final_norm()) {
     h = pass.allocate(B, D);

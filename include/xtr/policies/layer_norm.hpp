@@ -9,6 +9,7 @@ struct LayerNorm {
   static constexpr std::string_view name = "LayerNorm";
   static constexpr std::string_view gain_name = "gamma";
   static constexpr double eps = 1e-5;            // added to the variance
+  static constexpr bool root_dim = true;  // r = sqrt(dim) / max(‖x‖, eps) unless subtracts_mean
   static constexpr bool subtracts_mean = true;   // r = 1 / sqrt(var + eps)
   static constexpr NormGain gain = NormGain::channel;
 };

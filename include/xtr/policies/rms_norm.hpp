@@ -9,6 +9,7 @@ struct RMSNorm {
   static constexpr std::string_view name = "RMSNorm";
   static constexpr std::string_view gain_name = "g";
   static constexpr double eps = 1e-12;  // clamps the norm, as F.normalize does
+  static constexpr bool root_dim = true;  // r = sqrt(dim) / max(‖x‖, eps) unless subtracts_mean
   static constexpr bool subtracts_mean = false;  // r = sqrt(dim) / max(‖x‖, eps)
   static constexpr NormGain gain = NormGain::channel;
 };

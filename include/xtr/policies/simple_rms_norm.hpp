@@ -9,6 +9,7 @@ struct SimpleRMSNorm {
   static constexpr std::string_view name = "SimpleRMSNorm";
   static constexpr std::string_view gain_name = "";
   static constexpr double eps = 1e-12;
+  static constexpr bool root_dim = true;  // r = sqrt(dim) / max(‖x‖, eps) unless subtracts_mean
   static constexpr bool subtracts_mean = false;
   static constexpr NormGain gain = NormGain::none;
 };

@@ -27,30 +27,31 @@
 
 namespace xtr {
 
-/// The configuration as JSON (compared on load, so a checkpoint only loads into the model it came from).
-inline json::Value to_json(const TransformerConfig& c) {
-  auto layers = json::Value::object();
-  for (const auto& [key, value] : {std::pair<const char*, json::Value>{"dim", c.layers.dim},
-                                   {"depth", c.layers.depth},
-                                   {"heads", c.layers.heads},
-                                   {"dim_head", c.layers.dim_head},
-                                   {"kv_heads", c.layers.kv_heads},
-                                   {"ff_mult", c.layers.ff_mult},
-                                   {"attn_dropout", c.layers.attn_dropout},
-                                   {"ff_dropout", c.layers.ff_dropout},
-                                   {"rotary_dim", c.layers.rotary_dim},
-                                   {"rotary_theta", c.layers.rotary_theta},
-                                   {"dim_context", c.layers.dim_context},
-                                   {"norm_unit_offset", c.layers.norm_unit_offset},
-                                   {"norm_bias", c.layers.norm_bias}})
-    layers.set(key, value);
+/// Every field of an options struct as a JSON object (its field table: fields()).
+template <class S>
+json::Value fields_to_json(const S& options) {
   auto v = json::Value::object();
-  v.set("num_tokens", c.num_tokens);
-  v.set("max_seq_len", c.max_seq_len);
-  v.set("emb_dropout", c.emb_dropout);
-  v.set("return_only_embed", c.return_only_embed);
-  v.set("logits_dim", c.logits_dim);
-  v.set("logits_bias", c.logits_bias);
+  for_each_field<S>([&](const auto& f) { v.set(std::string(f.name), json::Value(options.*(f.member))); });
+  return v;
+}
+
+/// The configuration as JSON (compared on load, so a checkpoint only loads into the model it came from): every field
+/// of TransformerConfig, LayersConfig and the policies' options, and the policy names of Any slots.
+inline json::Value to_json(const TransformerConfig& c) {
+  auto layers = fields_to_json(c.layers);
+  layers.set("rotary", fields_to_json(c.layers.rotary));
+  layers.set("attention", fields_to_json(c.layers.attention));
+  layers.set("alibi", fields_to_json(c.layers.alibi));
+  layers.set("rel_pos_bias", fields_to_json(c.layers.rel_pos_bias));
+  layers.set("dynamic_pos_bias", fields_to_json(c.layers.dynamic_pos_bias));
+  auto policies = json::Value::object();
+  for (const auto& [key, value] : {std::pair{"position", &c.layers.policies.position},
+                                   std::pair{"norm", &c.layers.policies.norm},
+                                   std::pair{"feedforward", &c.layers.policies.feedforward},
+                                   std::pair{"score_bias", &c.layers.policies.score_bias}})
+    policies.set(key, *value);
+  layers.set("policies", std::move(policies));
+  auto v = fields_to_json(c);
   v.set("layers", std::move(layers));
   return v;
 }

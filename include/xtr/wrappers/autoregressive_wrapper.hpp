@@ -134,6 +134,7 @@ class AutoregressiveWrapper {
       for (Index b = 0; b < B; ++b) std::copy_n(all.data() + (b * w + w - 1) * V, V, last_rows_.data() + b * V);
       return static_cast<const scalar*>(last_rows_.data());
     };
+    if (use_cache && !net.can_decode(cache, std::min(P, L))) use_cache = false;
     if (length > 0) {
       if (use_cache) {
         const Index w = std::min(P, L);
@@ -155,7 +156,7 @@ class AutoregressiveWrapper {
       }
       if (produced + 1 == length || (sampling.eos_token && all_done)) break;
       const Index cur = P + produced + 1;
-      if (use_cache && Net::has_absolute_positions && cache.position + 1 > L) use_cache = false;  // see forward_cached
+      if (use_cache && !net.can_decode(cache, 1)) use_cache = false;  // see forward_cached
       logits = use_cache ? net.forward_cached({step.data(), B, 1}, cache).data() : recompute(cur);
     }
     // new tokens only; after an eos, pad_value (x-transformers masks everything after the first eos)

@@ -98,7 +98,7 @@ void attention_forward(const AttentionProblem<T>& p, HeadsView<const T> q, Heads
   const Index scratch = 2 * tile_q * tile_k + tile_q * dh + 2 * tile_q;
   T* per_thread = arena.allocate<T>(Index(max_threads()) * scratch);
   const T neg_inf = -std::numeric_limits<T>::infinity();
-  const HeadsView<const T> mem_k{p.mem_k, 0, p.kv_heads * dh}, mem_v{p.mem_v, 0, p.kv_heads * dh};
+  const HeadsView<const T> mem_k{p.mem_k, 0, p.memory_ld()}, mem_v{p.mem_v, 0, p.memory_ld()};
 
   parallel_tasks(p.batch * p.heads, 4 * p.q_len * (p.k_len + p.mem_len) * dh, [&](Index task, int thread) {
     const Index b = task / p.heads, h = task % p.heads, g = h % p.kv_heads;
@@ -181,17 +181,17 @@ void attention_backward(const AttentionProblem<T>& p, HeadsView<const T> q, Head
   T* per_thread = arena.allocate<T>(Index(threads) * scratch);
   const Index group = p.heads / p.kv_heads;
   // what several tasks add to (shared by the batch): per-thread partial sums, reduced at the end
-  const Index mem_size = p.kv_heads * p.mem_len * dh, bias_size = p.bias ? p.heads * p.bias_stride : 0;
+  const Index mem_size = p.mem_len * p.memory_ld(), bias_size = p.bias ? p.heads * p.bias_stride : 0;
   const Index shared = 2 * mem_size + bias_size;
   T* partial = shared > 0 ? arena.allocate<T>(Index(threads) * shared) : nullptr;
   if (partial) std::fill_n(partial, Index(threads) * shared, T(0));
-  const HeadsView<const T> mem_k{p.mem_k, 0, p.kv_heads * dh}, mem_v{p.mem_v, 0, p.kv_heads * dh};
+  const HeadsView<const T> mem_k{p.mem_k, 0, p.memory_ld()}, mem_v{p.mem_v, 0, p.memory_ld()};
 
   parallel_tasks(p.batch * p.kv_heads, 10 * group * p.q_len * (p.k_len + p.mem_len) * dh, [&](Index task, int thread) {
     const Index b = task / p.kv_heads, g = task % p.kv_heads;
     T* mem = per_thread + Index(thread) * scratch;
     T* mine = partial ? partial + Index(thread) * shared : nullptr;
-    const HeadsView<T> dmem_k{mine, 0, p.kv_heads * dh}, dmem_v{mine ? mine + mem_size : nullptr, 0, p.kv_heads * dh};
+    const HeadsView<T> dmem_k{mine, 0, p.memory_ld()}, dmem_v{mine ? mine + mem_size : nullptr, 0, p.memory_ld()};
     for (Index r = 0; r < group; ++r) {
       const Index h = g + r * p.kv_heads;
       T* dbias = p.bias && extra.bias ? mine + 2 * mem_size + h * p.bias_stride : nullptr;
@@ -240,10 +240,12 @@ void attention_backward(const AttentionProblem<T>& p, HeadsView<const T> q, Head
   if (partial) {
     for (int t = 0; t < threads; ++t) {
       const T* sum = partial + Index(t) * shared;
-      if (extra.mem_k)
-        for (Index i = 0; i < mem_size; ++i) extra.mem_k[i] += sum[i];
-      if (extra.mem_v)
-        for (Index i = 0; i < mem_size; ++i) extra.mem_v[i] += sum[mem_size + i];
+      // the memory's rows: only the kv_heads · dim_head entries of each (memory_ld apart) are gradients
+      for (Index m = 0; m < p.mem_len; ++m)
+        for (Index c = 0; c < p.kv_heads * dh; ++c) {
+          if (extra.mem_k) extra.mem_k[m * p.memory_ld() + c] += sum[m * p.memory_ld() + c];
+          if (extra.mem_v) extra.mem_v[m * p.memory_ld() + c] += sum[mem_size + m * p.memory_ld() + c];
+        }
       if (extra.bias)
         for (Index i = 0; i < bias_size; ++i) extra.bias[i] += sum[2 * mem_size + i];
     }

@@ -74,7 +74,12 @@ void gemm_forward(View<const T> x, const ops::Weights<T>& w, View<T> y, bool acc
   if (!w.bf16) {
     with_maps([&](auto xm, auto wm, auto ym) { linear_forward<T>(xm, wm, ym, accumulate); }, x, w.w, y);
   } else if (x.rows <= 8) {
-    linear_forward_bf16<T>(MatrixView<T>(const_cast<T*>(x.data), x.rows, x.cols), w.bf16, out, in, map(y), accumulate);
+    T* rows = const_cast<T*>(x.data);
+    if (!x.contiguous()) {  // the bf16 kernel reads contiguous rows
+      rows = arena.allocate<T>(x.rows * x.cols);
+      for (Index r = 0; r < x.rows; ++r) std::copy_n(x.row(r), x.cols, rows + r * x.cols);
+    }
+    linear_forward_bf16<T>(MatrixView<T>(rows, x.rows, x.cols), w.bf16, out, in, map(y), accumulate);
   } else {  // a prefill: widen the block once, then one GEMM
     T* wide = arena.allocate<T>(out * in);
     for (Index i = 0; i < out * in; ++i) wide[i] = T(bf16_to_float(w.bf16[i]));
@@ -92,22 +97,41 @@ struct kernel<Cpu<T>, ops::Linear<E>> {
   static_assert(epilogue::Expression<E>, "xtr: not an epilogue expression of backend/epilogue.hpp's grammar");
   static constexpr bool direct = std::is_void_v<typename S::activation> && !S::dropout;
 
+  static void add_bias(View<T> out, const T* b) {
+    cpu::parallel_rows(out.rows, out.cols, [&](Index begin, Index end) {
+      for (Index n = begin; n < end; ++n)
+        for (Index c = 0; c < out.cols; ++c) out(n, c) += b[c];
+    });
+  }
+
   /// x (N, in), w (out, in), out (N, output_cols<E>(out)); o.saved (N, out) receives the pre-activation.
   static void forward(View<const T> x, const ops::Weights<T>& w, View<T> out, const epilogue::Operands<T>& o,
                       Arena& arena) {
+    const Index W = w.w.rows;
     if constexpr (direct) {
+      const bool scaled = S::scaled && o.scale != T(1);
+      if (S::add_to && scaled) {  // out += s · z (+ b): the product goes through scratch
+        View<T> z(arena.allocate<T>(x.rows * W), x.rows, W);
+        cpu::gemm_forward<T>(x, w, z, false, arena);
+        kernel<Cpu<T>, ops::Axpby>::run(z, out, o.scale, T(1));
+        if (S::bias && o.bias) add_bias(out, o.bias);
+        return;
+      }
       cpu::gemm_forward<T>(x, w, out, S::add_to, arena);
-      if (S::bias && o.bias) {
-        const Index W = out.cols;
+      if (scaled || (S::bias && o.bias)) {
+        const T scale = scaled ? o.scale : T(1);
+        const T* b = S::bias ? o.bias : nullptr;
         cpu::parallel_rows(out.rows, 2 * W, [&](Index begin, Index end) {
           for (Index n = begin; n < end; ++n) {
             T* r = out.row(n);
-            for (Index c = 0; c < W; ++c) r[c] += o.bias[c];
+            if (scale != T(1))
+              for (Index c = 0; c < W; ++c) r[c] *= scale;
+            if (b)
+              for (Index c = 0; c < W; ++c) r[c] += b[c];
           }
         });
       }
     } else {
-      const Index W = w.w.rows;
       View<T> a(o.saved ? o.saved : arena.allocate<T>(x.rows * W), x.rows, W);
       cpu::gemm_forward<T>(x, w, a, false, arena);
       cpu::epilogue_rows<E, T>(a, o, out);
@@ -129,12 +153,14 @@ struct kernel<Cpu<T>, ops::Linear<E>> {
                                         S::bias ? dbias : nullptr, alpha, arena);
       dz = buffer;
     }
+    const T gemm_alpha = S::scaled ? alpha * o.scale : alpha;  // z' = s · z: the GEMMs see s · dz
     if (dw)
-      cpu::with_maps([&](auto dzm, auto xm, auto dwm) { cpu::linear_backward_weight<T>(dzm, xm, dwm, alpha); }, dz, x,
-                     View<T>(dw, w.rows, w.cols));
+      cpu::with_maps([&](auto dzm, auto xm, auto dwm) { cpu::linear_backward_weight<T>(dzm, xm, dwm, gemm_alpha); },
+                     dz, x, View<T>(dw, w.rows, w.cols));
     if (dx.data)
-      cpu::with_maps([&](auto dzm, auto wm, auto dxm) { cpu::linear_backward_input<T>(dzm, wm, dxm, alpha, accumulate_dx); },
-                     dz, w, dx);
+      cpu::with_maps(
+          [&](auto dzm, auto wm, auto dxm) { cpu::linear_backward_input<T>(dzm, wm, dxm, gemm_alpha, accumulate_dx); },
+          dz, w, dx);
   }
 };
 
@@ -146,11 +172,10 @@ struct kernel<Cpu<T>, ops::Normalize<Norm>> {
                       T* xhat, T* rstd) {
     cpu::norm_rows<Norm, T>(x.data, residual, x.rows, x.cols, x.ld, w, h.data, accumulate, xhat, rstd);
   }
-  /// dx += ∂h/∂xᵀ dh; parameter gradients add up.
+  /// dx += ∂h/∂xᵀ dh; parameter gradients add up (each when non-null).
   static void backward(View<const T> dh, const T* xhat, const T* rstd, const ops::NormWeights<T>& w, View<T> dx,
                        const ops::NormGradients<T>& grads, Arena& arena) {
-    cpu::norm_backward<Norm, T>(cpu::contiguous(View<T>(const_cast<T*>(dh.data), dh.rows, dh.cols)), xhat, rstd, w,
-                                cpu::contiguous(dx), grads, arena);
+    cpu::norm_backward_rows<Norm, T>(dh.data, dh.ld, xhat, rstd, w, dx.data, dx.ld, dh.rows, dh.cols, grads, arena);
   }
 };
 
@@ -197,6 +222,103 @@ struct kernel<Cpu<T>, ops::Axpby> {
 };
 
 template <class T>
+struct kernel<Cpu<T>, ops::ScaleHeads> {
+  /// y_h = x_h · s_h (y may be x).
+  static void forward(View<const T> x, const T* s, Index heads, View<T> y) {
+    const Index dh = x.cols / heads;
+    cpu::parallel_rows(x.rows, x.cols, [&](Index begin, Index end) {
+      for (Index n = begin; n < end; ++n)
+        for (Index h = 0; h < heads; ++h)
+          for (Index d = 0; d < dh; ++d) y(n, h * dh + d) = x(n, h * dh + d) * s[h];
+    });
+  }
+  /// dx = dy_h · s_h (dx may be dy), ds_h += Σ dy_h ⊙ x_h.
+  static void backward(View<const T> dy, View<const T> x, const T* s, Index heads, View<T> dx, T* ds) {
+    const Index dh = x.cols / heads;
+    if (ds)
+      for (Index n = 0; n < x.rows; ++n)
+        for (Index h = 0; h < heads; ++h) {
+          T sum = 0;
+          for (Index d = 0; d < dh; ++d) sum += dy(n, h * dh + d) * x(n, h * dh + d);
+          ds[h] += sum;
+        }
+    forward(dy, s, heads, dx);
+  }
+};
+
+template <class T>
+struct kernel<Cpu<T>, ops::Multiply> {
+  static void forward(View<const T> a, View<const T> b, View<T> y) {
+    cpu::parallel_rows(a.rows, a.cols, [&](Index begin, Index end) {
+      for (Index n = begin; n < end; ++n)
+        for (Index c = 0; c < a.cols; ++c) y(n, c) = a(n, c) * b(n, c);
+    });
+  }
+  /// da = dy ⊙ b, db = dy ⊙ a (either may be empty; neither may alias dy, a or b).
+  static void backward(View<const T> dy, View<const T> a, View<const T> b, View<T> da, View<T> db) {
+    cpu::parallel_rows(dy.rows, 2 * dy.cols, [&](Index begin, Index end) {
+      for (Index n = begin; n < end; ++n)
+        for (Index c = 0; c < dy.cols; ++c) {
+          const T g = dy(n, c), av = a(n, c), bv = b(n, c);
+          if (db.data) db(n, c) = g * av;
+          if (da.data) da(n, c) = g * bv;
+        }
+    });
+  }
+};
+
+template <class T>
+struct kernel<Cpu<T>, ops::MixHeads> {
+  static T lerp(T a, T b, T m) { return m < T(0.5) ? a + m * (b - a) : b - (T(1) - m) * (b - a); }
+  /// y = a + μ (b − a) per head (μ (N, heads), row stride mu_ld); y may be b.
+  static void forward(View<const T> a, View<const T> b, const T* mu, Index mu_ld, Index heads, View<T> y) {
+    const Index dh = a.cols / heads;
+    cpu::parallel_rows(a.rows, 2 * a.cols, [&](Index begin, Index end) {
+      for (Index n = begin; n < end; ++n)
+        for (Index c = 0; c < a.cols; ++c) y(n, c) = lerp(a(n, c), b(n, c), mu[n * mu_ld + c / dh]);
+    });
+  }
+  /// da += (1 − μ) dy, db = μ dy (db may be dy), dμ (N, heads) = Σ_channels dy ⊙ (b − a).
+  static void backward(View<const T> dy, View<const T> a, View<const T> b, const T* mu, Index mu_ld, Index heads,
+                       View<T> da, View<T> db, T* dmu) {
+    const Index dh = a.cols / heads;
+    cpu::parallel_rows(dy.rows, 4 * dy.cols, [&](Index begin, Index end) {
+      for (Index n = begin; n < end; ++n) {
+        if (dmu)
+          for (Index h = 0; h < heads; ++h) dmu[n * heads + h] = T(0);
+        for (Index c = 0; c < dy.cols; ++c) {
+          const T m = mu[n * mu_ld + c / dh], g = dy(n, c);
+          if (dmu) dmu[n * heads + c / dh] += g * (b(n, c) - a(n, c));
+          if (da.data) da(n, c) += (T(1) - m) * g;
+          if (db.data) db(n, c) = m * g;
+        }
+      }
+    });
+  }
+};
+
+template <class T, class A>
+struct kernel<Cpu<T>, ops::Activation<A>> {
+  static void forward(View<const T> x, View<T> y) {
+    for (Index n = 0; n < x.rows; ++n) {
+      Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>> xr(x.row(n), x.cols);
+      Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>>(y.row(n), x.cols) = cpu::ActivationMath<A>::value(xr);
+    }
+  }
+  static void backward(View<const T> dy, View<const T> x, View<T> dx, bool accumulate) {
+    for (Index n = 0; n < x.rows; ++n) {
+      Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>> xr(x.row(n), x.cols), gr(dy.row(n), x.cols);
+      Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>> out(dx.row(n), x.cols);
+      if (accumulate) {
+        out += gr * cpu::ActivationMath<A>::derivative(xr);
+      } else {
+        out = gr * cpu::ActivationMath<A>::derivative(xr);
+      }
+    }
+  }
+};
+
+template <class T>
 struct kernel<Cpu<T>, ops::Rotate> {
   using Table = cpu::RotaryTable<T>;
   static Table make_table(const ops::RotarySpec& spec, Index positions) { return Table(spec, positions); }
@@ -227,12 +349,14 @@ struct kernel<Cpu<T>, ops::Embedding> {
   /// x[n] = E[ids[n]] (+ scale · P[n mod T_len + offset]).
   static void forward(const std::int32_t* ids, Index N, Index T_len, Index offset, View<const T> table,
                       const T* positions, T position_scale, View<T> x) {
+    require(x.contiguous() && table.contiguous(), "internal: the CPU embedding kernel takes contiguous rows");
     cpu::embedding_forward<T>(ids, N, T_len, offset, cpu::contiguous(View<T>(const_cast<T*>(table.data), table.rows,
                                                                               table.cols)),
                               positions, position_scale, cpu::contiguous(x));
   }
   static void backward(const std::int32_t* ids, Index N, Index T_len, View<const T> dx, T* dtable, T* dpositions,
                        T position_scale) {
+    require(dx.contiguous(), "internal: the CPU embedding kernel takes contiguous rows");
     cpu::embedding_backward<T>(ids, N, T_len, cpu::contiguous(View<T>(const_cast<T*>(dx.data), dx.rows, dx.cols)),
                                dtable, dpositions, position_scale);
   }
@@ -243,6 +367,7 @@ struct kernel<Cpu<T>, ops::SoftmaxCrossEntropy> {
   /// The mean loss over non-ignored targets; dlogits (may be null) = α d loss / d logits.
   static double run(View<const T> logits, const std::int32_t* targets, std::int32_t ignore_index, T* dlogits,
                     T alpha = T(1)) {
+    require(logits.contiguous(), "internal: the CPU cross-entropy kernel takes contiguous rows");
     return cpu::cross_entropy<T>(logits.data, logits.rows, logits.cols, targets, ignore_index, dlogits, alpha);
   }
 };

@@ -29,6 +29,7 @@ void epilogue_rows(View<T> a, const epilogue::Operands<T>& o, View<T> out) {
   parallel_rows(a.rows, 20 * W, [&](Index begin, Index end) {
     for (Index n = begin; n < end; ++n) {
       Row ar(a.row(n), W), yr(out.row(n), F);
+      if (S::scaled && o.scale != T(1)) ar *= o.scale;
       if (S::bias && o.bias) ar += ConstRow(o.bias, W);
       auto store = [&](const auto& y) {
         if constexpr (S::add_to) {

@@ -28,12 +28,17 @@ template <class T>
 using NormGradients = ops::NormGradients<T>;
 
 namespace detail {
-/// The multiplier of x̂ at channel d: c + γ_d, c + γ, or 1.
+/// The multiplier of x̂ at channel d: c + γ_d, c + γ, or 1 (also for a null gain).
 template <class Norm, class T>
 T gain_at(const NormWeights<T>& w, Index d) {
-  if constexpr (Norm::gain == NormGain::channel) return w.gain_offset + w.gain[d];
-  else if constexpr (Norm::gain == NormGain::scalar) return w.gain_offset + w.gain[0];
+  if constexpr (Norm::gain == NormGain::channel) return w.gain ? w.gain_offset + w.gain[d] : T(1);
+  else if constexpr (Norm::gain == NormGain::scalar) return w.gain ? w.gain_offset + w.gain[0] : T(1);
   else return T(1);
+}
+/// sqrt(D) for the RMS-style norms, 1 for a plain L2 normalisation.
+template <class Norm>
+double root_dim(Index D) {
+  return Norm::root_dim ? std::sqrt(double(D)) : 1.0;
 }
 }  // namespace detail
 
@@ -66,7 +71,7 @@ void norm_rows(const T* x, const T* residual, Index N, Index D, Index ld, NormWe
       if constexpr (subtracts_mean<Norm>) {
         r = T(1.0 / std::sqrt(sq / double(D) + Norm::eps));
       } else {
-        r = T(std::sqrt(double(D)) / std::max(std::sqrt(sq), Norm::eps));
+        r = T(detail::root_dim<Norm>(D) / std::max(std::sqrt(sq), Norm::eps));
       }
       const T m = T(mean);
       if (xh) {
@@ -100,39 +105,44 @@ void norm_forward(MatrixView<T> x, NormWeights<T> w, MatrixView<T> h, T* xhat, T
   norm_rows<Norm, T>(x.data(), nullptr, x.rows(), D, D, w, h.data(), false, xhat, rstd);
 }
 
-/// dx += ∂h/∂x ᵀ dh;  dγ += Σ_rows dh ⊙ x̂;  dβ += Σ_rows dh. Per-thread partial sums live in `arena`.
+/// dx += ∂h/∂x ᵀ dh (rows of dh `ld_dh` apart, of dx `ld_dx` apart);  dγ += Σ_rows dh ⊙ x̂;  dβ += Σ_rows dh.
+/// Per-thread partial sums live in `arena`.
 template <class Norm, class T>
-void norm_backward(MatrixView<T> dh, const T* xhat, const T* rstd, NormWeights<T> w, MatrixView<T> dx,
-                   NormGradients<T> grads, Arena& arena) {
-  const Index N = dh.rows(), D = dh.cols();
+void norm_backward_rows(const T* dh, Index ld_dh, const T* xhat, const T* rstd, NormWeights<T> w, T* dx, Index ld_dx,
+                        Index N, Index D, NormGradients<T> grads, Arena& arena) {
   const int threads = max_threads();
-  constexpr bool has_gain = Norm::gain != NormGain::none;
-  const Index gain_sums = Norm::gain == NormGain::channel ? D : has_gain ? 1 : 0;
+  const bool gain_grad = Norm::gain != NormGain::none && grads.gain != nullptr;
+  const Index gain_sums = !gain_grad ? 0 : Norm::gain == NormGain::channel ? D : 1;
   const Index sums = gain_sums + (grads.bias ? D : 0);  // per thread: dγ, then dβ
   T* partial = arena.allocate<T>(Index(threads) * std::max<Index>(sums, 1));
   std::fill_n(partial, Index(threads) * std::max<Index>(sums, 1), T(0));
-  const T sqrt_d = T(std::sqrt(double(D)));
+  const T root = T(detail::root_dim<Norm>(D));
   parallel_rows(N, 8 * D, [&](Index begin, Index end) {
     T* dg = partial + Index(omp_get_thread_num()) * sums;
     T* db = grads.bias ? dg + gain_sums : nullptr;
     for (Index n = begin; n < end; ++n) {
-      const T* g = dh.data() + n * D;
+      const T* g = dh + n * ld_dh;
       const T* xh = xhat + n * D;
-      T* out = dx.data() + n * D;
+      T* out = dx + n * ld_dx;
       T sum_dxhat = 0, sum_dxhat_xhat = 0;
       for (Index d = 0; d < D; ++d) {
         const T dxh = g[d] * detail::gain_at<Norm>(w, d);
         sum_dxhat += dxh;
         sum_dxhat_xhat += dxh * xh[d];
-        if constexpr (Norm::gain == NormGain::channel) dg[d] += g[d] * xh[d];
-        if constexpr (Norm::gain == NormGain::scalar) dg[0] += g[d] * xh[d];
+      }
+      if (gain_grad) {
+        if constexpr (Norm::gain == NormGain::channel)
+          for (Index d = 0; d < D; ++d) dg[d] += g[d] * xh[d];
+        if constexpr (Norm::gain == NormGain::scalar)
+          for (Index d = 0; d < D; ++d) dg[0] += g[d] * xh[d];
       }
       if (db)
         for (Index d = 0; d < D; ++d) db[d] += g[d];
       const T mean_dxhat = subtracts_mean<Norm> ? sum_dxhat / T(D) : T(0);
-      T mean_proj = sum_dxhat_xhat / T(D);
+      // x̂ has mean square 1 (LayerNorm, RMS norms) or norm 1 (L2): the projection divides by D or by 1
+      T mean_proj = sum_dxhat_xhat / (Norm::root_dim || subtracts_mean<Norm> ? T(D) : T(1));
       if constexpr (!subtracts_mean<Norm>) {
-        if (rstd[n] * T(Norm::eps) >= sqrt_d) mean_proj = 0;  // ‖x‖ was clamped to ε: h is linear in x
+        if (rstd[n] * T(Norm::eps) >= root) mean_proj = 0;  // ‖x‖ was clamped to ε: h is linear in x
       }
       const T r = rstd[n];
       for (Index d = 0; d < D; ++d) out[d] += r * (g[d] * detail::gain_at<Norm>(w, d) - mean_dxhat - xh[d] * mean_proj);
@@ -140,11 +150,18 @@ void norm_backward(MatrixView<T> dh, const T* xhat, const T* rstd, NormWeights<T
   });
   for (int t = 0; t < threads; ++t) {
     const T* sum = partial + Index(t) * sums;
-    if (has_gain && grads.gain)
-      for (Index d = 0; d < gain_sums; ++d) grads.gain[d] += sum[d];
+    for (Index d = 0; d < gain_sums; ++d) grads.gain[d] += sum[d];
     if (grads.bias)
       for (Index d = 0; d < D; ++d) grads.bias[d] += sum[gain_sums + d];
   }
+}
+
+/// dx += ∂h/∂x ᵀ dh;  dγ += Σ_rows dh ⊙ x̂;  dβ += Σ_rows dh. Per-thread partial sums live in `arena`.
+template <class Norm, class T>
+void norm_backward(MatrixView<T> dh, const T* xhat, const T* rstd, NormWeights<T> w, MatrixView<T> dx,
+                   NormGradients<T> grads, Arena& arena) {
+  norm_backward_rows<Norm, T>(dh.data(), dh.cols(), xhat, rstd, w, dx.data(), dx.cols(), dh.rows(), dh.cols(), grads,
+                              arena);
 }
 
 }  // namespace xtr::cpu

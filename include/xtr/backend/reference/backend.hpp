@@ -92,6 +92,7 @@ struct kernel<Reference<T>, ops::Linear<E>> {
       for (Index c = 0; c < W; ++c) {  // a = x Wᵀ + b
         double z = 0;
         for (Index i = 0; i < x.cols; ++i) z += double(x(n, i)) * reference::weight(w, c, i);
+        if (S::scaled) z *= double(o.scale);
         if (S::bias && o.bias) z += double(o.bias[c]);
         a[n * W + c] = T(z);
       }
@@ -130,6 +131,8 @@ struct kernel<Reference<T>, ops::Linear<E>> {
         for (Index n = 0; n < N; ++n) s += dz[std::size_t(n * W + c)];
         dbias[c] = T(double(dbias[c]) + double(alpha) * s);
       }
+    if (S::scaled)  // z' = s · z: the products see s · dz
+      for (auto& e : dz) e *= double(o.scale);
     if (dw)
       for (Index c = 0; c < W; ++c)
         for (Index i = 0; i < in; ++i) {
@@ -150,16 +153,16 @@ struct kernel<Reference<T>, ops::Linear<E>> {
 template <class T, class Norm>
 struct kernel<Reference<T>, ops::Normalize<Norm>> {
   static double gain(const ops::NormWeights<T>& w, Index d) {
-    if constexpr (Norm::gain == NormGain::channel) return double(w.gain_offset) + double(w.gain[d]);
-    else if constexpr (Norm::gain == NormGain::scalar) return double(w.gain_offset) + double(w.gain[0]);
-    else return 1.0;
+    if (Norm::gain == NormGain::none || !w.gain) return 1.0;
+    return double(w.gain_offset) + double(w.gain[Norm::gain == NormGain::channel ? d : 0]);
   }
-  /// r of one row: 1/sqrt(var + ε) (mean-subtracting) or sqrt(D)/max(‖x‖, ε).
+  static double root(double D) { return Norm::root_dim ? std::sqrt(D) : 1.0; }
+  /// r of one row: 1/sqrt(var + ε) (mean-subtracting) or root/max(‖x‖, ε) (root = sqrt(D), or 1 for L2Norm).
   static double scale(const std::vector<double>& centred) {
     double sq = 0;
     for (double c : centred) sq += c * c;
     const double D = double(centred.size());
-    return Norm::subtracts_mean ? 1 / std::sqrt(sq / D + Norm::eps) : std::sqrt(D) / std::max(std::sqrt(sq), Norm::eps);
+    return Norm::subtracts_mean ? 1 / std::sqrt(sq / D + Norm::eps) : root(D) / std::max(std::sqrt(sq), Norm::eps);
   }
   static void forward(View<const T> x, const T* residual, const ops::NormWeights<T>& w, View<T> h, bool accumulate,
                       T* xhat, T* rstd) {
@@ -189,18 +192,20 @@ struct kernel<Reference<T>, ops::Normalize<Norm>> {
       const double r = double(rstd[n]);
       std::vector<double> dxh(static_cast<std::size_t>(D));
       double mean_dxh = 0, mean_proj = 0;
+      // x̂ has mean square 1 (LayerNorm, RMS norms) or norm 1 (L2Norm)
+      const double proj_div = Norm::subtracts_mean || Norm::root_dim ? double(D) : 1.0;
       for (Index d = 0; d < D; ++d) {
         dxh[std::size_t(d)] = double(dh(n, d)) * gain(w, d);
         mean_dxh += dxh[std::size_t(d)] / double(D);
-        mean_proj += dxh[std::size_t(d)] * double(xhat[n * D + d]) / double(D);
+        mean_proj += dxh[std::size_t(d)] * double(xhat[n * D + d]) / proj_div;
         const double dgain = double(dh(n, d)) * double(xhat[n * D + d]);
-        if constexpr (Norm::gain == NormGain::channel) grads.gain[d] = T(double(grads.gain[d]) + dgain);
-        if constexpr (Norm::gain == NormGain::scalar) grads.gain[0] = T(double(grads.gain[0]) + dgain);
+        if (Norm::gain == NormGain::channel && grads.gain) grads.gain[d] = T(double(grads.gain[d]) + dgain);
+        if (Norm::gain == NormGain::scalar && grads.gain) grads.gain[0] = T(double(grads.gain[0]) + dgain);
         if (grads.bias) grads.bias[d] = T(double(grads.bias[d]) + double(dh(n, d)));
       }
       if (!Norm::subtracts_mean) {
         mean_dxh = 0;
-        if (r * Norm::eps >= std::sqrt(double(D)) * (1 - 1e-6)) mean_proj = 0;  // the norm was clamped: linear
+        if (r * Norm::eps >= root(double(D)) * (1 - 1e-6)) mean_proj = 0;  // the norm was clamped: linear
       }
       for (Index d = 0; d < D; ++d)
         dx(n, d) = T(double(dx(n, d)) + r * (dxh[std::size_t(d)] - mean_dxh - double(xhat[n * D + d]) * mean_proj));
@@ -232,6 +237,81 @@ struct kernel<Reference<T>, ops::Axpby> {
     for (Index n = 0; n < y.rows; ++n)
       for (Index c = 0; c < y.cols; ++c)
         y(n, c) = T((beta == T(0) ? 0.0 : double(beta) * double(y(n, c))) + double(alpha) * double(x(n, c)));
+  }
+};
+
+template <class T>
+struct kernel<Reference<T>, ops::ScaleHeads> {
+  static void forward(View<const T> x, const T* s, Index heads, View<T> y) {
+    const Index dh = x.cols / heads;
+    for (Index n = 0; n < x.rows; ++n)
+      for (Index c = 0; c < x.cols; ++c) y(n, c) = T(double(x(n, c)) * double(s[c / dh]));
+  }
+  static void backward(View<const T> dy, View<const T> x, const T* s, Index heads, View<T> dx, T* ds) {
+    const Index dh = x.cols / heads;
+    for (Index n = 0; n < x.rows; ++n)
+      for (Index c = 0; c < x.cols; ++c) {
+        if (ds) ds[c / dh] = T(double(ds[c / dh]) + double(dy(n, c)) * double(x(n, c)));
+        dx(n, c) = T(double(dy(n, c)) * double(s[c / dh]));
+      }
+  }
+};
+
+template <class T>
+struct kernel<Reference<T>, ops::Multiply> {
+  static void forward(View<const T> a, View<const T> b, View<T> y) {
+    for (Index n = 0; n < a.rows; ++n)
+      for (Index c = 0; c < a.cols; ++c) y(n, c) = T(double(a(n, c)) * double(b(n, c)));
+  }
+  /// da = dy ⊙ b, db = dy ⊙ a (either may be empty).
+  static void backward(View<const T> dy, View<const T> a, View<const T> b, View<T> da, View<T> db) {
+    for (Index n = 0; n < dy.rows; ++n)
+      for (Index c = 0; c < dy.cols; ++c) {
+        const double g = double(dy(n, c)), av = double(a(n, c)), bv = double(b(n, c));
+        if (db.data) db(n, c) = T(g * av);
+        if (da.data) da(n, c) = T(g * bv);
+      }
+  }
+};
+
+template <class T>
+struct kernel<Reference<T>, ops::MixHeads> {
+  static double lerp(double a, double b, double m) { return m < 0.5 ? a + m * (b - a) : b - (1 - m) * (b - a); }
+  /// y = a + μ (b − a) per head (μ (N, heads), row stride mu_ld); y may be b.
+  static void forward(View<const T> a, View<const T> b, const T* mu, Index mu_ld, Index heads, View<T> y) {
+    const Index dh = a.cols / heads;
+    for (Index n = 0; n < a.rows; ++n)
+      for (Index c = 0; c < a.cols; ++c)
+        y(n, c) = T(lerp(double(a(n, c)), double(b(n, c)), double(mu[n * mu_ld + c / dh])));
+  }
+  /// da += (1 − μ) dy, db = μ dy (db may be dy), dμ (N, heads) = Σ_channels dy ⊙ (b − a).
+  static void backward(View<const T> dy, View<const T> a, View<const T> b, const T* mu, Index mu_ld, Index heads,
+                       View<T> da, View<T> db, T* dmu) {
+    const Index dh = a.cols / heads;
+    for (Index n = 0; n < dy.rows; ++n) {
+      if (dmu)
+        for (Index h = 0; h < heads; ++h) dmu[n * heads + h] = T(0);
+      for (Index c = 0; c < dy.cols; ++c) {
+        const double m = double(mu[n * mu_ld + c / dh]), g = double(dy(n, c));
+        if (dmu) dmu[n * heads + c / dh] = T(double(dmu[n * heads + c / dh]) + g * (double(b(n, c)) - double(a(n, c))));
+        if (da.data) da(n, c) = T(double(da(n, c)) + (1 - m) * g);
+        if (db.data) db(n, c) = T(m * g);
+      }
+    }
+  }
+};
+
+template <class T, class A>
+struct kernel<Reference<T>, ops::Activation<A>> {
+  static void forward(View<const T> x, View<T> y) {
+    for (Index n = 0; n < x.rows; ++n)
+      for (Index c = 0; c < x.cols; ++c) y(n, c) = T(reference::Activation<A>::value(double(x(n, c))));
+  }
+  static void backward(View<const T> dy, View<const T> x, View<T> dx, bool accumulate) {
+    for (Index n = 0; n < x.rows; ++n)
+      for (Index c = 0; c < x.cols; ++c)
+        dx(n, c) = T((accumulate ? double(dx(n, c)) : 0.0) +
+                     double(dy(n, c)) * reference::Activation<A>::derivative(double(x(n, c))));
   }
 };
 
@@ -270,7 +350,7 @@ struct kernel<Reference<T>, ops::Attention<ScoreBias>> {
                       Index c) {
     const Index g = h % p.kv_heads, dh = p.dim_head;
     const bool memory = c < p.mem_len;
-    const T* key = memory ? p.mem_k + c * p.kv_heads * dh + g * dh : k.at(b, c - p.mem_len, g, dh);
+    const T* key = memory ? p.mem_k + c * p.memory_ld() + g * dh : k.at(b, c - p.mem_len, g, dh);
     double s = 0;
     for (Index d = 0; d < dh; ++d) s += double(q.at(b, i, h, dh)[d]) * double(key[d]);
     s *= double(p.scale);
@@ -282,8 +362,7 @@ struct kernel<Reference<T>, ops::Attention<ScoreBias>> {
     return s;
   }
   static const T* value_row(const P& p, ops::HeadsView<const T> v, Index b, Index g, Index c) {
-    return c < p.mem_len ? p.mem_v + c * p.kv_heads * p.dim_head + g * p.dim_head
-                         : v.at(b, c - p.mem_len, g, p.dim_head);
+    return c < p.mem_len ? p.mem_v + c * p.memory_ld() + g * p.dim_head : v.at(b, c - p.mem_len, g, p.dim_head);
   }
   static double keep(const P& p, Index b, Index h, Index i, Index c) {
     if (p.dropout <= 0) return 1;
@@ -358,12 +437,12 @@ struct kernel<Reference<T>, ops::Attention<ScoreBias>> {
             const bool memory = c < p.mem_len;
             const Index j = c - p.mem_len;
             // dV_c += P_c keep_c dO
-            T* dvr = memory ? (extra.mem_v ? extra.mem_v + c * p.kv_heads * dh + g * dh : nullptr) : dv.at(b, j, g, dh);
+            T* dvr = memory ? (extra.mem_v ? extra.mem_v + c * p.memory_ld() + g * dh : nullptr) : dv.at(b, j, g, dh);
             if (dvr)
               for (Index d = 0; d < dh; ++d) dvr[d] = T(double(dvr[d]) + pc * keep(p, b, h, i, c) * double(go[d]));
             const double ds = pc * (dp[std::size_t(c)] - weighted);
-            const T* key = memory ? p.mem_k + c * p.kv_heads * dh + g * dh : k.at(b, j, g, dh);
-            T* dkr = memory ? (extra.mem_k ? extra.mem_k + c * p.kv_heads * dh + g * dh : nullptr) : dk.at(b, j, g, dh);
+            const T* key = memory ? p.mem_k + c * p.memory_ld() + g * dh : k.at(b, j, g, dh);
+            T* dkr = memory ? (extra.mem_k ? extra.mem_k + c * p.memory_ld() + g * dh : nullptr) : dk.at(b, j, g, dh);
             for (Index d = 0; d < dh; ++d) {
               dq.at(b, i, h, dh)[d] = T(double(dq.at(b, i, h, dh)[d]) + double(p.scale) * ds * double(key[d]));
               if (dkr) dkr[d] = T(double(dkr[d]) + double(p.scale) * ds * double(q.at(b, i, h, dh)[d]));

@@ -1,0 +1,178 @@
+// Golden parity of the x-transformers options (tests/fixtures/decoder_<option>.safetensors, x-transformers 2.31.10):
+// each fixture is described by its `config` metadata (x-transformers' constructor keywords), parsed by
+// x_transformers::parse_description into the run-time model (TransformerWrapper<AnyDecoder, Cpu<T>>), loaded strictly,
+// and compared with what x-transformers computed: logits of net(tokens[:, :-1]), the AutoregressiveWrapper's loss,
+// every parameter's gradient, and 16 greedy tokens with and without the KV cache, in float and in double. The same
+// metrics and tolerances as test_golden_parity.cpp (GoldenTolerance), except that a gradient tensor whose reference is
+// 0 up to x-transformers' fp32 noise (below 1e-4 of the model's largest gradient: the dynamic position bias's last
+// bias, whose true gradient is 0 since softmax ignores a constant per row) is measured against the largest gradient.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <iostream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "fixture_io.hpp"
+#include "xtr/xtr.hpp"
+
+using namespace xtr;
+namespace st = xtr::safetensors;
+namespace xt = xtr::x_transformers;
+using xtr::testing::fixture_path;
+using xtr::testing::tokens_of;
+
+namespace {
+
+template <class T>
+struct OptionTolerance;
+template <>
+struct OptionTolerance<float> {
+  static constexpr double logits = 1e-4, loss = 1e-5, grad = 1e-4;
+};
+template <>
+struct OptionTolerance<double> {
+  static constexpr double logits = 1e-5, loss = 5e-7, grad = 5e-6;
+};
+
+const std::vector<std::string>& option_fixtures() {
+  static const std::vector<std::string> names = {
+      "decoder_alibi",          "decoder_rel_pos_bias",        "decoder_dynamic_pos_bias",
+      "decoder_rotary_xpos",    "decoder_rotary_interpolation", "decoder_rotary_base_rescale",
+      "decoder_scalenorm",      "decoder_simple_rmsnorm",      "decoder_post_norm",
+      "decoder_sandwich_norm",  "decoder_qk_norm",             "decoder_qk_norm_dim_scale",
+      "decoder_mem_kv",         "decoder_gate_values",         "decoder_head_scale",
+      "decoder_value_residual", "decoder_relu_squared",        "decoder_swish",
+      "decoder_ff_no_bias",     "decoder_tie_embedding",       "decoder_post_emb_norm",
+      "decoder_l2norm_embed",   "decoder_memory_tokens"};
+  return names;
+}
+
+json::Value description_of(const st::File& file) {
+  auto root = json::parse(file.metadata.at("config"));
+  root.set("x_transformers_version", file.metadata.at("x_transformers_version"));
+  return root;
+}
+
+st::File model_tensors(const st::File& file) {
+  st::File weights;
+  for (const auto& t : file.tensors)
+    if (!t.name.starts_with("fixture.") && !t.name.starts_with("grad.")) weights.tensors.push_back(t);
+  return weights;
+}
+
+TokenBatch drop_last(const TokenBatch& x) {
+  TokenBatch out(x.batch, x.length - 1);
+  for (Index b = 0; b < x.batch; ++b)
+    for (Index t = 0; t + 1 < x.length; ++t) out(b, t) = x(b, t);
+  return out;
+}
+
+struct Measured {
+  double logits = 0, loss = 0, grad = 0;
+  std::string worst_grad;
+};
+
+template <class T>
+Measured check_option_fixture(const std::string& name) {
+  using Tol = OptionTolerance<T>;
+  const st::File file = st::read(fixture_path(name));
+  const auto description = xt::parse_description(description_of(file));
+  Measured m;
+  REQUIRE(description.stack == "Decoder");
+  xt::with_model<Cpu<T>>(description, [&](auto& net) {
+    using Net = std::decay_t<decltype(net)>;
+    if constexpr (Net::layers_type::causal) {
+    INFO("fixture " << name << " (" << file.metadata.at("config") << "), model " << Net::describe() << " with "
+                    << net.position_policy() << ", " << net.score_bias_policy());
+    xt::load(net, model_tensors(file), name, description.conventions);
+    AutoregressiveWrapper<Net> model(std::move(net));
+    auto& params = model.parameters();
+    const TokenBatch tokens = tokens_of(file, "fixture.tokens");
+    {  // logits of net(tokens[:, :-1]), eval mode
+      model.eval();
+      const auto expected = st::to_vector<double>(file.at("fixture.logits"));
+      const auto logits = model.net.forward(drop_last(tokens));
+      REQUIRE(logits.size() == Index(expected.size()));
+      Index worst = 0;
+      for (Index i = 0; i < logits.size(); ++i) {
+        const double err = std::abs(double(logits.data()[i]) - expected[std::size_t(i)]) /
+                           std::max(std::abs(expected[std::size_t(i)]), 1.0);
+        if (err > m.logits) m.logits = err, worst = i;
+      }
+      INFO("worst logit at " << worst << ": ours " << logits.data()[worst] << ", x-transformers "
+                             << expected[std::size_t(worst)]);
+      CHECK(m.logits <= Tol::logits);
+      model.train();
+    }
+    params.zero_grad();
+    const Loss loss = model(tokens);
+    const double expected_loss = st::to_vector<double>(file.at("fixture.loss")).at(0);
+    m.loss = std::abs(loss.item() - expected_loss) / std::abs(expected_loss);
+    {
+      INFO("loss: ours " << loss.item() << ", x-transformers " << expected_loss);
+      CHECK(m.loss <= Tol::loss);
+    }
+    loss.backward();
+    // every grad.<name> against the accumulated gradient; every parameter has one
+    double largest = 0;
+    for (const auto& t : file.tensors)
+      if (t.name.starts_with("grad."))
+        for (double g : st::to_vector<double>(t)) largest = std::max(largest, std::abs(g));
+    std::set<std::string> with_reference;
+    for (const auto& t : file.tensors) {
+      if (!t.name.starts_with("grad.")) continue;
+      const std::string param = t.name.substr(5);
+      const auto* e = params.find(param);
+      INFO("reference gradient " << t.name);
+      REQUIRE(e != nullptr);
+      REQUIRE(t.shape == e->shape.dims());
+      with_reference.insert(param);
+      const auto expected = st::to_vector<double>(t);
+      double max_diff = 0, max_ref = 0;
+      for (Index i = 0; i < e->shape.numel(); ++i) {
+        max_diff = std::max(max_diff, std::abs(double(params.grads()[e->offset + i]) - expected[std::size_t(i)]));
+        max_ref = std::max(max_ref, std::abs(expected[std::size_t(i)]));
+      }
+      // a tensor whose reference is 0 up to fp32 noise (below 1e-4 of the largest gradient) is measured against the
+      // largest gradient: a relative error of noise is meaningless
+      const double err = max_diff / (max_ref < 1e-4 * largest ? largest : max_ref);
+      if (err >= m.grad) m.grad = err, m.worst_grad = param;
+    }
+    for (const auto& e : params.entries()) {
+      INFO("parameter without a reference gradient: " << e.name);
+      CHECK(with_reference.count(e.name) == 1);
+    }
+    {
+      INFO("worst gradient tensor " << m.worst_grad << ": max|ours − ref| / max|ref| = " << m.grad);
+      CHECK(m.grad <= Tol::grad);
+    }
+    // greedy decoding, token for token, with and without the KV cache
+    const TokenBatch prompt = tokens_of(file, "fixture.prompt");
+    const TokenBatch greedy = tokens_of(file, "fixture.greedy");
+    for (const bool cache_kv : {true, false}) {
+      INFO("greedy decoding, cache_kv " << cache_kv);
+      const TokenBatch ours = model.generate(prompt, greedy.length, {.temperature = 0, .cache_kv = cache_kv});
+      CHECK(ours.data == greedy.data);
+    }
+    }
+  });
+  if (std::getenv("XTR_GOLDEN_REPORT"))
+    std::cout << name << " " << Cpu<T>::name << ": logits " << m.logits << ", loss " << m.loss << ", gradient "
+              << m.grad << " (" << m.worst_grad << ")\n";
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("golden parity of every x-transformers option fixture, float and double", "[golden][options]") {
+  for (const auto& name : option_fixtures()) {
+    SECTION(name) {
+      check_option_fixture<float>(name);
+      check_option_fixture<double>(name);
+    }
+  }
+}
