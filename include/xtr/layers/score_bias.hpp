@@ -93,14 +93,14 @@ class ScoreBiasLayer {
         const Index biased = alibi_.num_heads ? alibi_.num_heads : heads_;
         const auto slopes = ALiBi::slopes(biased);
         for (Index h = 0; h < heads_; ++h)
-          for (Index t = 0; t < s.width; ++t)  // float(|d|) · float(slope), as x-transformers
-            s.table[h * s.width + t] = h < biased ? T(-float(std::abs(t - s.zero)) * float(slopes[std::size_t(h)])) : T(0);
+          for (Index t = 0; t < s.width; ++t)  // −|d| · slope in T (in float: x-transformers' one rounding)
+            s.table[h * s.width + t] = h < biased ? T(-T(std::abs(t - s.zero)) * T(slopes[std::size_t(h)])) : T(0);
       } else if constexpr (std::is_same_v<P, RelativePositionBias>) {
         const T* w = pass.value(table_);
-        const float scale = float(std::sqrt(double(dim_head_)));
+        const T scale = T(std::sqrt(double(dim_head_)));
         for (Index t = 0; t < s.width; ++t) {
           const Index bucket = t5_.bucket(s.zero - t, causal_);  // n = query − key = −(t − zero)
-          for (Index h = 0; h < heads_; ++h) s.table[h * s.width + t] = T(float(w[bucket * heads_ + h]) * scale);
+          for (Index h = 0; h < heads_; ++h) s.table[h * s.width + t] = w[bucket * heads_ + h] * scale;
         }
       } else if constexpr (std::is_same_v<P, DynamicPositionBias>) {
         dynamic_forward(pass, s);
