@@ -4,6 +4,9 @@
 //             [--bf16-weights]   (generate_kv: decode from bfloat16 weights)
 //   xtr_bench --bench seq2seq_train|seq2seq_generate [--config copy|copy_b32]   (tools/bench_peer_seq2seq.py's
 //             XTransformer copy model and measurement)
+//   xtr_bench --bench option_cost [--config small|enwik8] [--steps N] [--only NAME]   the cost of each x-transformers
+//             option: train_step and generate_kv of the config with the option's keyword on the run-time model type
+//             (AnyDecoder), against the same model without options (static and run-time types)
 #include <omp.h>
 
 #include <Eigen/Core>
@@ -39,9 +42,10 @@ xtr::AutoregressiveWrapper<Net> make(const BenchConfig& c) {
                                               .layers = {.dim = c.dim, .depth = c.depth, .heads = c.heads}}));
 }
 
-// forward + backward + Adam step; median of `steps` timed steps after one warm-up (the peer's protocol)
-void train_step(const BenchConfig& c, int steps) {
-  auto model = make(c);
+// forward + backward + Adam step; median of `steps` timed steps after one warm-up (the peer's protocol);
+// returns tokens/s
+template <class Model>
+double time_train_step(Model& model, const BenchConfig& c, int steps) {
   auto opt = xtr::Adam(model.parameters(), {.lr = 1e-4});
   xtr::TokenBatch x(c.batch, c.seq_len + 1);
   xtr::RandomStream rs{0, 0};
@@ -56,7 +60,13 @@ void train_step(const BenchConfig& c, int steps) {
     times.push_back(seconds_since(t));
   }
   times.erase(times.begin());
-  const double med = median(times);
+  return double(c.batch * c.seq_len) / median(times);
+}
+
+void train_step(const BenchConfig& c, int steps) {
+  auto model = make(c);
+  const double tokens_per_s = time_train_step(model, c, steps);
+  const double med = double(c.batch * c.seq_len) / tokens_per_s;
   const double tokens = double(c.batch * c.seq_len);
   // llm.c's convention: 6·N + 6·L·C·T FLOPs per token (N = parameters, L layers, C = dim, T = seq_len)
   const double flops = tokens * (6.0 * double(model.parameters().count()) + 6.0 * c.depth * c.dim * c.seq_len);
@@ -66,9 +76,9 @@ void train_step(const BenchConfig& c, int steps) {
       c.name, omp_get_max_threads(), med, tokens / med, flops / med * 1e-9, steps);
 }
 
-// batch 1, 16-token prompt, 256 new tokens, KV cache, best of 3 after a warm-up of 8 tokens
-void generate_kv(const BenchConfig& c, int repeats, bool bf16) {
-  auto model = make(c);
+// batch 1, 16-token prompt, 256 new tokens, KV cache, best of `repeats` after a warm-up of 8 tokens; returns tokens/s
+template <class Model>
+double time_generate(Model& model, int repeats, bool bf16) {
   model.eval();
   xtr::TokenBatch prompt(1, 16);
   xtr::RandomStream rs{0, 1};
@@ -81,10 +91,85 @@ void generate_kv(const BenchConfig& c, int repeats, bool bf16) {
     auto out = model.generate(prompt, new_tokens, {.bf16_weights = bf16, .seed = std::uint64_t(r)});
     best = std::min(best, seconds_since(t));
   }
+  return new_tokens / best;
+}
+
+void generate_kv(const BenchConfig& c, int repeats, bool bf16) {
+  auto model = make(c);
+  const double tokens_per_s = time_generate(model, repeats, bf16);
   std::printf(
       "{\"impl\": \"xtr\", \"bench\": \"generate_kv\", \"config\": \"%s\", \"threads\": %d, \"batch\": 1, "
       "\"new_tokens\": %d, \"weights\": \"%s\", \"best_s\": %.4f, \"tokens_per_s\": %.1f}\n",
-      c.name, omp_get_max_threads(), new_tokens, bf16 ? "bf16" : "f32", best, new_tokens / best);
+      c.name, omp_get_max_threads(), 256, bf16 ? "bf16" : "f32", 256 / tokens_per_s, tokens_per_s);
+}
+
+// Each option's keywords on top of the config (the same rotary decoder as train_step's).
+struct OptionKeywords {
+  const char* name;
+  const char* wrapper;  // TransformerWrapper keywords
+  const char* layers;   // attn_layers keywords
+};
+constexpr OptionKeywords options[] = {
+    {"none (run-time type)", "", ""},
+    {"alibi_pos_bias", "", R"("alibi_pos_bias": true)"},
+    {"rel_pos_bias", "", R"("rel_pos_bias": true, "rotary_pos_emb": false)"},
+    {"dynamic_pos_bias", R"("use_abs_pos_emb": false)", R"("dynamic_pos_bias": true, "rotary_pos_emb": false)"},
+    {"rotary_xpos", "", R"("rotary_xpos": true)"},
+    {"rotary_interpolation_factor", "", R"("rotary_interpolation_factor": 2.0)"},
+    {"rotary_base_rescale_factor", "", R"("rotary_base_rescale_factor": 2.0)"},
+    {"use_scalenorm", "", R"("use_scalenorm": true)"},
+    {"use_simple_rmsnorm", "", R"("use_simple_rmsnorm": true)"},
+    {"pre_norm=False", "", R"("pre_norm": false)"},
+    {"sandwich_norm", "", R"("sandwich_norm": true)"},
+    {"attn_qk_norm", "", R"("attn_qk_norm": true)"},
+    {"attn_num_mem_kv=4", "", R"("attn_num_mem_kv": 4)"},
+    {"attn_gate_values", "", R"("attn_gate_values": true)"},
+    {"attn_head_scale", "", R"("attn_head_scale": true)"},
+    {"add_value_residual", "", R"("add_value_residual": true)"},
+    {"ff_relu_squared", "", R"("ff_relu_squared": true)"},
+    {"ff_swish", "", R"("ff_swish": true)"},
+    {"ff_no_bias", "", R"("ff_no_bias": true)"},
+    {"tie_embedding", R"("tie_embedding": true)", ""},
+    {"post_emb_norm", R"("post_emb_norm": true)", ""},
+    {"l2norm_embed", R"("l2norm_embed": true)", ""},
+    {"num_memory_tokens=4", R"("num_memory_tokens": 4)", ""},
+};
+
+/// train_step and generate_kv of the config with each option (run-time model type), and the static type without
+/// options: one JSON line per option with both rates and their ratios to the static type's.
+void option_cost(const BenchConfig& c, int steps, const std::string& only) {
+  namespace xt = xtr::x_transformers;
+  auto base = make(c);
+  const double base_train = time_train_step(base, c, steps), base_generate = time_generate(base, 3, false);
+  std::printf("{\"impl\": \"xtr\", \"bench\": \"option_cost\", \"config\": \"%s\", \"option\": \"none (static type)\", "
+              "\"train_tokens_per_s\": %.1f, \"generate_tokens_per_s\": %.1f, \"train_ratio\": 1, \"generate_ratio\": 1}\n",
+              c.name, base_train, base_generate);
+  for (const auto& o : options) {
+    if (!only.empty() && only != o.name) continue;
+    auto layers = xtr::json::parse(R"({"type": "Decoder", "rotary_pos_emb": true})");
+    layers.set("dim", c.dim);
+    layers.set("depth", c.depth);
+    layers.set("heads", c.heads);
+    const auto extra_layers = xtr::json::parse(std::string("{") + o.layers + "}");
+    for (const auto& [key, value] : extra_layers.as_object()) layers.set(key, value);
+    auto root = xtr::json::parse(R"({"num_tokens": 256})");
+    root.set("max_seq_len", c.seq_len);
+    const auto extra_wrapper = xtr::json::parse(std::string("{") + o.wrapper + "}");
+    for (const auto& [key, value] : extra_wrapper.as_object()) root.set(key, value);
+    root.set("attn_layers", layers);
+    xt::with_model(xt::parse_description(root), [&](auto& net) {
+      using Dynamic = std::decay_t<decltype(net)>;
+      if constexpr (Dynamic::layers_type::causal) {
+        xtr::AutoregressiveWrapper<Dynamic> model(std::move(net));
+        const double train = time_train_step(model, c, steps), generate = time_generate(model, 3, false);
+        std::printf("{\"impl\": \"xtr\", \"bench\": \"option_cost\", \"config\": \"%s\", \"option\": \"%s\", "
+                    "\"train_tokens_per_s\": %.1f, \"generate_tokens_per_s\": %.1f, \"train_ratio\": %.3f, "
+                    "\"generate_ratio\": %.3f}\n",
+                    c.name, o.name, train, generate, train / base_train, generate / base_generate);
+      }
+    });
+    std::fflush(stdout);
+  }
 }
 
 // The encoder-decoder of x-transformers' enc-dec copy example: dim 128, depth 3 + 3, heads 8 (dim_head 64), 18
@@ -191,7 +276,7 @@ void bandwidth(int repeats) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string bench = "train_step", config = "small";
+  std::string bench = "train_step", config = "small", only;
   int steps = -1;
   bool bf16 = false;
   for (int i = 1; i < argc; ++i) {
@@ -208,11 +293,13 @@ int main(int argc, char** argv) {
     else if (arg == "--threads") omp_set_num_threads(std::stoi(value()));
     else if (arg == "--steps") steps = std::stoi(value());
     else if (arg == "--bf16-weights") bf16 = true;
+    else if (arg == "--only") only = value();
     else {
       std::fprintf(stderr,
                    "usage: xtr_bench --bench train_step|generate_kv|gemm|bandwidth [--config small|enwik8] "
                    "[--threads N] [--steps N] [--bf16-weights]\n"
-                   "       xtr_bench --bench seq2seq_train|seq2seq_generate [--config copy|copy_b32]\n");
+                   "       xtr_bench --bench seq2seq_train|seq2seq_generate [--config copy|copy_b32]\n"
+                   "       xtr_bench --bench option_cost [--config small|enwik8] [--steps N] [--only OPTION]\n");
       return 2;
     }
   }
@@ -242,12 +329,13 @@ int main(int argc, char** argv) {
   try {
     if (bench == "train_step") train_step(*c, steps > 0 ? steps : (config == "small" ? 5 : 2));
     else if (bench == "generate_kv") generate_kv(*c, steps > 0 ? steps : 3, bf16);
+    else if (bench == "option_cost") option_cost(*c, steps > 0 ? steps : 3, only);
     else if (bench == "gemm") gemm(steps > 0 ? steps : 5);
     else if (bench == "bandwidth") bandwidth(steps > 0 ? steps : 5);
     else {
       std::fprintf(stderr,
                    "xtr_bench: unknown --bench '%s' (train_step, generate_kv, gemm, bandwidth, seq2seq_train, "
-                   "seq2seq_generate)\n",
+                   "seq2seq_generate, option_cost)\n",
                    bench.c_str());
       return 2;
     }

@@ -19,6 +19,8 @@ struct KVCache {
   Index context_length = 0;
   std::vector<Tensor<T>> context_kv;        // per layer (batch, context_length, 2 · kv_heads · dim_head) [k | v]
   std::vector<std::uint8_t> context_mask;   // (batch, context_length), empty = every key
+  // DynamicPositionBias: its MLP's output by distance (rows, heads), kept across steps
+  std::vector<T> score_bias_memo;
 };
 
 }  // namespace xtr

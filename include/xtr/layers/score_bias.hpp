@@ -79,8 +79,11 @@ class ScoreBiasLayer {
   }
   [[nodiscard]] std::string_view policy() const { return policy_name<Slot>(kind_); }
 
-  /// The table for q_len queries at q_offset.. over k_len keys.
-  Saved forward(Pass<Backend>& pass, Index q_len, Index k_len, Index q_offset) const {
+  /// The table for q_len queries at q_offset.. over k_len keys. While decoding, `memo` keeps the dynamic position
+  /// bias's MLP output by distance across steps (it depends on the distance only), grown by doubling, so a step
+  /// evaluates the MLP only when the distances outgrow it (x-transformers re-evaluates it every step).
+  Saved forward(Pass<Backend>& pass, Index q_len, Index k_len, Index q_offset,
+                std::vector<T>* memo = nullptr) const {
     Saved s;
     s.q_len = q_len;
     s.k_len = k_len;
@@ -103,7 +106,20 @@ class ScoreBiasLayer {
           for (Index h = 0; h < heads_; ++h) s.table[h * s.width + t] = w[bucket * heads_ + h] * scale;
         }
       } else if constexpr (std::is_same_v<P, DynamicPositionBias>) {
-        dynamic_forward(pass, s);
+        if (!memo) {
+          dynamic_forward(pass, s);
+        } else {
+          const Index reach = Index(memo->size()) / std::max<Index>(heads_, 1);  // rows: 2 · reach_k − 1
+          if (reach < 2 * k_len - 1) {  // evaluate the MLP for twice the distances, keep its rows
+            Saved wide;
+            wide.k_len = std::max<Index>(2 * k_len, 64);
+            dynamic_forward(pass, wide, false);
+            memo->assign(wide.out, wide.out + (2 * wide.k_len - 1) * heads_);
+          }
+          const Index center = (Index(memo->size()) / heads_ - 1) / 2;  // the row of distance 0
+          for (Index h = 0; h < heads_; ++h)
+            for (Index t = 0; t < s.width; ++t) s.table[h * s.width + t] = (*memo)[(center - (t - s.zero)) * heads_ + h];
+        }
       }
     });
     return s;
@@ -134,8 +150,9 @@ class ScoreBiasLayer {
   using Silu = kernel<Backend, ops::Activation<act::Silu>>;
   using LN = kernel<Backend, ops::Normalize<LayerNorm>>;
 
-  /// MLP over the distances −(k_len − 1) .. k_len − 1 (row r: distance r − (k_len − 1) = query − key).
-  void dynamic_forward(Pass<Backend>& pass, Saved& s) const {
+  /// MLP over the distances −(k_len − 1) .. k_len − 1 (row r: distance r − (k_len − 1) = query − key), and with
+  /// `table` the table of s from it.
+  void dynamic_forward(Pass<Backend>& pass, Saved& s, bool table = true) const {
     const Index rows = 2 * s.k_len - 1, d = width_;
     s.input = pass.arena.template allocate<T>(rows);
     for (Index r = 0; r < rows; ++r) {
@@ -174,6 +191,7 @@ class ScoreBiasLayer {
     o.bias = pass.value(out_b_);
     Lin::forward(x, pass.weights(out_w_), out, o, pass.arena);
     s.out = out.data;
+    if (!table) return;
     // table[h][t] = out[(k_len − 1) − (t − zero)][h]: t − zero = key − query
     for (Index h = 0; h < heads_; ++h)
       for (Index t = 0; t < s.width; ++t) s.table[h * s.width + t] = out(s.k_len - 1 - (t - s.zero), h);

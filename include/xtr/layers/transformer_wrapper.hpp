@@ -792,7 +792,8 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
     prepend_memory(pass, xe, n, x);
   }
   typename ScoreBiasSublayer::Saved bias;
-  if (score_bias_.active()) bias = score_bias_.forward(pass, rows, cache.length + rows, cache.length);
+  if (score_bias_.active())
+    bias = score_bias_.forward(pass, rows, cache.length + rows, cache.length, &cache.score_bias_memo);
   ConstView<T> first_values{};
   for (std::size_t l = 0; l < blocks_.size(); ++l) {
     LayerInputs<Backend> in = layer_inputs(Index(l), bias, first_values, nullptr);
