@@ -292,12 +292,17 @@ int main(int argc, char** argv) {
       return std::any_of(prefixes.begin(), prefixes.end(), [&](const auto& p) { return t.name.starts_with(p); });
     });
     if (is_xtransformer(root)) {
-      const auto description = xt::parse_xtransformer_description(root);
+      auto description = xt::parse_xtransformer_description(root);
+      xt::match_layout(description.encoder, weights, "encoder.");
+      xt::match_layout(description.decoder, weights, "decoder.net.");
+      description.config.encoder = description.encoder.config;
+      description.config.decoder = description.decoder.config;
       const auto tokens = read_paired_tokens(o.tokens);
       AnyXTransformer model(description.config);
       evaluate_xtransformer(model, weights, tokens, o, description.conventions());
     } else {
-      const auto description = xt::parse_description(root);
+      auto description = xt::parse_description(root);
+      xt::match_layout(description, weights);  // torch < 2.1 files of 1.27.1 – 1.30.x
       const auto rows = xtr::json::parse(read_text(o.tokens));
       xtr::require(!rows.is_object(), o.tokens, ": ", description.stack == "Encoder" ? "an Encoder" : "a Decoder",
                    " takes a JSON list of token rows; the {\"src\", \"tgt\"} object is for XTransformer descriptions");

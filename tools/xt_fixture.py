@@ -44,7 +44,9 @@ Option decoders (OPTION_CONFIGS, merged into CONFIGS): the base decoder plus one
 decoder format above. Where x-transformers cannot decode a config with the kv cache (net.can_cache_kv False, e.g.
 memory tokens, or generate(cache_kv=True) raising), fixture.greedy comes from cache_kv=False and the `generate`
 metadata says so ("cache_kv": false, "no_cache_reason"). reference_forward does not implement these options: with
---facts they get check_facts_fp64 / check_option_behaviour instead of check_facts / check_misc / check_init.
+--facts they get check_facts_fp64 / check_option_behaviour instead of check_facts / check_misc / check_init. A few
+option configs combine several options, and one (encoder_rel_pos_bias_mask, kind "encoder", T5 bias) is an encoder:
+reference_forward implements the T5 bias (t5_bucket), so it keeps check_facts (reference: True).
 
 After writing, each file is re-read with safetensors.torch.load_file, the model is rebuilt from the
 `config` metadata alone, and the forward must reproduce fixture.logits bit for bit. An independent
@@ -336,9 +338,88 @@ OPTION_CONFIGS = {
                     "other, while every token sees them), dropped before to_logits. "
                     "x-transformers cannot kv-cache this model (can_cache_kv False): greedy is uncached.",
     ),
+    # sub-options and combinations (a second batch; same base decoder, format, training and checks)
+    "decoder_dpb_norm_log": dict(
+        config=option_decoder({"dynamic_pos_bias": True, "dynamic_pos_bias_norm": True,
+                               "dynamic_pos_bias_log_distance": True, "dynamic_pos_bias_mlp_depth": 3}),
+        description="Decoder with dynamic position bias and all its sub-options: log distance (the MLP input is "
+                    "sign(i - j) * log(|i - j| + 1) instead of i - j), mlp depth 3 (Linear(1, 8), Linear(8, 8), "
+                    "Linear(8, 8), each followed by a norm and SiLU, then Linear(8, heads)), norm: the FIRST block's "
+                    "norm is x-transformers' LayerNorm (bias-less, `mlp.0.1.gamma` used as is, init 1, no unit "
+                    "offset), the two later ones are torch nn.LayerNorm with weight and bias (`mlp.{1,2}.1.weight`, "
+                    "`.bias`); one MLP shared by all layers (attn_layers.rel_pos.mlp.*); the learned absolute "
+                    "position embedding stays on.",
+    ),
+    "decoder_qk_norm_groups": dict(
+        config=option_decoder({"attn_qk_norm": True, "attn_qk_norm_groups": 2, "attn_qk_norm_dim_scale": True}),
+        description="Decoder with grouped qk norm and learned dim scales (attn_qk_norm_groups=2, "
+                    "attn_qk_norm_dim_scale=True): each head's q and k (dim_head 16) are split into 2 groups of 8 "
+                    "consecutive dims, each group l2-normalised on its own (so |q| = sqrt(2) per head), then "
+                    "multiplied by qk_norm_q_scale (heads, 1, 16) / qk_norm_k_scale (kv_heads, 1, 16) (init "
+                    "16 ** 0.25 = 2, used as is); logits scaled by dim_head ** -0.5. x-transformers asserts "
+                    "dim_head % groups == 0 and dim_head // groups > 2 (16 // 2 = 8).",
+    ),
+    "decoder_value_residual_fixed_gqa": dict(
+        config=option_decoder({"heads": 4, "attn_kv_heads": 2, "add_value_residual": True,
+                               "learned_value_residual_mix": False}, depth=3),
+        description="Decoder with value residual learning at a FIXED mix (add_value_residual=True, "
+                    "learned_value_residual_mix=False) and grouped-query attention (4 query heads, 2 kv heads), "
+                    "depth 3: every later attention layer's values become v1.lerp(v, 0.5) = (v1 + v) / 2, v1 the "
+                    "first layer's values (after to_v, per kv head, before the GQA repeat); no "
+                    "to_value_residual_mix parameters; query head i uses kv head i % 2.",
+    ),
+    "decoder_alibi_rotary_all": dict(
+        config=option_decoder({"heads": 4, "alibi_pos_bias": True, "rotary_pos_emb": True}),
+        description="Decoder with ALiBi on all 4 heads (alibi_num_heads defaults to heads: slopes 2 ** -2, 2 ** -4, "
+                    "2 ** -6, 2 ** -8 for heads 0..3, bias -slope * |i - j|) AND rotary positions (rotary dim 8); no "
+                    "learned absolute positions (rotary turns them off). With rotary, AttentionLayers passes the "
+                    "positions `pos` to every attention, so ALiBi comes from forward_custom_pos(pos) (same values "
+                    "without a cache). x-transformers cannot kv-cache this model: with a cache that bias is (h, n, n) "
+                    "instead of (h, 1, n) and broadcasts the one new query to n rows, which crashes the rotary of the "
+                    "second layer (RuntimeError): greedy is uncached.",
+    ),
+    "decoder_combo": dict(
+        config=option_decoder({"heads": 4, "attn_kv_heads": 1, "rotary_pos_emb": True, "rotary_xpos": True,
+                               "use_rmsnorm": True, "sandwich_norm": True, "ff_glu": True, "ff_swish": True,
+                               "ff_no_bias": True, "attn_qk_norm": True, "attn_gate_values": True,
+                               "attn_head_scale": True},
+                              wrapper={"post_emb_norm": True, "tie_embedding": True}),
+        description="Decoder combining many options: 4 query heads sharing ONE kv head (attn_kv_heads=1), xPos "
+                    "rotary, RMSNorm with sandwich norm (pre-norm `.0.0.g` and a norm on each branch output "
+                    "`.0.1.g`, final norm kept), SwiGLU feed-forward with ff_no_bias (which removes only ff.2's "
+                    "bias: the GLU projection ff.0.proj keeps its bias), qk norm (l2, fixed scale 10), gated values, "
+                    "per-head output scale; wrapper: post_emb_norm (LayerNorm, gain used as is; no position "
+                    "embedding to add since rotary is on) and tie_embedding (logits = h @ token_emb.T * dim ** -0.5, "
+                    "no to_logits).",
+    ),
+    "decoder_mem_kv_t5": dict(
+        config=option_decoder({"rel_pos_bias": True, "rel_pos_num_buckets": 8, "rel_pos_max_distance": 16,
+                               "attn_num_mem_kv": 3}, wrapper={"num_memory_tokens": 2}),
+        description="Decoder with T5 relative position bias on 8 buckets, max distance 16 (causal: distances 0..3 "
+                    "exact, 4..11 in log buckets 4..6, >= 12 in bucket 7), 3 learned memory key/values per "
+                    "attention layer (bias 0, always visible) and 2 memory tokens (wrapper num_memory_tokens=2) "
+                    "prepended to the sequence: the T5 distances count them (text token t sits at position t + 2, "
+                    "memory tokens at 0, 1); no absolute positions. x-transformers cannot kv-cache memory tokens: "
+                    "greedy is uncached.",
+    ),
+    # an Encoder option fixture: make_encoder_fixture (denoising with key padding); reference_forward implements the
+    # T5 bias, so this one keeps the independent-forward checks of check_facts
+    "encoder_rel_pos_bias_mask": dict(
+        kind="encoder",
+        reference=True,
+        config={"num_tokens": NUM_TOKENS, "max_seq_len": MAX_SEQ_LEN,
+                "attn_layers": {"type": "Encoder", "dim": 32, "depth": 2, "heads": 2, "attn_dim_head": 16,
+                                "rel_pos_bias": True}},
+        description="Encoder (bidirectional) with T5 relative position bias (rel_pos_bias=True, defaults: 32 "
+                    "buckets, max distance 128), non-causal bucketing: 16 buckets per direction, bucket = 16 * "
+                    "(key after query) + (d for d < 8, else 8 + floor(log(d / 8) / log(16) * 8)), d = |i - j|; "
+                    "bias = table[bucket, h] * dim_head ** 0.5; no absolute positions (x-transformers turns them "
+                    "off for rel_pos_bias); default pre-LayerNorm, GELU; trained as a denoiser with a key-padding "
+                    "mask like encoder_rotary_layernorm_mask.",
+    ),
 }
 for _spec in OPTION_CONFIGS.values():
-    _spec["reference"] = False
+    _spec.setdefault("reference", False)
 CONFIGS.update(OPTION_CONFIGS)
 
 # the encoder fixture: a denoising task with key padding
@@ -381,14 +462,35 @@ def train_adam(module, steps, lr, step_loss):
 # ----------------------------------------------------------------------------------------------------------------------
 # an independent plain-tensor forward, written from the facts below; it must match x-transformers to 1e-4
 
+def t5_bucket(rel, causal, num_buckets, max_distance):
+    """T5 relative position bucket of rel = key position - query position (LongTensor), as written in the T5 paper /
+    x-transformers' RelativePositionBias: with n = query - key, a causal stack clamps n at 0 and uses all buckets; a
+    bidirectional one uses num_buckets // 2 per direction, the upper half for keys AFTER the query (n < 0), and |n|.
+    Within a direction: n < max_exact = buckets // 2 is its own bucket, larger n go to max_exact + floor(log(n /
+    max_exact) / log(max_distance / max_exact) * (buckets - max_exact)), clamped to buckets - 1."""
+    n = -rel
+    if causal:
+        nb, offset, n = num_buckets, torch.zeros_like(n), n.clamp(min=0)
+    else:
+        nb = num_buckets // 2
+        offset, n = (n < 0).long() * nb, n.abs()
+    max_exact = nb // 2
+    large = max_exact + (torch.log(n.float() / max_exact) / math.log(max_distance / max_exact)
+                         * (nb - max_exact)).long()
+    large = large.clamp(max=nb - 1)
+    return offset + torch.where(n < max_exact, n, large)
+
+
 def reference_forward(sd, config, tokens, gqa_map="modulo", mask=None, zero_padded_queries=True):
     """logits (B, T, V); `mask` (B, T) bool, True = real token (x-transformers' convention): padded keys get
     -finfo.max before the softmax, and the attention branch's output (after to_out) is ZEROED at padded query
     positions (Attention.forward: einx.where(mask, out, 0.)); the feed-forward branch and the logits are still
-    computed there. Causal for a Decoder config."""
+    computed there. Causal for a Decoder config. With rel_pos_bias (T5) the bias table[bucket(j - i), h] * dim_head **
+    0.5 is added to the scaled logits (t5_bucket below; one table for all layers)."""
     al = config["attn_layers"]
     causal_stack = al["type"] == "Decoder"
-    assert ("pos_emb.emb.weight" in sd) == (config.get("use_abs_pos_emb", True) and not al.get("rotary_pos_emb"))
+    assert ("pos_emb.emb.weight" in sd) == (config.get("use_abs_pos_emb", True) and not al.get("rotary_pos_emb")
+                                            and not al.get("rel_pos_bias"))
     dim, depth = al["dim"], al["depth"]
     H = al.get("heads", 8)
     dh = al.get("attn_dim_head", 64)
@@ -424,6 +526,13 @@ def reference_forward(sd, config, tokens, gqa_map="modulo", mask=None, zero_padd
         y = torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1).flatten(-2)
         return torch.cat((y, rest), dim=-1)
 
+    rel_bias = None
+    if al.get("rel_pos_bias"):
+        pos = torch.arange(T)
+        bucket = t5_bucket(pos[None, :] - pos[:, None], causal_stack, al.get("rel_pos_num_buckets", 32),
+                           al.get("rel_pos_max_distance", 128))                       # (T, T), rel = j - i
+        rel_bias = sd["attn_layers.rel_pos.relative_attention_bias.weight"][bucket].permute(2, 0, 1) * dh ** 0.5
+
     causal = torch.ones(T, T, dtype=torch.bool).triu(1)            # (T, T): True = masked out
     if not causal_stack:
         causal = torch.zeros(T, T, dtype=torch.bool)
@@ -441,6 +550,8 @@ def reference_forward(sd, config, tokens, gqa_map="modulo", mask=None, zero_padd
         idx = torch.arange(H) % kvh if gqa_map == "modulo" else torch.arange(H) // (H // kvh)
         k, v = k[:, idx], v[:, idx]
         sim = (q @ k.transpose(-1, -2)) * dh ** -0.5
+        if rel_bias is not None:
+            sim = sim + rel_bias
         sim = sim.masked_fill(masked, -torch.finfo(sim.dtype).max)
         o = sim.softmax(-1) @ v                                    # (B, H, T, dh)
         o = o.transpose(1, 2).reshape(B, T, H * dh)
@@ -639,6 +750,36 @@ def check_facts(name, config, sd, inputs, mask, loss_fn, logits, grads, loss_val
         facts["position"] = ("use_abs_pos_emb=False (and no rotary): TransformerWrapper.pos_emb is always(0), no "
                              "parameter; x = token_emb[ids] only, order comes from the causal mask alone")
 
+    # T5 relative position bias: the buckets of t5_bucket (used by reference_forward) are x-transformers' own
+    if al.get("rel_pos_bias"):
+        from x_transformers.x_transformers import RelativePositionBias
+        causal = al["type"] == "Decoder"
+        nb, md = al.get("rel_pos_num_buckets", 32), al.get("rel_pos_max_distance", 128)
+        probe = build(config)
+        rp = probe.attn_layers.rel_pos
+        assert isinstance(rp, RelativePositionBias) and rp.causal == causal and rp.scale == al["attn_dim_head"] ** 0.5
+        assert not any(k.startswith("pos_emb.") for k in sd), "rel_pos_bias should turn the absolute positions off"
+        n = 3 * md
+        pos = torch.arange(n)
+        rel = pos[None, :] - pos[:, None]
+        got = rp._relative_position_bucket(rel, causal=causal, num_buckets=nb, max_distance=md)
+        assert torch.equal(got, t5_bucket(rel, causal, nb, md))
+        T = inputs.shape[1]
+        used = sorted(set(t5_bucket(torch.arange(T)[None, :] - torch.arange(T)[:, None], causal, nb, md)
+                          .flatten().tolist()))
+        if causal:
+            side = "causal: n = max(i - j, 0), all buckets"
+        else:
+            side = (f"bidirectional: {nb // 2} buckets per direction, buckets {nb // 2}..{nb - 1} for keys AFTER the "
+                    f"query (j > i), n = |i - j|")
+        facts["position"] = (
+            f"T5 relative position bias (rel_pos_bias=True, {nb} buckets, max distance {md}), {side}; within a "
+            f"direction n < max_exact = {(nb if causal else nb // 2) // 2} is its own bucket, larger n map to "
+            f"max_exact + floor(log(n / max_exact) / log({md} / max_exact) * (buckets - max_exact)), clamped; bias[h, "
+            f"i, j] = relative_attention_bias.weight[bucket, h] * dim_head ** 0.5 added to the scaled logits, one "
+            f"table for all layers; no absolute position embedding. Length {T} uses buckets {used} "
+            f"(x-transformers' _relative_position_bucket equals this formula for |i - j| < {n})")
+
     # GQA mapping, straight from Attend's repeat
     H = al.get("heads", 8)
     kvh = al.get("attn_kv_heads", H)
@@ -730,39 +871,133 @@ def check_option_behaviour(name, config, weights, tokens):
     attns = [blk for (_, blk, _), t in zip(net.attn_layers.layers, net.attn_layers.layer_types) if t == "a"]
     ffs = [blk for (_, blk, _), t in zip(net.attn_layers.layers, net.attn_layers.layer_types) if t == "f"]
     has_abs = "pos_emb.emb.weight" in weights
+    n_mem_tok = config.get("num_memory_tokens", 0)
     lines.append(f"learned absolute position embedding: {'present' if has_abs else 'absent'}")
+
+    def attend_inputs(inp):
+        """(q, k, v, attn_bias) each attention layer hands to its Attend (after qk norm / rotary / mem kv), for
+        net(inp)."""
+        seen = []
+        hooks = [a.attend.register_forward_pre_hook(
+            lambda mod, args, kwargs: seen.append((*args[:3], kwargs.get("attn_bias"))), with_kwargs=True)
+            for a in attns]
+        with torch.no_grad():
+            net(inp)
+        for hk in hooks:
+            hk.remove()
+        assert len(seen) == len(attns)
+        return seen
+
     if al.get("alibi_pos_bias"):
         rp = net.attn_layers.rel_pos
-        assert isinstance(rp, AlibiPositionalBias) and has_abs
-        assert rp.slopes.flatten().tolist() == [2.0 ** -8], rp.slopes
+        na = al.get("alibi_num_heads", H)
+        assert math.log2(na).is_integer()
+        slopes = [2.0 ** (-8.0 * (h + 1) / na) for h in range(na)]      # power-of-two head counts
+        assert isinstance(rp, AlibiPositionalBias) and has_abs == (not al.get("rotary_pos_emb"))
+        assert rp.slopes.flatten().tolist() == slopes, rp.slopes
         b = rp(5, 5)
         d = (torch.arange(5)[:, None] - torch.arange(5)[None, :]).abs().float()
-        assert b.shape == (H, 5, 5) and torch.equal(b[0], -d * 2.0 ** -8) and torch.equal(b[1], torch.zeros(5, 5))
-        lines.append("ALiBi, alibi_num_heads=1 of 2: bias[h=0] = -|i - j| * 2 ** -8, bias[h=1] = 0 (the un-ALiBi'd "
-                     "heads are the LAST ones, zero-padded); abs pos emb kept")
+        assert b.shape == (H, 5, 5)
+        for h in range(H):
+            assert torch.equal(b[h], -d * slopes[h] if h < na else torch.zeros(5, 5))
+        if na == 1 and H == 2:
+            lines.append("ALiBi, alibi_num_heads=1 of 2: bias[h=0] = -|i - j| * 2 ** -8, bias[h=1] = 0 (the "
+                         "un-ALiBi'd heads are the LAST ones, zero-padded); abs pos emb kept")
+        else:
+            lines.append(f"ALiBi on {na} of {H} heads: bias[h] = -|i - j| * slope[h], slopes " +
+                         ", ".join(f"2 ** {math.log2(x):g}" for x in slopes) +
+                         (f", heads {na}..{H - 1} zero" if na < H else "") +
+                         ("; abs pos emb kept" if has_abs else "; no abs pos emb (rotary turns it off)"))
+        if al.get("rotary_pos_emb"):
+            # rotary makes AttentionLayers pass `pos` to every attention: ALiBi then comes from forward_custom_pos
+            T = x_in.shape[1]
+            custom = rp.forward_custom_pos(torch.arange(T))
+            assert torch.equal(custom, rp(T, T)), "forward_custom_pos(arange) should equal the plain ALiBi bias"
+            for _, _, _, ab in attend_inputs(x_in):
+                assert torch.equal(ab, custom)
+            try:
+                AutoregressiveWrapper(net).generate(x_in[:1, :PROMPT], 2, temperature=0., cache_kv=True)
+                crashed = None
+            except RuntimeError as e:
+                crashed = str(e)
+            assert (crashed is not None) == (al["depth"] >= 2), crashed
+            lines.append("ALiBi + rotary: AttentionLayers computes pos = arange(cache length + n) for rotary and passes "
+                         "it to every attention, which then takes ALiBi from forward_custom_pos(pos): the same (h, n, "
+                         "n) values as without rotary in a full forward (asserted on the Attend inputs). With the kv "
+                         "cache that bias is (h, cache + 1, cache + 1) instead of (h, 1, cache + 1): the one new query "
+                         "is broadcast to cache + 1 rows, so the first layer outputs cache + 1 tokens and the second "
+                         "layer's rotary fails (RuntimeError: " + (crashed or "")[:80] + "); at depth 1 the last row "
+                         "happens to be right. Greedy is therefore uncached")
     if al.get("rel_pos_bias"):
         rp = net.attn_layers.rel_pos
+        nb, md = al.get("rel_pos_num_buckets", 32), al.get("rel_pos_max_distance", 128)
         assert isinstance(rp, RelativePositionBias) and rp.scale == dh ** 0.5 and rp.causal and not has_abs
-        n = torch.arange(MAX_SEQ_LEN)
-        buckets = rp._relative_position_bucket(-n, causal=True, num_buckets=32, max_distance=128)
-        assert buckets[:16].tolist() == list(range(16)) and int(buckets.max()) == 21, buckets
+        assert rp.num_buckets == nb and rp.max_distance == md
+        n = torch.arange(MAX_SEQ_LEN + n_mem_tok)
+        buckets = rp._relative_position_bucket(-n, causal=True, num_buckets=nb, max_distance=md)
+        assert torch.equal(buckets, t5_bucket(-n, True, nb, md))
+        me = nb // 2
+        assert buckets[:me].tolist() == list(range(me)), buckets
         b = rp(4, 4)
         tab = weights["attn_layers.rel_pos.relative_attention_bias.weight"]
         assert torch.equal(b[:, 3, 1], tab[2] * dh ** 0.5)                      # query 3, key 1: distance 2
-        lines.append(f"T5 bias: bucket(distance) = distance for 0..15, then 16 + floor(log(d / 16) / log(8) * 16), "
-                     f"max bucket at distance 31 is {int(buckets.max())}; bias[h, i, j] = table[bucket(i - j), h] * "
-                     f"dim_head ** 0.5; one table for all layers; no abs pos emb")
+        if (nb, md) == (32, 128):
+            lines.append(f"T5 bias: bucket(distance) = distance for 0..15, then 16 + floor(log(d / 16) / log(8) * 16), "
+                         f"max bucket at distance 31 is {int(buckets.max())}; bias[h, i, j] = table[bucket(i - j), h] "
+                         f"* dim_head ** 0.5; one table for all layers; no abs pos emb")
+        else:
+            first = {}
+            for d, bk in enumerate(buckets.tolist()):
+                first.setdefault(bk, d)
+            lines.append(f"T5 bias, {nb} buckets, max distance {md}: bucket(d) = d for d < {me}, then {me} + "
+                         f"floor(log(d / {me}) / log({md} / {me}) * {nb - me}) clamped to {nb - 1}; first distance of "
+                         f"each bucket: " + ", ".join(f"{bk}: {d}" for bk, d in sorted(first.items())) +
+                         f"; bias[h, i, j] = table[bucket(i - j), h] * dim_head ** 0.5; one table for all layers; "
+                         f"no abs pos emb")
     if al.get("dynamic_pos_bias"):
         rp = net.attn_layers.rel_pos
+        mlp_depth = al.get("dynamic_pos_bias_mlp_depth", 2)
+        use_norm, log_d = al.get("dynamic_pos_bias_norm", False), al.get("dynamic_pos_bias_log_distance", False)
         assert isinstance(rp, DynamicPositionBias) and has_abs
+        assert len(rp.mlp) == mlp_depth + 1 and rp.log_distance == log_d
         b = rp(4, 4)
-        mlp_in = torch.tensor([[2.0]])
-        for layer in rp.mlp:
-            mlp_in = layer(mlp_in)
-        assert torch.allclose(b[:, 3, 1], mlp_in[0], atol=1e-6)                 # query 3, key 1: input i - j = 2
-        lines.append("dynamic bias: bias[h, i, j] = MLP(float(i - j))[h] (Linear(1, 8), SiLU, Linear(8, 8), SiLU, "
-                     "Linear(8, heads)), no scale; abs pos emb kept; the last Linear's bias adds a per-head constant "
-                     "to every logit of a row, so softmax ignores it and its exact gradient is 0")
+        P = "attn_layers.rel_pos.mlp"
+
+        def mlp(dist):          # from the saved weights alone, written from the description
+            h = torch.tensor([[math.copysign(math.log(abs(dist) + 1), dist) if log_d else float(dist)]])
+            for i in range(mlp_depth):
+                h = h @ weights[f"{P}.{i}.0.weight"].T + weights[f"{P}.{i}.0.bias"]
+                if use_norm and i == 0:
+                    h = F.layer_norm(h, (h.shape[-1],), eps=1e-5) * weights[f"{P}.0.1.gamma"]
+                elif use_norm:
+                    h = F.layer_norm(h, (h.shape[-1],), weights[f"{P}.{i}.1.weight"], weights[f"{P}.{i}.1.bias"],
+                                     eps=1e-5)
+                h = F.silu(h)
+            return (h @ weights[f"{P}.{mlp_depth}.weight"].T + weights[f"{P}.{mlp_depth}.bias"])[0]
+
+        for i, j in ((3, 1), (3, 3), (3, 0)):
+            assert torch.allclose(b[:, i, j], mlp(i - j), atol=1e-6), (i, j)
+        if not (use_norm or log_d or mlp_depth != 2):
+            lines.append("dynamic bias: bias[h, i, j] = MLP(float(i - j))[h] (Linear(1, 8), SiLU, Linear(8, 8), SiLU, "
+                         "Linear(8, heads)), no scale; abs pos emb kept; the last Linear's bias adds a per-head "
+                         "constant to every logit of a row, so softmax ignores it and its exact gradient is 0")
+        else:
+            if use_norm:
+                fr = fresh.attn_layers.rel_pos.mlp
+                assert type(fr[0][1]).__name__ == "LayerNorm" and not isinstance(fr[0][1], torch.nn.LayerNorm)
+                assert not fr[0][1].unit_offset and torch.all(fr[0][1].gamma == 1)
+                for i in range(1, mlp_depth):
+                    assert isinstance(fr[i][1], torch.nn.LayerNorm) and fr[i][1].bias is not None
+                    assert torch.all(fr[i][1].weight == 1) and torch.all(fr[i][1].bias == 0)
+            lines.append("dynamic bias: bias[h, i, j] = MLP(" +
+                         ("sign(i - j) * log(|i - j| + 1)" if log_d else "float(i - j)") + ")[h], the MLP = " +
+                         f"{mlp_depth} blocks [Linear(1 or 8, 8)" + (", norm" if use_norm else "") + ", SiLU] then "
+                         "Linear(8, heads); no scale; abs pos emb kept" +
+                         ("; norms: block 0 x-transformers LayerNorm (`mlp.0.1.gamma` as is, init 1, no bias, no unit "
+                          "offset), later blocks torch nn.LayerNorm (`mlp.{i}.1.weight` init 1, `.bias` init 0), "
+                          "eps 1e-5" if use_norm else "") +
+                         " (checked from the saved weights at i - j = 2, 0, 3); the last Linear's bias is a per-head "
+                         "constant, so its exact gradient is 0")
     if al.get("rotary_pos_emb"):
         re = net.attn_layers.rotary_pos_emb
         rd = dh // 2
@@ -807,20 +1042,54 @@ def check_option_behaviour(name, config, weights, tokens):
                 assert a.attend.scale == dh ** -0.5
             else:
                 assert a.attend.scale == 10 and a.qk_norm_q_scale == 1
+        groups = al.get("attn_qk_norm_groups", 1)
+        assert all(a.qk_norm_groups == groups for a in attns)
+        if groups > 1:
+            assert dh % groups == 0 and dh // groups > 2 and not al.get("rotary_pos_emb")
+            B, T = x_in.shape
+            for a, (q, k, _, _) in zip(attns, attend_inputs(x_in)):
+                qn = (q / a.qk_norm_q_scale).reshape(B, H, T, groups, dh // groups).norm(dim=-1)
+                kn = (k / a.qk_norm_k_scale).reshape(B, k.shape[1], T, groups, dh // groups).norm(dim=-1)
+                assert torch.allclose(qn, torch.ones_like(qn), atol=1e-5)
+                assert torch.allclose(kn, torch.ones_like(kn), atol=1e-5)
+                whole = (q / a.qk_norm_q_scale).norm(dim=-1)
+                assert torch.allclose(whole, torch.full_like(whole, math.sqrt(groups)), atol=1e-5)
         if al.get("attn_qk_norm_dim_scale"):
             fa = [m for m in fresh.modules() if type(m).__name__ == "Attention"][0]
             assert torch.all(fa.qk_norm_q_scale == dh ** 0.25) and fa.qk_norm_q_scale.shape == (H, 1, dh)
-            lines.append(f"qk norm + dim scale: q = l2norm(q) * q_scale, k = l2norm(k) * k_scale (init dim_head ** "
-                         f"0.25 = {dh ** 0.25:g}), logits * dim_head ** -0.5")
+            if groups == 1:
+                lines.append(f"qk norm + dim scale: q = l2norm(q) * q_scale, k = l2norm(k) * k_scale (init dim_head "
+                             f"** 0.25 = {dh ** 0.25:g}), logits * dim_head ** -0.5")
+            else:
+                lines.append(f"grouped qk norm + dim scale: each head's q, k split into {groups} groups of "
+                             f"{dh // groups} consecutive dims, each group l2-normalised on its own (checked on the "
+                             f"Attend inputs: every group has norm 1 before the scale, each head sqrt({groups})), then "
+                             f"* q_scale / k_scale (init dim_head ** 0.25 = {dh ** 0.25:g}), logits * dim_head ** -0.5")
         else:
             lines.append("qk norm: q, k l2-normalised per head, logits = 10 * q.k (constant qk_norm_scale)")
     if al.get("attn_num_mem_kv"):
         with torch.no_grad():
             _, inter = net(x_in, return_intermediates=True)
-        T = x_in.shape[1]
+        T = x_in.shape[1] + n_mem_tok
+        nm = al["attn_num_mem_kv"]
         assert all(i.cached_kv[0].shape[-2] == T for i in inter.attn_intermediates)
-        lines.append("memory kv: concatenated in front of the keys/values after the kv cache is taken (the cache "
-                     "holds only the T real keys)")
+        if not n_mem_tok and not al.get("rel_pos_bias"):
+            lines.append("memory kv: concatenated in front of the keys/values after the kv cache is taken (the cache "
+                         "holds only the T real keys)")
+        else:
+            for a, (q, k, v, ab) in zip(attns, attend_inputs(x_in)):
+                assert k.shape[-2] == nm + T and torch.equal(k[:, :, :nm], a.mem_k[None].expand(k.shape[0], -1, -1, -1))
+                if al.get("rel_pos_bias"):
+                    assert ab.shape == (H, T, nm + T) and torch.all(ab[..., :nm] == 0)
+                    assert torch.equal(ab[..., nm:], net.attn_layers.rel_pos(T, T))
+            lines.append(f"memory kv ({nm}): mem_k / mem_v concatenated in front of the keys/values after the kv cache "
+                         f"is taken (the cache holds only the {T} sequence keys" +
+                         (f", memory tokens included" if n_mem_tok else "") + ")" +
+                         ("; the T5 bias is zero-padded on the left for them (bias 0, always visible), and computed "
+                          f"as rel_pos({T}, {T}) over the whole sequence" + (" INCLUDING the memory tokens (text token "
+                                                                             f"t at position t + {n_mem_tok})"
+                                                                             if n_mem_tok else "")
+                          if al.get("rel_pos_bias") else ""))
     if al.get("attn_gate_values"):
         fa = [m for m in fresh.modules() if type(m).__name__ == "Attention"][0]
         assert isinstance(fa.to_v_gate, torch.nn.Linear) and fa.to_v_gate.bias is None
@@ -832,38 +1101,57 @@ def check_option_behaviour(name, config, weights, tokens):
         assert torch.all(fa.head_scale_params == 1)
         lines.append("head scale: head_scale_params (1, heads, 1, 1), init 1")
     if al.get("add_value_residual"):
+        learned = al.get("learned_value_residual_mix", True)
         mixers = [not isinstance(a.to_value_residual_mix, torch.nn.Module) for a in attns]
-        assert mixers == [True] + [False] * (len(attns) - 1), mixers
+        assert mixers == ([True] + [False] * (len(attns) - 1) if learned else [True] * len(attns)), mixers
+        kvh = al.get("attn_kv_heads", H)
         captured = []
         hooks = [a.to_v.register_forward_hook(lambda mod, args, res: captured.append(res)) for a in attns]
         mix_out = []
-        hooks += [a.to_value_residual_mix.register_forward_hook(lambda mod, args, res: mix_out.append(res))
-                  for a in attns[1:]]
+        if learned:
+            hooks += [a.to_value_residual_mix.register_forward_hook(lambda mod, args, res: mix_out.append(res))
+                      for a in attns[1:]]
         with torch.no_grad():
             _, inter = net(x_in, return_intermediates=True)
         for h in hooks:
             h.remove()
         B, T = x_in.shape
-        vs = [c.view(B, T, H, dh).transpose(1, 2) for c in captured]
+        vs = [c.view(B, T, kvh, dh).transpose(1, 2) for c in captured]
         for l in range(1, len(attns)):
-            want = vs[0] + mix_out[l - 1] * (vs[l] - vs[0])
+            if learned:
+                want = vs[0] + mix_out[l - 1] * (vs[l] - vs[0])
+            else:
+                want = (vs[0] + vs[l]) / 2
             assert torch.allclose(inter.attn_intermediates[l].cached_kv[1], want, atol=1e-6)
-        lines.append("value residual: layer l >= 1 uses v = v0 + sigmoid(Linear(x))[per token, head] * (v - v0), "
-                     "v0 = layer 0's to_v output (also what the kv cache stores for l >= 1: the mixed values)")
+        if learned:
+            lines.append("value residual: layer l >= 1 uses v = v0 + sigmoid(Linear(x))[per token, head] * (v - v0), "
+                         "v0 = layer 0's to_v output (also what the kv cache stores for l >= 1: the mixed values)")
+        else:
+            assert not any("value_residual_mix" in k for k in weights)
+            lines.append(f"value residual, fixed mix (learned_value_residual_mix=False): layer l >= 1 uses v = "
+                         f"v0.lerp(v, 0.5) = (v0 + v) / 2 per kv head ({kvh} kv heads, before the GQA repeat), v0 = "
+                         f"layer 0's to_v output; no mixer parameters; the kv cache stores the mixed values")
+    glu = al.get("ff_glu", False)
     for f in ffs:
-        act = f.ff[0][-1]
+        act = f.ff[0].act if glu else f.ff[0][-1]
         if al.get("ff_relu_squared"):
             assert isinstance(act, ReluSquared)
         elif al.get("ff_swish"):
             assert isinstance(act, torch.nn.SiLU)
         if al.get("ff_no_bias"):
-            assert f.ff[0][0].bias is None and f.ff[-1].bias is None
+            assert f.ff[-1].bias is None
+            assert (f.ff[0].proj.bias is not None) if glu else (f.ff[0][0].bias is None)
     if al.get("ff_relu_squared"):
         lines.append("feed-forward activation: relu(x) ** 2 (ReluSquared), plain (not GLU), biases kept")
-    elif al.get("ff_swish"):
+    elif al.get("ff_swish") and not glu:
         lines.append("feed-forward activation: nn.SiLU, plain (not GLU: ff_glu is off), biases kept")
-    if al.get("ff_no_bias"):
+    elif al.get("ff_swish"):
+        lines.append("feed-forward: SwiGLU, ff.0.proj Linear(dim, 2 * inner) split [value | gate], value * silu(gate)")
+    if al.get("ff_no_bias") and not glu:
         lines.append("feed-forward: ff.0.0 and ff.2 without bias; GELU")
+    elif al.get("ff_no_bias"):
+        lines.append("ff_no_bias with ff_glu: only ff.2 loses its bias; the GLU projection ff.0.proj KEEPS its bias "
+                     "(GLU always builds nn.Linear(dim, 2 * inner) with bias)")
     if config.get("tie_embedding"):
         with torch.no_grad():
             h = net(x_in, return_embeddings=True)
@@ -873,14 +1161,17 @@ def check_option_behaviour(name, config, weights, tokens):
     if config.get("post_emb_norm") or config.get("l2norm_embed"):
         with torch.no_grad():
             _, inter = net(x_in, return_intermediates=True)
-        te, pe = weights["token_emb.emb.weight"][x_in], weights["pos_emb.emb.weight"][:x_in.shape[1]]
+        te = weights["token_emb.emb.weight"][x_in]
+        pe = weights["pos_emb.emb.weight"][:x_in.shape[1]] if has_abs else torch.zeros(())
         if config.get("post_emb_norm"):
             assert isinstance(fresh.post_emb_norm, LayerNorm) and not fresh.post_emb_norm.unit_offset
             assert torch.all(fresh.post_emb_norm.gamma == 1)
             want = F.layer_norm(te + pe * dim ** -0.5, (dim,), eps=1e-5) * weights["post_emb_norm.gamma"]
             assert torch.allclose(inter.initial_embeds, want, atol=1e-6)
             lines.append("post_emb_norm: LN(token_emb + pos_emb * dim ** -0.5) * gamma, gamma init 1 and used as is "
-                         "(no unit offset, unlike the layers' norms)")
+                         "(no unit offset, unlike the layers' norms)" if has_abs else
+                         "post_emb_norm: LN(token_emb) * gamma (no position embedding: rotary), gamma init 1 and used "
+                         "as is (no unit offset; even with use_rmsnorm it is a LayerNorm)")
         if config.get("l2norm_embed"):
             assert net.pos_emb.scale == 1.0
             assert fresh.token_emb.emb.weight.std().item() < 1e-4 and fresh.pos_emb.emb.weight.std().item() < 1e-4

@@ -45,16 +45,29 @@ with the same checks (bit-exact reload and rebuild, an independent encoder-decod
 single wrong convention missing by > 1e-2) and the cross-attention / padding facts of the release observed on its
 real modules (metadata `facts`).
 
+Releases 1.27.1 .. 1.30.23 choose their LayerNorm at import time from torch.__version__ (torch >= 2.1:
+partial(nn.LayerNorm, bias=False), `.weight`; older torch: their own LayerNorm, `.gamma` + persistent buffer `.beta`).
+--pretend-torch V imports the release while torch.__version__ reads V (restored right after the import), so with
+V = 2.0.1 the release's own code builds the torch < 2.1 layout; the file is then named
+    <out>/legacy_<version>_torch<V>_<name>.safetensors
+with metadata `release_torch_version` = V, and before writing the script re-imports the release under the real torch
+(importlib.reload) and checks that the normal model, given `.gamma` as `.weight`, reproduces the forward with every
+`beta` at 0 (then it re-imports it under V again).
+
 Usage:
     PYTHONPATH=/tmp/xt_X python3 tools/xt_fixture_legacy.py [names...|all] [--out DIR] [--expect-version V]
-`all` means the decoder configs only (as before); name the xtransformer_* configs explicitly.
+        [--pretend-torch V]
+`all` means the decoder configs only (as before, now including alibi_layernorm); name the xtransformer_* configs
+explicitly.
 Python is only a tool here: nothing in the C++ build or tests runs this script.
 """
 import argparse
+import importlib
 import importlib.metadata
 import json
 import math
 import os
+import sys
 import warnings
 
 warnings.filterwarnings("ignore", category=FutureWarning)   # old releases use torch.cuda.amp.autocast
@@ -64,9 +77,30 @@ import torch.nn.functional as F
 
 import safetensors
 import safetensors.torch
-import x_transformers
 from fixture_io import file_summary, write_and_reload
-from x_transformers import AutoregressiveWrapper, Decoder, TransformerWrapper, XTransformer
+
+# --pretend-torch V: the release is imported while torch.__version__ reads V (restored right after the import). Releases
+# 1.27.1 .. 1.30.23 choose their LayerNorm at import time, `if version.parse(torch.__version__) >= version.parse(
+# '2.1.0'): LayerNorm = partial(nn.LayerNorm, bias = False)`, else their own LayerNorm with a `gamma` parameter and a
+# persistent `beta` buffer: with V < 2.1 the release's own code builds the layout a torch < 2.1 user saved. Parsed
+# before argparse because the import below must already see it.
+REAL_TORCH_VERSION = torch.__version__
+PRETEND_TORCH = None
+for _i, _arg in enumerate(sys.argv):
+    if _arg == "--pretend-torch" and _i + 1 < len(sys.argv):
+        PRETEND_TORCH = sys.argv[_i + 1]
+    elif _arg.startswith("--pretend-torch="):
+        PRETEND_TORCH = _arg.split("=", 1)[1]
+if PRETEND_TORCH:
+    import einops  # noqa: F401  (imported before the pretence: nothing but the release reads it)
+    import packaging.version  # noqa: F401
+    torch.__version__ = PRETEND_TORCH
+try:
+    import x_transformers
+    from x_transformers import AutoregressiveWrapper, Decoder, TransformerWrapper, XTransformer
+finally:
+    torch.__version__ = REAL_TORCH_VERSION
+RELEASE_TORCH_VERSION = str(PRETEND_TORCH or REAL_TORCH_VERSION)   # what the release saw when it was imported
 
 try:  # newer releases warn (via loguru) about small rotary dims
     from loguru import logger as _loguru
@@ -117,6 +151,11 @@ CONFIGS = {
     "absolute_rmsnorm_swiglu": dict(
         config=_cfg(attn_dim_head=16, use_rmsnorm=True, ff_glu=True, ff_swish=True),
         description="Decoder, learned absolute positions, RMSNorm, SwiGLU feed-forward."),
+    "alibi_layernorm": dict(
+        config=_cfg(heads=4, attn_dim_head=16, alibi_pos_bias=True, alibi_num_heads=2),
+        description="Decoder, ALiBi on the first 2 of 4 heads (alibi_num_heads=2: slopes 2 ** -4, 2 ** -8; heads 2, "
+                    "3 unbiased), learned absolute positions kept (ALiBi does not turn them off), default LayerNorm, "
+                    "GELU feed-forward."),
 }
 LAYER_CLASSES = {"Decoder": Decoder}
 
@@ -175,7 +214,28 @@ def conventions(version, torch_version):
     c["to_logits_bias"] = v < (1, 27, 0)
     c["rotary_layout"] = "half" if v < (1, 30, 1) else "interleaved"
     c["rotary_dim"] = "max(dim_head // 2, 32)" if v < (1, 42, 18) else "dim_head // 2"
+    # ALiBi, read from 1.29.0 and 2.31.10 (the same formula in both; checked on the real module by check_alibi)
+    c["alibi"] = dict(
+        slopes="alibi_slopes(alibi_num_heads): for n a power of 2, slope[h] = 2 ** (-8 (h + 1) / n); else the n' = "
+               "2 ** floor(log2 n) list followed by every other slope of the 2 n' list, first n - n' of them",
+        heads="slopes on the FIRST alibi_num_heads heads (default: all), the remaining heads get bias 0 (zero-padded "
+              "at the end of the head axis)",
+        bias="bias[h, i, j] = -slope[h] * |q_pos(i) - j|, q_pos(i) = j_len - i_len + i (queries right-aligned to "
+             "the keys: with a kv cache the one query is the last position), added to q.k * dim_head ** -0.5 "
+             "BEFORE the causal mask (-finfo.max) and the softmax",
+        learned="nothing: slopes are a non-persistent buffer (not in the state dict); the learned absolute position "
+                "embedding stays on")
     return c
+
+
+def alibi_slopes(n):
+    """ALiBi slopes for n heads, written from the paper's rule (independent of the release's _get_slopes)."""
+    def pow2(m):
+        return [2.0 ** (-8.0 * (i + 1) / m) for i in range(m)]
+    if math.log2(n).is_integer():
+        return pow2(n)
+    c = 2 ** math.floor(math.log2(n))
+    return pow2(c) + pow2(2 * c)[0::2][:n - c]
 
 
 def rotary_dim_of(conv, dh):
@@ -234,6 +294,19 @@ def reference_forward(sd, config, conv, tokens, flip=None):
             y = torch.cat((x0 * c - x1 * s, x1 * c + x0 * s), dim=-1)
         return torch.cat((y, rest), dim=-1)
 
+    alibi = None
+    if al.get("alibi_pos_bias") and flip != "alibi_off":
+        na = al.get("alibi_num_heads") or H
+        slopes = torch.zeros(H, dtype=x.dtype)
+        if flip == "alibi_all_heads":          # every head biased, with the H-head slope list
+            slopes[:] = torch.tensor(alibi_slopes(H), dtype=x.dtype)
+        elif flip == "alibi_last_heads":       # the biased heads at the end instead of the start
+            slopes[H - na:] = torch.tensor(alibi_slopes(na), dtype=x.dtype)
+        else:
+            slopes[:na] = torch.tensor(alibi_slopes(na), dtype=x.dtype)
+        dist = (torch.arange(T)[:, None] - torch.arange(T)[None, :]).abs().to(x.dtype)
+        alibi = -slopes[:, None, None] * dist                       # (H, T, T)
+
     causal = torch.ones(T, T, dtype=torch.bool).triu(1)
     for l in range(depth):
         a, f = f"attn_layers.layers.{2 * l}", f"attn_layers.layers.{2 * l + 1}"
@@ -244,6 +317,8 @@ def reference_forward(sd, config, conv, tokens, flip=None):
         if rot is not None:
             q, k = rope(q), rope(k)
         sim = (q @ k.transpose(-1, -2)) * dh ** -0.5
+        if alibi is not None:
+            sim = sim + alibi
         sim = sim.masked_fill(causal, -torch.finfo(sim.dtype).max)
         o = (sim.softmax(-1) @ v).transpose(1, 2).reshape(B, T, H * dh)
         x = x + o @ sd[f"{a}.1.to_out.weight"].T
@@ -277,7 +352,35 @@ def flips_for(config, conv):
         out.append("rotary_layout")
         if rotary_dim_of(conv, al.get("attn_dim_head", 64)) != al.get("attn_dim_head", 64) // 2:
             out.append("rotary_dim")
+    if al.get("alibi_pos_bias"):
+        out.append("alibi_off")
+        if (al.get("alibi_num_heads") or al.get("heads", 8)) < al.get("heads", 8):
+            out += ["alibi_last_heads", "alibi_all_heads"]
     return out
+
+
+def check_alibi(net, config):
+    """The release's ALiBi module against the convention table (slopes, head placement, right-aligned queries for
+    i != j, not in the state dict); returns a one-line summary."""
+    al = config["attn_layers"]
+    H = al.get("heads", 8)
+    na = al.get("alibi_num_heads") or H
+    rp = net.attn_layers.rel_pos
+    assert type(rp).__name__ == "AlibiPositionalBias", type(rp)
+    assert not any(k.startswith("attn_layers.rel_pos") for k in net.state_dict()), "ALiBi has state dict entries"
+    assert not list(rp.parameters()), "ALiBi has learned parameters"
+    want = torch.tensor(alibi_slopes(na))
+    assert torch.equal(rp.slopes.flatten(), want), (rp.slopes.flatten(), want)
+    for i_len, j_len in ((5, 5), (1, 6), (3, 7)):
+        b = rp(i_len, j_len).clone()
+        qpos = torch.arange(j_len - i_len, j_len)
+        dist = (qpos[:, None] - torch.arange(j_len)[None, :]).abs().float()
+        ref = torch.zeros(H, i_len, j_len)
+        ref[:na] = -want[:, None, None] * dist
+        assert b.shape == (H, i_len, j_len) and torch.equal(b, ref), (i_len, j_len)
+    return (f"AlibiPositionalBias(heads={na}, total_heads={H}): slopes {want.tolist()} on heads 0..{na - 1}, zero "
+            f"bias on heads {na}..{H - 1}; rp(i, j) = -slope * |(j - i + a) - b| for query a, key b (checked for "
+            f"(i, j) = (5, 5), (1, 6), (3, 7)); no parameters, nothing in the state dict")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -377,7 +480,7 @@ def perturb(net, config, conv, gen):
 def make_fixture(name, out_dir, version):
     spec = CONFIGS[name]
     config = spec["config"]
-    conv = conventions(version, torch.__version__)
+    conv = conventions(version, RELEASE_TORCH_VERSION)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
 
@@ -397,6 +500,7 @@ def make_fixture(name, out_dir, version):
         if got != want:
             raise SystemExit(f"[{name}] state dict differs from the convention table:\n  got  {got}\n  want {want}")
         check_norm_modules(net, config, conv)
+        alibi_fact = check_alibi(net, config) if config["attn_layers"].get("alibi_pos_bias") else None
         touched = perturb(net, config, conv, torch.Generator().manual_seed(seed))
         model = AutoregressiveWrapper(net).eval()
         with torch.no_grad():
@@ -447,6 +551,17 @@ def make_fixture(name, out_dir, version):
     al = config["attn_layers"]
     nc = conv["rmsnorm"] if al.get("use_rmsnorm") else conv["layernorm"]
     conv_meta = {"norm": nc, "to_logits": conv["to_logits"]}
+    if al.get("alibi_pos_bias"):
+        conv_meta["alibi"] = {**conv["alibi"], "checked": alibi_fact}
+    pretend_note = ""
+    if PRETEND_TORCH:
+        with torch.random.fork_rng():               # the check builds models: leave the global RNG as it was
+            eq = torch_layout_equivalence(config, sd, tokens[:, :-1], logits)
+        conv_meta["torch_lt_2_1"] = eq
+        pretend_note = (f" Saved as under torch < 2.1: the release was imported with torch.__version__ = "
+                        f"{PRETEND_TORCH!r} (the real torch is {REAL_TORCH_VERSION}), so its own import-time check "
+                        f"chose its LayerNorm with `gamma` + persistent `beta` instead of nn.LayerNorm(bias=False). "
+                        + eq["summary"])
     if al.get("rotary_pos_emb"):
         conv_meta["rotary"] = {"dim": f"{conv['rotary_dim']} = {rotary_dim_of(conv, al['attn_dim_head'])}",
                                "layout": conv["rotary_layout"] + (
@@ -459,8 +574,9 @@ def make_fixture(name, out_dir, version):
         "torch_version": torch.__version__,
         "safetensors_version": safetensors.__version__,
         "description": spec["description"] + f" Built with x-transformers {version}; weights are the default init "
-                       f"(seed {seed}) with the norm tensors perturbed, no training.",
+                       f"(seed {seed}) with the norm tensors perturbed, no training." + pretend_note,
         "conventions": json.dumps(conv_meta),
+        **({"release_torch_version": PRETEND_TORCH} if PRETEND_TORCH else {}),
         "vocab": VOCAB,
         "perturbation": f"norm gains += N(0, {PERTURB['gain_std']}^2), norm biases += N(0, {PERTURB['bias_std']}^2) "
                         f"(torch.Generator seed {seed}); tensors: " + ", ".join(touched),
@@ -470,7 +586,8 @@ def make_fixture(name, out_dir, version):
         "loss": "AutoregressiveWrapper(net)(fixture.tokens): cross_entropy(net(tokens)[:, :-1], tokens[:, 1:]), "
                 "mean over B*T",
     }
-    path = os.path.join(out_dir, f"legacy_{version}_{name}.safetensors")
+    variant = f"_torch{PRETEND_TORCH}" if PRETEND_TORCH else ""
+    path = os.path.join(out_dir, f"legacy_{version}{variant}_{name}.safetensors")
     loaded, meta_back = write_and_reload(path, tensors, meta)
 
     # verify: rebuild from metadata alone, forward must be bit-identical
@@ -489,7 +606,62 @@ def make_fixture(name, out_dir, version):
           + ", ".join(f"{k} {v:.3g}" for k, v in flip_err.items()))
     for k, s in want.items():
         print(f"    {k} {s}")
+    for k in ("alibi", "torch_lt_2_1"):
+        if k in conv_meta:
+            print(f"    {k}: {json.dumps(conv_meta[k])}")
     return path
+
+
+def torch_layout_equivalence(config, sd, inputs, logits):
+    """Only with --pretend-torch: the same weights in the layout the release builds under the REAL torch (>= 2.1).
+    x_transformers.x_transformers is re-executed (importlib.reload) with the real torch.__version__, so the release's
+    own import-time check now picks partial(nn.LayerNorm, bias=False); that model gets every `<norm>.gamma` as
+    `<norm>.weight` and no `beta` (it has no bias), and must reproduce the forward of the pretend-torch model whose
+    `beta` buffers are zeroed (a nonzero beta cannot be expressed in the torch >= 2.1 layout). The module is then
+    re-executed with the pretended version again, so later builds keep the torch < 2.1 layout."""
+    xm = sys.modules["x_transformers.x_transformers"]
+    cfg = json.loads(json.dumps(config))
+    al = cfg.pop("attn_layers")
+    al.pop("type")
+    betas = sorted(k for k in sd if k.endswith(".beta"))
+    gammas = sorted(k for k in sd if k.endswith(".gamma"))
+    assert betas and len(betas) == len(gammas), (betas, gammas)
+    zero_beta = {k: (torch.zeros_like(v) if k.endswith(".beta") else v) for k, v in sd.items()}
+    net_a = build(config).eval()
+    net_a.load_state_dict(zero_beta, strict=True)
+    with torch.no_grad():
+        logits_a = net_a(inputs)
+    beta_effect = (logits_a - logits).abs().max().item()
+    try:
+        torch.__version__ = REAL_TORCH_VERSION
+        importlib.reload(xm)
+        assert xm.LayerNorm.func is torch.nn.LayerNorm and xm.LayerNorm.keywords == {"bias": False}
+        torch.manual_seed(0)
+        net_b = xm.TransformerWrapper(**cfg, attn_layers=xm.Decoder(**al)).eval()
+        mapped = {(k[:-len(".gamma")] + ".weight" if k.endswith(".gamma") else k): v
+                  for k, v in sd.items() if not k.endswith(".beta")}
+        names_b = set(net_b.state_dict())
+        assert names_b == set(mapped), (sorted(names_b ^ set(mapped)))
+        net_b.load_state_dict(mapped, strict=True)
+        with torch.no_grad():
+            logits_b = net_b(inputs)
+    finally:
+        torch.__version__ = PRETEND_TORCH
+        try:
+            importlib.reload(xm)
+        finally:
+            torch.__version__ = REAL_TORCH_VERSION
+    assert xm.LayerNorm.__name__ == "LayerNorm" and not hasattr(xm.LayerNorm, "func"), "pretend layout not restored"
+    diff = (logits_a - logits_b).abs().max().item()
+    assert diff <= 1e-6, f"torch < 2.1 layout with beta = 0 differs from the torch >= 2.1 layout by {diff}"
+    assert beta_effect > 1e-2, f"the perturbed beta moves the logits by only {beta_effect}"
+    return {"names": f"{len(gammas)} norms stored as `<norm>.gamma` (parameter) + `<norm>.beta` (persistent buffer); "
+                     f"under torch >= 2.1 the same release stores `<norm>.weight` only",
+            "forward": "F.layer_norm(x, (dim,), gamma, beta), eps 1e-5",
+            "max_abs_diff_vs_torch_ge_2_1_layout": diff, "beta_effect": beta_effect,
+            "summary": f"Checked: with every beta set to 0, this model's logits equal those of the same release "
+                       f"imported under the real torch (nn.LayerNorm(bias=False), gamma loaded as `.weight`) to "
+                       f"{diff:.2g}; the file's perturbed beta moves the logits by {beta_effect:.3g}."}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -831,7 +1003,7 @@ def xt_observe_facts(model, config, conv, sd, src, src_mask, dec_in, encoded, lo
 def make_xt_fixture(name, out_dir, version):
     spec = CONFIGS[name]
     config = spec["config"]
-    conv = conventions(version, torch.__version__)
+    conv = conventions(version, RELEASE_TORCH_VERSION)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     dim, enc_kw, dec_kw = xt_split(config)
@@ -986,6 +1158,9 @@ def main(argv=None):
                     help=f"config names or 'all' (= the decoder configs): {', '.join(CONFIGS)}")
     ap.add_argument("--out", default="tests/fixtures")
     ap.add_argument("--expect-version", default=None, help="fail unless this x-transformers version is imported")
+    ap.add_argument("--pretend-torch", default=None, metavar="V",
+                    help="import the release while torch.__version__ reads V (e.g. 2.0.1: the torch < 2.1 LayerNorm "
+                         "of 1.27.1 .. 1.30.23); files are named legacy_<version>_torch<V>_<config>.safetensors")
     args = ap.parse_args(argv)
     version = importlib.metadata.version("x-transformers")
     here = os.path.dirname(os.path.abspath(x_transformers.__file__))
@@ -996,7 +1171,9 @@ def main(argv=None):
     dist_files = importlib.metadata.distribution("x-transformers").locate_file("x_transformers")
     if os.path.realpath(str(dist_files)) != os.path.realpath(here):
         raise SystemExit(f"version metadata ({dist_files}) and imported code ({here}) come from different installs")
-    conv = conventions(version, torch.__version__)
+    if PRETEND_TORCH:
+        print(f"the release was imported with torch.__version__ = {PRETEND_TORCH!r} (really {REAL_TORCH_VERSION})")
+    conv = conventions(version, RELEASE_TORCH_VERSION)
     print(json.dumps(conv, indent=1))
     decoder_names = [n for n in CONFIGS if CONFIGS[n].get("kind", "decoder") == "decoder"]
     names = decoder_names if (not args.names or "all" in args.names) else args.names

@@ -47,7 +47,10 @@ const std::vector<std::string>& option_fixtures() {
       "decoder_mem_kv",         "decoder_gate_values",         "decoder_head_scale",
       "decoder_value_residual", "decoder_relu_squared",        "decoder_swish",
       "decoder_ff_no_bias",     "decoder_tie_embedding",       "decoder_post_emb_norm",
-      "decoder_l2norm_embed",   "decoder_memory_tokens"};
+      "decoder_l2norm_embed",   "decoder_memory_tokens",
+      // sub-options and combinations
+      "decoder_dpb_norm_log", "decoder_qk_norm_groups", "decoder_value_residual_fixed_gqa", "decoder_alibi_rotary_all",
+      "decoder_combo", "decoder_mem_kv_t5"};
   return names;
 }
 
@@ -167,6 +170,70 @@ Measured check_option_fixture(const std::string& name) {
 }
 
 }  // namespace
+
+/// The Encoder with T5 buckets (bidirectional) and key padding: logits at the real positions, the cross-entropy over
+/// them against fixture.targets, every gradient.
+template <class T>
+void check_encoder_option_fixture(const std::string& name) {
+  using Tol = OptionTolerance<T>;
+  const st::File file = st::read(fixture_path(name));
+  const auto description = xt::parse_description(description_of(file));
+  REQUIRE(description.stack == "Encoder");
+  xt::with_model<Cpu<T>>(description, [&](auto& net) {
+    using Net = std::decay_t<decltype(net)>;
+    if constexpr (!Net::layers_type::causal) {
+      INFO("fixture " << name << ", " << net.position_policy() << ", " << net.score_bias_policy());
+      xt::load(net, model_tensors(file), name, description.conventions);
+      const TokenBatch tokens = tokens_of(file, "fixture.tokens"), targets = tokens_of(file, "fixture.targets");
+      const Mask mask = xtr::testing::mask_of(file, "fixture.mask");
+      const Index V = net.num_tokens();
+      net.eval();
+      const auto expected = st::to_vector<double>(file.at("fixture.logits"));
+      auto logits = net.forward(tokens, mask);
+      double worst = 0;
+      for (Index n = 0; n < tokens.batch * tokens.length; ++n) {
+        if (!mask.data[std::size_t(n)]) continue;  // padded positions: x-transformers zeroes their attention branch
+        for (Index v = 0; v < V; ++v)
+          worst = std::max(worst, std::abs(double(logits(n, v)) - expected[std::size_t(n * V + v)]) /
+                                      std::max(1.0, std::abs(expected[std::size_t(n * V + v)])));
+      }
+      CHECK(worst <= Tol::logits);
+      net.train();
+      net.parameters().zero_grad();
+      std::vector<std::int32_t> ids(targets.data);
+      for (std::size_t i = 0; i < ids.size(); ++i)
+        if (!mask.data[i]) ids[i] = -100;
+      auto out = net.forward(tokens, mask);
+      const double loss = kernel<Cpu<T>, ops::SoftmaxCrossEntropy>::run(out, ids.data(), -100,
+                                                                       net.output_gradient().data());
+      const double expected_loss = st::to_vector<double>(file.at("fixture.loss")).at(0);
+      CHECK(std::abs(loss - expected_loss) <= Tol::loss * std::abs(expected_loss));
+      net.backward(T(1));
+      double largest = 0, grad = 0;
+      for (const auto& t : file.tensors)
+        if (t.name.starts_with("grad."))
+          for (double g : st::to_vector<double>(t)) largest = std::max(largest, std::abs(g));
+      for (const auto& t : file.tensors) {
+        if (!t.name.starts_with("grad.")) continue;
+        const auto* e = net.parameters().find(t.name.substr(5));
+        REQUIRE(e != nullptr);
+        const auto ref = st::to_vector<double>(t);
+        double diff = 0, max_ref = 0;
+        for (Index i = 0; i < e->shape.numel(); ++i) {
+          diff = std::max(diff, std::abs(double(net.parameters().grads()[e->offset + i]) - ref[std::size_t(i)]));
+          max_ref = std::max(max_ref, std::abs(ref[std::size_t(i)]));
+        }
+        grad = std::max(grad, diff / (max_ref < 1e-4 * largest ? largest : max_ref));
+      }
+      CHECK(grad <= Tol::grad);
+    }
+  });
+}
+
+TEST_CASE("golden parity of the Encoder with T5 position buckets and key padding", "[golden][options]") {
+  check_encoder_option_fixture<float>("encoder_rel_pos_bias_mask");
+  check_encoder_option_fixture<double>("encoder_rel_pos_bias_mask");
+}
 
 TEST_CASE("golden parity of every x-transformers option fixture, float and double", "[golden][options]") {
   for (const auto& name : option_fixtures()) {

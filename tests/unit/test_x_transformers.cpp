@@ -230,6 +230,45 @@ TEST_CASE("checkpoints of x-transformers 1.26 to 1.31.1 load with their release 
   }
 }
 
+TEST_CASE("legacy checkpoints with ALiBi (1.29.0) and saved with torch < 2.1 (1.30.23, gamma + beta) load", "[x-transformers]") {
+  // 1.27.1 – 1.30.x under torch < 2.1 keep x-transformers' own LayerNorm (gamma, a beta buffer): match_layout reads
+  // the file's names; 1.29.0's ALiBi is today's (slopes of alibi_num_heads heads, the first heads)
+  for (const std::string name : {"legacy_1.29.0_alibi_layernorm", "legacy_1.30.23_torch2.0.1_rotary_layernorm"}) {
+    INFO(name);
+    const auto file = safetensors::read(xtr::testing::fixture_path(name));
+    auto description = xt::parse_description(description_of(file));
+    const auto weights = model_tensors(file);
+    xt::match_layout(description, weights);
+    xt::with_model(description, [&](auto& net) {
+      using Net = std::decay_t<decltype(net)>;
+      if constexpr (Net::layers_type::causal) {
+        xt::load(net, weights, name, description.conventions);
+        const auto exported = xt::export_state_dict(net, &weights, description.conventions);
+        REQUIRE(exported.tensors.size() == weights.tensors.size());
+        for (const auto& t : exported.tensors) {
+          INFO(t.name);
+          REQUIRE(t.bytes == weights.at(t.name).bytes);
+        }
+        const auto& shape = file.at("fixture.tokens").shape;
+        const auto ids = safetensors::to_vector<std::int64_t>(file.at("fixture.tokens"));
+        TokenBatch all(shape[0], shape[1]);
+        std::copy(ids.begin(), ids.end(), all.data.begin());
+        AutoregressiveWrapper<Net> model(std::move(net));
+        const double expected_loss = safetensors::to_vector<double>(file.at("fixture.loss"))[0];
+        REQUIRE(std::abs(model(all).item() - expected_loss) <= 1e-5 * std::abs(expected_loss));
+        const auto prompt_ids = safetensors::to_vector<std::int64_t>(file.at("fixture.prompt"));
+        const auto greedy_ids = safetensors::to_vector<std::int64_t>(file.at("fixture.greedy"));
+        TokenBatch prompt(1, Index(prompt_ids.size()));
+        std::copy(prompt_ids.begin(), prompt_ids.end(), prompt.data.begin());
+        for (const bool cache : {true, false}) {
+          const auto greedy = model.generate(prompt, Index(greedy_ids.size()), {.temperature = 0, .cache_kv = cache});
+          REQUIRE(std::equal(greedy_ids.begin(), greedy_ids.end(), greedy.data.begin()));
+        }
+      }
+    });
+  }
+}
+
 TEST_CASE("a checkpoint described with the wrong release is an error listing the misfit names", "[x-transformers][errors]") {
   // a 1.26.6 file (nn.LayerNorm weight + bias, to_logits.bias) read as 1.30.0 (bias-less weight): never loaded
   const auto file = safetensors::read(xtr::testing::fixture_path("legacy_1.26.6_rotary_layernorm"));

@@ -53,6 +53,7 @@ struct ModelDescription {
 };
 
 namespace detail {
+inline bool is_norm_parameter(std::string_view name, std::string_view prefix, std::string_view suffix);
 struct Version {
   int major = 0, minor = 0, patch = 0;
   friend auto operator<=>(const Version&, const Version&) = default;
@@ -201,6 +202,22 @@ inline ModelDescription parse_description(const json::Value& root) {
   m.feedforward = relu2 ? "ReLUSquared" : glu ? (swish ? "SwiGLU" : "GEGLU") : swish ? "SiLU" : "GELU";
   L.policies = {m.position, m.norm, m.feedforward, m.score_bias};
   return m;
+}
+
+/// Adjusts a description to the layout `file` has where the release alone does not decide it: releases 1.27.1 –
+/// 1.30.x saved with torch < 2.1 keep each LayerNorm as x-transformers' own module, `gamma` (the gain) and a persistent
+/// `beta` buffer, y = LN(x) · gamma + beta, instead of a bias-less nn.LayerNorm `weight`. Call it before building the
+/// model; `prefix` selects one part of a larger model's file ("encoder.", "decoder.net.").
+inline void match_layout(ModelDescription& m, const safetensors::File& file, const std::string& prefix = "") {
+  using V = detail::Version;
+  const V version = detail::parse_version(m.version);
+  if (m.norm != "LayerNorm" || version < V{1, 27, 1} || version >= V{1, 31, 0}) return;
+  const bool own_layernorm = std::any_of(file.tensors.begin(), file.tensors.end(), [&](const auto& t) {
+    return detail::is_norm_parameter(t.name, prefix, "beta") || detail::is_norm_parameter(t.name, prefix, "gamma");
+  });
+  if (!own_layernorm) return;
+  m.config.layers.norm_bias = true;           // beta
+  m.conventions.layernorm_torch_names = false;  // gamma and beta are xtr's names already
 }
 
 /// A list of layer stacks: a closed set a run-time description may select from (with_model's optional argument).
