@@ -12,7 +12,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <iostream>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -54,25 +53,10 @@ const std::vector<std::string>& option_fixtures() {
   return names;
 }
 
-json::Value description_of(const st::File& file) {
-  auto root = json::parse(file.metadata.at("config"));
-  root.set("x_transformers_version", file.metadata.at("x_transformers_version"));
-  return root;
-}
-
-st::File model_tensors(const st::File& file) {
-  st::File weights;
-  for (const auto& t : file.tensors)
-    if (!t.name.starts_with("fixture.") && !t.name.starts_with("grad.")) weights.tensors.push_back(t);
-  return weights;
-}
-
-TokenBatch drop_last(const TokenBatch& x) {
-  TokenBatch out(x.batch, x.length - 1);
-  for (Index b = 0; b < x.batch; ++b)
-    for (Index t = 0; t + 1 < x.length; ++t) out(b, t) = x(b, t);
-  return out;
-}
+using xtr::testing::description_of;
+using xtr::testing::drop_last;
+using xtr::testing::gradient_error;
+using xtr::testing::model_tensors;
 
 struct Measured {
   double logits = 0, loss = 0, grad = 0;
@@ -120,35 +104,10 @@ Measured check_option_fixture(const std::string& name) {
       CHECK(m.loss <= Tol::loss);
     }
     loss.backward();
-    // every grad.<name> against the accumulated gradient; every parameter has one
-    double largest = 0;
-    for (const auto& t : file.tensors)
-      if (t.name.starts_with("grad."))
-        for (double g : st::to_vector<double>(t)) largest = std::max(largest, std::abs(g));
-    std::set<std::string> with_reference;
-    for (const auto& t : file.tensors) {
-      if (!t.name.starts_with("grad.")) continue;
-      const std::string param = t.name.substr(5);
-      const auto* e = params.find(param);
-      INFO("reference gradient " << t.name);
-      REQUIRE(e != nullptr);
-      REQUIRE(t.shape == e->shape.dims());
-      with_reference.insert(param);
-      const auto expected = st::to_vector<double>(t);
-      double max_diff = 0, max_ref = 0;
-      for (Index i = 0; i < e->shape.numel(); ++i) {
-        max_diff = std::max(max_diff, std::abs(double(params.grads()[e->offset + i]) - expected[std::size_t(i)]));
-        max_ref = std::max(max_ref, std::abs(expected[std::size_t(i)]));
-      }
-      // a tensor whose reference is 0 up to fp32 noise (below 1e-4 of the largest gradient) is measured against the
-      // largest gradient: a relative error of noise is meaningless
-      const double err = max_diff / (max_ref < 1e-4 * largest ? largest : max_ref);
-      if (err >= m.grad) m.grad = err, m.worst_grad = param;
-    }
-    for (const auto& e : params.entries()) {
-      INFO("parameter without a reference gradient: " << e.name);
-      CHECK(with_reference.count(e.name) == 1);
-    }
+    // every gradient; a tensor that is 0 up to x-transformers' fp32 noise against the largest one
+    const auto g = gradient_error(file, params, 1e-4);
+    m.grad = g.worst;
+    m.worst_grad = g.name;
     {
       INFO("worst gradient tensor " << m.worst_grad << ": max|ours − ref| / max|ref| = " << m.grad);
       CHECK(m.grad <= Tol::grad);
@@ -209,23 +168,9 @@ void check_encoder_option_fixture(const std::string& name) {
       const double expected_loss = st::to_vector<double>(file.at("fixture.loss")).at(0);
       CHECK(std::abs(loss - expected_loss) <= Tol::loss * std::abs(expected_loss));
       net.backward(T(1));
-      double largest = 0, grad = 0;
-      for (const auto& t : file.tensors)
-        if (t.name.starts_with("grad."))
-          for (double g : st::to_vector<double>(t)) largest = std::max(largest, std::abs(g));
-      for (const auto& t : file.tensors) {
-        if (!t.name.starts_with("grad.")) continue;
-        const auto* e = net.parameters().find(t.name.substr(5));
-        REQUIRE(e != nullptr);
-        const auto ref = st::to_vector<double>(t);
-        double diff = 0, max_ref = 0;
-        for (Index i = 0; i < e->shape.numel(); ++i) {
-          diff = std::max(diff, std::abs(double(net.parameters().grads()[e->offset + i]) - ref[std::size_t(i)]));
-          max_ref = std::max(max_ref, std::abs(ref[std::size_t(i)]));
-        }
-        grad = std::max(grad, diff / (max_ref < 1e-4 * largest ? largest : max_ref));
-      }
-      CHECK(grad <= Tol::grad);
+      const auto g = gradient_error(file, net.parameters(), 1e-4);
+      INFO("worst gradient tensor " << g.name << ": " << g.worst);
+      CHECK(g.worst <= Tol::grad);
     }
   });
 }

@@ -126,13 +126,7 @@ ParsedConfig parse_config(const std::string& text) {
   return out;
 }
 
-/// tokens[:, :-1]
-TokenBatch drop_last(const TokenBatch& x) {
-  TokenBatch out(x.batch, x.length - 1);
-  for (Index b = 0; b < x.batch; ++b)
-    for (Index t = 0; t + 1 < x.length; ++t) out(b, t) = x(b, t);
-  return out;
-}
+using xtr::testing::drop_last;
 
 struct Measured {
   double logits = 0, loss = 0, grad = 0;
@@ -175,28 +169,9 @@ void check_rotary_buffer(const st::File& file, const Net& net, const Transformer
 /// m.worst_grad (per tensor max |a − b| / max |b|) and checks it against `tolerance`.
 template <class T>
 void compare_gradients(const st::File& file, const ParameterStore<T>& params, Measured& m, double tolerance) {
-  std::set<std::string> with_reference;
-  for (const auto& t : file.tensors) {
-    if (!t.name.starts_with("grad.")) continue;
-    const std::string param = t.name.substr(5);
-    const auto* e = params.find(param);
-    INFO("reference gradient " << t.name);
-    REQUIRE(e != nullptr);
-    REQUIRE(t.shape == e->shape.dims());
-    with_reference.insert(param);
-    const auto expected = st::to_vector<double>(t);
-    double max_diff = 0, max_ref = 0;
-    for (Index i = 0; i < e->shape.numel(); ++i) {
-      max_diff = std::max(max_diff, std::abs(double(params.grads()[e->offset + i]) - expected[std::size_t(i)]));
-      max_ref = std::max(max_ref, std::abs(expected[std::size_t(i)]));
-    }
-    const double err = max_ref > 0 ? max_diff / max_ref : max_diff;
-    if (err >= m.grad) m.grad = err, m.worst_grad = param;
-  }
-  for (const auto& e : params.entries()) {
-    INFO("parameter without a reference gradient: " << e.name);
-    CHECK(with_reference.count(e.name) == 1);
-  }
+  const auto e = xtr::testing::gradient_error(file, params);
+  m.grad = e.worst;
+  m.worst_grad = e.name;
   INFO("worst gradient tensor " << m.worst_grad << ": max|ours − ref| / max|ref| = " << m.grad);
   CHECK(m.grad <= tolerance);
 }

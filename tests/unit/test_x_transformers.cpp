@@ -18,24 +18,13 @@ using Catch::Contains;
 namespace {
 
 // The fixtures' three types and one more: enough to exercise the dispatch without compiling all 18 here
-// (examples/xt_eval instantiates the whole xt::Decoders set).
+// (xt_eval builds every description as the run-time type x_transformers::AnyDecoder).
 using TestSet = xt::StackSet<Decoder<Rotary, LayerNorm, GELU>, Decoder<AbsoluteLearned, RMSNorm, SwiGLU>,
                              Decoder<Rotary, LayerNorm, GEGLU>, Decoder<NoPosition, LayerNorm, GELU>,
                              Decoder<AbsoluteLearned, LayerNorm, GEGLU>>;
 
-json::Value description_of(const safetensors::File& file) {
-  auto root = json::parse(file.metadata.at("config"));
-  root.set("x_transformers_version", file.metadata.at("x_transformers_version"));
-  return root;
-}
-
-/// The model's tensors of a fixture file: without the fixture's own inputs, outputs and gradients.
-safetensors::File model_tensors(const safetensors::File& file) {
-  safetensors::File weights;
-  for (const auto& t : file.tensors)
-    if (!t.name.starts_with("fixture.") && !t.name.starts_with("grad.")) weights.tensors.push_back(t);
-  return weights;
-}
+using xtr::testing::description_of;
+using xtr::testing::model_tensors;
 
 }  // namespace
 

@@ -167,7 +167,11 @@ inline ModelDescription parse_description(const json::Value& root) {
   require(m.stack == "Decoder" || m.stack == "Encoder", "attn_layers type '", m.stack,
           "' is not supported (Decoder, Encoder)");
   require(layers.find("dim") && layers.find("depth"), "attn_layers needs dim and depth");
-  if (detail::flag(layers, "attn_one_kv_head", false)) L.kv_heads = 1;
+  if (detail::flag(layers, "attn_one_kv_head", false)) {
+    require(!layers.find("attn_kv_heads") || layers.at("attn_kv_heads").is_null(),
+            "attn_one_kv_head=True together with attn_kv_heads: x-transformers asserts one of them");
+    L.kv_heads = 1;
+  }
   // policies: position
   const bool alibi = detail::flag(layers, "alibi_pos_bias", false), t5 = detail::flag(layers, "rel_pos_bias", false),
              dynamic = detail::flag(layers, "dynamic_pos_bias", false);
@@ -178,6 +182,9 @@ inline ModelDescription parse_description(const json::Value& root) {
   const bool absolute = detail::flag(root, "use_abs_pos_emb", true);
   require(!(rotary && root.find("use_abs_pos_emb") && absolute),
           "rotary_pos_emb=True together with use_abs_pos_emb=True is not supported (one position encoding)");
+  require(!(t5 && root.find("use_abs_pos_emb") && absolute),
+          "rel_pos_bias=True together with use_abs_pos_emb=True is not supported (x-transformers drops the absolute "
+          "embedding with rel_pos_bias)");
   m.position = rotary ? "Rotary" : absolute && !t5 ? "AbsoluteLearned" : "NoPosition";  // T5 removes pos_emb
   m.score_bias = alibi ? "ALiBi" : t5 ? "RelativePositionBias" : dynamic ? "DynamicPositionBias" : "NoScoreBias";
   // norm
@@ -433,8 +440,10 @@ inline XTransformerDescription parse_xtransformer_description(const json::Value&
     if (enc || dec) {
       const std::string k = key.substr(4);
       require(k != "dim", "XTransformer takes one `dim`; ", key, " is not a keyword");
-      bool wrapper = k == "use_abs_pos_emb";
-      for_each_field<TransformerConfig>([&](const auto& f) { wrapper = wrapper || (!f.keyword.empty() && f.keyword == k); });
+      // what x-transformers' XTransformer hands to each TransformerWrapper; everything else goes to Encoder(...) /
+      // Decoder(...), which refuses what it does not know
+      const bool wrapper = k == "num_tokens" || k == "max_seq_len" || k == "emb_dropout" || k == "use_abs_pos_emb" ||
+                           (enc && k == "num_memory_tokens");
       (wrapper ? parts : layers)[enc ? 0 : 1].set(k, value);
     } else if (key != "dim" && key != "tie_token_emb" && key != "ignore_index" && key != "pad_value" &&
                key != "cross_attn_tokens_dropout" && key != "x_transformers_version" &&

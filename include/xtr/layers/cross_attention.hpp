@@ -12,6 +12,7 @@
 #include "xtr/backend/epilogue.hpp"
 #include "xtr/backend/ops.hpp"
 #include "xtr/layers/attention_layers.hpp"
+#include "xtr/layers/attention_output.hpp"
 #include "xtr/layers/kv_cache.hpp"
 #include "xtr/layers/layer_inputs.hpp"
 #include "xtr/layers/pass.hpp"
@@ -48,7 +49,7 @@ class CrossAttention {
     to_q_ = store.add(prefix + "to_q.weight", {HD, D}, bound(D));
     to_k_ = store.add(prefix + "to_k.weight", {KD, C}, bound(C));
     const ParameterId to_v = store.add(prefix + "to_v.weight", {KD, C}, bound(C));
-    if (heads_ > 1) to_out_ = store.add(prefix + "to_out.weight", {D, HD}, bound(HD));
+    out_.declare(store, prefix, D, heads_, dim_head_);
     require(store.entry(to_v).offset == store.entry(to_k_).offset + KD * C,
             "internal: the cross-attention's to_k, to_v must be adjacent in the parameter buffer");
   }
@@ -66,7 +67,7 @@ class CrossAttention {
     Plain::forward(in.context, pass.weights(to_k_, 2 * KD()), kv, {}, pass.arena);
     Attend::forward(problem(pass, in), {q.data, Tn * HD(), HD()}, {kv.data, S * 2 * KD(), 2 * KD()},
                     {kv.data + KD(), S * 2 * KD(), 2 * KD()}, {o.data, Tn * HD(), HD()}, s.lse, pass.arena);
-    output(pass, o, out, accumulate);
+    out_.forward(pass, o, out, accumulate);
     return s;
   }
 
@@ -74,12 +75,7 @@ class CrossAttention {
                 bool accumulate_dh) const {
     const Index N = dout.rows, B = pass.batch, Tn = pass.length, S = in.context_length;
     View<T> dO = pass.allocate(N, HD());
-    if (heads_ > 1) {
-      Plain::backward(dout, ConstView<T>(s.o, N, HD()), pass.weights(to_out_).w, {}, dO, false, pass.grad(to_out_),
-                      nullptr, T(1), pass.arena);
-    } else {
-      kernel<Backend, ops::Axpby>::run(dout, dO, T(1), T(0));
-    }
+    out_.backward(pass, ConstView<T>(s.o, N, HD()), dout, dO);
     View<T> dq = pass.allocate(N, HD()), dkv = pass.allocate(B * S, 2 * KD());
     kernel<Backend, ops::Fill>::run(dq, T(0));
     kernel<Backend, ops::Fill>::run(dkv, T(0));
@@ -111,7 +107,7 @@ class CrossAttention {
     const T* kv = cache.context_kv[std::size_t(in.layer)].data();
     Attend::forward(p, {q.data, n * HD(), HD()}, {kv, S * 2 * KD(), 2 * KD()}, {kv + KD(), S * 2 * KD(), 2 * KD()},
                     {o.data, n * HD(), HD()}, nullptr, pass.arena);
-    output(pass, o, out, accumulate);
+    out_.forward(pass, o, out, accumulate);
   }
 
  private:
@@ -136,21 +132,10 @@ class CrossAttention {
     if (p.dropout > 0) p.dropout_stream = pass.dropout_stream(std::uint64_t(3 * in.depth + in.layer));
     return p;
   }
-  void output(Pass<Backend>& pass, ConstView<T> o, View<T> out, bool accumulate) const {
-    if (heads_ > 1) {
-      if (accumulate) {
-        kernel<Backend, ops::Linear<epilogue::AddTo<epilogue::Acc>>>::forward(o, pass.weights(to_out_), out, {}, pass.arena);
-      } else {
-        Plain::forward(o, pass.weights(to_out_), out, {}, pass.arena);
-      }
-    } else {
-      kernel<Backend, ops::Axpby>::run(o, out, T(1), accumulate ? T(1) : T(0));
-    }
-  }
-
   Index dim_ = 0, heads_ = 0, kv_heads_ = 0, dim_head_ = 0, dim_context_ = 0;
   double dropout_ = 0;
-  ParameterId to_q_, to_k_, to_out_;
+  ParameterId to_q_, to_k_;
+  AttentionOutput<Backend> out_;
 };
 
 }  // namespace xtr

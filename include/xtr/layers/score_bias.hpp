@@ -48,6 +48,7 @@ class ScoreBiasLayer {
         table_ = store.add(name + "relative_attention_bias.weight", {t5_.num_buckets, heads_}, Init::normal_std(1.0));
       } else if constexpr (std::is_same_v<P, DynamicPositionBias>) {
         const Index d = L.dim / 4;
+        require(d >= 1, "layers.dim ", L.dim, " < 4 leaves the dynamic position bias's MLP (width dim / 4) empty");
         for (Index l = 0; l < dpb_.mlp_depth; ++l) {
           const Index in = l == 0 ? 1 : d;
           const std::string block = name + "mlp." + std::to_string(l) + ".";

@@ -21,6 +21,7 @@
 #include "xtr/backend/epilogue.hpp"
 #include "xtr/backend/ops.hpp"
 #include "xtr/layers/attention_layers.hpp"
+#include "xtr/layers/attention_output.hpp"
 #include "xtr/layers/kv_cache.hpp"
 #include "xtr/layers/layer_inputs.hpp"
 #include "xtr/layers/pass.hpp"
@@ -85,7 +86,7 @@ class SelfAttention {
       mem_v_ = store.add(prefix + "mem_v", {kv_heads_, options_.num_mem_kv, dim_head_}, Init::normal_std(1.0));
     }
     if (options_.gate_values) gate_ = store.add(prefix + "to_v_gate.weight", {HD, D}, Init::fill(0));
-    if (heads_ > 1) to_out_ = store.add(prefix + "to_out.weight", {D, HD}, bound(HD));
+    out_.declare(store, prefix, D, heads_, dim_head_);
     if (options_.head_scale) head_scale_ = store.add(prefix + "head_scale_params", {1, heads_, 1, 1}, Init::fill(1));
   }
   /// Value residual: this layer mixes the first layer's values into its own (x-transformers: every self-attention
@@ -130,12 +131,7 @@ class SelfAttention {
     }
     // the output side, in reverse: to_out, the gates, the head scale
     View<T> dO = pass.allocate(N, HD());
-    if (heads_ > 1) {
-      Plain::backward(dout, ConstView<T>(s.o_out, N, HD()), pass.weights(to_out_).w, {}, dO, false,
-                      pass.grad(to_out_), nullptr, T(1), pass.arena);
-    } else {
-      kernel<Backend, ops::Axpby>::run(dout, dO, T(1), T(0));
-    }
+    out_.backward(pass, ConstView<T>(s.o_out, N, HD()), dout, dO);
     if (gates()) {
       const ConstView<T> before(options_.head_scale ? s.o_scaled : s.o, N, HD());
       View<T> dgates = pass.allocate(N, HD()), dbefore = pass.allocate(N, HD());
@@ -392,7 +388,7 @@ class SelfAttention {
       if (s) s->gates = g.data;
     }
     if (s) s->o_out = cur.data;
-    output(pass, cur, out, accumulate);
+    out_.forward(pass, cur, out, accumulate);
   }
 
   void rotate(const Inputs& in, T* qkv, Index rows, Index T_len, Index offset, bool inverse) const {
@@ -421,24 +417,12 @@ class SelfAttention {
     return p;
   }
 
-  /// out (+)= o W_oᵀ, or out (+)= o without an output projection (one head).
-  void output(Pass<Backend>& pass, ConstView<T> o, View<T> out, bool accumulate) const {
-    if (heads_ > 1) {
-      if (accumulate) {
-        kernel<Backend, ops::Linear<epilogue::AddTo<epilogue::Acc>>>::forward(o, pass.weights(to_out_), out, {}, pass.arena);
-      } else {
-        Plain::forward(o, pass.weights(to_out_), out, {}, pass.arena);
-      }
-    } else {
-      kernel<Backend, ops::Axpby>::run(o, out, T(1), accumulate ? T(1) : T(0));
-    }
-  }
-
   Index dim_ = 0, heads_ = 0, kv_heads_ = 0, dim_head_ = 0;
   double dropout_ = 0;
   MultiHeadAttention options_{};
   bool mixes_values_ = false;
-  ParameterId to_q_, to_out_, q_scale_, k_scale_, mem_k_, mem_v_, gate_, head_scale_, mix_w_, mix_b_;
+  ParameterId to_q_, q_scale_, k_scale_, mem_k_, mem_v_, gate_, head_scale_, mix_w_, mix_b_;
+  AttentionOutput<Backend> out_;
 };
 
 }  // namespace xtr

@@ -94,6 +94,10 @@ class TransformerWrapper {
   static_assert(detail::one_of<typename Layers::position, AbsoluteLearned, Rotary, NoPosition, AnyPosition>,
                 "xtr: the Cpu backend implements the positions AbsoluteLearned, Rotary and NoPosition; add a kernel "
                 "for this position policy or use one of those");
+  static_assert(detail::one_of<typename Layers::score_bias, NoScoreBias, ALiBi, RelativePositionBias,
+                                DynamicPositionBias, AnyScoreBias>,
+                "xtr: the score-bias sublayer computes the tables of NoScoreBias, ALiBi, RelativePositionBias and "
+                "DynamicPositionBias; add this score bias's table to layers/score_bias.hpp or use one of those");
   static_assert(Layers::self_attend || !std::is_same_v<typename Layers::position, Rotary>,
                 "xtr: a CrossAttender has no self-attention for Rotary to act on; use AbsoluteLearned or NoPosition");
 

@@ -9,7 +9,7 @@
 //                         power of two, interleaved from the next power of two otherwise). No parameters.
 //                         x-transformers: alibi_pos_bias=True, alibi_num_heads (keeps the absolute position embedding).
 //   RelativePositionBias: b(h, d) = W[bucket(−d), h] · sqrt(dim_head), T5's buckets of the distance n = max(−d, 0)
-//                         (causal): n < B/2 exact, else B/2 + ⌊log(n / (B/2)) / log(max_distance / (B/2)) · B/2⌋,
+//                         (causal): n < B/2 exact, else B/2 + ⌊log(n / (B/2)) / log(max_distance / (B/2)) · (B − B/2)⌋,
 //                         at most B − 1 (bidirectional: half the buckets per sign). W (B, heads) ~ N(0, 1) at
 //                         `attn_layers.rel_pos.relative_attention_bias.weight`.
 //                         x-transformers: rel_pos_bias=True, rel_pos_num_buckets, rel_pos_max_distance (removes the
