@@ -4,6 +4,8 @@
 //             [--bf16-weights]   (generate_kv: decode from bfloat16 weights)
 //   xtr_bench --bench seq2seq_train|seq2seq_generate [--config copy|copy_b32]   (tools/bench_peer_seq2seq.py's
 //             XTransformer copy model and measurement)
+//   xtr_bench --bench beam_search|speculative [--config small|enwik8] [--draft-depth N]   beam search (4 beams) and
+//             greedy speculative decoding (a draft of N layers, default 1), each against plain greedy decoding
 //   xtr_bench --bench option_cost [--config small|enwik8] [--steps N] [--only NAME]   the cost of each x-transformers
 //             option: train_step and generate_kv of the config with the option's keyword on the run-time model type
 //             (AnyDecoder), against the same model without options (static and run-time types)
@@ -101,6 +103,75 @@ void generate_kv(const BenchConfig& c, int repeats, bool bf16) {
       "{\"impl\": \"xtr\", \"bench\": \"generate_kv\", \"config\": \"%s\", \"threads\": %d, \"batch\": 1, "
       "\"new_tokens\": %d, \"weights\": \"%s\", \"best_s\": %.4f, \"tokens_per_s\": %.1f}\n",
       c.name, omp_get_max_threads(), 256, bf16 ? "bf16" : "f32", 256 / tokens_per_s, tokens_per_s);
+}
+
+// Beam search as the peer times it (tools/bench_peer_generation.py): batch 1, 16-token prompt, 64 new tokens, 4 beams,
+// KV cache, best of `repeats` after a warm-up; greedy generation of the same length in the same run for the ratio.
+void beam_search(const BenchConfig& c, int repeats) {
+  auto model = make(c);
+  model.eval();
+  xtr::TokenBatch prompt(1, 16);
+  xtr::RandomStream rs{0, 1};
+  for (std::size_t i = 0; i < prompt.data.size(); ++i) prompt.data[i] = std::int32_t(rs.below(i, 256));
+  const xtr::Index new_tokens = 64, beams = 4;
+  (void)model.beam_search(prompt, 8, {.beams = beams});
+  double best = 1e30, best_greedy = 1e30;
+  for (int r = 0; r < repeats; ++r) {
+    auto t = Clock::now();
+    (void)model.beam_search(prompt, new_tokens, {.beams = beams});
+    best = std::min(best, seconds_since(t));
+    t = Clock::now();
+    (void)model.generate(prompt, new_tokens, {.temperature = 0});
+    best_greedy = std::min(best_greedy, seconds_since(t));
+  }
+  std::printf("{\"impl\": \"xtr\", \"bench\": \"beam_search\", \"config\": \"%s\", \"threads\": %d, \"batch\": 1, "
+              "\"beams\": %ld, \"new_tokens\": %ld, \"best_s\": %.4f, \"tokens_per_s\": %.1f, "
+              "\"greedy_tokens_per_s\": %.1f, \"beam_vs_greedy\": %.3f}\n",
+              c.name, omp_get_max_threads(), long(beams), long(new_tokens), best, double(new_tokens) / best,
+              double(new_tokens) / best_greedy, best_greedy / best);
+}
+
+// Speculative decoding, greedy (the same tokens as plain decoding): batch 1, 16-token prompt, 256 new tokens, a draft
+// of the same width and `draft_depth` layers proposing 4 tokens, against plain cached decoding in the same run; and
+// the model as its own draft (every proposal accepted: what verification costs). Weights are random, so a separate
+// draft agrees with the model about as often as chance allows: its acceptance (tokens per model forward) is printed.
+void speculative(const BenchConfig& c, int repeats, xtr::Index draft_depth) {
+  auto model = make(c);
+  auto draft = xtr::AutoregressiveWrapper<Net>(Net({.num_tokens = 256, .max_seq_len = c.seq_len,
+                                                    .layers = {.dim = c.dim, .depth = draft_depth, .heads = c.heads}}));
+  model.eval();
+  xtr::TokenBatch prompt(1, 16);
+  xtr::RandomStream rs{0, 1};
+  for (std::size_t i = 0; i < prompt.data.size(); ++i) prompt.data[i] = std::int32_t(rs.below(i, 256));
+  const xtr::Index new_tokens = 256;
+  auto timed = [&](const xtr::Sampling& s) {
+    (void)model.generate(prompt, 8, s);
+    double best = 1e30;
+    const auto before = model.speculative_counts();
+    for (int r = 0; r < repeats; ++r) {
+      const auto t = Clock::now();
+      (void)model.generate(prompt, new_tokens, s);
+      best = std::min(best, seconds_since(t));
+    }
+    const auto after = model.speculative_counts();
+    const double per_round = after.second > before.second ? double(after.first - before.first) /
+                                                                double(after.second - before.second)
+                                                          : 1.0;
+    return std::pair{double(new_tokens) / best, per_round};
+  };
+  const auto plain = timed({.temperature = 0});
+  xtr::Sampling with_draft{.temperature = 0};
+  with_draft.draft.emplace(draft);
+  const auto drafted = timed(with_draft);
+  xtr::Sampling self{.temperature = 0};
+  self.draft.emplace(model);
+  const auto own = timed(self);
+  std::printf("{\"impl\": \"xtr\", \"bench\": \"speculative\", \"config\": \"%s\", \"threads\": %d, \"batch\": 1, "
+              "\"new_tokens\": %ld, \"draft_depth\": %ld, \"draft_tokens\": 4, \"tokens_per_s\": %.1f, "
+              "\"plain_tokens_per_s\": %.1f, \"tokens_per_model_forward\": %.2f, \"speedup\": %.3f, "
+              "\"self_draft_tokens_per_s\": %.1f, \"self_draft_tokens_per_model_forward\": %.2f}\n",
+              c.name, omp_get_max_threads(), long(new_tokens), long(draft_depth), drafted.first, plain.first,
+              drafted.second, drafted.first / plain.first, own.first, own.second);
 }
 
 // Each option's keywords on top of the config (the same rotary decoder as train_step's).
@@ -279,6 +350,7 @@ int main(int argc, char** argv) {
   std::string bench = "train_step", config = "small", only;
   int steps = -1;
   bool bf16 = false;
+  long draft_depth = 1;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     auto value = [&]() -> std::string {
@@ -294,12 +366,15 @@ int main(int argc, char** argv) {
     else if (arg == "--steps") steps = std::stoi(value());
     else if (arg == "--bf16-weights") bf16 = true;
     else if (arg == "--only") only = value();
+    else if (arg == "--draft-depth") draft_depth = std::stol(value());
     else {
       std::fprintf(stderr,
                    "usage: xtr_bench --bench train_step|generate_kv|gemm|bandwidth [--config small|enwik8] "
                    "[--threads N] [--steps N] [--bf16-weights]\n"
                    "       xtr_bench --bench seq2seq_train|seq2seq_generate [--config copy|copy_b32]\n"
-                   "       xtr_bench --bench option_cost [--config small|enwik8] [--steps N] [--only OPTION]\n");
+                   "       xtr_bench --bench option_cost [--config small|enwik8] [--steps N] [--only OPTION]\n"
+                   "       xtr_bench --bench beam_search|speculative [--config small|enwik8] [--steps N] "
+                   "[--draft-depth N]\n");
       return 2;
     }
   }
@@ -330,12 +405,14 @@ int main(int argc, char** argv) {
     if (bench == "train_step") train_step(*c, steps > 0 ? steps : (config == "small" ? 5 : 2));
     else if (bench == "generate_kv") generate_kv(*c, steps > 0 ? steps : 3, bf16);
     else if (bench == "option_cost") option_cost(*c, steps > 0 ? steps : 3, only);
+    else if (bench == "beam_search") beam_search(*c, steps > 0 ? steps : 3);
+    else if (bench == "speculative") speculative(*c, steps > 0 ? steps : 3, draft_depth);
     else if (bench == "gemm") gemm(steps > 0 ? steps : 5);
     else if (bench == "bandwidth") bandwidth(steps > 0 ? steps : 5);
     else {
       std::fprintf(stderr,
                    "xtr_bench: unknown --bench '%s' (train_step, generate_kv, gemm, bandwidth, seq2seq_train, "
-                   "seq2seq_generate, option_cost)\n",
+                   "seq2seq_generate, option_cost, beam_search, speculative)\n",
                    bench.c_str());
       return 2;
     }

@@ -23,6 +23,11 @@ class CommandLine {
     targets_[flag] = target;
     return *this;
   }
+  /// A flag without a value: present = true.
+  CommandLine& bind_switch(const std::string& flag, bool* target) {
+    switches_[flag] = target;
+    return *this;
+  }
 
   /// Every argument must be a bound flag followed by a value that parses completely.
   void parse(int argc, char** argv) const {
@@ -32,6 +37,10 @@ class CommandLine {
         std::printf("%s: %s\n", program_, summary_);
         usage_text_(stdout);
         std::exit(0);
+      }
+      if (const auto s = switches_.find(flag); s != switches_.end()) {
+        *s->second = true;
+        continue;
       }
       if (i + 1 >= argc) fail("missing value after " + flag);
       const std::string value = argv[++i];
@@ -67,6 +76,7 @@ class CommandLine {
   const char* summary_;
   void (*usage_text_)(std::FILE*);
   std::map<std::string, Target> targets_;
+  std::map<std::string, bool*> switches_;
 };
 
 }  // namespace examples

@@ -202,10 +202,16 @@ int main(int argc, char** argv) {
         const long prime = std::min(o.prime_length, o.seq_len);
         xtr::TokenBatch prompt(1, prime);
         std::copy_n(window.data.begin(), prime, prompt.data.begin());
-        const auto sample = model.generate(prompt, o.generate_length, {.seed = std::uint64_t(step)});
         std::printf("%s%s\n%s\n%s\n", terminal ? "\n" : "", std::string(60, '-').c_str(),
                     printable(prompt.row(0)).c_str(), std::string(60, '*').c_str());
-        std::printf("%s\n%s\n", printable(sample.row(0)).c_str(), std::string(60, '-').c_str());
+        xtr::Sampling sampling{.seed = std::uint64_t(step)};
+        sampling.on_tokens = [](xtr::Index, std::span<const std::int32_t> tokens) {  // stream the sample
+          std::fputs(printable({tokens.begin(), tokens.end()}).c_str(), stdout);
+          std::fflush(stdout);
+          return true;
+        };
+        (void)model.generate(prompt, o.generate_length, sampling);
+        std::printf("\n%s\n", std::string(60, '-').c_str());
       }
       if (!o.save.empty() && (step % o.validate_every == 0 || step == o.num_batches)) {
         xtr::save_checkpoint(o.save, model.net, optimizer,

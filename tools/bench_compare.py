@@ -7,10 +7,11 @@
                                    [--configs LIST] [--out FILE.jsonl] [--nice N]
 
 --only: train, generate, all (= train + generate: the decoder benches; the default), seq2seq (the encoder-decoder
-benches), everything (all + seq2seq). The xtr side is invoked once per (bench, config):
+benches), beam (beam search, 4 beams: tools/bench_peer_generation.py), everything (all + seq2seq + beam). The xtr side is invoked once per (bench, config):
     <xtr> --bench train_step|generate_kv --config small|enwik8             (train, generate)
     <xtr> --bench seq2seq_train --config copy                               (seq2seq)
     <xtr> --bench seq2seq_generate --config copy|copy_b32                   (seq2seq)
+    <xtr> --bench beam_search --config small|enwik8                         (beam)
 and must print one JSON line with at least {"bench", "config", "tokens_per_s"} (the fields bench_xt.py prints:
 median_s or best_s, tokens_per_s, ...). The peers are invoked once per kind:
     python3 <peer> train|generate                       (decoder: train_step, generate_kv)
@@ -37,11 +38,14 @@ KINDS = {
     "generate": ("peer", "generate", "generate_kv", CONFIGS),
     "seq2seq_train": ("peer_seq2seq", "train", "seq2seq_train", ("copy",)),
     "seq2seq_generate": ("peer_seq2seq", "generate", "seq2seq_generate", ("copy", "copy_b32")),
+    "beam": ("peer_generation", "beam", "beam_search", CONFIGS),
 }
 ONLY = {"train": ["train"], "generate": ["generate"], "all": ["train", "generate"],
         "seq2seq": ["seq2seq_train", "seq2seq_generate"],
-        "everything": ["train", "generate", "seq2seq_train", "seq2seq_generate"]}
+        "beam": ["beam"],
+        "everything": ["train", "generate", "seq2seq_train", "seq2seq_generate", "beam"]}
 PEER_SEQ2SEQ = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_peer_seq2seq.py")
+PEER_GENERATION = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_peer_generation.py")
 
 
 def shown_path(path):
@@ -115,6 +119,8 @@ def main(argv=None):
     ap.add_argument("--peer", default="/work/shared/peer/bench_xt.py", help="peer script (default %(default)s)")
     ap.add_argument("--peer-seq2seq", default=shown_path(PEER_SEQ2SEQ),
                     help="encoder-decoder peer script (default %(default)s)")
+    ap.add_argument("--peer-generation", default=shown_path(PEER_GENERATION),
+                    help="beam-search peer script (default %(default)s)")
     ap.add_argument("--python", default=sys.executable or "python3", help="interpreter for the peer")
     ap.add_argument("--repeat", type=int, default=1, help="runs per side, alternating order; medians reported")
     ap.add_argument("--only", choices=tuple(ONLY), default="all",
@@ -144,7 +150,7 @@ def main(argv=None):
         kind_configs = {k: [c for c in configs if c in KINDS[k][3]] for k in kinds}
         if configs:
             kinds = [k for k in kinds if kind_configs[k]]
-    peer_paths = {"peer": args.peer, "peer_seq2seq": args.peer_seq2seq}
+    peer_paths = {"peer": args.peer, "peer_seq2seq": args.peer_seq2seq, "peer_generation": args.peer_generation}
 
     if not args.peer_only:
         if not os.path.isfile(args.xtr):

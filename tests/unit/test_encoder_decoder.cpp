@@ -318,7 +318,7 @@ TEMPLATE_TEST_CASE("cached generation (context keys/values once, self-attention 
   Mask src_mask(3, 7);
   src_mask(1, 6) = src_mask(2, 2) = 0;
   const TokenBatch start{{1, 4}, {1, 2}, {1, 7}};
-  for (const Sampling base : {Sampling{.temperature = 0}, Sampling{.temperature = 1.0, .top_k = 5, .seed = 11}}) {
+  for (const Sampling& base : {Sampling{.temperature = 0}, Sampling{.temperature = 1.0, .top_k = 5, .seed = 11}}) {
     Sampling cached = base, recomputed = base;
     cached.cache_kv = true;
     recomputed.cache_kv = false;

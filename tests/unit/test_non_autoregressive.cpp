@@ -266,3 +266,85 @@ TEST_CASE("NAR bad input: errors name the value and the limit", "[nar][errors]")
   MaskedTokenBatches windows(TextDataset(std::vector<std::uint8_t>(100, 'a')), 2, 8, 256, 1);
   CHECK(windows.next().length == 8);
 }
+
+TEST_CASE("NAR x-transformers recipe (coin_flips): per batch, a coin for kept tokens and a coin for random ones; "
+          "ceil counts of the masked positions", "[nar][recipe]") {
+  using Net = TransformerWrapper<Encoder<>>;
+  const Index V = 21, n = 40, B = 50;
+  auto options = NonAutoregressiveOptions::x_transformers_defaults(20);
+  REQUIRE(options.steps == 18);
+  REQUIRE(options.schedule(0.25) == 0.75);  // linear
+  NonAutoregressiveWrapper<Net> model(Net(nar_config(V, n)), options);
+  const auto x = xtr::testing::random_tokens(B, n, 20, 5);
+  Index batches_keeping = 0, batches_randomising = 0;
+  const int draws = 400;
+  for (int d = 0; d < draws; ++d) {
+    const auto c = model.corrupt(x, RandomStream{11, std::uint64_t(d)});
+    bool any_kept = false, any_random = false;
+    for (Index b = 0; b < B; ++b) {
+      Index k = 0, mask_ids = 0;
+      for (Index j = 0; j < n; ++j) {
+        const std::size_t i = std::size_t(b * n + j);
+        if (!c.masked[i]) {
+          REQUIRE(c.input[i] == x.data[i]);
+          continue;
+        }
+        ++k;
+        mask_ids += c.input[i] == 20;
+      }
+      REQUIRE(k == std::max<Index>(1, Index(std::ceil((1 - c.times[std::size_t(b)]) * double(n)))));
+      // every masked position that is not mask_id kept its token or drew a random one: at most these counts
+      const Index kept_max = Index(std::ceil(double(k) * 0.15));
+      const Index random_max = Index(std::ceil(double(k) * 0.1));
+      CHECK(k - mask_ids <= kept_max + random_max);
+      if (k - mask_ids > 0) {
+        Index same = 0, other = 0;
+        for (Index j = 0; j < n; ++j) {
+          const std::size_t i = std::size_t(b * n + j);
+          if (c.masked[i] && c.input[i] != 20) (c.input[i] == x.data[i] ? same : other) += 1;
+        }
+        any_kept = any_kept || same >= kept_max;  // a row of a keeping batch keeps exactly ceil(0.15 k)
+        any_random = any_random || other > 0;
+      }
+    }
+    batches_keeping += any_kept;
+    batches_randomising += any_random;
+  }
+  // each coin comes up in about half the batches
+  CHECK(double(batches_keeping) / draws == Approx(0.5).margin(0.1));
+  CHECK(double(batches_randomising) / draws == Approx(0.5).margin(0.1));
+}
+
+TEST_CASE("NAR around a Decoder, as x-transformers' example writes it: the program translated line by line trains "
+          "and decodes in its fixed steps", "[nar][decoder]") {
+  xtr::testing::SerialOpenMP serial;
+  // model = NonAutoregressiveWrapper(TransformerWrapper(num_tokens = 256, max_seq_len = L,
+  //     attn_layers = Decoder(dim = 512, depth = 6, heads = 8)), mask_id = 255, steps = 18)   (sizes shrunk)
+  const Index L = 12;
+  using Net = TransformerWrapper<Decoder<>>;
+  NonAutoregressiveWrapper<Net> model(Net({.num_tokens = 256, .max_seq_len = L,
+                                           .layers = {.dim = 32, .depth = 2, .heads = 2, .dim_head = 16}}),
+                                      NonAutoregressiveOptions::x_transformers_defaults(/*mask_id=*/255, /*steps=*/18));
+  auto optimizer = Adam(model.parameters(), {.lr = 3e-3});
+  double first = 0, last = 0;
+  for (int step = 0; step < 150; ++step) {  // loss = model(seq); loss.backward()
+    auto loss = model(counting_rows(16, L, 6, std::uint64_t(step)));
+    loss.backward();
+    optimizer.step();
+    optimizer.zero_grad();
+    (step == 0 ? first : last) = loss.item();
+  }
+  INFO("loss " << first << " -> " << last);
+  CHECK(last < 0.6 * first);
+  const auto out = model.generate(4, {.seed = 1});  // model.generate()
+  REQUIRE(out.batch == 4);
+  REQUIRE(out.length == L);
+  for (auto t : out.data) CHECK(t != 255);
+  // causal: the logits at position j do not depend on tokens after j, so the wrapper's loss sees a Decoder's view
+  auto a = counting_rows(1, L, 6, 1), b = a;
+  b(0, L - 1) = (b(0, L - 1) + 1) % 6;
+  const auto la = model.net.forward(a);
+  const std::vector<float> first_rows(la.data(), la.data() + (L - 1) * 256);
+  const auto lb = model.net.forward(b);
+  for (Index i = 0; i < (L - 1) * 256; ++i) REQUIRE(lb.data()[i] == first_rows[std::size_t(i)]);
+}

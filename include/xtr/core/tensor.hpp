@@ -66,12 +66,16 @@ struct AlignedFree {
 };
 }  // namespace detail
 
-/// An owning, zero-initialised, 64-byte aligned tensor of T.
+/// Tag for a Tensor whose contents start undefined (a buffer written before it is read: no memset, no page touched).
+struct Uninitialized {};
+
+/// An owning, zero-initialised (unless Uninitialized), 64-byte aligned tensor of T.
 template <class T>
 class Tensor {
  public:
   Tensor() = default;
   explicit Tensor(Shape shape) { resize(shape); }
+  Tensor(Shape shape, Uninitialized) { reserve(shape); }
   Tensor(const Tensor& other) : Tensor(other.shape_) { std::copy_n(other.data(), size(), data()); }
   Tensor& operator=(const Tensor& other) {
     if (this != &other) {
@@ -85,11 +89,7 @@ class Tensor {
 
   /// Reallocates only when the element count grows; contents are zeroed.
   void resize(Shape shape) {
-    if (shape.numel() > capacity_) {
-      data_.reset(static_cast<T*>(Eigen::internal::aligned_malloc(sizeof(T) * std::max<Index>(shape.numel(), 1))));
-      capacity_ = shape.numel();
-    }
-    shape_ = shape;
+    reserve(shape);
     fill(T(0));
   }
   void fill(T value) { std::fill_n(data(), size(), value); }
@@ -109,6 +109,14 @@ class Tensor {
   [[nodiscard]] VectorView<T> vector() { return {data(), size()}; }
 
  private:
+  void reserve(Shape shape) {
+    if (shape.numel() > capacity_) {
+      data_.reset(static_cast<T*>(Eigen::internal::aligned_malloc(sizeof(T) * std::max<Index>(shape.numel(), 1))));
+      capacity_ = shape.numel();
+    }
+    shape_ = shape;
+  }
+
   std::unique_ptr<T, detail::AlignedFree> data_;
   Index capacity_ = 0;
   Shape shape_;

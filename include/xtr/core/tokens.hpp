@@ -50,6 +50,16 @@ struct TokenBatch {
   }
 };
 
+/// What a cross-attending stack attends to: (batch, length, dim) row-major values and an optional (batch, length)
+/// key mask (1 = attend). A row whose mask is all 0 gets no cross-attention (the sublayer adds 0).
+template <class T>
+struct ContextView {
+  const T* data = nullptr;
+  Index batch = 0, length = 0, dim = 0;
+  MaskView mask{};
+  [[nodiscard]] bool empty() const { return data == nullptr; }
+};
+
 /// An owning key mask.
 struct Mask {
   std::vector<std::uint8_t> data;

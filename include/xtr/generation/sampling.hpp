@@ -11,11 +11,14 @@
 #include <limits>
 #include <numeric>
 #include <optional>
+#include <functional>
+#include <span>
 #include <vector>
 
 #include "xtr/core/error.hpp"
 #include "xtr/core/rng.hpp"
 #include "xtr/core/tensor.hpp"
+#include "xtr/generation/contrastive.hpp"
 
 namespace xtr {
 
@@ -29,6 +32,20 @@ struct Sampling {
   bool bf16_weights = false;               // decode from a bfloat16 copy of the weights (KV cache only): half the
                                            // bytes per token; logits differ from float by the rounding
   std::optional<std::uint64_t> seed;       // fixed draws; unset: a fresh stream per generate() call
+  std::vector<Index> prompt_lens;          // ragged prompts: row b's prompt is its first prompt_lens[b] tokens
+                                           // (x-transformers' prompt_lens); empty: every row is all prompt
+  // contrastive decoding: the expert's logits contrasted with each amateur's in turn (x-transformers' amateur_model
+  // and contrastive_decode_kwargs); the top-k / top-p / min-p filter is then off, as in x-transformers
+  std::vector<Amateur> amateurs;
+  // speculative decoding: the draft proposes draft_tokens tokens, the model verifies them in one forward; rejection
+  // sampling keeps the model's own distribution (greedy: the same tokens as without a draft)
+  std::optional<DecoderHandle> draft;
+  Index draft_tokens = 4;
+  // streaming: called with each row's new tokens as they are produced (in order; several at once when speculative
+  // decoding accepts several); returning false stops that row there
+  std::function<bool(Index row, std::span<const std::int32_t> tokens)> on_tokens;
+  // a row stops once its new tokens end with one of these (the sequence is kept; later positions become pad_value)
+  std::vector<std::vector<std::int32_t>> stop_sequences;
 };
 
 /// Draws tokens from rows of logits; scratch buffers are reused across calls.
@@ -53,6 +70,27 @@ class Sampler {
   std::int32_t operator()(const T* logits, std::uint64_t draw) {
     const Index V = Index(z_.size());
     if (s_.temperature == 0) return std::int32_t(std::max_element(logits, logits + V) - logits);
+    filter(logits);
+    // p = softmax(z / temperature); inverse-CDF draw
+    const double m = *std::max_element(z_.begin(), z_.end());
+    double total = 0;
+    for (auto& z : z_) total += (z = std::exp((z - m) / s_.temperature));
+    const double u = rng_.open_uniform(draw) * total;
+    double cumulative = 0;
+    Index last_positive = 0;
+    for (Index i = 0; i < V; ++i) {
+      if (z_[i] <= 0) continue;
+      last_positive = i;
+      cumulative += z_[i];
+      if (u < cumulative) return std::int32_t(i);
+    }
+    return std::int32_t(last_positive);
+  }
+
+  /// The logits after the filters (removed tokens at -inf), in a buffer valid until the next call.
+  template <class T>
+  const std::vector<double>& filter(const T* logits) {
+    const Index V = Index(z_.size());
     for (Index i = 0; i < V; ++i) z_[i] = double(logits[i]);
     constexpr double neg_inf = -std::numeric_limits<double>::infinity();
     if (k_ > 0 && k_ < V) {
@@ -80,21 +118,10 @@ class Sampler {
       for (auto& z : z_)
         if (z - m < limit) z = neg_inf;
     }
-    // p = softmax(z / temperature); inverse-CDF draw
-    const double m = *std::max_element(z_.begin(), z_.end());
-    double total = 0;
-    for (auto& z : z_) total += (z = std::exp((z - m) / s_.temperature));
-    const double u = rng_.open_uniform(draw) * total;
-    double cumulative = 0;
-    Index last_positive = 0;
-    for (Index i = 0; i < V; ++i) {
-      if (z_[i] <= 0) continue;
-      last_positive = i;
-      cumulative += z_[i];
-      if (u < cumulative) return std::int32_t(i);
-    }
-    return std::int32_t(last_positive);
+    return z_;
   }
+
+  [[nodiscard]] const RandomStream& stream() const { return rng_; }
 
  private:
   Sampling s_;

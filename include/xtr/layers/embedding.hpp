@@ -6,6 +6,7 @@
 // Parameters: `token_emb.emb.weight` (V, D) ~ N(0, 2/D) (or a tied second name of another model's), with absolute
 // positions `pos_emb.emb.weight` (max_seq_len, D) ~ N(0, 1); `post_emb_norm.gamma` (D). The backward scatters d x
 // into both tables (through the norms).
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <string>
@@ -66,12 +67,26 @@ class Embedding {
   [[nodiscard]] ParameterId token() const { return token_; }
 
   /// x (N, D) for ids (N = batch · T_len) at positions t + offset; adds sum_embeds (N, D) when given, then the post
-  /// norm and dropout.
+  /// norm and dropout. With `row_start` (per sequence; left padding, x-transformers' seq_start_pos) the absolute
+  /// position of row b's token t is t + offset − row_start[b]; its padding (t + offset < row_start[b]) takes
+  /// positions from 0 (it is masked everywhere: only finiteness matters).
   Saved forward(Pass<Backend>& pass, const std::int32_t* ids, Index T_len, Index offset, const T* sum_embeds,
-                double dropout, View<T> x, bool save) const {
+                double dropout, View<T> x, bool save, const Index* row_start = nullptr) const {
     Saved s;
     const Index N = x.rows;
-    if (!options_.l2norm) {
+    if (row_start && options_.absolute) {
+      require(!options_.l2norm, "left-padded (ragged) sequences with l2norm_embed and absolute positions are not "
+              "supported");
+      for (Index b = 0; b < N / T_len; ++b) {
+        const Index pad = std::clamp<Index>(row_start[b] - offset, 0, T_len);  // padded rows of this sequence
+        if (pad > 0)
+          K::forward(ids + b * T_len, pad, pad, 0, table(pass), pass.value(position_), position_scale(),
+                     x.middle_rows(b * T_len, pad));
+        if (pad < T_len)
+          K::forward(ids + b * T_len + pad, T_len - pad, T_len - pad, offset + pad - row_start[b], table(pass),
+                     pass.value(position_), position_scale(), x.middle_rows(b * T_len + pad, T_len - pad));
+      }
+    } else if (!options_.l2norm) {
       K::forward(ids, N, T_len, offset, table(pass), pass.value(position_), position_scale(), x);
     } else {  // x = l2norm(E[tok]) + l2norm(P[t]): gather, normalise each, add
       K::forward(ids, N, T_len, offset, table(pass), nullptr, T(0), x);

@@ -1,9 +1,14 @@
 #pragma once
 // What a decoder keeps between generation steps: per layer K and V of the tokens seen so far (and, cross-attending,
 // the context's keys and values, projected once).
+// Beam search moves sequences between rows: repeat_rows() makes each row `times` consecutive rows (after the prompt)
+// and reorder_rows() makes row r continue row parent[r], copying only the live keys of the rows that change.
+#include <algorithm>
 #include <cstdint>
+#include <span>
 #include <vector>
 
+#include "xtr/core/error.hpp"
 #include "xtr/core/tensor.hpp"
 
 namespace xtr {
@@ -13,7 +18,8 @@ struct KVCache {
   Index batch = 0, capacity = 0;  // rows per sequence held (2 · max_seq_len: a sliding window moves rarely)
   Index start = 0, length = 0;    // live rows [start, start + length)
   Index position = 0;             // position of the next token (keeps counting past max_seq_len)
-  std::vector<Tensor<T>> k, v;    // per layer (batch, capacity, kv_heads · dim_head)
+  std::vector<Tensor<T>> k, v;    // per layer (batch, capacity, kv_heads · dim_head); rows outside the live ones
+                                  // are undefined (never read)
   std::vector<std::uint16_t> bf16_weights;  // when set: the parameters rounded to bfloat16, same layout
   // CrossAttend: the context's keys and values, projected once per sequence
   Index context_length = 0;
@@ -21,6 +27,79 @@ struct KVCache {
   std::vector<std::uint8_t> context_mask;   // (batch, context_length), empty = every key
   // DynamicPositionBias: its MLP's output by distance (rows, heads), kept across steps
   std::vector<T> score_bias_memo;
+  // Left-padded sequences (x-transformers' seq_start_pos): the position of each sequence's first real token; keys
+  // before it are hidden and absolute positions count from it. Empty = every sequence starts at 0.
+  std::vector<Index> seq_start;
+
+  /// Row b becomes rows [b · times, (b + 1) · times), each a copy (the context's keys and values too).
+  void repeat_rows(Index times) {
+    require(times >= 1, "repeat_rows: times must be >= 1, got ", times);
+    if (times == 1) return;
+    auto repeat = [&](Tensor<T>& t, Index rows_per_sequence, Index first_row, Index rows) {
+      const Index width = t.shape().extent[t.shape().rank - 1];
+      Tensor<T> out(Shape{batch * times, rows_per_sequence, width}, Uninitialized{});
+      for (Index b = 0; b < batch; ++b)
+        for (Index i = 0; i < times; ++i)
+          std::copy_n(t.data() + (b * rows_per_sequence + first_row) * width, rows * width,
+                      out.data() + ((b * times + i) * rows_per_sequence + first_row) * width);
+      t = std::move(out);
+    };
+    for (auto* layers : {&k, &v})
+      for (auto& t : *layers) repeat(t, capacity, start, length);
+    for (auto& t : context_kv) repeat(t, context_length, 0, context_length);
+    if (!context_mask.empty()) {
+      std::vector<std::uint8_t> mask(std::size_t(batch * times * context_length));
+      for (Index b = 0; b < batch; ++b)
+        for (Index i = 0; i < times; ++i)
+          std::copy_n(context_mask.data() + b * context_length, context_length,
+                      mask.data() + (b * times + i) * context_length);
+      context_mask = std::move(mask);
+    }
+    if (!seq_start.empty()) {
+      std::vector<Index> starts(std::size_t(batch * times));
+      for (Index r = 0; r < batch * times; ++r) starts[std::size_t(r)] = seq_start[std::size_t(r / times)];
+      seq_start = std::move(starts);
+    }
+    batch *= times;
+  }
+
+  /// Row r continues the sequence of row parent[r] (parent.size() == batch). Parents stay within groups of `group`
+  /// consecutive rows (the beams of one prompt), whose context is the same and is not copied. Only rows whose parent
+  /// is another row are written; the live keys of the rows they read are saved first (`scratch`, reused).
+  void reorder_rows(std::span<const Index> parent, Index group, std::vector<T>& scratch) {
+    require(Index(parent.size()) == batch, "reorder_rows: ", parent.size(), " parents for a cache of ", batch,
+            " rows");
+    require(group >= 1 && batch % group == 0, "reorder_rows: group ", group, " does not divide the batch ", batch);
+    std::vector<Index> source;  // rows read by another row, in order of first use
+    std::vector<Index> slot(std::size_t(batch), -1);
+    for (Index r = 0; r < batch; ++r) {
+      const Index p = parent[std::size_t(r)];
+      require(p >= 0 && p < batch && p / group == r / group, "reorder_rows: row ", r, " cannot continue row ", p,
+              " (outside its group of ", group, " rows)");
+      if (p != r && slot[std::size_t(p)] < 0) {
+        slot[std::size_t(p)] = Index(source.size());
+        source.push_back(p);
+      }
+    }
+    if (source.empty()) return;
+    if (!seq_start.empty()) {
+      const std::vector<Index> starts = seq_start;
+      for (Index r = 0; r < batch; ++r) seq_start[std::size_t(r)] = starts[std::size_t(parent[std::size_t(r)])];
+    }
+    if (length == 0) return;
+    for (auto* layers : {&k, &v})
+      for (auto& t : *layers) {
+        const Index width = t.shape().extent[2], live = length * width;
+        scratch.resize(std::size_t(Index(source.size()) * live));
+        for (std::size_t s = 0; s < source.size(); ++s)
+          std::copy_n(t.data() + (source[s] * capacity + start) * width, live, scratch.data() + Index(s) * live);
+        for (Index r = 0; r < batch; ++r) {
+          const Index p = parent[std::size_t(r)];
+          if (p != r)
+            std::copy_n(scratch.data() + slot[std::size_t(p)] * live, live, t.data() + (r * capacity + start) * width);
+        }
+      }
+  }
 };
 
 }  // namespace xtr

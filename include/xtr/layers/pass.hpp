@@ -22,6 +22,8 @@ struct Pass {
   ParameterStore<T>& params;
   Index batch = 0, length = 0;          // the stack sees batch · length rows
   const std::uint8_t* mask = nullptr;   // (batch, length) key padding (1 = real), or null
+  const std::uint8_t* self_key_mask = nullptr;  // (batch, length) keys self-attention sees, when not `mask`
+                                                // (x-transformers' self_attn_kv_mask, combined with the padding)
   bool dropout = false;                 // training mode: dropout is drawn
   std::uint64_t dropout_seed = 0, forward_count = 0;
   const std::uint16_t* bf16 = nullptr;  // decoding from a bfloat16 copy of every parameter (same offsets), or null

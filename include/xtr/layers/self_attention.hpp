@@ -193,7 +193,10 @@ class SelfAttention {
     ops::AttentionProblem<T> p = problem(pass, in);
     p.k_len = cache.length + n;
     p.q_offset = cache.length;
-    p.key_mask = p.query_mask = nullptr;
+    p.key_mask = pass.self_key_mask;  // left-padded sequences: (batch, k_len), else null
+    p.key_mask_stride = p.k_len;
+    p.query_mask = pass.mask;         // and (batch, n)
+    p.query_mask_stride = n;
     p.causal = true;
     memory(pass, p, nullptr);
     View<T> o = pass.allocate(N, HD());
@@ -407,7 +410,8 @@ class SelfAttention {
     p.scale = T(!options_.qk_norm ? 1.0 / std::sqrt(double(dim_head_))
                 : options_.qk_norm_dim_scale ? 1.0 / std::sqrt(double(dim_head_))
                                              : options_.qk_norm_scale);
-    p.key_mask = p.query_mask = pass.mask;
+    p.key_mask = pass.self_key_mask ? pass.self_key_mask : pass.mask;
+    p.query_mask = pass.mask;
     p.key_mask_stride = p.query_mask_stride = pass.length;
     p.dropout = pass.rate(dropout_);
     if (p.dropout > 0) p.dropout_stream = pass.dropout_stream(std::uint64_t(3 * in.layer + 1));

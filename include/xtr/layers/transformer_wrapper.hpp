@@ -75,16 +75,6 @@ struct TransformerConfig {
   }
 };
 
-/// What a cross-attending stack attends to: (batch, length, dim) row-major values and an optional (batch, length)
-/// key mask (1 = attend). A row whose mask is all 0 gets no cross-attention (the sublayer adds 0).
-template <class T>
-struct ContextView {
-  const T* data = nullptr;
-  Index batch = 0, length = 0, dim = 0;
-  MaskView mask{};
-  [[nodiscard]] bool empty() const { return data == nullptr; }
-};
-
 template <LayerStack Layers, class Backend = Cpu<float>>
 class TransformerWrapper {
   static_assert(xtr::Backend<Backend> && (std::is_same_v<typename Backend::scalar, float> ||
@@ -234,6 +224,32 @@ class TransformerWrapper {
     return forward_to(Output::logits, tokens, mask, context);
   }
 
+  /// forward() with x-transformers' self_attn_kv_mask (batch, length): self-attention hides the keys at 0 from every
+  /// query (unlike `mask`, the query rows are not zeroed); AutoregressiveWrapper's mask_prob draws it.
+  MatrixView<scalar> forward_with_kv_mask(TokensView tokens, MaskView mask, MaskView self_attn_kv_mask,
+                                          ContextView<scalar> context = {}) {
+    require(!self_attn_kv_mask.empty(), "forward_with_kv_mask: self_attn_kv_mask is empty");
+    if constexpr (!Layers::cross_attend) require(context.empty(), "a context was given, but the stack does not cross-attend");
+    require(self_attn_kv_mask.batch == tokens.batch && self_attn_kv_mask.length == tokens.length,
+            "self_attn_kv_mask shape (", self_attn_kv_mask.batch, ", ", self_attn_kv_mask.length,
+            ") does not match tokens (", tokens.batch, ", ", tokens.length, ")");
+    return forward_to(Output::logits, tokens, mask, context, nullptr, self_attn_kv_mask);
+  }
+
+  /// Logits of left-padded sequences (x-transformers' seq_start_pos): row b's tokens before seq_start_pos[b] are
+  /// padding — hidden as keys, zero as queries — and with absolute positions its token t sits at position
+  /// t − seq_start_pos[b], so each row computes what it would alone. For generation: no backward() follows.
+  MatrixView<scalar> forward_left_padded(TokensView tokens, std::span<const Index> seq_start_pos,
+                                         ContextView<scalar> context = {}) {
+    check_starts(tokens.batch, tokens.length, seq_start_pos);
+    if constexpr (!Layers::cross_attend) require(context.empty(), "a context was given, but the stack does not cross-attend");
+    left_pad_mask_.assign(std::size_t(tokens.batch * tokens.length), 1);
+    for (Index b = 0; b < tokens.batch; ++b)
+      std::fill_n(left_pad_mask_.data() + b * tokens.length, seq_start_pos[std::size_t(b)], std::uint8_t(0));
+    return forward_to(Output::logits, tokens, {left_pad_mask_.data(), tokens.batch, tokens.length}, context, nullptr,
+                      {}, seq_start_pos.data());
+  }
+
   /// forward() with `sum_embeds` (batch·length, dim) added to the token (and position) embeddings before dropout
   /// (x-transformers' sum_embeds, used for self-conditioning); after backward(), sum_embeds_gradient().
   MatrixView<scalar> forward(TokensView tokens, MaskView mask, const scalar* sum_embeds)
@@ -341,11 +357,22 @@ class TransformerWrapper {
     });
   }
 
-  /// Appends `tokens` (batch, n) to the cached sequence and returns the logits of the last new position (batch, V).
-  /// Rotary and position-free stacks slide past max_seq_len (the oldest keys drop out); AbsoluteLearned cannot, nor
-  /// can a model with memory tokens (can_decode() tells; the first call also puts the memory tokens in the cache).
-  MatrixView<scalar> forward_cached(TokensView tokens, Cache& cache)
+  /// Appends `tokens` (batch, n) to the cached sequence and returns the logits of the last `outputs` new positions
+  /// (batch · outputs, V; speculative decoding verifies several). Rotary and position-free stacks slide past
+  /// max_seq_len (the oldest keys drop out); AbsoluteLearned cannot, nor can a model with memory tokens (can_decode()
+  /// tells; the first call also puts the memory tokens in the cache).
+  MatrixView<scalar> forward_cached(TokensView tokens, Cache& cache, Index outputs = 1)
     requires(Layers::causal);
+  /// Forgets the last n tokens of the cache (speculative decoding's rejected drafts). Exact while the sequence has
+  /// stayed within max_seq_len (nothing slid out of the window: keys that did are not restored).
+  void rewind(Cache& cache, Index n) const
+    requires(Layers::causal)
+  {
+    require(n >= 0 && n <= cache.length - memory_in(cache), "rewind: ", n, " tokens, the cache holds ",
+            cache.length - memory_in(cache));
+    cache.length -= n;
+    cache.position -= n;
+  }
 
  private:
   using T = scalar;
@@ -360,7 +387,9 @@ class TransformerWrapper {
     Index stack_length = 0;                 // rows per sequence in the stack: num_memory_tokens + length
     std::int32_t* ids = nullptr;
     std::uint8_t* mask = nullptr;           // (B, stack_length) or null
+    std::uint8_t* self_key_mask = nullptr;  // (B, stack_length): the keys self-attention sees, when not `mask`
     bool dropout = false;
+    bool left_padded = false;               // forward_left_padded(): no backward
     T* context = nullptr;                   // (B·S, dim_context), a copy of the context
     std::uint8_t* context_mask = nullptr;   // (B, S) or null
     typename Embedding<Backend>::Saved embedding;
@@ -512,8 +541,8 @@ class TransformerWrapper {
     c.capacity = 2 * config_.max_seq_len + config_.num_memory_tokens;
     const Index KD = kv_heads() * config_.layers.dim_head;
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
-      c.k.emplace_back(Shape{batch, c.capacity, KD});
-      c.v.emplace_back(Shape{batch, c.capacity, KD});
+      c.k.emplace_back(Shape{batch, c.capacity, KD}, Uninitialized{});  // rows are written before they are read
+      c.v.emplace_back(Shape{batch, c.capacity, KD}, Uninitialized{});
     }
     return c;
   }
@@ -524,6 +553,7 @@ class TransformerWrapper {
     p.batch = record_.batch;
     p.length = record_.stack_length;
     p.mask = record_.mask;
+    p.self_key_mask = record_.self_key_mask;
     p.dropout = record_.dropout;
     p.dropout_seed = dropout_seed_;
     p.forward_count = forward_count_;
@@ -553,17 +583,28 @@ class TransformerWrapper {
   }
 
   MatrixView<T> forward_to(Output output, TokensView tokens, MaskView mask, ContextView<T> context,
-                           const T* sum_embeds = nullptr) {
+                           const T* sum_embeds = nullptr, MaskView self_attn_kv_mask = {},
+                           const Index* seq_start = nullptr) {
     require(output == Output::embeddings || !config_.return_only_embed,
             "this model has no to_logits (return_only_embed): use embed()");
     check_tokens(tokens, mask);
     if constexpr (Layers::cross_attend) check_context(tokens.batch, context);
-    run_forward(output, tokens, mask, context, sum_embeds);
+    run_forward(output, tokens, mask, context, sum_embeds, self_attn_kv_mask, seq_start);
     if (output == Output::embeddings) return embeddings();
     return logits();
   }
 
-  void run_forward(Output output, TokensView tokens, MaskView mask, ContextView<T> context, const T* sum_embeds);
+  void run_forward(Output output, TokensView tokens, MaskView mask, ContextView<T> context, const T* sum_embeds,
+                   MaskView self_attn_kv_mask, const Index* seq_start);
+  /// Left-padding starts: one per sequence, each in [0, length); no memory tokens (they would sit before the padding).
+  void check_starts(Index batch, Index length, std::span<const Index> starts) const {
+    require(Index(starts.size()) == batch, "seq_start_pos has ", starts.size(), " entries for a batch of ", batch);
+    require(config_.num_memory_tokens == 0, "left-padded (ragged) sequences with memory tokens (num_memory_tokens ",
+            config_.num_memory_tokens, ") are not supported");
+    for (std::size_t b = 0; b < starts.size(); ++b)
+      require(starts[b] >= 0 && starts[b] < length, "seq_start_pos[", b, "] = ", starts[b], " outside [0, ", length,
+              "): every sequence needs at least one real token");
+  }
   /// x (B·(M + T), D) = [memory tokens; xe] per sequence.
   void prepend_memory(Pass<Backend>& pass, View<T> xe, Index T_len, View<T> x) const {
     const Index M = config_.num_memory_tokens, L = M + T_len;
@@ -591,13 +632,15 @@ class TransformerWrapper {
 
   Arena arena_;
   Record record_;
+  std::vector<std::uint8_t> left_pad_mask_;
 };
 
 // ---------------------------------------------------------------------------------------------------------------------
 
 template <LayerStack Layers, class Backend>
 void TransformerWrapper<Layers, Backend>::run_forward(Output output, TokensView tokens, MaskView mask,
-                                                      ContextView<T> context, const T* sum_embeds) {
+                                                      ContextView<T> context, const T* sum_embeds,
+                                                      MaskView self_attn_kv_mask, const Index* seq_start) {
   const Index B = tokens.batch, Tn = tokens.length, N = B * Tn, D = config_.layers.dim;
   const Index M = config_.num_memory_tokens, L = M + Tn;
   ++forward_count_;
@@ -608,6 +651,7 @@ void TransformerWrapper<Layers, Backend>::run_forward(Output output, TokensView 
   r.length = Tn;
   r.stack_length = L;
   r.dropout = training_;
+  r.left_padded = seq_start != nullptr;
   r.logits = r.final_h = r.output_grad = r.sum_embeds_grad = r.context_grad = nullptr;
   r.score_bias_grad = r.first_values_grad = nullptr;
   r.first_values = {};
@@ -620,6 +664,16 @@ void TransformerWrapper<Layers, Backend>::run_forward(Output output, TokensView 
     for (Index b = 0; b < B; ++b) {
       std::fill_n(r.mask + b * L, M, std::uint8_t(1));
       std::copy_n(mask.data + b * Tn, Tn, r.mask + b * L + M);
+    }
+  }
+  r.self_key_mask = nullptr;
+  if (!self_attn_kv_mask.empty()) {  // keys self-attention sees: not padding and not hidden
+    r.self_key_mask = arena_.allocate<std::uint8_t>(B * L);
+    for (Index b = 0; b < B; ++b) {
+      std::fill_n(r.self_key_mask + b * L, M, std::uint8_t(1));
+      for (Index t = 0; t < Tn; ++t)
+        r.self_key_mask[b * L + M + t] =
+            std::uint8_t(self_attn_kv_mask.data[b * Tn + t] != 0 && (mask.empty() || mask.data[b * Tn + t] != 0));
     }
   }
   r.context_length = context.length;
@@ -636,7 +690,7 @@ void TransformerWrapper<Layers, Backend>::run_forward(Output output, TokensView 
   }
   Pass<Backend> pass = training_pass();
   View<T> xe = pass.allocate(N, D);
-  r.embedding = embedding_.forward(pass, r.ids, Tn, 0, sum_embeds, config_.emb_dropout, xe, true);
+  r.embedding = embedding_.forward(pass, r.ids, Tn, 0, sum_embeds, config_.emb_dropout, xe, true, seq_start);
   View<T> x = xe;  // the residual stream
   if (M > 0) {
     x = pass.allocate(B * L, D);
@@ -675,6 +729,7 @@ void TransformerWrapper<Layers, Backend>::backward(ConstView<T> doutput, T alpha
   Record& r = record_;
   require(r.final_h != nullptr, "backward() needs a training forward() first (or embed(); generation keeps no "
           "activations)");
+  require(!r.left_padded, "backward() of forward_left_padded() is not supported (it is for generation)");
   const Index N = r.batch * r.length, D = config_.layers.dim, M = config_.num_memory_tokens, L = r.stack_length;
   require(doutput.rows == N && doutput.cols == output_cols(), "backward: d output has shape (", doutput.rows, ", ",
           doutput.cols, "), the last forward's output is (", N, ", ", output_cols(), ")");
@@ -733,9 +788,12 @@ void TransformerWrapper<Layers, Backend>::backward(ConstView<T> doutput, T alpha
 }
 
 template <LayerStack Layers, class Backend>
-auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cache& cache) -> MatrixView<T>
+auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cache& cache, Index outputs)
+    -> MatrixView<T>
   requires(Layers::causal)
 {
+  require(outputs >= 1 && outputs <= tokens.length, "forward_cached: outputs ", outputs, " outside [1, ",
+          tokens.length, "] (the new tokens)");
   require(cache.batch == tokens.batch, "cache holds ", cache.batch, " sequences, tokens have batch ", tokens.batch);
   require(tokens.length <= config_.max_seq_len, "appending ", tokens.length, " tokens > max_seq_len ",
           config_.max_seq_len);
@@ -756,6 +814,12 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
     require(cache.position - memory_in(cache) + n <= config_.max_seq_len, "with memory tokens the cache holds at "
             "most max_seq_len ", config_.max_seq_len, " tokens after them: cannot decode token ",
             cache.position - memory_in(cache) + n, " (recompute instead: can_decode() tells)");
+  const bool ragged = !cache.seq_start.empty();
+  if (ragged) {
+    require(Index(cache.seq_start.size()) == B, "cache.seq_start has ", cache.seq_start.size(), " entries for ", B,
+            " sequences");
+    require(M == 0, "left-padded (ragged) sequences with memory tokens (num_memory_tokens ", M, ") are not supported");
+  }
   require(cache.bf16_weights.empty() || Index(cache.bf16_weights.size()) == params_->count(),
           "cache holds bfloat16 weights of ", cache.bf16_weights.size(), " parameters, the model has ",
           params_->count());
@@ -789,7 +853,20 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
   auto* ids = arena_.allocate<std::int32_t>(B * n);
   std::copy_n(tokens.data, B * n, ids);
   View<T> xe = pass.allocate(B * n, D);
-  embedding_.forward(pass, ids, n, cache.position - memory_in(cache), nullptr, 0.0, xe, false);
+  if (ragged) {  // padding among the new rows: zero queries; keys before each sequence's start: hidden
+    const Index k_len = cache.length + rows, first_key = cache.position - cache.length;
+    auto* query = arena_.allocate<std::uint8_t>(B * rows);
+    auto* keys = arena_.allocate<std::uint8_t>(B * k_len);
+    for (Index b = 0; b < B; ++b) {
+      const Index start = cache.seq_start[std::size_t(b)];
+      for (Index t = 0; t < rows; ++t) query[b * rows + t] = std::uint8_t(cache.position + t >= start);
+      for (Index j = 0; j < k_len; ++j) keys[b * k_len + j] = std::uint8_t(first_key + j >= start);
+    }
+    pass.mask = query;
+    pass.self_key_mask = keys;
+  }
+  embedding_.forward(pass, ids, n, cache.position - memory_in(cache), nullptr, 0.0, xe, false,
+                     ragged ? cache.seq_start.data() : nullptr);
   View<T> x = xe;
   if (first > 0) {
     x = pass.allocate(B * rows, D);
@@ -807,17 +884,19 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
   }
   cache.length += rows;
   cache.position += rows;
-  // logits of the last new position of each sequence only
-  View<T> last = pass.allocate(B, D);
-  for (Index b = 0; b < B; ++b) kernel<Backend, ops::Axpby>::run(x.middle_rows(b * rows + rows - 1, 1), last.middle_rows(b, 1), T(1), T(0));
+  // logits of the last `outputs` new positions of each sequence only
+  const Index O = outputs;
+  View<T> last = pass.allocate(B * O, D);
+  for (Index b = 0; b < B; ++b)
+    kernel<Backend, ops::Axpby>::run(x.middle_rows(b * rows + rows - O, O), last.middle_rows(b * O, O), T(1), T(0));
   View<T> h = last;
   if (has_final_norm()) {
-    h = pass.allocate(B, D);
+    h = pass.allocate(B * O, D);
     final_norm_.forward(pass, last, nullptr, h, false, false);
   }
-  View<T> out = pass.allocate(B, V);
+  View<T> out = pass.allocate(B * O, V);
   logits_.forward(pass, h, out);
-  return {out.data, B, V};
+  return {out.data, B * O, V};
 }
 
 }  // namespace xtr

@@ -69,6 +69,53 @@ inline json::Value to_json(const XTransformerConfig& c) {
   return v;
 }
 
+/// Reads every field of S that `v` (an object) holds; a field of another JSON type is an error naming it.
+template <class S>
+void fields_from_json(const json::Value& v, S& options, const std::string& where) {
+  require(v.is_object(), where, ": expected a JSON object");
+  for_each_field<S>([&](const auto& f) {
+    const json::Value* x = v.find(f.name);
+    if (x == nullptr) return;
+    using M = typename std::decay_t<decltype(f)>::value_type;
+    auto& member = options.*(f.member);
+    if constexpr (std::is_same_v<M, bool>) {
+      require(x->is_bool(), where, ".", f.name, " must be true or false");
+      member = x->as_bool();
+    } else if constexpr (std::is_integral_v<M>) {
+      require(x->is_number(), where, ".", f.name, " must be a number");
+      member = M(x->as_int());
+    } else if constexpr (std::is_floating_point_v<M>) {
+      require(x->is_number(), where, ".", f.name, " must be a number");
+      member = M(x->as_number());
+    } else {
+      require(x->is_string(), where, ".", f.name, " must be a string");
+      member = x->as_string();
+    }
+  });
+}
+
+/// The configuration a checkpoint recorded (to_json's inverse), e.g. to build the model a checkpoint holds.
+inline TransformerConfig transformer_config_from_json(const json::Value& v) {
+  TransformerConfig c;
+  fields_from_json(v, c, "config");
+  const json::Value& layers = v.at("layers");
+  fields_from_json(layers, c.layers, "config.layers");
+  if (const auto* x = layers.find("rotary")) fields_from_json(*x, c.layers.rotary, "config.layers.rotary");
+  if (const auto* x = layers.find("attention")) fields_from_json(*x, c.layers.attention, "config.layers.attention");
+  if (const auto* x = layers.find("alibi")) fields_from_json(*x, c.layers.alibi, "config.layers.alibi");
+  if (const auto* x = layers.find("rel_pos_bias"))
+    fields_from_json(*x, c.layers.rel_pos_bias, "config.layers.rel_pos_bias");
+  if (const auto* x = layers.find("dynamic_pos_bias"))
+    fields_from_json(*x, c.layers.dynamic_pos_bias, "config.layers.dynamic_pos_bias");
+  if (const auto* p = layers.find("policies"))
+    for (const auto& [key, target] : {std::pair{"position", &c.layers.policies.position},
+                                      std::pair{"norm", &c.layers.policies.norm},
+                                      std::pair{"feedforward", &c.layers.policies.feedforward},
+                                      std::pair{"score_bias", &c.layers.policies.score_bias}})
+      if (const auto* x = p->find(key)) *target = x->as_string();
+  return c;
+}
+
 /// What a checkpoint records to recognise its model: the configuration, and a wrapper's options (a
 /// NonAutoregressiveWrapper's schedule is a function: not recorded).
 template <class Model>

@@ -1,10 +1,14 @@
 #pragma once
 // NonAutoregressiveWrapper<Net>: masked-token training and iterative parallel decoding (MaskGIT, x-transformers'
-// NonAutoregressiveWrapper) around a bidirectional TransformerWrapper whose rows are exactly max_seq_len tokens.
+// NonAutoregressiveWrapper) around a TransformerWrapper whose rows are exactly max_seq_len tokens: an Encoder, or a
+// Decoder as x-transformers' own example writes it (each position then predicts from the positions up to it).
 //   training, per row of x (B, n = max_seq_len):
 //     t ~ U(0, 1);  k = max(1, ⌈γ(t) · n⌉) positions masked, chosen uniformly;  γ = schedule (cosine: cos(πt/2))
 //     each masked position independently: keeps its token (no_replace_prob), gets a random token ≠ mask_id
-//     (random_token_prob), or becomes mask_id (the rest)
+//     (random_token_prob), or becomes mask_id (the rest); or, with coin_flips (x-transformers' recipe): with
+//     probability ½ per batch, ⌈m · no_replace_prob⌉ of each row's m masked positions keep their tokens, and with
+//     probability ½ per batch ⌈m' · random_token_prob · (1 − no_replace_prob if applied)⌉ of the m' still to be
+//     replaced get a random token (any id, mask_id included); the rest become mask_id
 //     loss = mean over masked positions of CE(net(x̃), x)
 //     self_cond: net(x̃, sum_embeds = W_sc e) with e = the embeddings of a first, detached pass net(x̃) (probability
 //     self_cond_train_prob) or the learned null_embed; generate() feeds each step's embeddings to the next.
@@ -40,7 +44,11 @@ namespace xtr {
 inline double cosine_schedule(double t) { return std::cos(t * std::numbers::pi / 2); }
 inline double linear_schedule(double t) { return 1 - t; }
 
-/// x-transformers' NonAutoregressiveWrapper keywords (defaults as there, except the schedule: cosine, as MaskGIT).
+/// x-transformers' NonAutoregressiveWrapper keywords. xtr's defaults differ from x-transformers' in two places, on
+/// purpose: the cosine schedule (MaskGIT's; x-transformers' default is linear) and per-position replacement draws
+/// (x-transformers flips two coins per batch: coin_flips). x_transformers_defaults() is x-transformers' recipe, except
+/// its default MDLM loss weighting (use_simple_mdlm_loss_weight), which is not well-defined: see
+/// docs/non-autoregressive.md.
 struct NonAutoregressiveOptions {
   std::int32_t mask_id = -1;   // required: a token id of the net's vocabulary that data never contains
   Index steps = 18;            // refinement steps of generate()
@@ -51,6 +59,19 @@ struct NonAutoregressiveOptions {
   bool self_cond = false;               // self-conditioning (construct the wrapper from a TransformerConfig)
   double self_cond_train_prob = 0.75;   // training: how often the previous prediction is fed back
   double critic_loss_weight = 1.0;      // with a token critic: total = generator loss + weight · critic loss
+  bool coin_flips = false;              // x-transformers' batch-level coin flips for no_replace / random tokens
+
+  /// NonAutoregressiveWrapper(net, mask_id = ..., steps = ...) of x-transformers 2.31.10: linear schedule, coin flips;
+  /// the one difference: no MDLM loss weight (x-transformers' default weight γ'(t) / (1 − γ(t)) = −1/t for the linear
+  /// schedule is negative and unbounded; the loss here is the plain mean cross-entropy over masked positions).
+  static NonAutoregressiveOptions x_transformers_defaults(std::int32_t mask_id, Index steps = 18) {
+    NonAutoregressiveOptions o;
+    o.mask_id = mask_id;
+    o.steps = steps;
+    o.schedule = linear_schedule;
+    o.coin_flips = true;
+    return o;
+  }
 };
 
 /// What generate() samples with (x-transformers' generate keywords).
@@ -68,8 +89,9 @@ struct NoCritic {};
 /// `Critic`: the token critic's network type (a TransformerWrapper<Encoder<...>>), or void for none.
 template <class Net, class Critic = void>
 class NonAutoregressiveWrapper {
-  static_assert(!Net::layers_type::causal && !Net::layers_type::cross_attend,
-                "xtr: NonAutoregressiveWrapper needs a bidirectional stack: wrap a TransformerWrapper<Encoder<...>>");
+  static_assert(Net::layers_type::self_attend && !Net::layers_type::cross_attend,
+                "xtr: NonAutoregressiveWrapper needs a self-attending stack without cross-attention: wrap a "
+                "TransformerWrapper<Encoder<...>> or <Decoder<...>>");
 
  public:
   using scalar = typename Net::scalar;
@@ -202,6 +224,9 @@ class NonAutoregressiveWrapper {
     c.self_condition = options_.self_cond && batch_draws.uniform(0) < options_.self_cond_train_prob;
     c.critic_temperature = batch_draws.uniform(1);
     c.critic_seed = batch_draws.bits64(2);
+    // coin_flips: whether this batch keeps some tokens and whether it draws random ones
+    const bool keep_some = options_.coin_flips && options_.no_replace_prob > 0 && batch_draws.uniform(3) < 0.5;
+    const bool randomise = options_.coin_flips && options_.random_token_prob > 0 && batch_draws.uniform(4) < 0.5;
     for (Index b = 0; b < B; ++b) {
       const RandomStream row = stream.fork(std::uint64_t(b));
       const double t = row.open_uniform(0);
@@ -209,6 +234,22 @@ class NonAutoregressiveWrapper {
       const Index k = std::clamp<Index>(Index(std::ceil(schedule(t) * double(n))), 1, n);
       for (Index j = 0; j < n; ++j) order[std::size_t(j)] = {row.uniform(std::uint64_t(1 + j)), j};
       std::partial_sort(order.begin(), order.begin() + k, order.end());  // k positions, uniformly chosen
+      if (options_.coin_flips) {  // the first `kept` of the k (a uniform subset) keep their token, the next
+                                  // `randomised` get a random id, the rest mask_id
+        const double left = keep_some ? 1 - options_.no_replace_prob : 1.0;
+        const Index kept = keep_some ? Index(std::ceil(double(k) * options_.no_replace_prob)) : 0;
+        const Index randomised =
+            randomise ? Index(std::ceil(double(k - kept) * options_.random_token_prob * left)) : 0;
+        for (Index r = 0; r < k; ++r) {
+          const Index j = order[std::size_t(r)].second, i = b * n + j;
+          c.masked[std::size_t(i)] = 1;
+          if (r < kept) continue;
+          c.input[std::size_t(i)] = r < kept + randomised
+                                        ? std::int32_t(row.below(std::uint64_t(1 + 2 * n + j), std::uint64_t(net.num_tokens())))
+                                        : options_.mask_id;
+        }
+        continue;
+      }
       for (Index r = 0; r < k; ++r) {
         const Index j = order[std::size_t(r)].second, i = b * n + j;
         c.masked[std::size_t(i)] = 1;

@@ -162,6 +162,23 @@ class XTransformer {
     return decoder.generate(start_tokens, length, sampling, context);
   }
 
+  /// Beam search for `length` new tokens per row after `start_tokens`, cross-attending to the encoding of `src` (the
+  /// encoder runs once; each layer's context keys and values are projected once and repeated to the beams).
+  BeamSearchResult beam_search(TokensView src, TokensView start_tokens, Index length, MaskView src_mask = {},
+                               const BeamSearchOptions& options = {}) {
+    check_pair(src, start_tokens.batch, "start_tokens", src_mask);
+    struct RestoreMode {
+      XTransformer& model;
+      bool was_training;
+      ~RestoreMode() { model.train(was_training); }
+    } restore{*this, training_};
+    eval();
+    auto encoded = encoder.embed(src, src_mask);
+    encoded_ = nullptr;
+    const ContextView<scalar> context{encoded.data(), src.batch, src.length, config_.dim, src_mask};
+    return decoder.beam_search(start_tokens, length, options, context);
+  }
+
  private:
   static XTransformerConfig validated(XTransformerConfig c) {
     require(c.dim > 0, "dim must be > 0, got ", c.dim);
