@@ -267,7 +267,7 @@ TEST_CASE("NAR bad input: errors name the value and the limit", "[nar][errors]")
   CHECK(windows.next().length == 8);
 }
 
-TEST_CASE("NAR x-transformers recipe (coin_flips): per batch, a coin for kept tokens and a coin for random ones; "
+TEST_CASE("NAR x-transformers recipe (coin_flips): per batch, a coin for kept tokens and a coin for random ones, "
           "ceil counts of the masked positions", "[nar][recipe]") {
   using Net = TransformerWrapper<Encoder<>>;
   const Index V = 21, n = 40, B = 50;
