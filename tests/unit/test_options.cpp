@@ -108,18 +108,7 @@ TEST_CASE("every option: finite-difference gradients of every parameter", "[opti
         net.parameters().zero_grad();
         auto logits = net.forward(tokens);
         net.backward(ConstView<double>(R.data(), logits.rows(), logits.cols()), 1.0);
-        auto& store = net.parameters();
-        for (const auto& e : store.entries()) {
-          if (e.alias_of >= 0) continue;
-          std::vector<double*> x;
-          std::vector<double> analytic;
-          const Index n = e.shape.numel(), stride = std::max<Index>(1, n / 12);
-          for (Index i = 0; i < n; i += stride) {
-            x.push_back(store.values().data() + e.offset + i);
-            analytic.push_back(store.grads()[e.offset + i]);
-          }
-          XTR_REQUIRE_GRADIENT(check_gradient(x, analytic, loss, e.name));
-        }
+        xtr::testing::require_parameter_gradients(net.parameters(), loss, 12);
       });
     }
   }

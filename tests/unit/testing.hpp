@@ -77,6 +77,26 @@ inline GradientReport check_gradient(std::vector<double*> x, const std::vector<d
   return r;
 }
 
+/// check_gradient over about `per_parameter` entries of every parameter of `store` (aliases skipped), whose gradients
+/// a backward of `loss` has just accumulated (from zero); stops at the first parameter that fails.
+template <class Store, class F>
+void require_parameter_gradients(Store& store, const F& loss, Index per_parameter) {
+  for (const auto& e : store.entries()) {
+    if (e.alias_of >= 0) continue;
+    std::vector<double*> x;
+    std::vector<double> analytic;
+    const Index n = e.shape.numel(), stride = std::max<Index>(1, n / per_parameter);
+    for (Index i = 0; i < n; i += stride) {
+      x.push_back(store.values().data() + e.offset + i);
+      analytic.push_back(store.grads()[e.offset + i]);
+    }
+    const auto report = check_gradient(x, analytic, loss, e.name);
+    INFO("worst: " << report.worst_where << " (rel " << report.worst_rel << ", abs " << report.worst_abs << ", "
+                   << report.checked << " checked)");
+    REQUIRE(report.failures == 0);
+  }
+}
+
 /// A batch of uniform random token ids in [0, num_tokens).
 inline TokenBatch random_tokens(Index batch, Index length, Index num_tokens, std::uint64_t seed) {
   TokenBatch t(batch, length);

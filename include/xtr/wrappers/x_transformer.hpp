@@ -149,23 +149,25 @@ class XTransformer {
   /// (x-transformers' generate(seq_in, seq_out_start, seq_len, mask)). Encoder and decoder run in eval mode.
   TokenBatch generate(TokensView src, TokensView start_tokens, Index length, MaskView src_mask = {},
                       const Sampling& sampling = {}) {
-    check_pair(src, start_tokens.batch, "start_tokens", src_mask);
-    struct RestoreMode {  // the caller's mode comes back even on an exception
-      XTransformer& model;
-      bool was_training;
-      ~RestoreMode() { model.train(was_training); }
-    } restore{*this, training_};
-    eval();
-    auto encoded = encoder.embed(src, src_mask);
-    encoded_ = nullptr;
-    const ContextView<scalar> context{encoded.data(), src.batch, src.length, config_.dim, src_mask};
-    return decoder.generate(start_tokens, length, sampling, context);
+    return with_encoding(src, start_tokens, src_mask, [&](ContextView<scalar> context) {
+      return decoder.generate(start_tokens, length, sampling, context);
+    });
   }
 
   /// Beam search for `length` new tokens per row after `start_tokens`, cross-attending to the encoding of `src` (the
   /// encoder runs once; each layer's context keys and values are projected once and repeated to the beams).
   BeamSearchResult beam_search(TokensView src, TokensView start_tokens, Index length, MaskView src_mask = {},
                                const BeamSearchOptions& options = {}) {
+    return with_encoding(src, start_tokens, src_mask, [&](ContextView<scalar> context) {
+      return decoder.beam_search(start_tokens, length, options, context);
+    });
+  }
+
+ private:
+  /// f(the encoding of src as the decoder's context), both parts in eval mode; the caller's mode comes back even on an
+  /// exception.
+  template <class F>
+  auto with_encoding(TokensView src, TokensView start_tokens, MaskView src_mask, F&& f) {
     check_pair(src, start_tokens.batch, "start_tokens", src_mask);
     struct RestoreMode {
       XTransformer& model;
@@ -175,11 +177,9 @@ class XTransformer {
     eval();
     auto encoded = encoder.embed(src, src_mask);
     encoded_ = nullptr;
-    const ContextView<scalar> context{encoded.data(), src.batch, src.length, config_.dim, src_mask};
-    return decoder.beam_search(start_tokens, length, options, context);
+    return f(ContextView<scalar>{encoded.data(), src.batch, src.length, config_.dim, src_mask});
   }
 
- private:
   static XTransformerConfig validated(XTransformerConfig c) {
     require(c.dim > 0, "dim must be > 0, got ", c.dim);
     for (auto [part, name] : {std::pair{&c.encoder, "encoder"}, std::pair{&c.decoder, "decoder"}}) {
