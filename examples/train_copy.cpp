@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <fstream>
 #include <string>
+#include <tuple>
 
 #include "command_line.hpp"
 #include "xtr/xtr.hpp"
@@ -71,6 +72,10 @@ Options parse(int argc, char** argv) {
                          std::pair{o.dim, "--dim"}, std::pair{o.depth, "--depth"}, std::pair{o.heads, "--heads"}})
     if (v < 1) flags.fail(std::string(name) + " must be >= 1, got " + std::to_string(v));
   if (o.eval_samples < 0) flags.fail("--eval-samples must be >= 0, got " + std::to_string(o.eval_samples));
+  for (auto [v, limit, name] : {std::tuple{o.src_len, 16384L, "--src-len"}, std::tuple{o.batch_size, 65536L, "--batch-size"},
+                                std::tuple{o.dim, 65536L, "--dim"}, std::tuple{o.depth, 4096L, "--depth"},
+                                std::tuple{o.heads, 4096L, "--heads"}, std::tuple{o.eval_samples, 1L << 20, "--eval-samples"}})
+    if (v > limit) flags.fail(std::string(name) + " " + std::to_string(v) + " exceeds the limit " + std::to_string(limit));
   if (!(o.learning_rate > 0)) flags.fail("--learning-rate must be > 0");
   return o;
 }
@@ -119,7 +124,8 @@ int main(int argc, char** argv) try {
     const auto state = xtr::load_checkpoint(o.resume, model, optimizer);
     first_step = long(state.step);
     batches.seek(state.data_position);
-    if (auto it = state.extra.find("fresh_position"); it != state.extra.end()) fresh.seek(std::stoull(it->second));
+    if (auto it = state.extra.find("fresh_position"); it != state.extra.end())
+      fresh.seek(xtr::parse_count(it->second, o.resume + " metadata 'fresh_position'"));
     std::printf("resumed from %s at step %ld\n", o.resume.c_str(), first_step);
   }
   std::ofstream log;

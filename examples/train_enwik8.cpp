@@ -88,6 +88,18 @@ Options parse(int argc, char** argv) {
   positive(o.validate_every, "--validate-every");
   positive(o.generate_every, "--generate-every");
   positive(o.seq_len, "--seq-len");
+  positive(o.prime_length, "--prime-length");
+  positive(o.dim, "--dim");
+  positive(o.depth, "--depth");
+  positive(o.heads, "--heads");
+  auto at_most = [&](long v, long limit, const char* name) {
+    if (v > limit) flags.fail(std::string(name) + " " + std::to_string(v) + " exceeds the limit " + std::to_string(limit));
+  };
+  at_most(o.seq_len, 65536, "--seq-len");
+  at_most(o.batch_size, 65536, "--batch-size");
+  at_most(o.dim, 65536, "--dim");
+  at_most(o.depth, 4096, "--depth");
+  at_most(o.heads, 4096, "--heads");
   positive(o.val_batches, "--val-batches");
   if (o.generate_length < 0) flags.fail("--generate-length must be >= 0");
   if (!(o.learning_rate > 0)) flags.fail("--learning-rate must be > 0");
@@ -135,7 +147,8 @@ int main(int argc, char** argv) {
       const auto state = xtr::load_checkpoint(o.resume, model.net, optimizer);
       step = long(state.step);
       train_loader.seek(state.data_position);
-      if (auto it = state.extra.find("val_position"); it != state.extra.end()) val_loader.seek(std::stoull(it->second));
+      if (auto it = state.extra.find("val_position"); it != state.extra.end())
+        val_loader.seek(xtr::parse_count(it->second, o.resume + " metadata 'val_position'"));
       std::printf("resumed from %s at step %ld\n", o.resume.c_str(), step);
     }
     std::ofstream log;
@@ -152,6 +165,14 @@ int main(int argc, char** argv) {
     };
 
     const long started_at = step;
+    long saved_at = -1;  // the step of the last checkpoint this run wrote
+    auto stop = [&](const std::string& why) {  // non-finite state: nothing more is saved
+      std::fprintf(stderr, "\ntrain_enwik8: %s; stopping (%s)\n", why.c_str(),
+                   saved_at >= 0 ? ("the last checkpoint, " + o.save + " from step " + std::to_string(saved_at) +
+                                    ", is intact").c_str()
+                                 : "no checkpoint was written by this run");
+      return 3;
+    };
     const double tokens_per_step = double(o.batch_size * o.seq_len * o.gradient_accumulate_every);
     double last_train = 0;
     while (step < o.num_batches) {
@@ -163,12 +184,8 @@ int main(int argc, char** argv) {
         train_loss += loss.item() / double(o.gradient_accumulate_every);
         (loss / double(o.gradient_accumulate_every)).backward();
       }
-      if (!std::isfinite(train_loss)) {
-        std::fprintf(stderr,
-                     "\ntrain_enwik8: training loss is %g at step %ld; stopping%s\n", train_loss, step + 1,
-                     o.save.empty() ? "" : (" (the last checkpoint, " + o.save + ", is intact)").c_str());
-        return 3;
-      }
+      if (!std::isfinite(train_loss))
+        return stop("training loss is " + std::to_string(train_loss) + " at step " + std::to_string(step + 1));
       xtr::clip_grad_norm(model.parameters(), o.clip);
       optimizer.step();
       optimizer.zero_grad();
@@ -194,6 +211,8 @@ int main(int argc, char** argv) {
         std::printf("%sstep %ld: validation loss %.4f, %.4f bits per character\n", terminal ? "\n" : "", step,
                     val_loss, val_loss / std::log(2.0));
         write_row(step, last_train, val_loss, std::nullopt);
+        if (!std::isfinite(val_loss))
+          return stop("validation loss is " + std::to_string(val_loss) + " at step " + std::to_string(step));
       }
       if ((step % o.generate_every == 0 || step == o.num_batches) && o.generate_length > 0) {
         model.eval();
@@ -214,10 +233,14 @@ int main(int argc, char** argv) {
         std::printf("\n%s\n", std::string(60, '-').c_str());
       }
       if (!o.save.empty() && (step % o.validate_every == 0 || step == o.num_batches)) {
+        for (const auto* buffer : {&model.parameters().values(), &optimizer.exp_avg(), &optimizer.exp_avg_sq()})
+          if (const auto bad = model.parameters().first_non_finite(*buffer); !bad.empty())
+            return stop("the model state is not finite at step " + std::to_string(step) + " (" + bad + ")");
         xtr::save_checkpoint(o.save, model.net, optimizer,
                              {.step = step,
                               .data_position = train_loader.position(),
                               .extra = {{"val_position", std::to_string(val_loader.position())}}});
+        saved_at = step;
       }
     }
     if (step == started_at) {  // resumed at or past --num-batches: evaluate the checkpoint

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <fstream>
 #include <string>
+#include <tuple>
 
 #include "command_line.hpp"
 #include "xtr/xtr.hpp"
@@ -65,6 +66,10 @@ Options parse(int argc, char** argv) {
                          std::pair{o.depth, "--depth"}, std::pair{o.heads, "--heads"}})
     if (v < 1) flags.fail(std::string(name) + " must be >= 1, got " + std::to_string(v));
   if (!(o.learning_rate > 0)) flags.fail("--learning-rate must be > 0");
+  for (auto [v, limit, name] : {std::tuple{o.seq_len, 16384L, "--seq-len"}, std::tuple{o.batch_size, 65536L, "--batch-size"},
+                                std::tuple{o.dim, 65536L, "--dim"}, std::tuple{o.depth, 4096L, "--depth"},
+                                std::tuple{o.heads, 4096L, "--heads"}, std::tuple{o.steps, 100000L, "--steps"}})
+    if (v > limit) flags.fail(std::string(name) + " " + std::to_string(v) + " exceeds the limit " + std::to_string(limit));
   return o;
 }
 

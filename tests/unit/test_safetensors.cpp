@@ -382,13 +382,21 @@ TEST_CASE("safetensors: writes are atomic and leave no temporary files", "[safet
                             Contains("No such file or directory"));
     CHECK(dir.entries() == std::vector<std::string>{"ckpt.safetensors"});
   }
-  SECTION("when the temporary file cannot be created the old file stays intact") {
-    fs::path temp = path;
-    temp += ".tmp." + std::to_string(::getpid());
-    fs::create_directory(temp);  // a directory in the way of the temporary file
-    REQUIRE_THROWS_WITH(st::write(path, new_file), Contains("cannot create temporary file"));
+  SECTION("links planted under the temporary names are never followed; with no free name the old file stays") {
+    const fs::path victim = dir.path / "victim";
+    std::ofstream(victim) << "keep";
+    std::vector<fs::path> planted;
+    for (int n = 0; n < 2000; ++n) {  // every name this process's next writes would try
+      fs::path temp = path;
+      temp += ".tmp." + std::to_string(::getpid()) + "." + std::to_string(n);
+      fs::create_symlink(victim, temp);
+      planted.push_back(temp);
+    }
+    REQUIRE_THROWS_WITH(st::write(path, new_file), Contains("cannot create temporary file") && Contains("exists"));
     CHECK(slurp(path) == old_bytes);
-    fs::remove(temp);
+    CHECK(fs::file_size(victim) == 4);  // "keep", untouched
+    for (const auto& p : planted) fs::remove(p);
+    fs::remove(victim);
     CHECK(dir.entries() == std::vector<std::string>{"ckpt.safetensors"});
   }
   SECTION("when the rename fails the temporary file is removed") {

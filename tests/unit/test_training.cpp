@@ -6,7 +6,12 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <new>
+
+#include <csignal>
+#include <zlib.h>
+#include <sys/resource.h>
 
 #include "testing.hpp"
 #include "xtr/xtr.hpp"
@@ -298,10 +303,25 @@ TEST_CASE("a failed save leaves the previous checkpoint intact", "[training][che
   auto opt = Adam(model.parameters());
   save_checkpoint(path, model.net, opt, {.step = 1});
   const auto before = std::filesystem::file_size(path);
-  // the temporary file cannot be created: a directory occupies its name
-  std::filesystem::create_directories(dir / ("ck.safetensors.tmp." + std::to_string(::getpid())));
-  REQUIRE_THROWS(save_checkpoint(path, model.net, opt, {.step = 2}));
+  // the write fails half-way: the file-size limit stops it (EFBIG); the temporary file goes, the old file stays
+  struct rlimit saved {};
+  REQUIRE(::getrlimit(RLIMIT_FSIZE, &saved) == 0);
+  const auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+  struct rlimit small = saved;
+  small.rlim_cur = 4096;
+  REQUIRE(::setrlimit(RLIMIT_FSIZE, &small) == 0);
+  bool threw = false;
+  try {
+    save_checkpoint(path, model.net, opt, {.step = 2});
+  } catch (const Error&) {
+    threw = true;
+  }
+  ::setrlimit(RLIMIT_FSIZE, &saved);
+  std::signal(SIGXFSZ, old_handler);
+  REQUIRE(threw);
   REQUIRE(std::filesystem::file_size(path) == before);
+  for (const auto& entry : std::filesystem::directory_iterator(dir))
+    CHECK(entry.path().filename() == "ck.safetensors");  // no temporary file left behind
   Model reloaded(Net(small_config(0, 7)));
   auto opt2 = Adam(reloaded.parameters());
   REQUIRE(load_checkpoint(path, reloaded.net, opt2).step == 1);
@@ -319,4 +339,128 @@ TEST_CASE("a steady-state training step makes no heap allocation", "[training][a
   for (int i = 0; i < 3; ++i) train_step(model, opt, loader, 2);
   REQUIRE(g_news.load() - news == 0);
   REQUIRE(model.net.activation_arena().heap_allocations() == arena_allocations);
+}
+
+TEST_CASE("non-finite state is never saved or loaded without the opt-out", "[training][checkpoint][errors]") {
+  const auto path = temp_path("nonfinite.safetensors");
+  Model model{Net{small_config()}};
+  auto opt = Adam(model.parameters());
+  save_checkpoint(path, model.net, opt, {.step = 1});
+  const auto good = std::filesystem::file_size(path);
+  const auto& e = *model.parameters().find("attn_layers.layers.0.1.to_q.weight");
+  model.parameters().values()[e.offset + 5] = std::numeric_limits<float>::quiet_NaN();
+  REQUIRE_THROWS_WITH(save_checkpoint(path, model.net, opt, {.step = 2}),
+                      Catch::Contains("refusing to save checkpoint") &&
+                          Catch::Contains("parameter attn_layers.layers.0.1.to_q.weight[5] = nan is not finite"));
+  REQUIRE(std::filesystem::file_size(path) == good);  // the old checkpoint is untouched
+  model.parameters().values()[e.offset + 5] = 0;
+  opt.exp_avg_sq()[3] = std::numeric_limits<float>::infinity();
+  REQUIRE_THROWS_WITH(save_checkpoint(path, model.net, opt, {.step = 2}), Catch::Contains("optimizer exp_avg_sq"));
+  // written for inspection, it does not load by default
+  save_checkpoint(path, model.net, opt, {.step = 2}, {.allow_non_finite = true});
+  Model other{Net{small_config(0, 5)}};
+  auto opt_other = Adam(other.parameters());
+  const std::vector<float> before(other.parameters().values().span().begin(), other.parameters().values().span().end());
+  REQUIRE_THROWS_WITH(load_checkpoint(path, other.net, opt_other),
+                      Catch::Contains("tensor 'optimizer.exp_avg_sq.") && Catch::Contains("is not finite"));
+  REQUIRE(std::equal(before.begin(), before.end(), other.parameters().values().data()));  // nothing changed
+  REQUIRE(load_checkpoint(path, other.net, opt_other, {.allow_non_finite = true}).step == 2);
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("optimizer settings and counters from a checkpoint are checked like the constructor's", "[training][checkpoint][errors]") {
+  const auto path = temp_path("optimizer.safetensors");
+  Model model{Net{small_config()}};
+  auto opt = Adam(model.parameters());
+  save_checkpoint(path, model.net, opt, {.step = 1});
+  auto with = [&](const std::string& key, const std::string& value) {
+    auto file = safetensors::read(path);
+    file.metadata[key] = value;
+    const auto edited = temp_path("edited.safetensors");
+    safetensors::write(edited, file);
+    return edited;
+  };
+  Model other{Net{small_config(0, 5)}};
+  auto opt_other = Adam(other.parameters());
+  REQUIRE_THROWS_WITH(load_checkpoint(with("optimizer.beta1", "1"), other.net, opt_other),
+                      Catch::Contains("optimizer settings the optimizer refuses: beta1 must be in [0, 1), got 1"));
+  REQUIRE_THROWS_WITH(load_checkpoint(with("optimizer.lr", "-5"), other.net, opt_other),
+                      Catch::Contains("learning rate must be >= 0, got -5"));
+  REQUIRE_THROWS_WITH(load_checkpoint(with("optimizer.steps", "9223372036854775807"), other.net, opt_other),
+                      Catch::Contains("'optimizer.steps' = 9223372036854775807 exceeds the limit 2^53"));
+  REQUIRE_THROWS_WITH(load_checkpoint(with("step", "-1"), other.net, opt_other),
+                      Catch::Contains("metadata 'step' is not a count: '-1'"));
+  REQUIRE_THROWS_WITH(load_checkpoint(with("data_position", " 7"), other.net, opt_other),
+                      Catch::Contains("metadata 'data_position' is not a count: ' 7'"));
+  REQUIRE_THROWS_WITH(load_checkpoint(with("optimizer.eps", " 1e-8"), other.net, opt_other),
+                      Catch::Contains("metadata 'optimizer.eps' is not a number: ' 1e-8'"));
+  REQUIRE_THROWS_WITH(opt.set_steps(-1), Catch::Contains("optimizer steps must be in [0, 2^53"));
+  std::filesystem::remove(path);
+  std::filesystem::remove(temp_path("edited.safetensors"));
+}
+
+TEST_CASE("sizes from outside: checked products and sums, bounded batches, strict counts", "[errors]") {
+  REQUIRE(checked_mul(1 << 20, 1 << 20, "x") == Index(1) << 40);
+  REQUIRE_THROWS_WITH(checked_mul(Index(1) << 32, Index(1) << 32, "the thing"),
+                      Catch::Contains("the thing: 4294967296 × 4294967296 exceeds the limit of 2^48"));
+  REQUIRE_THROWS_WITH(checked_add(kMaxElements, 1, "sum"), Catch::Contains("sum: 281474976710656 + 1 exceeds"));
+  REQUIRE_THROWS_WITH(checked_mul(-1, 3, "neg"), Catch::Contains("neg: negative size"));
+  REQUIRE_THROWS_WITH((Shape{Index(1) << 32, Index(1) << 32}), Catch::Contains("exceeds the limit of 2^48"));
+  REQUIRE_THROWS_WITH((Shape{-3, 2}), Catch::Contains("a shape's extents must be >= 0, got -3"));
+  ParameterStore<float> store;
+  store.add("a", {Index(1) << 24, Index(1) << 23}, Init::fill(0));
+  REQUIRE_THROWS_WITH(store.add("b", {Index(1) << 24, Index(1) << 24}, Init::fill(0)),
+                      Catch::Contains("the parameter count") && Catch::Contains("exceeds the limit"));
+  REQUIRE_THROWS_WITH(BatchLoader(synthetic_text(), Index(1) << 62, 3, 0),
+                      Catch::Contains("batch_size × (seq_len + 1)") && Catch::Contains("exceeds the limit"));
+  REQUIRE_THROWS_WITH(BatchLoader(synthetic_text(), 1, std::numeric_limits<Index>::max(), 0),
+                      Catch::Contains("seq_len + 1: 9223372036854775807 + 1 exceeds"));
+  REQUIRE_THROWS_WITH(BatchLoader(synthetic_text(), Index(1) << 30, 8, 0),
+                      Catch::Contains("exceeds the limit of 4294967296 tokens per batch"));
+  REQUIRE(parse_count("123", "n") == 123);
+  for (const char* bad : {"", "-1", "+1", " 1", "1 ", "abc", "99999999999999999999999"})
+    REQUIRE_THROWS_WITH(parse_count(bad, "key 'n'"), Catch::Contains("key 'n'") && Catch::Contains("is not a count"));
+  REQUIRE_THROWS_WITH(parse_count("11", "n", 10), Catch::Contains("n = 11 exceeds the limit 10"));
+}
+
+TEST_CASE("a killed save's temporary file is removed at the next save, a live writer's is not", "[training][checkpoint]") {
+  const auto dir = temp_path("stale");
+  std::filesystem::create_directories(dir);
+  const auto path = dir / "ck.safetensors";
+  Model model{Net{small_config()}};
+  auto opt = Adam(model.parameters());
+  pid_t dead = 999999;
+  while (::kill(dead, 0) == 0 || errno != ESRCH) --dead;  // a pid no process has
+  const auto stale = dir / ("ck.safetensors.tmp." + std::to_string(dead) + ".0");
+  const auto live = dir / "ck.safetensors.tmp.1.0";  // init's: alive
+  const auto other = dir / "other.safetensors.tmp.999999.0";
+  for (const auto& p : {stale, live, other}) std::ofstream(p) << "partial";
+  save_checkpoint(path, model.net, opt, {.step = 1});
+  CHECK_FALSE(std::filesystem::exists(stale));
+  CHECK(std::filesystem::exists(live));
+  CHECK(std::filesystem::exists(other));
+  Model reloaded(Net(small_config(0, 7)));
+  auto opt2 = Adam(reloaded.parameters());
+  CHECK(load_checkpoint(path, reloaded.net, opt2).step == 1);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("a gzip corpus that inflates past the limit is an error naming the file and the limit", "[data][errors]") {
+  std::vector<std::uint8_t> zeros(1 << 20, 0);
+  uLongf packed_size = compressBound(uLong(zeros.size())) + 64;
+  // a gzip stream of 1 MiB of zeros (deflate with the gzip wrapper)
+  z_stream z{};
+  REQUIRE(deflateInit2(&z, 9, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY) == Z_OK);
+  std::vector<std::uint8_t> gz(packed_size);
+  z.next_in = zeros.data();
+  z.avail_in = uInt(zeros.size());
+  z.next_out = gz.data();
+  z.avail_out = uInt(gz.size());
+  REQUIRE(deflate(&z, Z_FINISH) == Z_STREAM_END);
+  gz.resize(z.total_out);
+  deflateEnd(&z);
+  CHECK(xtr::detail::gunzip(gz, "bomb.gz").size() == zeros.size());
+  REQUIRE_THROWS_WITH(xtr::detail::gunzip(gz, "bomb.gz", 100000),
+                      Catch::Contains("bomb.gz") && Catch::Contains("inflates to more than the limit of 100000 bytes"));
+  CHECK(xtr::detail::gunzip(gz, "bomb.gz", zeros.size()).size() == zeros.size());  // exactly the limit is fine
 }

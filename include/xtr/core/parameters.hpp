@@ -4,9 +4,11 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <new>
 #include <string>
 #include <vector>
 
+#include "xtr/core/checked.hpp"
 #include "xtr/core/error.hpp"
 #include "xtr/core/rng.hpp"
 #include "xtr/core/tensor.hpp"
@@ -42,8 +44,10 @@ class ParameterStore {
   ParameterId add(std::string name, Shape shape, Init init) {
     require(!allocated(), "parameter '", name, "' registered after the store was allocated");
     for (const auto& e : entries_) require(e.name != name, "parameter name '", name, "' registered twice");
-    entries_.push_back({std::move(name), shape, total_, init});
-    total_ += shape.numel();
+    const Index offset = total_;
+    total_ = checked_add(total_, checked_mul(shape.rows(), shape.cols(), "parameter '" + name + "' " + shape.str()),
+                         "the parameter count");
+    entries_.push_back({std::move(name), shape, offset, init});
     return {static_cast<int>(entries_.size()) - 1};
   }
 
@@ -59,8 +63,15 @@ class ParameterStore {
 
   /// Allocates values and gradients and initialises values from `seed` (each parameter its own random stream).
   void allocate(std::uint64_t seed) {
-    values_.resize({total_});
-    grads_.resize({total_});
+    try {
+      values_.resize({total_});
+      grads_.resize({total_});
+    } catch (const std::bad_alloc&) {
+      values_ = {};
+      grads_ = {};
+      throw Error("xtr: cannot allocate " + std::to_string(total_) + " parameters (" +
+                  std::to_string(2 * total_ * Index(sizeof(T)) >> 20) + " MiB of values and gradients): out of memory");
+    }
     const RandomStream root{seed, 0};
     for (std::size_t i = 0; i < entries_.size(); ++i) {
       const auto& e = entries_[i];
@@ -94,6 +105,20 @@ class ParameterStore {
     return it == entries_.end() ? nullptr : &*it;
   }
   void zero_grad() { grads_.fill(T(0)); }
+
+  /// "name[i] = value" of the first non-finite entry of `buffer` (values(), grads() or an optimizer moment laid out
+  /// like them), or "" when every entry is finite.
+  [[nodiscard]] std::string first_non_finite(const Tensor<T>& buffer) const {
+    const T* x = buffer.data();
+    for (Index i = 0; i < buffer.size(); ++i)
+      if (!std::isfinite(double(x[i]))) {
+        for (const auto& e : entries_)
+          if (e.alias_of < 0 && i >= e.offset && i < e.offset + e.shape.numel())
+            return e.name + "[" + std::to_string(i - e.offset) + "] = " + std::to_string(double(x[i]));
+        return "entry " + std::to_string(i);
+      }
+    return {};
+  }
 
  private:
   MatrixView<T> view(Tensor<T>& buffer, ParameterId id) {

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "xtr/core/checked.hpp"
 #include "xtr/core/error.hpp"
 
 namespace xtr {
@@ -39,11 +40,16 @@ struct Shape {
   Shape() = default;
   Shape(std::initializer_list<Index> dims) {
     require(dims.size() <= 4, "a shape has at most 4 dimensions, got ", dims.size());
-    for (Index d : dims) extent[rank++] = d;
+    for (Index d : dims) {
+      require(d >= 0, "a shape's extents must be >= 0, got ", d);
+      extent[rank++] = d;
+    }
+    (void)numel();  // sizes from outside: the element count must stay within kMaxElements
   }
+  /// The element count (checked: a shape beyond kMaxElements cannot be built).
   [[nodiscard]] Index numel() const {
     Index n = 1;
-    for (int i = 0; i < rank; ++i) n *= extent[i];
+    for (int i = 0; i < rank; ++i) n = checked_mul(n, extent[i], "a tensor's element count");
     return n;
   }
   [[nodiscard]] Index operator[](int i) const { return extent[i]; }

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "xtr/core/checked.hpp"
 #include "xtr/core/error.hpp"
 #include "xtr/core/rng.hpp"
 #include "xtr/core/tensor.hpp"
@@ -58,10 +59,16 @@ inline constexpr std::size_t zlib_chunk = std::size_t{1} << 30;
   return bytes;
 }
 
+/// The most bytes a compressed corpus may inflate to (1 GiB: enwik9 fits): a decompression bomb is an error, not an
+/// exhausted machine.
+inline constexpr std::size_t kMaxDecompressedBytes = std::size_t(1) << 30;
+
 /// gzip (RFC 1952) with any number of concatenated members, as `gzip -d` reads it; zero padding after the last member
-/// is ignored (as gzip does). zlib checks each member's CRC-32 and length trailer.
+/// is ignored (as gzip does). zlib checks each member's CRC-32 and length trailer. More than `limit` bytes of output
+/// is an error naming the file and the limit.
 [[nodiscard]] inline std::vector<std::uint8_t> gunzip(std::span<const std::uint8_t> in,
-                                                      const std::filesystem::path& path) {
+                                                      const std::filesystem::path& path,
+                                                      std::size_t limit = kMaxDecompressedBytes) {
   require(in.size() >= 2 && in[0] == 0x1f && in[1] == 0x8b, "truncated or corrupt gzip ", quoted(path), ": ",
           in.size() < 2 ? "it holds only " + std::to_string(in.size()) + " bytes"
                         : std::string("it does not start with the gzip magic bytes 1f 8b"));
@@ -72,14 +79,18 @@ inline constexpr std::size_t zlib_chunk = std::size_t{1} << 30;
                               std::size_t{in[in.size() - 2]} << 16 | std::size_t{in[in.size() - 1]} << 24;
     if (isize > 0 && isize <= in.size() * 1032) guess = isize;
   }
-  std::vector<std::uint8_t> out(guess + 1);
+  std::vector<std::uint8_t> out(std::min(guess, limit) + 1);
 
   z_stream z{};
   require(inflateInit2(&z, 16 + MAX_WBITS) == Z_OK, "zlib inflateInit2 failed for ", quoted(path));
   const std::unique_ptr<z_stream, int (*)(z_stream*)> end(&z, &inflateEnd);
   std::size_t in_pos = 0, out_pos = 0;
   for (;;) {
-    if (out_pos == out.size()) out.resize(2 * out.size());
+    if (out_pos == out.size()) {
+      require(out_pos <= limit, "gzip ", quoted(path), " inflates to more than the limit of ", limit,
+              " bytes (a decompression bomb, or a corpus larger than xtr reads)");
+      out.resize(std::min(2 * out.size(), limit + 1));
+    }
     z.next_in = const_cast<Bytef*>(in.data() + in_pos);  // zlib's API is not const-correct
     z.avail_in = static_cast<uInt>(std::min(in.size() - in_pos, zlib_chunk));
     z.next_out = out.data() + out_pos;
@@ -104,6 +115,8 @@ inline constexpr std::size_t zlib_chunk = std::size_t{1} << 30;
                                                              : "zlib error " + std::to_string(rc),
                     " (at compressed byte ", in_pos, " of ", in.size(), ", ", out_pos, " bytes decompressed)"));
   }
+  require(out_pos <= limit, "gzip ", quoted(path), " inflates to more than the limit of ", limit,
+          " bytes (a decompression bomb, or a corpus larger than xtr reads)");
   out.resize(out_pos);
   return out;
 }
@@ -196,6 +209,8 @@ struct ZipFields {
     require(method == 8 ? size <= packed * 1032 + 1032 : size == packed, "corrupt zip ", entry, ": ", size,
             " uncompressed bytes cannot come from ", packed, " compressed bytes with method ", method);
 
+    require(size <= kMaxDecompressedBytes, "zip ", entry, " inflates to ", size, " bytes, more than the limit of ",
+            kMaxDecompressedBytes, " bytes");
     std::vector<std::uint8_t> out(static_cast<std::size_t>(size) + 1);  // one spare byte detects overlong data
     std::size_t out_pos = 0;
     if (method == 0) {
@@ -366,12 +381,18 @@ class TextDataset {
 /// stream, k); seek(k) resumes at batch k.
 class BatchLoader {
  public:
+  static constexpr Index kMaxBatchTokens = Index(1) << 32;  // 16 GiB of token ids: beyond any batch that trains
+
   BatchLoader(TextDataset data, Index batch_size, Index seq_len, std::uint64_t seed, std::uint64_t stream = 0)
       : data_(std::move(data)), batch_size_(batch_size), seq_len_(seq_len), rng_{seed, stream} {
     require(batch_size >= 1, "batch size ", batch_size, " must be at least 1");
     require(seq_len >= 1, "seq_len ", seq_len, " must be at least 1");
-    data_.check_window_length(seq_len + 1);
-    buffer_.data.resize(static_cast<std::size_t>(batch_size * (seq_len + 1)));
+    const Index row = checked_add(seq_len, 1, "seq_len + 1");
+    data_.check_window_length(row);
+    require(checked_mul(batch_size, row, "a batch of batch_size × (seq_len + 1) tokens") <= kMaxBatchTokens,
+            "a batch of batch_size ", batch_size, " × (seq_len + 1) ", row, " tokens exceeds the limit of ",
+            kMaxBatchTokens, " tokens per batch");
+    buffer_.data.resize(static_cast<std::size_t>(batch_size * row));
     buffer_.batch = batch_size;
     buffer_.length = seq_len + 1;
   }

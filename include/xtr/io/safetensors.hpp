@@ -6,6 +6,7 @@
 // exactly (no gaps, no overlap). Writers pad the header with spaces so the buffer starts 8-byte aligned.
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <bit>
 #include <cerrno>
 #include <cmath>
@@ -28,6 +29,7 @@
 #include <vector>
 
 #include <fcntl.h>   // POSIX open/fsync for the atomic write
+#include <signal.h>  // kill(pid, 0): whether a temporary file's writer still runs
 #include <unistd.h>
 
 #include "xtr/core/error.hpp"
@@ -262,6 +264,28 @@ inline Layout parse_header(std::string_view text, std::uint64_t buffer_bytes, st
 
 inline std::string errno_text() { return std::error_code(errno, std::generic_category()).message(); }
 
+/// Removes "<path>.tmp.<pid>[.<n>]" files whose process no longer runs (what a killed save leaves behind); files of
+/// a live process (a save in progress) and anything else are left alone.
+inline void remove_stale_temporaries(const std::filesystem::path& path) {
+  const std::filesystem::path dir = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
+  const std::string prefix = path.filename().string() + ".tmp.";
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string rest = name.substr(prefix.size());
+    const std::string pid_text = rest.substr(0, rest.find('.'));
+    if (pid_text.empty() || pid_text.size() > 9 ||
+        !std::all_of(pid_text.begin(), pid_text.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
+    if (pid == ::getpid() || ::kill(pid, 0) == 0 || errno != ESRCH) continue;  // alive (or not ours to judge)
+    if (!entry.is_regular_file(ec) || entry.is_symlink(ec)) continue;
+    std::error_code ignored;
+    std::filesystem::remove(entry.path(), ignored);
+  }
+}
+
 inline void write_all(int fd, const void* data, std::size_t n, std::string_view what,
                       const std::filesystem::path& temp) {
   const char* p = static_cast<const char*>(data);
@@ -333,8 +357,10 @@ S load(const std::byte* p) {
   return std::move(layout.file);
 }
 
-/// Writes `file` atomically: to "<path>.tmp.<pid>" in the same directory, fsync, then rename over `path`.
-/// Data is laid out in the order of `file.tensors`. On failure the temp file is removed and `path` is untouched.
+/// Writes `file` atomically: to a new "<path>.tmp.<pid>.<n>" in the same directory (created with O_EXCL and
+/// O_NOFOLLOW: never an existing file or a link), fsync, then rename over `path`. Data is laid out in the order of
+/// `file.tensors`. On failure the temp file is removed and `path` is untouched. Temporary files of `path` left by a
+/// process that no longer runs (a killed save) are removed first.
 inline void write(const std::filesystem::path& path, const File& file) {
   const std::string what = path.string();
   std::set<std::string_view> names;
@@ -364,9 +390,16 @@ inline void write(const std::filesystem::path& path, const File& file) {
   text.append((8 - text.size() % 8) % 8, ' ');  // the buffer then starts at an 8-byte boundary
   const std::uint64_t n = text.size();
 
-  std::filesystem::path temp = path;
-  temp += ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  detail::remove_stale_temporaries(path);
+  static std::atomic<std::uint64_t> counter{0};
+  std::filesystem::path temp;
+  int fd = -1;
+  for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
+    temp = path;
+    temp += ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+    fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+    if (fd < 0 && errno != EEXIST) break;
+  }
   if (fd < 0) detail::fail(what, "cannot create temporary file ", temp, ": ", detail::errno_text());
   try {
     detail::write_all(fd, &n, 8, what, temp);

@@ -22,18 +22,27 @@ struct AdamWOptions {
 template <class T, class Backend = Cpu<T>>
 class AdamW {
  public:
-  AdamW(ParameterStore<T>& params, AdamWOptions options = {}) : params_(&params), options_(options) {
-    require(options.lr >= 0, "learning rate must be >= 0, got ", options.lr);
+  /// The options' rules (the constructor's, and load_checkpoint's for options read from a file).
+  static AdamWOptions validated(const AdamWOptions& options) {
+    require(std::isfinite(options.lr) && options.lr >= 0, "learning rate must be >= 0, got ", options.lr);
     require(options.beta1 >= 0 && options.beta1 < 1, "beta1 must be in [0, 1), got ", options.beta1);
     require(options.beta2 >= 0 && options.beta2 < 1, "beta2 must be in [0, 1), got ", options.beta2);
-    require(options.eps >= 0, "eps must be >= 0, got ", options.eps);
-    require(options.weight_decay >= 0, "weight_decay must be >= 0, got ", options.weight_decay);
+    require(std::isfinite(options.eps) && options.eps >= 0, "eps must be >= 0, got ", options.eps);
+    require(std::isfinite(options.weight_decay) && options.weight_decay >= 0, "weight_decay must be >= 0, got ",
+            options.weight_decay);
+    return options;
+  }
+  /// The most steps an optimizer counts (2^53: beyond, the bias corrections no longer change in double).
+  static constexpr std::int64_t kMaxSteps = std::int64_t(1) << 53;
+
+  AdamW(ParameterStore<T>& params, AdamWOptions options = {}) : params_(&params), options_(validated(options)) {
     exp_avg_.resize({params.count()});
     exp_avg_sq_.resize({params.count()});
   }
 
   /// One update from the current gradients.
   void step() {
+    require(step_ < kMaxSteps, "the optimizer has counted 2^53 steps");
     ++step_;
     const double lr = options_.lr, b1 = options_.beta1, b2 = options_.beta2;
     const T bias1 = T(1 - std::pow(b1, double(step_))), bias2_sqrt = T(std::sqrt(1 - std::pow(b2, double(step_))));
@@ -47,7 +56,10 @@ class AdamW {
   void zero_grad() { params_->zero_grad(); }
 
   [[nodiscard]] std::int64_t steps() const { return step_; }
-  void set_steps(std::int64_t s) { step_ = s; }
+  void set_steps(std::int64_t s) {
+    require(s >= 0 && s <= kMaxSteps, "optimizer steps must be in [0, 2^53 = ", kMaxSteps, "], got ", s);
+    step_ = s;
+  }
   [[nodiscard]] AdamWOptions& options() { return options_; }
   [[nodiscard]] Tensor<T>& exp_avg() { return exp_avg_; }
   [[nodiscard]] Tensor<T>& exp_avg_sq() { return exp_avg_sq_; }

@@ -11,7 +11,10 @@
 // random_state() and a configuration checkpoint_config() can write).
 // Loading checks the whole file first: on any error neither model nor optimiser has changed.
 // Written to a temporary file and renamed, so a crash never leaves a half-written checkpoint under the final name.
+#include <cctype>
 #include <cmath>
+#include <limits>
+#include <type_traits>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -146,13 +149,28 @@ struct TrainingState {
   std::map<std::string, std::string> extra;  // caller's metadata (e.g. validation loader position)
 };
 
+/// What save_checkpoint and load_checkpoint accept beyond the defaults.
+struct CheckpointOptions {
+  bool allow_non_finite = false;  // write / read NaN or infinite parameters or optimizer state (for inspection only)
+};
+
 /// Writes parameters, optimiser state, the model's random state and `state` (atomically: a temporary file renamed).
-/// Net: a TransformerWrapper, an XTransformer or a NonAutoregressiveWrapper.
+/// Net: a TransformerWrapper, an XTransformer or a NonAutoregressiveWrapper. Non-finite parameters or optimizer state
+/// are refused (nothing is written) unless options.allow_non_finite.
 template <class Net>
 void save_checkpoint(const std::filesystem::path& path, const Net& net, AdamW<typename Net::scalar>& optimizer,
-                     const TrainingState& state) {
+                     const TrainingState& state, const CheckpointOptions& options = {}) {
   using T = typename Net::scalar;
   const auto& params = net.parameters();
+  if (!options.allow_non_finite)
+    for (const auto& [buffer, what] : {std::pair{&params.values(), "parameter"},
+                                       std::pair{static_cast<const Tensor<T>*>(&optimizer.exp_avg()), "optimizer exp_avg"},
+                                       std::pair{static_cast<const Tensor<T>*>(&optimizer.exp_avg_sq()), "optimizer exp_avg_sq"}}) {
+      const std::string bad = params.first_non_finite(*buffer);
+      require(bad.empty(), "refusing to save checkpoint '", path.string(), "': ", what, " ", bad,
+              " is not finite (non-finite state is never saved; CheckpointOptions{.allow_non_finite = true} writes it "
+              "for inspection)");
+    }
   safetensors::File file;
   append_state_dict(params, file);
   for (const auto& [moments, prefix] : {std::pair{&optimizer.exp_avg(), "optimizer.exp_avg."},
@@ -181,10 +199,13 @@ void save_checkpoint(const std::filesystem::path& path, const Net& net, AdamW<ty
 }
 
 /// Restores parameters, optimiser state and the dropout stream; returns the training state. Errors when the file
-/// comes from another model type or configuration.
+/// comes from another model type or configuration, holds non-finite tensors (unless options.allow_non_finite), or
+/// optimizer settings the optimizer's constructor would refuse; a failed load changes nothing.
 template <class Net>
-TrainingState load_checkpoint(const std::filesystem::path& path, Net& net, AdamW<typename Net::scalar>& optimizer) {
+TrainingState load_checkpoint(const std::filesystem::path& path, Net& net, AdamW<typename Net::scalar>& optimizer,
+                              const CheckpointOptions& options = {}) {
   using T = typename Net::scalar;
+  using Optimizer = std::decay_t<decltype(optimizer)>;
   const auto file = safetensors::read(path);
   const std::string what = "checkpoint '" + path.string() + "'";
   auto meta = [&](const std::string& key) -> const std::string& {
@@ -210,11 +231,13 @@ TrainingState load_checkpoint(const std::filesystem::path& path, Net& net, AdamW
     require(used == s.size() && !s.empty() && valid(v), what, " metadata '", key, "' is not ", kind, ": '", s, "'");
     return v;
   };
-  auto number = [&](const std::string& key) {
-    return parsed(key, [](const std::string& s, std::size_t* n) { return std::stoll(s, n); }, "a count",
-                  [](long long v) { return v >= 0; });
+  auto number = [&](const std::string& key) {  // a count: digits only, within int64
+    return std::int64_t(parse_count(meta(key), what + " metadata '" + key + "'",
+                                    std::uint64_t(std::numeric_limits<std::int64_t>::max())));
   };
   auto real = [&](const std::string& key) {
+    require(!meta(key).empty() && !std::isspace(static_cast<unsigned char>(meta(key)[0])), what, " metadata '", key,
+            "' is not a number: '", meta(key), "'");
     return parsed(key, [](const std::string& s, std::size_t* n) { return std::stod(s, n); }, "a number",
                   [](double v) { return std::isfinite(v); });
   };
@@ -236,7 +259,24 @@ TrainingState load_checkpoint(const std::filesystem::path& path, Net& net, AdamW
                             std::pair{"optimizer.beta2", &hyper.beta2}, std::pair{"optimizer.eps", &hyper.eps},
                             std::pair{"optimizer.weight_decay", &hyper.weight_decay}})
     *field = real(key);
+  try {
+    (void)Optimizer::validated(hyper);
+  } catch (const Error& e) {
+    std::string why = e.what();
+    if (why.rfind("xtr: ", 0) == 0) why.erase(0, 5);
+    throw Error("xtr: " + what + " holds optimizer settings the optimizer refuses: " + why);
+  }
   const auto steps = number("optimizer.steps"), step = number("step"), position = number("data_position");
+  require(steps <= Optimizer::kMaxSteps, what, " metadata 'optimizer.steps' = ", steps, " exceeds the limit 2^53 = ",
+          Optimizer::kMaxSteps);
+  if (!options.allow_non_finite)
+    for (const auto& t : file.tensors) {
+      if (t.dtype != safetensors::Dtype::F32 && t.dtype != safetensors::Dtype::F64) continue;
+      const auto values = safetensors::to_vector<double>(t);
+      for (std::size_t i = 0; i < values.size(); ++i)
+        require(std::isfinite(values[i]), what, " tensor '", t.name, "' [", i, "] = ", values[i],
+                " is not finite (CheckpointOptions{.allow_non_finite = true} loads it for inspection)");
+    }
   std::vector<std::uint64_t> random_state;  // comma-separated counters, as many as the model has
   {
     const std::string& list = meta("xtr.random_state");
