@@ -8,6 +8,8 @@
 #include <fstream>
 #include <limits>
 #include <new>
+#include <span>
+#include <thread>
 
 #include <csignal>
 #include <zlib.h>
@@ -463,4 +465,51 @@ TEST_CASE("a gzip corpus that inflates past the limit is an error naming the fil
   REQUIRE_THROWS_WITH(xtr::detail::gunzip(gz, "bomb.gz", 100000),
                       Catch::Contains("bomb.gz") && Catch::Contains("inflates to more than the limit of 100000 bytes"));
   CHECK(xtr::detail::gunzip(gz, "bomb.gz", zeros.size()).size() == zeros.size());  // exactly the limit is fine
+}
+
+TEST_CASE("checkpoints carry a CRC-32C of their tensors: a flipped byte is an error, files without one load",
+          "[training][checkpoint][errors]") {
+  const std::string digits = "123456789";
+  CHECK(crc32c(std::as_bytes(std::span(digits.data(), digits.size()))) == 0xE3069283u);  // the standard check value
+  const auto path = temp_path("crc.safetensors");
+  Model model{Net{small_config()}};
+  auto opt = Adam(model.parameters());
+  save_checkpoint(path, model.net, opt, {.step = 1});
+  REQUIRE(safetensors::read(path).metadata.count("xtr.crc32c") == 1);
+  std::vector<char> raw(std::filesystem::file_size(path));
+  std::ifstream(path, std::ios::binary).read(raw.data(), std::streamsize(raw.size()));
+  raw[raw.size() - 3] ^= 0x10;  // one bit of the last tensor's data
+  std::ofstream(path, std::ios::binary | std::ios::trunc).write(raw.data(), std::streamsize(raw.size()));
+  Model other{Net{small_config(0, 5)}};
+  auto opt_other = Adam(other.parameters());
+  REQUIRE_THROWS_WITH(load_checkpoint(path, other.net, opt_other),
+                      Catch::Contains("is corrupt: its tensor data has CRC-32C") && Catch::Contains("the file records"));
+  // without the checksum entry (a file from elsewhere) the same bytes load
+  auto file = safetensors::read(path);
+  file.metadata.erase("xtr.crc32c");
+  safetensors::write(path, file);
+  CHECK(load_checkpoint(path, other.net, opt_other).step == 1);
+  std::filesystem::remove(path);
+}
+
+TEST_CASE("two models train and generate in two threads at once, each exactly as alone", "[training][threads]") {
+  auto run = [](std::uint64_t seed, std::vector<double>& losses, TokenBatch& text) {
+    Model model{Net{small_config(0, seed)}};
+    auto opt = Adam(model.parameters());
+    BatchLoader loader(synthetic_text(), 4, 16, seed);
+    for (int s = 0; s < 3; ++s) losses.push_back(train_step(model, opt, loader));
+    text = model.generate(TokenBatch{{1, 2, 3}}, 12, {.temperature = 1.0, .seed = seed});
+  };
+  std::vector<double> alone_a, alone_b, together_a, together_b;
+  TokenBatch text_a, text_b, together_text_a, together_text_b;
+  run(3, alone_a, text_a);
+  run(4, alone_b, text_b);
+  std::thread a([&] { run(3, together_a, together_text_a); });
+  std::thread b([&] { run(4, together_b, together_text_b); });
+  a.join();
+  b.join();
+  CHECK(together_a == alone_a);
+  CHECK(together_b == alone_b);
+  CHECK(together_text_a.data == text_a.data);
+  CHECK(together_text_b.data == text_b.data);
 }

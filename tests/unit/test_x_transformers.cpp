@@ -115,6 +115,14 @@ TEST_CASE("descriptions map keywords to policies", "[x-transformers]") {
 
 TEST_CASE("unsupported descriptions and misfit buffers are errors naming what is wrong", "[x-transformers][errors]") {
   auto parse = [](const std::string& text) { return xt::parse_description(json::parse(text)); };
+  REQUIRE_THROWS_WITH(xt::parse_xtransformer_description(json::parse(R"({"dim": 8, "ignore_index": 4294967296,
+                        "enc_num_tokens": 5, "enc_depth": 1, "enc_max_seq_len": 4, "dec_num_tokens": 5, "dec_depth": 1,
+                        "dec_max_seq_len": 4})")),
+                      Contains("ignore_index 4294967296 does not fit a 32-bit token id"));
+  REQUIRE_THROWS_WITH(xt::parse_xtransformer_description(json::parse(R"({"dim": 8, "pad_value": -2147483649,
+                        "enc_num_tokens": 5, "enc_depth": 1, "enc_max_seq_len": 4, "dec_num_tokens": 5, "dec_depth": 1,
+                        "dec_max_seq_len": 4})")),
+                      Contains("pad_value -2147483649 does not fit a 32-bit token id"));
   REQUIRE_THROWS_WITH(parse(R"({"num_tokens": 5, "max_seq_len": 4, "attn_layers": {"type": "Decoder", "dim": 8,
                                 "depth": 1, "qk_norm": true, "residual_attn": true}})"),
                       Contains("attn_layers keywords not supported by xtr: qk_norm, residual_attn"));

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -461,8 +462,15 @@ inline XTransformerDescription parse_xtransformer_description(const json::Value&
   c.encoder = d.encoder.config;
   c.decoder = d.decoder.config;
   c.tie_token_emb = detail::flag(root, "tie_token_emb", false);
-  c.ignore_index = std::int32_t(detail::integer(root, "ignore_index", -100));
-  c.pad_value = std::int32_t(detail::integer(root, "pad_value", 0));
+  auto int32 = [&](const char* key, std::int64_t fallback) {  // token ids are int32: a wider value is an error
+    const std::int64_t v = detail::integer(root, key, fallback);
+    require(v >= std::numeric_limits<std::int32_t>::min() && v <= std::numeric_limits<std::int32_t>::max(), key, " ",
+            v, " does not fit a 32-bit token id (", std::numeric_limits<std::int32_t>::min(), " … ",
+            std::numeric_limits<std::int32_t>::max(), ")");
+    return std::int32_t(v);
+  };
+  c.ignore_index = int32("ignore_index", -100);
+  c.pad_value = int32("pad_value", 0);
   c.cross_attn_tokens_dropout = detail::real(root, "cross_attn_tokens_dropout", 0);
   c.encoder_to_logits = detail::parse_version(d.encoder.version) < detail::Version{1, 35, 2};
   return d;

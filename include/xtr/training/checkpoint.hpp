@@ -11,6 +11,7 @@
 // random_state() and a configuration checkpoint_config() can write).
 // Loading checks the whole file first: on any error neither model nor optimiser has changed.
 // Written to a temporary file and renamed, so a crash never leaves a half-written checkpoint under the final name.
+#include <algorithm>
 #include <cctype>
 #include <cmath>
 #include <limits>
@@ -20,6 +21,7 @@
 #include <map>
 #include <string>
 
+#include "xtr/io/checksum.hpp"
 #include "xtr/io/json.hpp"
 #include "xtr/io/safetensors.hpp"
 #include "xtr/io/state_dict.hpp"
@@ -149,6 +151,22 @@ struct TrainingState {
   std::map<std::string, std::string> extra;  // caller's metadata (e.g. validation loader position)
 };
 
+/// The checksum save_checkpoint records ("xtr.crc32c", 8 hex digits) and load_checkpoint verifies: CRC-32C over every
+/// tensor, by name order, of its name, a NUL and its data bytes.
+inline std::string tensor_checksum(const safetensors::File& file) {
+  std::vector<const safetensors::TensorRecord*> order;
+  for (const auto& t : file.tensors) order.push_back(&t);
+  std::sort(order.begin(), order.end(), [](const auto* a, const auto* b) { return a->name < b->name; });
+  std::uint32_t crc = 0;
+  for (const auto* t : order) {
+    crc = crc32c(std::as_bytes(std::span(t->name.data(), t->name.size() + 1)), crc);  // the name and its NUL
+    crc = crc32c(std::span<const std::byte>(t->bytes), crc);
+  }
+  char text[9];
+  std::snprintf(text, sizeof text, "%08x", crc);
+  return text;
+}
+
 /// What save_checkpoint and load_checkpoint accept beyond the defaults.
 struct CheckpointOptions {
   bool allow_non_finite = false;  // write / read NaN or infinite parameters or optimizer state (for inspection only)
@@ -195,6 +213,7 @@ void save_checkpoint(const std::filesystem::path& path, const Net& net, AdamW<ty
   for (const auto c : net.random_state()) counters += (counters.empty() ? "" : ",") + std::to_string(c);
   file.metadata["xtr.random_state"] = counters;
   file.metadata["data_position"] = std::to_string(state.data_position);
+  file.metadata["xtr.crc32c"] = tensor_checksum(file);
   safetensors::write(path, file);
 }
 
@@ -242,6 +261,11 @@ TrainingState load_checkpoint(const std::filesystem::path& path, Net& net, AdamW
                   [](double v) { return std::isfinite(v); });
   };
   // Check everything before changing anything: a failed load leaves model and optimiser as they were.
+  if (const auto it = file.metadata.find("xtr.crc32c"); it != file.metadata.end()) {  // files from elsewhere: none
+    const std::string actual = tensor_checksum(file);
+    require(it->second == actual, what, " is corrupt: its tensor data has CRC-32C ", actual, ", the file records ",
+            it->second, " (a changed or damaged file)");
+  }
   std::vector<std::pair<const safetensors::TensorRecord*, T*>> moments;
   for (const auto& [buffer, prefix] : {std::pair{&optimizer.exp_avg(), "optimizer.exp_avg."},
                                        std::pair{&optimizer.exp_avg_sq(), "optimizer.exp_avg_sq."}})
