@@ -155,6 +155,8 @@ int main() {
   // The streams TransformerWrapper draws from: RandomStream{seed, 1}.fork(forward_pass * 1024 + site).
   compare_dropout_mask(xtr::RandomStream{42, 1}.fork(3 * 1024 + 2), 0.25, 4'194'307);
   compare_dropout_mask({.seed = 5, .stream = 1ull << 40}, 0.0, 1000);  // p = 0 keeps everything
+  // a data-parallel rank's slice: the stream from draw 4·k + 3 (a block split across the slice's start)
+  compare_dropout_mask(xtr::RandomStream{42, 1}.fork(7).from(4 * 1000 + 3), 0.25, 100'001);
   cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
 
   std::printf(failures ? "FAILED: %d check(s)\n" : "all CUDA checks passed\n", failures);

@@ -338,6 +338,25 @@ TEST_CASE("read_bytes rejects bad zip archives", "[data]") {
   }
 }
 
+TEST_CASE("read_bytes refuses decompression bombs: beyond 64 MiB, at most 256:1", "[data][errors]") {
+  TempDir dir;
+  // 80 MiB of zeros deflate to ~80 KB (1000:1): refused, and the gzip trailer's size is not trusted with memory
+  const Bytes zeros((std::size_t(80) << 20), 0);
+  const fs::path gz = dir / "bomb.gz", zip = dir / "bomb.zip";
+  write_file(gz, gzip_bytes(zeros));
+  CHECK(fs::file_size(gz) < zeros.size() / 500);
+  CHECK_THAT(error_of(gz), Contains("bomb.gz") && Contains("a ratio above the limit of 256:1") &&
+                               Contains("decompression bomb"));
+  write_file(zip, make_zip({{"zeros.txt", zeros, 8}}));
+  CHECK_THAT(error_of(zip), Contains("'zeros.txt'") && Contains("a ratio above the limit of 256:1"));
+  // the same ratio below 64 MiB of output is a corpus, not a bomb
+  const Bytes small((std::size_t(1) << 20), 0);
+  write_file(gz, gzip_bytes(small));
+  CHECK(xtr::read_bytes(gz) == small);
+  write_file(zip, make_zip({{"zeros.txt", small, 8}}));
+  CHECK(xtr::read_bytes(zip) == small);
+}
+
 TEST_CASE("read_bytes concatenates a directory like a fortune(6) database", "[data]") {
   TempDir dir;
   const Bytes a = make_text(300, 10), b = make_text(200, 11), c = make_text(100, 12);

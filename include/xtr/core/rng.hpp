@@ -32,10 +32,16 @@ struct Philox {
   }
 };
 
-/// A stream of random numbers addressed by index: `uniform(i)` is the i-th draw of stream (seed, stream).
+/// A stream of random numbers addressed by index: `uniform(i)` is draw first + i of stream (seed, stream). `first`
+/// (0 unless set by from()) lets a part of a batch address its draws as the whole batch would: data-parallel ranks
+/// draw the dropout masks of their rows of the global batch.
 struct RandomStream {
   std::uint64_t seed = 0;
   std::uint64_t stream = 0;
+  std::uint64_t first = 0;
+
+  /// The same stream, with draw i of the result being draw first + offset + i of this one.
+  [[nodiscard]] RandomStream from(std::uint64_t offset) const { return {seed, stream, first + offset}; }
 
   /// Four 32-bit words for block `index`.
   XTR_HOST_DEVICE Philox::Words words(std::uint64_t index) const {
@@ -44,9 +50,13 @@ struct RandomStream {
                          seed);
   }
   /// 32 random bits for draw `index` (one Philox block gives four draws).
-  XTR_HOST_DEVICE std::uint32_t bits(std::uint64_t index) const { return words(index >> 2)[index & 3]; }
+  XTR_HOST_DEVICE std::uint32_t bits(std::uint64_t index) const {
+    index += first;
+    return words(index >> 2)[index & 3];
+  }
   /// 64 random bits for draw `index`.
   XTR_HOST_DEVICE std::uint64_t bits64(std::uint64_t index) const {
+    index += first;
     const auto w = words(index >> 1);
     return (index & 1) ? (std::uint64_t{w[2]} << 32 | w[3]) : (std::uint64_t{w[0]} << 32 | w[1]);
   }
@@ -68,7 +78,7 @@ struct RandomStream {
     const double u1 = open_uniform(2 * index), u2 = open_uniform(2 * index + 1);
     return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
   }
-  /// A derived, independent stream: (seed, hash(stream, tag)).
+  /// A derived, independent stream: (seed, hash(stream, tag)), from its draw 0.
   RandomStream fork(std::uint64_t tag) const {
     const auto w = Philox::block({static_cast<std::uint32_t>(tag), static_cast<std::uint32_t>(tag >> 32),
                                   static_cast<std::uint32_t>(stream), static_cast<std::uint32_t>(stream >> 32)},

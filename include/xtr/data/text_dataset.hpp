@@ -63,6 +63,19 @@ inline constexpr std::size_t zlib_chunk = std::size_t{1} << 30;
 /// exhausted machine.
 inline constexpr std::size_t kMaxDecompressedBytes = std::size_t(1) << 30;
 
+/// Beyond 64 MiB of output, a compressed corpus may inflate at most 256:1. Text compresses 3-10:1 (enwik8 about 3:1);
+/// deflate's own limit is 1032:1, which is what a bomb (a few MB of zeros) reaches. So a 0.6 MB file that inflates to
+/// 600 MB is refused long before it is all in memory, while any real corpus up to kMaxDecompressedBytes loads.
+inline constexpr std::size_t kBombCheckBytes = std::size_t(64) << 20;
+inline constexpr std::size_t kMaxCompressionRatio = 256;
+
+/// Throws when `out_bytes` of output from `in_bytes` of compressed input looks like a decompression bomb.
+inline void check_compression_ratio(std::size_t in_bytes, std::size_t out_bytes, std::string_view what) {
+  require(out_bytes <= kBombCheckBytes || out_bytes / kMaxCompressionRatio <= in_bytes, what, " inflates ", in_bytes,
+          " compressed bytes to at least ", out_bytes, " bytes, a ratio above the limit of ", kMaxCompressionRatio,
+          ":1 for outputs over ", kBombCheckBytes >> 20, " MiB (a decompression bomb; real text compresses about 3:1)");
+}
+
 /// gzip (RFC 1952) with any number of concatenated members, as `gzip -d` reads it; zero padding after the last member
 /// is ignored (as gzip does). zlib checks each member's CRC-32 and length trailer. More than `limit` bytes of output
 /// is an error naming the file and the limit.
@@ -79,6 +92,8 @@ inline constexpr std::size_t kMaxDecompressedBytes = std::size_t(1) << 30;
                               std::size_t{in[in.size() - 2]} << 16 | std::size_t{in[in.size() - 1]} << 24;
     if (isize > 0 && isize <= in.size() * 1032) guess = isize;
   }
+  // A bomb's trailer is not trusted with memory: the first buffer holds at most what the ratio check allows.
+  guess = std::min(guess, std::max(kBombCheckBytes, in.size() * kMaxCompressionRatio));
   std::vector<std::uint8_t> out(std::min(guess, limit) + 1);
 
   z_stream z{};
@@ -89,6 +104,7 @@ inline constexpr std::size_t kMaxDecompressedBytes = std::size_t(1) << 30;
     if (out_pos == out.size()) {
       require(out_pos <= limit, "gzip ", quoted(path), " inflates to more than the limit of ", limit,
               " bytes (a decompression bomb, or a corpus larger than xtr reads)");
+      check_compression_ratio(in.size(), out_pos, "gzip " + quoted(path));
       out.resize(std::min(2 * out.size(), limit + 1));
     }
     z.next_in = const_cast<Bytef*>(in.data() + in_pos);  // zlib's API is not const-correct
@@ -117,6 +133,7 @@ inline constexpr std::size_t kMaxDecompressedBytes = std::size_t(1) << 30;
   }
   require(out_pos <= limit, "gzip ", quoted(path), " inflates to more than the limit of ", limit,
           " bytes (a decompression bomb, or a corpus larger than xtr reads)");
+  check_compression_ratio(in.size(), out_pos, "gzip " + quoted(path));
   out.resize(out_pos);
   return out;
 }
@@ -211,6 +228,7 @@ struct ZipFields {
 
     require(size <= kMaxDecompressedBytes, "zip ", entry, " inflates to ", size, " bytes, more than the limit of ",
             kMaxDecompressedBytes, " bytes");
+    check_compression_ratio(static_cast<std::size_t>(packed), static_cast<std::size_t>(size), "zip " + entry);
     std::vector<std::uint8_t> out(static_cast<std::size_t>(size) + 1);  // one spare byte detects overlong data
     std::size_t out_pos = 0;
     if (method == 0) {
@@ -376,22 +394,34 @@ class TextDataset {
   Index size_ = 0;
 };
 
+/// Data-parallel training: rank `rank` of `ranks` takes rows rank·B … rank·B + B − 1 of every global batch of
+/// ranks·B rows (B the loader's batch size).
+struct BatchShard {
+  int rank = 0, ranks = 1;
+};
+
 /// Endless (batch, seq_len + 1) TokenBatches of random windows: batch k, row b is the window at
 /// dataset.sample_start(seq_len + 1, rng, k*B + b) with rng = RandomStream{seed, stream}. Batches depend only on (seed,
-/// stream, k); seek(k) resumes at batch k.
+/// stream, k); seek(k) resumes at batch k. With a shard, B is the rank's part of a global batch of ranks·B rows, and
+/// row b is global row rank·B + b: draw k·ranks·B + rank·B + b, so the ranks together see what one loader with batch
+/// ranks·B sees.
 class BatchLoader {
  public:
   static constexpr Index kMaxBatchTokens = Index(1) << 32;  // 16 GiB of token ids: beyond any batch that trains
 
-  BatchLoader(TextDataset data, Index batch_size, Index seq_len, std::uint64_t seed, std::uint64_t stream = 0)
-      : data_(std::move(data)), batch_size_(batch_size), seq_len_(seq_len), rng_{seed, stream} {
+  BatchLoader(TextDataset data, Index batch_size, Index seq_len, std::uint64_t seed, std::uint64_t stream = 0,
+              BatchShard shard = {})
+      : data_(std::move(data)), batch_size_(batch_size), seq_len_(seq_len), rng_{seed, stream}, shard_(shard) {
     require(batch_size >= 1, "batch size ", batch_size, " must be at least 1");
+    require(shard.ranks >= 1 && shard.rank >= 0 && shard.rank < shard.ranks, "shard rank ", shard.rank,
+            " must lie in [0, ranks ", shard.ranks, ")");
     require(seq_len >= 1, "seq_len ", seq_len, " must be at least 1");
     const Index row = checked_add(seq_len, 1, "seq_len + 1");
     data_.check_window_length(row);
     require(checked_mul(batch_size, row, "a batch of batch_size × (seq_len + 1) tokens") <= kMaxBatchTokens,
             "a batch of batch_size ", batch_size, " × (seq_len + 1) ", row, " tokens exceeds the limit of ",
             kMaxBatchTokens, " tokens per batch");
+    (void)checked_mul(batch_size, Index(shard.ranks), "the global batch (batch_size × ranks)");
     buffer_.data.resize(static_cast<std::size_t>(batch_size * row));
     buffer_.batch = batch_size;
     buffer_.length = seq_len + 1;
@@ -415,8 +445,10 @@ class BatchLoader {
   }
   /// Where row b of batch k starts in the dataset.
   [[nodiscard]] Index start(std::uint64_t k, Index b) const {
+    const auto B = static_cast<std::uint64_t>(batch_size_);
     return data_.sample_start(seq_len_ + 1, rng_,
-                              k * static_cast<std::uint64_t>(batch_size_) + static_cast<std::uint64_t>(b));
+                              (k * static_cast<std::uint64_t>(shard_.ranks) + static_cast<std::uint64_t>(shard_.rank)) * B +
+                                  static_cast<std::uint64_t>(b));
   }
 
   /// The index of the batch next() returns; save it with a checkpoint and seek() to it on resume.
@@ -427,12 +459,14 @@ class BatchLoader {
   [[nodiscard]] Index seq_len() const { return seq_len_; }
   [[nodiscard]] const TextDataset& data() const { return data_; }
   [[nodiscard]] const RandomStream& rng() const { return rng_; }
+  [[nodiscard]] BatchShard shard() const { return shard_; }
 
  private:
   TextDataset data_;
   Index batch_size_;
   Index seq_len_;
   RandomStream rng_;
+  BatchShard shard_;
   std::uint64_t position_ = 0;
   TokenBatch buffer_;
 };

@@ -129,7 +129,7 @@ class CrossAttention {
     p.query_mask = pass.mask;
     p.query_mask_stride = pass.length;
     p.dropout = pass.rate(dropout_);
-    if (p.dropout > 0) p.dropout_stream = pass.dropout_stream(std::uint64_t(3 * in.depth + in.layer));
+    if (p.dropout > 0) p.dropout_stream = pass.dropout_stream(std::uint64_t(3 * in.depth + in.layer), p.heads * p.q_len * (p.mem_len + p.k_len));
     return p;
   }
   Index dim_ = 0, heads_ = 0, kv_heads_ = 0, dim_head_ = 0, dim_context_ = 0;

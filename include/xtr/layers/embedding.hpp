@@ -102,14 +102,14 @@ class Embedding {
     }
     if (sum_embeds) kernel<Backend, ops::Axpby>::run(ConstView<T>(sum_embeds, N, x.cols), x, T(1), T(1));
     if (options_.post_norm) s.post = post_norm_.forward(pass, x, nullptr, x, false, save);
-    kernel<Backend, ops::Dropout>::run(x, pass.rate(dropout), pass.dropout_stream(0));
+    kernel<Backend, ops::Dropout>::run(x, pass.rate(dropout), pass.dropout_stream(0, T_len * dim_));
     return s;
   }
   /// d x → dE, dP; on return dx holds d (E[tok] + P + sum_embeds) (the dropout mask and the post norm applied).
   void backward(Pass<Backend>& pass, const Saved& s, const std::int32_t* ids, Index T_len, double dropout,
                 View<T> dx) const {
     const Index N = dx.rows;
-    kernel<Backend, ops::Dropout>::run(dx, pass.rate(dropout), pass.dropout_stream(0));
+    kernel<Backend, ops::Dropout>::run(dx, pass.rate(dropout), pass.dropout_stream(0, T_len * dim_));
     if (options_.post_norm) {
       View<T> d = pass.allocate(N, dim_);
       kernel<Backend, ops::Fill>::run(d, T(0));

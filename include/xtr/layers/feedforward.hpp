@@ -91,7 +91,7 @@ class FeedForward {
     epilogue::Operands<T> o;
     o.bias = pass.value(b1_);
     o.dropout = pass.rate(dropout_);
-    if (o.dropout > 0) o.stream = pass.dropout_stream(std::uint64_t(3 * in.layer + 2));
+    if (o.dropout > 0) o.stream = pass.dropout_stream(std::uint64_t(3 * in.layer + 2), pass.length * inner_);
     o.saved = saved;
     return o;
   }

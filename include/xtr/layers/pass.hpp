@@ -28,13 +28,16 @@ struct Pass {
   std::uint64_t dropout_seed = 0, forward_count = 0;
   const std::uint16_t* bf16 = nullptr;  // decoding from a bfloat16 copy of every parameter (same offsets), or null
   Index position = 0;                   // position of row 0 of each sequence (decoding: the cache's position)
+  Index sequence_offset = 0;            // global index of this batch's first sequence (data-parallel ranks)
 
   [[nodiscard]] Index rows() const { return batch * length; }
 
   /// Dropout streams: (forward pass, site); sites: 0 embeddings, 3l+1 attention, 3l+2 feed-forward, 3·depth + l
-  /// cross-attention of layer l.
-  [[nodiscard]] RandomStream dropout_stream(std::uint64_t site) const {
-    return RandomStream{dropout_seed, 1}.fork(forward_count).fork(site);
+  /// cross-attention of layer l. A site draws `per_sequence` numbers for each sequence of the batch, so the stream
+  /// starts at draw sequence_offset · per_sequence: a rank's rows of a global batch get the masks one process would.
+  [[nodiscard]] RandomStream dropout_stream(std::uint64_t site, Index per_sequence) const {
+    return RandomStream{dropout_seed, 1}.fork(forward_count).fork(site).from(std::uint64_t(sequence_offset) *
+                                                                           std::uint64_t(per_sequence));
   }
   /// The rate to apply: p while training, 0 otherwise.
   [[nodiscard]] double rate(double p) const { return dropout ? p : 0.0; }

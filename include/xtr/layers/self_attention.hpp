@@ -414,7 +414,7 @@ class SelfAttention {
     p.query_mask = pass.mask;
     p.key_mask_stride = p.query_mask_stride = pass.length;
     p.dropout = pass.rate(dropout_);
-    if (p.dropout > 0) p.dropout_stream = pass.dropout_stream(std::uint64_t(3 * in.layer + 1));
+    if (p.dropout > 0) p.dropout_stream = pass.dropout_stream(std::uint64_t(3 * in.layer + 1), p.heads * p.q_len * (p.mem_len + p.k_len));
     p.bias = in.score_bias;
     p.bias_stride = in.score_bias_stride;
     p.bias_zero = in.score_bias_zero;

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -128,7 +129,8 @@ class TransformerWrapper {
         params_(owned_params_ ? owned_params_.get() : other.params_), position_kind_(other.position_kind_),
         embedding_(other.embedding_), memory_tokens_(other.memory_tokens_), score_bias_(other.score_bias_),
         blocks_(other.blocks_), final_norm_(other.final_norm_), logits_(other.logits_), rotary_(other.rotary_),
-        training_(other.training_), dropout_seed_(other.dropout_seed_), forward_count_(other.forward_count_) {}
+        training_(other.training_), dropout_seed_(other.dropout_seed_), forward_count_(other.forward_count_),
+        sequence_offset_(other.sequence_offset_), stages_(other.stages_) {}  // the copy has no gradient hook
   // Moves keep the arena (its blocks do not move, so saved activations stay valid).
   TransformerWrapper(TransformerWrapper&&) noexcept = default;
 
@@ -201,6 +203,23 @@ class TransformerWrapper {
     require(state.size() == 2, describe(), " has a random state of 2 counters, got ", state.size());
     set_random_state(state[0], state[1]);
   }
+
+  /// Data-parallel training: this model's batches are rows first, first + 1, … of a global batch. Dropout (and the
+  /// wrappers' per-row draws) address rows by their global index, so ranks together draw what one process with the
+  /// whole batch draws. 0 (the default) for a model that sees whole batches.
+  void set_sequence_offset(Index first) {
+    require(first >= 0, "sequence offset ", first, " must be >= 0");
+    sequence_offset_ = first;
+  }
+  [[nodiscard]] Index sequence_offset() const { return sequence_offset_; }
+
+  /// Called during backward() with [begin, end) of the parameter store's flat gradient buffer each time the
+  /// gradients there are final for this backward (in backward order: logits, final norm, the last layer … the first,
+  /// the score-bias table, then memory tokens and embeddings, which a tied logits layer also writes). A
+  /// data-parallel reducer starts all-reducing a bucket while the earlier layers' backward still runs. An empty
+  /// function removes the hook; copies of the model have none.
+  using GradientReadyHook = std::function<void(Index begin, Index end)>;
+  void on_gradients_ready(GradientReadyHook hook) { gradient_ready_ = std::move(hook); }
 
   /// The activation arena (tests check that a steady-state step makes no heap allocation).
   [[nodiscard]] const Arena& activation_arena() const { return arena_; }
@@ -423,20 +442,30 @@ class TransformerWrapper {
     const auto& L = config_.layers;
     auto& store = *params_;
     position_kind_ = resolve_policy<Position>(L.policies.position, "layers.policies.position");
+    stages_.embedding.begin = store.count();
     embedding_.declare(store, prefix, config_.num_tokens, config_.max_seq_len, L.dim, tied_token_emb,
                        {.absolute = uses_absolute_positions(), .l2norm = config_.l2norm_embed,
                         .post_norm = config_.post_emb_norm});
     if (config_.num_memory_tokens > 0)
       memory_tokens_ = store.add(prefix + "memory_tokens", {config_.num_memory_tokens, L.dim}, Init::normal_std(1.0));
+    stages_.embedding.end = store.count();
     const NormStorage storage{L.norm_unit_offset, L.norm_bias, L.policies.norm};
     blocks_.resize(std::size_t(L.depth));
-    for (Index l = 0; l < L.depth; ++l)
+    stages_.blocks.resize(std::size_t(L.depth));
+    for (Index l = 0; l < L.depth; ++l) {
+      stages_.blocks[std::size_t(l)].begin = store.count();
       blocks_[std::size_t(l)].declare(store, prefix, l, L, kv_heads(), dim_context(), placement(), storage);
+      stages_.blocks[std::size_t(l)].end = store.count();
+    }
+    stages_.final_norm.begin = store.count();
     if (has_final_norm()) final_norm_.declare(store, prefix + "attn_layers.final_norm", L.dim, storage);
+    stages_.final_norm.end = stages_.score_bias.begin = store.count();
     score_bias_.declare(store, prefix, L, Layers::causal);
+    stages_.score_bias.end = stages_.logits.begin = store.count();
     if (!config_.return_only_embed)
       logits_.declare(store, prefix, logits_dim(), L.dim, config_.logits_bias,
                       config_.tie_embedding ? std::optional(embedding_.token()) : std::nullopt);
+    stages_.logits.end = store.count();
     if (uses_rotary()) rotary_ = kernel<Backend, ops::Rotate>::make_table(rotary_spec(), config_.max_seq_len);
     validate_combination();
   }
@@ -557,6 +586,7 @@ class TransformerWrapper {
     p.dropout = record_.dropout;
     p.dropout_seed = dropout_seed_;
     p.forward_count = forward_count_;
+    p.sequence_offset = sequence_offset_;
     return p;
   }
   /// What layer l reads besides x.
@@ -629,6 +659,20 @@ class TransformerWrapper {
   bool training_ = true;
   std::uint64_t dropout_seed_ = config_.seed;
   std::uint64_t forward_count_ = 0;
+  Index sequence_offset_ = 0;
+  /// The store ranges each backward stage finishes: [begin, end) of the embeddings (and memory tokens), of each
+  /// block, of the final norm, of the score-bias table, of the logits.
+  struct StorageRange {
+    Index begin = 0, end = 0;
+  };
+  struct Stages {
+    StorageRange embedding, final_norm, score_bias, logits;
+    std::vector<StorageRange> blocks;
+  } stages_;
+  GradientReadyHook gradient_ready_;
+  void gradients_ready(StorageRange r) const {
+    if (gradient_ready_ && r.end > r.begin) gradient_ready_(r.begin, r.end);
+  }
 
   Arena arena_;
   Record record_;
@@ -755,12 +799,14 @@ void TransformerWrapper<Layers, Backend>::backward(ConstView<T> doutput, T alpha
   } else {
     kernel<Backend, ops::Axpby>::run(doutput, dh, alpha, T(0));
   }
+  gradients_ready(stages_.logits);
   View<T> dreal = dh;
   if (has_final_norm()) {
     dreal = pass.allocate(N, D);
     kernel<Backend, ops::Fill>::run(dreal, T(0));
     final_norm_.backward(pass, r.final_norm, dh, dreal);
   }
+  gradients_ready(stages_.final_norm);
   View<T> dx = dreal;  // gradient of the residual stream
   if (M > 0) {
     dx = pass.allocate(r.batch * L, D);
@@ -769,10 +815,13 @@ void TransformerWrapper<Layers, Backend>::backward(ConstView<T> doutput, T alpha
       kernel<Backend, ops::Axpby>::run(dreal.middle_rows(b * r.length, r.length), dx.middle_rows(b * L + M, r.length),
                                        T(1), T(0));
   }
-  for (std::size_t l = blocks_.size(); l-- > 0;)
+  for (std::size_t l = blocks_.size(); l-- > 0;) {
     blocks_[l].backward(pass, layer_inputs(Index(l), r.score_bias, r.first_values, r.first_values_grad), r.layers[l],
                         dx);
+    gradients_ready(stages_.blocks[l]);
+  }
   if (r.score_bias.table) score_bias_.backward(pass, r.score_bias, r.score_bias_grad);
+  gradients_ready(stages_.score_bias);
   View<T> dxe = dx;
   if (M > 0) {  // d memory tokens += Σ_b d x[b, :M]; the real rows go on into the embedding
     View<T> dmemory(pass.grad(memory_tokens_), M, D);
@@ -784,6 +833,7 @@ void TransformerWrapper<Layers, Backend>::backward(ConstView<T> doutput, T alpha
     }
   }
   embedding_.backward(pass, r.embedding, r.ids, r.length, config_.emb_dropout, dxe);
+  gradients_ready(stages_.embedding);
   if (r.has_sum_embeds) r.sum_embeds_grad = dxe.data;  // d loss / d (token + position + sum embeddings)
 }
 

@@ -116,7 +116,8 @@ class AutoregressiveWrapper {
     for (Index b = 0; b < B; ++b) {  // partial Fisher-Yates over positions 1 … T − 1
       for (Index i = 0; i < T - 1; ++i) order_[std::size_t(i)] = i + 1;
       for (Index i = 0; i < hidden; ++i) {
-        const Index j = i + Index(stream.below(std::uint64_t(b * T + i), std::uint64_t(T - 1 - i)));
+        const Index j = i + Index(stream.below(std::uint64_t((net.sequence_offset() + b) * T + i),  // global row
+                                               std::uint64_t(T - 1 - i)));
         std::swap(order_[std::size_t(i)], order_[std::size_t(j)]);
         kv_mask_[std::size_t(b * T + order_[std::size_t(i)])] = 0;
       }

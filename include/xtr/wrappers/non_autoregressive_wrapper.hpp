@@ -228,7 +228,7 @@ class NonAutoregressiveWrapper {
     const bool keep_some = options_.coin_flips && options_.no_replace_prob > 0 && batch_draws.uniform(3) < 0.5;
     const bool randomise = options_.coin_flips && options_.random_token_prob > 0 && batch_draws.uniform(4) < 0.5;
     for (Index b = 0; b < B; ++b) {
-      const RandomStream row = stream.fork(std::uint64_t(b));
+      const RandomStream row = stream.fork(std::uint64_t(net.sequence_offset() + b));  // the global row
       const double t = row.open_uniform(0);
       c.times[std::size_t(b)] = t;
       const Index k = std::clamp<Index>(Index(std::ceil(schedule(t) * double(n))), 1, n);
