@@ -188,13 +188,16 @@ class Communicator {
   }
   /// Waits for every request; past the timeout, aborts the job naming `what`.
   void wait_all(std::span<MPI_Request> requests, const std::string& what) const {
+    // Spin on MPI_Testall (each call progresses the transfers, as MPI_Wait would) for the first second; after that
+    // the partner is late, not busy, so poll every 100 µs and leave the core to others.
     const auto start = std::chrono::steady_clock::now();
     for (int spins = 0; !test_all(requests); ++spins) {
-      if (spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));
-      if ((spins & 255) == 0 &&
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() > timeout_)
+      if ((spins & 255) != 0) continue;
+      const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (waited > timeout_)
         abort(what + " did not complete within " + std::to_string(int(timeout_)) +
               " s: another rank has died or hangs (XTR_DISTRIBUTED_TIMEOUT sets the limit)");
+      if (waited > 1.0) std::this_thread::sleep_for(std::chrono::microseconds(100));
     }
   }
   void wait(MPI_Request& request, const std::string& what) const { wait_all(std::span(&request, 1), what); }

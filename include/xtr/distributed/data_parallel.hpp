@@ -32,7 +32,8 @@
 namespace xtr::distributed {
 
 struct DataParallelOptions {
-  double bucket_mib = 25;       // gradient bucket size (PyTorch DDP's bucket_cap_mb)
+  double bucket_mib = 4;        // gradient bucket size (PyTorch DDP's bucket_cap_mb is 25, which makes the small
+                                // config one bucket, started only at the end of backward; bench/RESULTS.md)
   bool overlap = true;          // start a bucket's all-reduce during backward (false: all of them after backward)
   std::string run_signature;    // compared across ranks too: what else must agree (batch size, sequence length, …)
 };
