@@ -1,7 +1,10 @@
 // Benchmarks mirroring ../shared/peer/bench_xt.py (same configurations, same measurement), plus the two ceilings used
 // for roofline fractions on this machine (GEMM rate, memory bandwidth). One JSON line per measurement.
 //   xtr_bench --bench train_step|generate_kv|gemm|bandwidth [--config small|enwik8] [--threads N] [--steps N]
-//             [--bf16-weights]   (generate_kv: decode from bfloat16 weights)
+//             [--weights f32|bf16|int8|q4]   (generate_kv: decode from the model's copy in that format, with the
+//             weight bytes per token and their fraction of the measured DRAM bandwidth) [--bf16-weights] (per call)
+//   xtr_bench --bench quality --checkpoint F [--data D]   bpc and greedy agreement of f32, bf16, int8 and q4 weights
+//             on a train_enwik8 checkpoint of the config's sizes (held-out windows of D, default enwik8-4M.gz)
 //   xtr_bench --bench seq2seq_train|seq2seq_generate [--config copy|copy_b32]   (tools/bench_peer_seq2seq.py's
 //             XTransformer copy model and measurement)
 //   xtr_bench --bench beam_search|speculative [--config small|enwik8] [--draft-depth N]   beam search (4 beams) and
@@ -79,6 +82,7 @@ void train_step(const BenchConfig& c, int steps) {
 }
 
 // batch 1, 16-token prompt, 256 new tokens, KV cache, best of `repeats` after a warm-up of 8 tokens; returns tokens/s
+// (bf16: the per-call bfloat16 rounding of Sampling::bf16_weights; a model-level copy comes from xtr::quantize)
 template <class Model>
 double time_generate(Model& model, int repeats, bool bf16) {
   model.eval();
@@ -96,13 +100,51 @@ double time_generate(Model& model, int repeats, bool bf16) {
   return new_tokens / best;
 }
 
-void generate_kv(const BenchConfig& c, int repeats, bool bf16) {
+// STREAM triad bandwidth (GB/s), measured where a row needs its roofline fraction
+double triad_gb_per_s() {
+  const std::size_t n = std::size_t(32) << 20;
+  std::vector<float> a(n, 1.f), b(n, 2.f), c(n, 3.f);
+  std::vector<double> times;
+  for (int r = 0; r < 4; ++r) {
+    const auto t = Clock::now();
+#pragma omp parallel for schedule(static)
+    for (std::size_t i = 0; i < n; ++i) a[i] = b[i] + 0.5f * c[i];
+    times.push_back(seconds_since(t));
+  }
+  times.erase(times.begin());
+  return 3.0 * 4.0 * double(n) / median(times) * 1e-9;
+}
+
+// Weight bytes one decoded token reads: every GEMM matrix in its format (scales included), one row of each embedding.
+template <class Net>
+double weight_bytes_per_token(const Net& net) {
+  const auto& params = net.parameters();
+  const auto& copy = net.decode_weights();
+  double bytes = 0;
+  for (std::size_t e = 0; e < params.entries().size(); ++e) {
+    const auto& entry = params.entries()[e];
+    if (entry.alias_of >= 0) continue;
+    const bool embedding = entry.name.find("token_emb") != std::string::npos || entry.name.find("pos_emb") != std::string::npos;
+    const double per = copy && copy->holds(int(e)) ? xtr::bytes_per_weight(copy->format, copy->group) : 4.0;
+    bytes += embedding ? double(entry.shape.cols()) * per : double(entry.shape.numel()) * per;
+  }
+  return bytes;
+}
+
+void generate_kv(const BenchConfig& c, int repeats, bool bf16, const std::string& weights) {
   auto model = make(c);
+  const xtr::WeightFormat format = xtr::parse_weight_format(weights);
+  xtr::quantize(model, format);
   const double tokens_per_s = time_generate(model, repeats, bf16);
+  const std::string name = bf16 ? "bf16-per-call" : weights;
+  const double bytes = weight_bytes_per_token(model.net) * (bf16 ? 0.5 : 1.0);
+  const double bandwidth = triad_gb_per_s();
   std::printf(
       "{\"impl\": \"xtr\", \"bench\": \"generate_kv\", \"config\": \"%s\", \"threads\": %d, \"batch\": 1, "
-      "\"new_tokens\": %d, \"weights\": \"%s\", \"best_s\": %.4f, \"tokens_per_s\": %.1f}\n",
-      c.name, omp_get_max_threads(), 256, bf16 ? "bf16" : "f32", 256 / tokens_per_s, tokens_per_s);
+      "\"new_tokens\": %d, \"weights\": \"%s\", \"best_s\": %.4f, \"tokens_per_s\": %.1f, "
+      "\"weight_mb_per_token\": %.2f, \"gb_per_s\": %.1f, \"triad_gb_per_s\": %.1f, \"dram_fraction\": %.2f}\n",
+      c.name, omp_get_max_threads(), 256, name.c_str(), 256 / tokens_per_s, tokens_per_s, bytes / 1e6,
+      bytes * tokens_per_s / 1e9, bandwidth, bytes * tokens_per_s / 1e9 / bandwidth);
 }
 
 // Beam search as the peer times it (tools/bench_peer_generation.py): batch 1, 16-token prompt, 64 new tokens, 4 beams,
@@ -307,6 +349,63 @@ void seq2seq_generate(xtr::Index batch_size, const char* config, int repeats) {
 }
 
 // ceiling 1: float GEMM rate (Eigen or, with XTR_USE_BLAS, BLAS) at the model's GEMM shapes
+// Quality of each weight format on a trained checkpoint of the config (train_enwik8 --save with the same sizes):
+// bits per character on held-out windows (the validation part, as train_enwik8 splits it), every position's logits
+// from the KV-cached path (the quantised GEMMs), and the greedy agreement with float over 1,000 tokens: float greedy
+// text, then each format predicting every next token of it (teacher-forced) — the fraction whose argmax agrees.
+void quality(const BenchConfig& c, const std::string& checkpoint, const std::string& data, int windows) {
+  auto model = make(c);
+  auto opt = xtr::Adam(model.parameters());
+  (void)xtr::load_checkpoint(checkpoint, model.net, opt);
+  model.eval();
+  const auto [train, val] = xtr::TextDataset::load(data).split(0.9);
+  const xtr::Index B = 8, L = c.seq_len, V = 256;
+  xtr::BatchLoader loader(val, B, L, 1234, 9);
+  std::vector<xtr::TokenBatch> batches;
+  for (int w = 0; w < (windows + B - 1) / B; ++w) batches.push_back(loader.next());
+  // float greedy text: 128 bytes of held-out text, then 1,000 tokens
+  xtr::TokenBatch prompt(1, 128);
+  std::copy_n(batches[0].data.begin(), 128, prompt.data.begin());
+  xtr::quantize(model, xtr::WeightFormat::f32);
+  const auto greedy = model.generate(prompt, 1000, {.temperature = 0});
+  std::vector<std::int32_t> text(prompt.data);
+  text.insert(text.end(), greedy.data.begin(), greedy.data.end());
+  double f32_bpc = 0;
+  for (auto format : {xtr::WeightFormat::f32, xtr::WeightFormat::bf16, xtr::WeightFormat::int8, xtr::WeightFormat::q4}) {
+    xtr::quantize(model, format);
+    double nll = 0, count = 0;
+    for (const auto& batch : batches) {
+      xtr::TokenBatch input(B, L);
+      for (xtr::Index b = 0; b < B; ++b) std::copy_n(batch.data.begin() + b * (L + 1), L, input.data.begin() + b * L);
+      auto cache = model.net.make_cache(B);
+      const auto logits = model.net.forward_cached(input, cache, L);  // (B·L, V)
+      for (xtr::Index b = 0; b < B; ++b)
+        for (xtr::Index t = 0; t < L; ++t) {
+          const float* row = logits.data() + (b * L + t) * V;
+          const double m = *std::max_element(row, row + V);
+          double z = 0;
+          for (xtr::Index v = 0; v < V; ++v) z += std::exp(double(row[v]) - m);
+          nll += m + std::log(z) - double(row[batch.data[std::size_t(b * (L + 1) + t + 1)]]);
+          count += 1;
+        }
+    }
+    const double bpc = nll / count / std::log(2.0);
+    if (format == xtr::WeightFormat::f32) f32_bpc = bpc;
+    xtr::DecodeSession<Net> session(model.net, 1, true, false);
+    int agree = 0;
+    for (std::size_t len = 128; len < text.size(); ++len) {
+      const float* logits = session.next(text.data(), xtr::Index(text.size()), xtr::Index(len));
+      agree += std::max_element(logits, logits + V) - logits == text[len];
+    }
+    std::printf("{\"impl\": \"xtr\", \"bench\": \"quality\", \"config\": \"%s\", \"weights\": \"%s\", "
+                "\"windows\": %ld, \"bpc\": %.4f, \"bpc_delta\": %.4f, \"greedy_agreement\": %.4f, "
+                "\"tokens_compared\": %ld}\n",
+                c.name, std::string(xtr::format_name(format)).c_str(), long(batches.size() * B), bpc, bpc - f32_bpc,
+                double(agree) / double(text.size() - 128), long(text.size() - 128));
+    std::fflush(stdout);
+  }
+}
+
 void gemm(int repeats) {
   const xtr::Index shapes[][3] = {{2048, 1024, 256}, {2048, 256, 1024}, {4096, 2048, 512}, {4096, 512, 2048}};
   for (const auto& s : shapes) {
@@ -350,6 +449,7 @@ int main(int argc, char** argv) {
   std::string bench = "train_step", config = "small", only;
   int steps = -1;
   bool bf16 = false;
+  std::string weights = "f32", checkpoint, data = "../shared/data/enwik8-4M.gz";
   long draft_depth = 1;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -365,12 +465,16 @@ int main(int argc, char** argv) {
     else if (arg == "--threads") omp_set_num_threads(std::stoi(value()));
     else if (arg == "--steps") steps = std::stoi(value());
     else if (arg == "--bf16-weights") bf16 = true;
+    else if (arg == "--weights") weights = value();
+    else if (arg == "--checkpoint") checkpoint = value();
+    else if (arg == "--data") data = value();
     else if (arg == "--only") only = value();
     else if (arg == "--draft-depth") draft_depth = std::stol(value());
     else {
       std::fprintf(stderr,
                    "usage: xtr_bench --bench train_step|generate_kv|gemm|bandwidth [--config small|enwik8] "
-                   "[--threads N] [--steps N] [--bf16-weights]\n"
+                   "[--threads N] [--steps N] [--weights f32|bf16|int8|q4] [--bf16-weights]\n"
+                   "       xtr_bench --bench quality --checkpoint F [--data D] [--config small|enwik8] [--steps WINDOWS]\n"
                    "       xtr_bench --bench seq2seq_train|seq2seq_generate [--config copy|copy_b32]\n"
                    "       xtr_bench --bench option_cost [--config small|enwik8] [--steps N] [--only OPTION]\n"
                    "       xtr_bench --bench beam_search|speculative [--config small|enwik8] [--steps N] "
@@ -403,11 +507,12 @@ int main(int argc, char** argv) {
   }
   try {
     if (bench == "train_step") train_step(*c, steps > 0 ? steps : (config == "small" ? 5 : 2));
-    else if (bench == "generate_kv") generate_kv(*c, steps > 0 ? steps : 3, bf16);
+    else if (bench == "generate_kv") generate_kv(*c, steps > 0 ? steps : 3, bf16, weights);
     else if (bench == "option_cost") option_cost(*c, steps > 0 ? steps : 3, only);
     else if (bench == "beam_search") beam_search(*c, steps > 0 ? steps : 3);
     else if (bench == "speculative") speculative(*c, steps > 0 ? steps : 3, draft_depth);
     else if (bench == "gemm") gemm(steps > 0 ? steps : 5);
+    else if (bench == "quality") quality(*c, checkpoint, data, steps > 0 ? steps : 64);
     else if (bench == "bandwidth") bandwidth(steps > 0 ? steps : 5);
     else {
       std::fprintf(stderr,

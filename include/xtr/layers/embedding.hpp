@@ -65,6 +65,8 @@ class Embedding {
     if (options.post_norm) post_norm_.declare(store, prefix + "post_emb_norm", dim, {.unit_offset = false});
   }
   [[nodiscard]] ParameterId token() const { return token_; }
+  /// The absolute position table (invalid without absolute positions).
+  [[nodiscard]] ParameterId position() const { return position_; }
 
   /// x (N, D) for ids (N = batch · T_len) at positions t + offset; adds sum_embeds (N, D) when given, then the post
   /// norm and dropout. With `row_start` (per sequence; left padding, x-transformers' seq_start_pos) the absolute

@@ -8,6 +8,7 @@
 
 #include "xtr/backend/ops.hpp"
 #include "xtr/core/arena.hpp"
+#include "xtr/core/weight_format.hpp"
 #include "xtr/core/parameters.hpp"
 #include "xtr/core/rng.hpp"
 #include "xtr/core/view.hpp"
@@ -27,6 +28,7 @@ struct Pass {
   bool dropout = false;                 // training mode: dropout is drawn
   std::uint64_t dropout_seed = 0, forward_count = 0;
   const std::uint16_t* bf16 = nullptr;  // decoding from a bfloat16 copy of every parameter (same offsets), or null
+  const WeightCopy* copy = nullptr;     // decoding from the model's bf16 / int8 / q4 copy (quantize()), or null
   Index position = 0;                   // position of row 0 of each sequence (decoding: the cache's position)
   Index sequence_offset = 0;            // global index of this batch's first sequence (data-parallel ranks)
 
@@ -50,7 +52,23 @@ struct Pass {
   [[nodiscard]] ops::Weights<T> weights(ParameterId first, Index rows = -1) const {
     const auto& e = params.entry(first);
     const Index r = rows < 0 ? e.shape.rows() : rows, c = e.shape.cols();
-    return {ConstView<T>(params.values().data() + e.offset, r, c), bf16 ? bf16 + e.offset : nullptr};
+    ops::Weights<T> w{ConstView<T>(params.values().data() + e.offset, r, c), bf16 ? bf16 + e.offset : nullptr};
+    if (copy && copy->format == WeightFormat::bf16 && copy->holds(first.index)) w.bf16 = copy->bf16.data() + e.offset;
+    if (copy && copy->quantized()) {
+      // every entry the rows span (q, k and v are read as one block) must be in the copy
+      for (Index covered = 0, i = first.index; covered < r; covered += params.entries()[std::size_t(i++)].shape.rows())
+        require(copy->holds(int(i)), "parameter '", params.entries()[std::size_t(i)].name, "' ",
+                params.entries()[std::size_t(i)].shape.str(), " is a GEMM's weights but its rows of ",
+                params.entries()[std::size_t(i)].shape.cols(), " values are not whole groups of ", copy->group,
+                ": it cannot be read as ", format_name(copy->format), " (quantize with a group that divides ",
+                params.entries()[std::size_t(i)].shape.cols(), ")");
+      const auto entry = std::size_t(first.index);
+      if (copy->format == WeightFormat::int8) w.q8 = copy->q8.data() + e.offset;
+      else w.q4 = copy->q4.data() + copy->q4_offset[entry];
+      w.scales = copy->scales.data() + copy->scale_offset[entry];
+      w.group = copy->group;
+    }
+    return w;
   }
   [[nodiscard]] const T* value(ParameterId id) const { return id.index < 0 ? nullptr : params.values().data() + params.entry(id).offset; }
   [[nodiscard]] T* grad(ParameterId id) const { return id.index < 0 ? nullptr : params.grads().data() + params.entry(id).offset; }

@@ -30,6 +30,7 @@
 #include "xtr/core/arena.hpp"
 #include "xtr/core/parameters.hpp"
 #include "xtr/core/rng.hpp"
+#include "xtr/core/weight_format.hpp"
 #include "xtr/core/tokens.hpp"
 #include "xtr/layers/attention_layers.hpp"
 #include "xtr/layers/block.hpp"
@@ -130,7 +131,8 @@ class TransformerWrapper {
         embedding_(other.embedding_), memory_tokens_(other.memory_tokens_), score_bias_(other.score_bias_),
         blocks_(other.blocks_), final_norm_(other.final_norm_), logits_(other.logits_), rotary_(other.rotary_),
         training_(other.training_), dropout_seed_(other.dropout_seed_), forward_count_(other.forward_count_),
-        sequence_offset_(other.sequence_offset_), stages_(other.stages_) {}  // the copy has no gradient hook
+        sequence_offset_(other.sequence_offset_), decode_weights_(other.decode_weights_),
+        stages_(other.stages_) {}  // the copy has no gradient hook
   // Moves keep the arena (its blocks do not move, so saved activations stay valid).
   TransformerWrapper(TransformerWrapper&&) noexcept = default;
 
@@ -375,6 +377,28 @@ class TransformerWrapper {
       for (Index i = begin; i < end; ++i) cache.bf16_weights[std::size_t(i)] = cpu::float_to_bf16(float(w[i]));
     });
   }
+
+  /// Makes KV-cached decoding read the weight matrices in `format` from now on (WeightFormat::f32: the parameters
+  /// themselves): a copy made once (core/weight_format.hpp), kept until the next quantize(). int8 and q4 quantise per
+  /// `group` values of a row. Training afterwards makes the copy stale, and decoding then refuses it (re-quantize).
+  void quantize(WeightFormat format, Index group = WeightCopy::kDefaultGroup) {
+    // embedding tables are gathered from (one float row per token), not read by a GEMM, unless tied to the logits
+    std::vector<int> gathered;
+    if (!config_.tie_embedding) gathered.push_back(embedding_.token().index);
+    if (embedding_.position().index >= 0) gathered.push_back(embedding_.position().index);
+    decode_weights_ = format == WeightFormat::f32 ? nullptr
+                                                  : std::make_shared<const WeightCopy>(
+                                                        WeightCopy::make(*params_, format, group, gathered));
+  }
+  /// Uses `copy` (loaded with io/quantized.hpp) for decoding; it must belong to these parameters.
+  void use_weights(std::shared_ptr<const WeightCopy> copy) {
+    require(!copy || !copy->stale(*params_), "the weight copy was not made from this model's parameters");
+    decode_weights_ = std::move(copy);
+  }
+  /// The decoding copy, or null (float weights).
+  [[nodiscard]] const std::shared_ptr<const WeightCopy>& decode_weights() const { return decode_weights_; }
+  /// The format KV-cached decoding reads the weights in.
+  [[nodiscard]] WeightFormat weight_format() const { return decode_weights_ ? decode_weights_->format : WeightFormat::f32; }
 
   /// Appends `tokens` (batch, n) to the cached sequence and returns the logits of the last `outputs` new positions
   /// (batch · outputs, V; speculative decoding verifies several). Rotary and position-free stacks slide past
@@ -660,6 +684,7 @@ class TransformerWrapper {
   std::uint64_t dropout_seed_ = config_.seed;
   std::uint64_t forward_count_ = 0;
   Index sequence_offset_ = 0;
+  std::shared_ptr<const WeightCopy> decode_weights_;  // quantize(): what cached decoding reads, or null
   /// The store ranges each backward stage finishes: [begin, end) of the embeddings (and memory tokens), of each
   /// block, of the final norm, of the score-bias table, of the logits.
   struct StorageRange {
@@ -900,6 +925,11 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
   pass.length = rows;
   pass.position = cache.position;
   pass.bf16 = cache.bf16_weights.empty() ? nullptr : cache.bf16_weights.data();
+  if (!pass.bf16 && decode_weights_) {
+    require(!decode_weights_->stale(*params_), "the ", format_name(decode_weights_->format),
+            " weight copy is stale: the parameters changed since quantize(); call quantize() again");
+    pass.copy = decode_weights_.get();
+  }
   auto* ids = arena_.allocate<std::int32_t>(B * n);
   std::copy_n(tokens.data, B * n, ids);
   View<T> xe = pass.allocate(B * n, D);

@@ -516,4 +516,15 @@ class AutoregressiveWrapper {
   std::uint64_t last_backward_ = 0;  // forward pass whose backward has run
 };
 
+/// Makes a model's KV-cached decoding read its weights in `format` (TransformerWrapper::quantize on its net):
+/// `xtr::quantize(model, xtr::WeightFormat::int8)`.
+template <class Model>
+void quantize(Model& model, WeightFormat format, Index group = WeightCopy::kDefaultGroup) {
+  if constexpr (requires { model.net.quantize(format, group); }) {
+    model.net.quantize(format, group);
+  } else {
+    model.quantize(format, group);
+  }
+}
+
 }  // namespace xtr

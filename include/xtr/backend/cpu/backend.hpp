@@ -14,6 +14,7 @@
 #include "xtr/backend/cpu/cross_entropy.hpp"
 #include "xtr/backend/cpu/embedding.hpp"
 #include "xtr/backend/cpu/epilogue.hpp"
+#include "xtr/backend/cpu/quantized.hpp"
 #include "xtr/backend/cpu/feedforward.hpp"
 #include "xtr/backend/cpu/linear.hpp"
 #include "xtr/backend/cpu/norm.hpp"
@@ -67,10 +68,34 @@ void with_maps(F&& f, Views... views) {
   }
 }
 
-/// y (+)= x Wᵀ from the float weights or their bfloat16 copy.
+/// y (+)= x Wᵀ from the float weights, their bfloat16 copy or their quantised copy.
 template <class T>
 void gemm_forward(View<const T> x, const ops::Weights<T>& w, View<T> y, bool accumulate, Arena& arena) {
   const Index out = w.w.rows, in = w.w.cols;
+  if (w.quantized()) {
+    const quantized::QuantizedMatrix m{w.q8, w.q4, w.scales, out, in, w.group};
+    if constexpr (std::is_same_v<T, float>) {
+      if (x.rows <= 8) {  // decoding: dequantize inside the dot products
+        const float* rows = x.data;
+        if (!x.contiguous()) {
+          float* packed = arena.allocate<float>(x.rows * x.cols);
+          for (Index r = 0; r < x.rows; ++r) std::copy_n(x.row(r), x.cols, packed + r * x.cols);
+          rows = packed;
+        }
+        quantized::gemv(m, rows, x.rows, y.data, y.ld, accumulate);
+        return;
+      }
+    }
+    // a prefill (or double): widen the matrix once into the arena, then one GEMM
+    T* wide = arena.allocate<T>(out * in);
+    float* row = arena.allocate<float>(in);
+    for (Index j = 0; j < out; ++j) {
+      quantized::widen_row(m, j, row);
+      std::copy(row, row + in, wide + j * in);
+    }
+    linear_forward<T>(map(x), map(View<const T>(wide, out, in)), map(y), accumulate);
+    return;
+  }
   if (!w.bf16) {
     with_maps([&](auto xm, auto wm, auto ym) { linear_forward<T>(xm, wm, ym, accumulate); }, x, w.w, y);
   } else if (x.rows <= 8) {

@@ -68,9 +68,16 @@ inline double bf16_to_double(std::uint16_t h) {
   return f;
 }
 
-/// W(o, i), from the float weights or their bfloat16 copy.
+/// W(o, i), from the float weights, their bfloat16 copy or their quantised copy (scale · q of core/weight_format.hpp).
 template <class T>
 double weight(const ops::Weights<T>& w, Index o, Index i) {
+  if (w.quantized()) {
+    const Index cols = w.w.cols, k = i % w.group, half = w.group / 2;
+    const double s = w.scales[o * (cols / w.group) + i / w.group];
+    if (w.q8) return s * double(w.q8[o * cols + i]);
+    const std::uint8_t byte = w.q4[(o * cols + i - k) / 2 + k % half];
+    return s * double((k < half ? byte & 0xF : byte >> 4) - 8);
+  }
   return w.bf16 ? bf16_to_double(w.bf16[o * w.w.cols + i]) : double(w.w(o, i));
 }
 

@@ -1,0 +1,223 @@
+#pragma once
+// Weights for decoding in fewer bytes: decoding one token reads every weight once, so its speed is the memory
+// bandwidth divided by the bytes per weight. A WeightCopy holds the parameters of a store in one format:
+//   bf16  the upper half of each float, rounded to nearest even (2 bytes)
+//   int8  per group of `group` consecutive values of a row: scale s = max|w| / 127, q = round(w / s) in [-127, 127]
+//         (1 byte + 4/group bytes of scale)
+//   q4    per group: s = max|w| / 7, q = round(w / s) in [-7, 7], stored as q + 8 in a nibble; a group of 32 is 16
+//         bytes, byte k holding values k (low nibble) and k + 16 (high nibble), as ggml's Q4_0 (0.5 byte + 4/group)
+// and w ≈ s · q. Quantised entries are the 2-D parameters whose rows hold a whole number of groups; the GEMMs read
+// those from the copy and dequantize inside the dot product (backend/cpu/quantized.hpp), never widening the matrix.
+// Elements keep the store's layout (q8 and bf16: element i of the store; q4 and the scales: entry by entry, in the
+// store's order), so a read spanning adjacent entries (q, k, v) stays one contiguous block.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "xtr/core/error.hpp"
+#include "xtr/core/parameters.hpp"
+
+namespace xtr {
+
+enum class WeightFormat { f32, bf16, int8, q4 };
+
+[[nodiscard]] constexpr std::string_view format_name(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::f32: return "f32";
+    case WeightFormat::bf16: return "bf16";
+    case WeightFormat::int8: return "int8";
+    case WeightFormat::q4: return "q4";
+  }
+  return "?";
+}
+[[nodiscard]] inline WeightFormat parse_weight_format(std::string_view text) {
+  for (auto f : {WeightFormat::f32, WeightFormat::bf16, WeightFormat::int8, WeightFormat::q4})
+    if (format_name(f) == text) return f;
+  throw Error(detail::cat("xtr: unknown weight format '", text, "' (f32, bf16, int8, q4)"));
+}
+/// Bytes per weight read while decoding (scales included).
+[[nodiscard]] constexpr double bytes_per_weight(WeightFormat f, std::int64_t group = 32) {
+  switch (f) {
+    case WeightFormat::f32: return 4;
+    case WeightFormat::bf16: return 2;
+    case WeightFormat::int8: return 1 + 4.0 / double(group);
+    case WeightFormat::q4: return 0.5 + 4.0 / double(group);
+  }
+  return 4;
+}
+
+namespace detail {
+inline float bf16_bits_to_float(std::uint16_t h) {
+  const std::uint32_t bits = std::uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline std::uint16_t float_to_bf16_bits(float f) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  if ((bits & 0x7F800000u) == 0x7F800000u && (bits & 0x7FFFFFu)) return std::uint16_t((bits >> 16) | 0x40);  // NaN
+  return std::uint16_t((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+}  // namespace detail
+
+/// One store's parameters in a decoding format. Build it with WeightCopy::make (or load it, io/quantized.hpp).
+struct WeightCopy {
+  static constexpr std::int64_t kDefaultGroup = 32;
+
+  WeightFormat format = WeightFormat::f32;
+  Index group = kDefaultGroup;
+  Index count = 0;                        // the store's scalars
+  std::vector<std::uint16_t> bf16;        // bf16: every element, the store's layout
+  std::vector<std::int8_t> q8;            // int8: every element, the store's layout (unquantised entries: 0)
+  std::vector<std::uint8_t> q4;           // q4: quantised entries' rows, packed, entry after entry
+  std::vector<float> scales;              // int8 / q4: one per group of each quantised entry's rows, entry after entry
+  std::vector<Index> q4_offset, scale_offset;  // per store entry: where its rows start (-1: not quantised)
+  std::vector<std::uint8_t> held;         // per store entry: GEMMs read it from the copy (1) or as float (0)
+  std::uint64_t fingerprint = 0;          // of the values it was made from (stale() compares)
+
+  [[nodiscard]] bool quantized() const { return format == WeightFormat::int8 || format == WeightFormat::q4; }
+  [[nodiscard]] bool holds(int entry) const {
+    return entry >= 0 && std::size_t(entry) < held.size() && held[std::size_t(entry)] != 0;
+  }
+  /// Bytes the copy occupies.
+  [[nodiscard]] std::size_t bytes() const {
+    return bf16.size() * 2 + q8.size() + q4.size() + scales.size() * sizeof(float);
+  }
+
+  /// Whether an entry of `shape` can be quantised with groups of `group` values along its rows.
+  [[nodiscard]] static bool quantizable(const Shape& shape, Index group) {
+    return shape.cols() >= group && shape.cols() % group == 0;
+  }
+
+  /// A sample of the values (4096 evenly spaced, and the count): a copy made from other values is stale. Training
+  /// changes (nearly) every value, so a copy is not silently used after an optimizer step.
+  template <class T>
+  [[nodiscard]] static std::uint64_t fingerprint_of(const ParameterStore<T>& params) {
+    const Index n = params.count();
+    std::uint64_t h = 1469598103934665603ull ^ std::uint64_t(n);
+    const Index samples = std::min<Index>(n, 4096);
+    for (Index s = 0; s < samples; ++s) {
+      const Index i = samples == n ? s : Index((__int128(s) * n) / samples);
+      const float v = float(params.values().data()[i]);
+      std::uint32_t bits;
+      std::memcpy(&bits, &v, sizeof bits);
+      h = (h ^ bits) * 1099511628211ull;
+    }
+    return h;
+  }
+  template <class T>
+  [[nodiscard]] bool stale(const ParameterStore<T>& params) const {
+    return count != params.count() || fingerprint != fingerprint_of(params);
+  }
+
+  /// The copy of `params` in `format`: every 2-D entry but those in `keep_float` (tables that are only gathered
+  /// from, as embeddings, whose lookups read the float values) is held; int8 / q4 hold those whose rows are a whole
+  /// number of groups (a GEMM reading another gets an error naming it).
+  template <class T>
+  [[nodiscard]] static WeightCopy make(const ParameterStore<T>& params, WeightFormat format, Index group = kDefaultGroup,
+                                       const std::vector<int>& keep_float = {}) {
+    require(group >= 2 && group <= 4096 && group % 2 == 0, "quantisation group ", group,
+            " must be even and lie in [2, 4096]");
+    WeightCopy c;
+    c.format = format;
+    c.group = group;
+    c.count = params.count();
+    c.fingerprint = fingerprint_of(params);
+    const T* w = params.values().data();
+    if (format == WeightFormat::f32) return c;
+    c.lay_out(params, keep_float);
+    if (format == WeightFormat::bf16) {
+      c.bf16.resize(std::size_t(c.count));
+      for (Index i = 0; i < c.count; ++i) c.bf16[std::size_t(i)] = detail::float_to_bf16_bits(float(w[i]));
+      return c;
+    }
+    const auto& entries = params.entries();
+    const int qmax = format == WeightFormat::int8 ? 127 : 7;
+    for (std::size_t e = 0; e < entries.size(); ++e) {
+      const auto& entry = entries[e];
+      if (entry.alias_of >= 0 || c.scale_offset[e] < 0) continue;
+      const Index groups = entry.shape.numel() / group;
+      for (Index g = 0; g < groups; ++g) {
+        const T* x = w + entry.offset + g * group;
+        float amax = 0;
+        for (Index k = 0; k < group; ++k) amax = std::max(amax, std::fabs(float(x[k])));
+        require(std::isfinite(amax), "cannot quantise parameter '", entry.name, "': it holds a non-finite value");
+        const float s = amax / float(qmax);
+        c.scales[std::size_t(c.scale_offset[e] + g)] = s;
+        const float inv = s > 0 ? 1.0f / s : 0.0f;
+        auto q = [&](Index k) {
+          return int(std::clamp(std::lround(float(x[k]) * inv), long(-qmax), long(qmax)));
+        };
+        if (format == WeightFormat::int8) {
+          for (Index k = 0; k < group; ++k) c.q8[std::size_t(entry.offset + g * group + k)] = std::int8_t(q(k));
+        } else {
+          std::uint8_t* out = c.q4.data() + c.q4_offset[e] + g * group / 2;
+          const Index half = group / 2;
+          for (Index k = 0; k < half; ++k) out[k] = std::uint8_t((q(k) + 8) | ((q(k + half) + 8) << 4));
+        }
+      }
+    }
+    return c;
+  }
+
+  /// Where each quantisable entry's values and scales go (int8 / q4), and storage for them, zero-filled.
+  template <class T>
+  void lay_out(const ParameterStore<T>& params, const std::vector<int>& keep_float = {}) {
+    const auto& entries = params.entries();
+    q4_offset.assign(entries.size(), -1);
+    scale_offset.assign(entries.size(), -1);
+    held.assign(entries.size(), 0);
+    for (std::size_t e = 0; e < entries.size(); ++e)
+      held[e] = entries[e].alias_of < 0 && entries[e].shape.rank >= 2 &&
+                std::find(keep_float.begin(), keep_float.end(), int(e)) == keep_float.end() &&
+                (format == WeightFormat::bf16 || quantizable(entries[e].shape, group));
+    for (std::size_t e = 0; e < entries.size(); ++e)
+      if (entries[e].alias_of >= 0) held[e] = held[std::size_t(entries[e].alias_of)];
+    if (format == WeightFormat::bf16 || format == WeightFormat::f32) return;
+    Index q4_bytes = 0, n_scales = 0;
+    for (std::size_t e = 0; e < entries.size(); ++e) {
+      const auto& entry = entries[e];
+      if (entry.alias_of >= 0 || !held[e]) continue;
+      scale_offset[e] = n_scales;
+      q4_offset[e] = q4_bytes;
+      n_scales += entry.shape.numel() / group;
+      q4_bytes += entry.shape.numel() / 2;
+    }
+    for (std::size_t e = 0; e < entries.size(); ++e)  // aliases read their target's rows
+      if (entries[e].alias_of >= 0) {
+        scale_offset[e] = scale_offset[std::size_t(entries[e].alias_of)];
+        q4_offset[e] = q4_offset[std::size_t(entries[e].alias_of)];
+      }
+    scales.assign(std::size_t(n_scales), 0.0f);
+    q8.clear();
+    q4.clear();
+    if (format == WeightFormat::int8) q8.assign(std::size_t(count), 0);
+    else q4.assign(std::size_t(q4_bytes), 0);
+  }
+
+  /// Element i of entry `entry` as the copy holds it (tests; the kernels never widen a matrix).
+  template <class T>
+  [[nodiscard]] float value(const ParameterStore<T>& params, int entry, Index i) const {
+    const auto& e = params.entries()[std::size_t(entry)];
+    if (!holds(entry)) return float(params.values().data()[e.offset + i]);
+    switch (format) {
+      case WeightFormat::f32: return float(params.values().data()[e.offset + i]);
+      case WeightFormat::bf16: return detail::bf16_bits_to_float(bf16[std::size_t(e.offset + i)]);
+      case WeightFormat::int8:
+      case WeightFormat::q4: break;
+    }
+    if (scale_offset[std::size_t(entry)] < 0) return float(params.values().data()[e.offset + i]);
+    const float s = scales[std::size_t(scale_offset[std::size_t(entry)] + i / group)];
+    if (format == WeightFormat::int8) return s * float(q8[std::size_t(e.offset + i)]);
+    const Index g = i / group, k = i % group, half = group / 2;
+    const std::uint8_t byte = q4[std::size_t(q4_offset[std::size_t(entry)] + g * half + k % half)];
+    return s * float((k < half ? byte & 0xF : byte >> 4) - 8);
+  }
+};
+
+}  // namespace xtr

@@ -1,0 +1,241 @@
+// Decoding from quantised weights (core/weight_format.hpp, backend/cpu/quantized.hpp, io/quantized.hpp): error bounds
+// of each format, every compiled ISA path of the quantised GEMV against the float GEMV of the dequantised matrix,
+// cached decoding with quantised weights against full recomputation with the dequantised weights, save → load, and
+// the errors for shapes that do not split into groups and for files whose scales have the wrong shape.
+#include <catch2/catch.hpp>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <vector>
+
+#include "testing.hpp"
+#include "xtr/io/quantized.hpp"
+#include "xtr/xtr.hpp"
+
+using namespace xtr;
+using Catch::Contains;
+
+namespace {
+
+using Net = TransformerWrapper<Decoder<Rotary, LayerNorm, GELU>>;
+using Model = AutoregressiveWrapper<Net>;
+
+TransformerConfig quant_config(Index dim = 64) {
+  return {.num_tokens = 40, .max_seq_len = 48, .layers = {.dim = dim, .depth = 2, .heads = 2, .dim_head = 32}, .seed = 8};
+}
+
+/// A float model whose parameters are the copy's dequantised values (the reference for quantised decoding).
+Model dequantised_twin(const Model& model) {
+  Model twin(Net(model.net.config()));
+  const auto& copy = *model.net.decode_weights();
+  const auto& params = model.net.parameters();
+  for (std::size_t e = 0; e < params.entries().size(); ++e) {
+    const auto& entry = params.entries()[e];
+    if (entry.alias_of >= 0) continue;
+    for (Index i = 0; i < entry.shape.numel(); ++i)
+      twin.net.parameters().values().data()[entry.offset + i] = copy.value(params, int(e), i);
+  }
+  return twin;
+}
+
+}  // namespace
+
+TEST_CASE("quantisation error bounds: int8 within s/2 = max/254 per group, q4 within max/14, bf16 within 2^-8", "[quantized]") {
+  Model model{Net{quant_config()}};
+  auto& params = model.net.parameters();
+  for (auto format : {WeightFormat::bf16, WeightFormat::int8, WeightFormat::q4}) {
+    const auto copy = WeightCopy::make(params, format, 32);
+    CHECK_FALSE(copy.stale(params));
+    double worst_ratio = 0;
+    Index quantised = 0;
+    for (std::size_t e = 0; e < params.entries().size(); ++e) {
+      const auto& entry = params.entries()[e];
+      if (entry.alias_of >= 0 || !copy.holds(int(e))) continue;
+      ++quantised;
+      for (Index g = 0; g < entry.shape.numel() / 32; ++g) {
+        double amax = 0;
+        for (Index k = 0; k < 32; ++k) amax = std::max(amax, std::fabs(double(params.values()[entry.offset + g * 32 + k])));
+        for (Index k = 0; k < 32; ++k) {
+          const double w = params.values()[entry.offset + g * 32 + k];
+          const double err = std::fabs(copy.value(params, int(e), g * 32 + k) - w);
+          const double bound = format == WeightFormat::int8 ? amax / 254 * 1.0001
+                               : format == WeightFormat::q4 ? amax / 14 * 1.0001
+                                                            : std::fabs(w) / 256;
+          REQUIRE(err <= bound + 1e-12);
+          if (amax > 0) worst_ratio = std::max(worst_ratio, err / amax);
+        }
+      }
+    }
+    CHECK(quantised >= 10);  // every GEMM weight: to_q/k/v, to_out, ff, logits, embeddings
+    INFO(format_name(format) << ": worst error / group max " << worst_ratio);
+    CHECK(worst_ratio > 0);
+  }
+  CHECK(bytes_per_weight(WeightFormat::int8) == 1.125);
+  CHECK(bytes_per_weight(WeightFormat::q4) == 0.625);
+  CHECK(parse_weight_format("q4") == WeightFormat::q4);
+  CHECK_THROWS_WITH(parse_weight_format("int4"), Contains("unknown weight format 'int4' (f32, bf16, int8, q4)"));
+  CHECK_THROWS_WITH(WeightCopy::make(params, WeightFormat::q4, 31), Contains("quantisation group 31 must be even"));
+}
+
+TEST_CASE("quantised GEMV on every compiled ISA path equals the float GEMV of the dequantised matrix", "[quantized]") {
+  namespace q = cpu::quantized;
+  const Index out = 37, in = 128;
+  std::vector<float> w(std::size_t(out * in));
+  RandomStream rs{3, 1};
+  for (std::size_t i = 0; i < w.size(); ++i) w[i] = float(rs.normal(i)) * (1 + float(i % 7));
+  for (Index group : {32, 64}) {
+    // quantise through a ParameterStore, as models do
+    ParameterStore<float> store;
+    const auto id = store.add("w", {out, in}, Init::fill(0));
+    store.allocate(0);
+    std::copy(w.begin(), w.end(), store.value(id).data());
+    for (auto format : {WeightFormat::int8, WeightFormat::q4}) {
+      const auto copy = WeightCopy::make(store, format, group);
+      const q::QuantizedMatrix m{format == WeightFormat::int8 ? copy.q8.data() : nullptr,
+                                 format == WeightFormat::q4 ? copy.q4.data() : nullptr, copy.scales.data(), out, in,
+                                 group};
+      std::vector<double> deq(std::size_t(out * in));
+      for (Index i = 0; i < out * in; ++i) deq[std::size_t(i)] = copy.value(store, 0, i);
+      for (Index R : {1, 3, 8}) {
+        std::vector<float> x(std::size_t(R * in));
+        for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(rs.fork(R).normal(i));
+        for (auto isa : q::compiled_isas()) {
+          std::vector<float> y(std::size_t(R * out), 0.5f);
+          q::gemv(m, x.data(), R, y.data(), out, /*add=*/true, isa);
+          double worst = 0;
+          for (Index r = 0; r < R; ++r)
+            for (Index j = 0; j < out; ++j) {
+              double ref = 0.5, mag = 0;
+              for (Index k = 0; k < in; ++k) {
+                ref += deq[std::size_t(j * in + k)] * x[std::size_t(r * in + k)];
+                mag += std::fabs(deq[std::size_t(j * in + k)] * x[std::size_t(r * in + k)]);
+              }
+              worst = std::max(worst, std::fabs(y[std::size_t(r * out + j)] - ref) / (mag + 1));
+            }
+          INFO(format_name(format) << " group " << group << " rows " << R << " isa " << q::isa_name(isa));
+          CHECK(worst < 1e-5);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("cached decoding from quantised weights equals recomputation with the dequantised weights", "[quantized][generation]") {
+  for (auto format : {WeightFormat::bf16, WeightFormat::int8, WeightFormat::q4}) {
+    Model model{Net{quant_config()}};
+    model.eval();
+    quantize(model, format);
+    CHECK(model.net.weight_format() == format);
+    Model twin = dequantised_twin(model);
+    twin.eval();
+    const auto prompts = testing::random_tokens(3, 5, 40, 12);
+    const auto cached = model.generate(prompts, 12, {.temperature = 0});
+    const auto uncached = twin.generate(prompts, 12, {.temperature = 0, .cache_kv = false});
+    INFO(format_name(format));
+    CHECK(cached.data == uncached.data);
+    // logits of one cached step against the twin's full forward
+    Net::Cache cache = model.net.make_cache(1);
+    const TokenBatch one{{3, 7, 1, 9, 2, 5, 6, 8, 4, 11}};
+    const auto step = model.net.forward_cached(one, cache, 10);
+    std::vector<float> got(step.data(), step.data() + step.size());
+    const auto full = twin.net.forward(one);
+    double worst = 0;
+    for (std::size_t i = 0; i < got.size(); ++i) worst = std::max(worst, double(std::fabs(got[i] - full.data()[i])));
+    CHECK(worst < 1e-4);
+  }
+}
+
+TEST_CASE("quantised weights: stale copies, shapes that are not whole groups, save and load", "[quantized][errors]") {
+  SECTION("training after quantize() makes the copy stale and decoding refuses it") {
+    Model model{Net{quant_config()}};
+    quantize(model, WeightFormat::int8);
+    auto opt = Adam(model.parameters(), {.lr = 1e-2});
+    model.train();
+    model(testing::random_tokens(2, 9, 40, 3)).backward();
+    opt.step();
+    model.eval();
+    CHECK_THROWS_WITH(model.generate(testing::random_tokens(1, 3, 40, 4), 2),
+                      Contains("int8 weight copy is stale") && Contains("call quantize() again"));
+    quantize(model, WeightFormat::f32);
+    CHECK(model.net.decode_weights() == nullptr);
+    CHECK(model.generate(testing::random_tokens(1, 3, 40, 4), 2).length == 2);
+  }
+  SECTION("a 4-bit request on rows that are not whole groups names the parameter") {
+    Model model{Net{quant_config(48)}};  // to_q (64, 48): rows of 48 values, groups of 32
+    quantize(model, WeightFormat::q4);
+    model.eval();
+    CHECK_THROWS_WITH(model.generate(testing::random_tokens(1, 3, 40, 4), 2),
+                      Contains("its rows of 48 values are not whole groups of 32") && Contains("cannot be read as q4"));
+    quantize(model, WeightFormat::q4, 16);  // a group that divides 48 (the scalar path)
+    CHECK(model.generate(testing::random_tokens(1, 3, 40, 4), 2, {.temperature = 0}).length == 2);
+  }
+  SECTION("save → load decodes exactly as the saved model; wrong scales are a clear error") {
+    const auto dir = std::filesystem::temp_directory_path() / ("xtr_quant_" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    for (auto format : {WeightFormat::int8, WeightFormat::q4}) {
+      Model model{Net{quant_config()}};
+      model.eval();
+      quantize(model, format);
+      const auto path = dir / (std::string(format_name(format)) + ".safetensors");
+      save_quantized(path, model.net);
+      Model loaded{Net{quant_config()}};
+      loaded.eval();
+      load_quantized(path, loaded.net);
+      CHECK(loaded.net.weight_format() == format);
+      const auto prompts = testing::random_tokens(2, 4, 40, 5);
+      CHECK(loaded.generate(prompts, 10, {.temperature = 0}).data == model.generate(prompts, 10, {.temperature = 0}).data);
+      // the saved file is smaller than float: q4 about 1/6, int8 about 1/3.5 of the float bytes
+      const double ratio = double(std::filesystem::file_size(path)) / double(4 * model.parameters().count());
+      CHECK(ratio < (format == WeightFormat::q4 ? 0.25 : 0.4));
+      // scales of the wrong shape
+      auto file = safetensors::read(path);
+      for (auto& t : file.tensors)
+        if (t.name == "attn_layers.layers.0.1.net.0.proj.weight.scales" || t.name.ends_with("to_q.weight.scales")) {
+          t.shape[1] += 1;
+          t.bytes.resize(t.bytes.size() + std::size_t(t.shape[0]) * 4);
+          break;
+        }
+      file.metadata.erase("xtr.crc32c");
+      safetensors::write(path, file);
+      Model again{Net{quant_config()}};
+      const auto before = std::vector<float>(again.parameters().values().data(),
+                                             again.parameters().values().data() + again.parameters().count());
+      CHECK_THROWS_WITH(load_quantized(path, again.net),
+                        Contains(".scales' is F32 [") && Contains("expected F32 [") && Contains("one scale per group of 32"));
+      CHECK(std::equal(before.begin(), before.end(), again.parameters().values().data()));  // nothing changed
+      CHECK(again.net.decode_weights() == nullptr);
+    }
+    std::filesystem::remove_all(dir);
+    Model plain{Net{quant_config()}};
+    CHECK_THROWS_WITH(save_quantized(dir / "x.safetensors", plain.net), Contains("call quantize() first"));
+  }
+}
+
+TEST_CASE("quantised decoding: the fused CPU kernels equal the reference backend reading the same copy", "[quantized][backends]") {
+  using RefNet = TransformerWrapper<Decoder<Rotary, LayerNorm, GELU>, Reference<float>>;
+  for (auto format : {WeightFormat::bf16, WeightFormat::int8, WeightFormat::q4}) {
+    Model cpu{Net{quant_config()}};
+    AutoregressiveWrapper<RefNet> ref{RefNet{quant_config()}};
+    std::copy_n(cpu.parameters().values().data(), cpu.parameters().count(), ref.parameters().values().data());
+    quantize(cpu, format);
+    quantize(ref, format);
+    auto c_cache = cpu.net.make_cache(2);
+    auto r_cache = ref.net.make_cache(2);
+    const auto prompt = testing::random_tokens(2, 6, 40, 21);
+    double worst = 0, scale = 0;
+    for (Index step = 0; step < 5; ++step) {
+      const auto tokens = step == 0 ? prompt : testing::random_tokens(2, 1, 40, 30 + std::uint64_t(step));
+      const auto a = cpu.net.forward_cached(tokens, c_cache);
+      std::vector<float> got(a.data(), a.data() + a.size());
+      const auto b = ref.net.forward_cached(tokens, r_cache);
+      for (Index i = 0; i < b.size(); ++i) {
+        worst = std::max(worst, double(std::fabs(got[std::size_t(i)] - b.data()[i])));
+        scale = std::max(scale, double(std::fabs(b.data()[i])));
+      }
+    }
+    INFO(format_name(format) << ": worst " << worst << " of scale " << scale);
+    CHECK(worst <= 1e-4 * std::max(1.0, scale));
+  }
+}
