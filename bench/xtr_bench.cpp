@@ -101,11 +101,11 @@ double time_generate(Model& model, int repeats, bool bf16) {
 }
 
 // STREAM triad bandwidth (GB/s), measured where a row needs its roofline fraction
-double triad_gb_per_s() {
+double triad_gb_per_s(int repeats = 3) {
   const std::size_t n = std::size_t(32) << 20;
   std::vector<float> a(n, 1.f), b(n, 2.f), c(n, 3.f);
   std::vector<double> times;
-  for (int r = 0; r < 4; ++r) {
+  for (int r = 0; r < repeats + 1; ++r) {
     const auto t = Clock::now();
 #pragma omp parallel for schedule(static)
     for (std::size_t i = 0; i < n; ++i) a[i] = b[i] + 0.5f * c[i];
@@ -428,19 +428,9 @@ void gemm(int repeats) {
 
 // ceiling 2: memory bandwidth, STREAM triad a = b + s·c over 3 × 128 MiB (bytes moved: 3 per element)
 void bandwidth(int repeats) {
-  const std::size_t n = std::size_t(32) << 20;
-  std::vector<float> a(n, 1.f), b(n, 2.f), c(n, 3.f);
-  std::vector<double> times;
-  for (int r = 0; r < repeats + 1; ++r) {
-    const auto t = Clock::now();
-#pragma omp parallel for schedule(static)
-    for (std::size_t i = 0; i < n; ++i) a[i] = b[i] + 0.5f * c[i];
-    times.push_back(seconds_since(t));
-  }
-  times.erase(times.begin());
-  const double med = median(times);
+  const double gb_per_s = triad_gb_per_s(repeats);
   std::printf("{\"impl\": \"xtr\", \"bench\": \"bandwidth\", \"threads\": %d, \"median_s\": %.5f, \"gb_per_s\": %.1f}\n",
-              omp_get_max_threads(), med, 3.0 * 4.0 * double(n) / med * 1e-9);
+              omp_get_max_threads(), 3.0 * 4.0 * double(std::size_t(32) << 20) / (gb_per_s * 1e9), gb_per_s);
 }
 
 }  // namespace
