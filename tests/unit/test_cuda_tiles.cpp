@@ -446,6 +446,13 @@ TEST_CASE("cuda tiles: split ranges cover the keys once, in order", "[cuda][tile
     }
 }
 
+TEST_CASE("cuda tiles: the dropout draw picked without indexing equals RandomStream::uniform", "[cuda][tiles]") {
+  std::int64_t mismatches = 0;
+  for (const RandomStream rng : {RandomStream{0, 0}, RandomStream{2024, 1}.fork(3), RandomStream{7, 1}.from(4 * 9 + 3)})
+    for (std::uint64_t i = 0; i < 4099; ++i) mismatches += tiles::uniform_draw(rng, i) != rng.uniform(i);
+  REQUIRE(mismatches == 0);
+}
+
 TEST_CASE("cuda tiles: tile classification agrees with the element-wise causal and key masks", "[cuda][tiles]") {
   // every (query tile, key tile) pair of many tile sizes, lengths not divisible by them, and decoding offsets
   std::vector<std::uint8_t> mask;

@@ -21,7 +21,16 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__CUDACC__)
+// nvcc warns (#554) that ops::HeadsView<const T>'s conversion to HeadsView<const T> is never called: it is constrained
+// away (requires !is_const_v<T>), which nvcc's front end does not take into account.
+#pragma nv_diagnostic push
+#pragma nv_diag_suppress 554
+#endif
 #include "xtr/backend/ops.hpp"
+#if defined(__CUDACC__)
+#pragma nv_diagnostic pop
+#endif
 #include "xtr/core/error.hpp"
 
 #ifndef XTR_HOST_DEVICE  // also defined, identically, by core/rng.hpp
@@ -279,6 +288,16 @@ XTR_HOST_DEVICE inline void modify_tile(const ops::AttentionProblem<T>& p, TileK
     for (int c = 0; c < cols; ++c) s[r * ld + c] = modify_score(p, kind, b, h, i0 + r, j0 + c, s[r * ld + c]);
 }
 
+/// RandomStream::uniform(index), the word picked without indexing the Philox block by a run-time value (which puts
+/// the block in local memory on the device).
+XTR_HOST_DEVICE inline float uniform_draw(const RandomStream& rng, std::uint64_t index) {
+  index += rng.first;
+  const Philox::Words w = rng.words(index >> 2);
+  const unsigned word = unsigned(index & 3);
+  const std::uint32_t bits = word == 0 ? w[0] : (word == 1 ? w[1] : (word == 2 ? w[2] : w[3]));
+  return float(bits >> 8) * (1.0f / 16777216.0f);
+}
+
 /// Dropout's factor for the probability of (b, h, query i, key column `key`; memory keys first): 1/(1 − p) when kept,
 /// 0 when dropped, kept iff uniform(((b·H + h)·Tq + i)·(M + Tk) + key) ≥ float(p), the CPU backend's draw.
 template <class T>
@@ -289,7 +308,7 @@ XTR_HOST_DEVICE inline T dropout_factor(const ops::AttentionProblem<T>& p, std::
       ((std::uint64_t(b) * std::uint64_t(p.heads) + std::uint64_t(h)) * std::uint64_t(p.q_len) + std::uint64_t(i)) *
           std::uint64_t(p.mem_len + p.k_len) +
       std::uint64_t(key);
-  return p.dropout_stream.uniform(index) >= float(p.dropout) ? T(1.0 / (1.0 - p.dropout)) : T(0);
+  return uniform_draw(p.dropout_stream, index) >= float(p.dropout) ? T(1.0 / (1.0 - p.dropout)) : T(0);
 }
 
 /// Whether query row i of batch b is padding (query_mask 0): O = 0, lse = +∞, no gradient.
