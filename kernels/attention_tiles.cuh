@@ -16,12 +16,10 @@
 
 namespace xtr::cuda {
 
-/// Head dims with a compiled attention kernel.
-inline constexpr int attention_head_dims[] = {32, 64, 128};
-
 /// O (batch, q_len, heads · dim_head rows o.row_stride apart) and lse (batch, heads, q_len; may be null; +∞ for a row
 /// with nothing visible or a padded query, whose O is 0) from q, k, v on `stream` (asynchronous). Throws xtr::Error
-/// before any launch for a head dim without a kernel, kv_heads not dividing heads, memory keys, null operands.
+/// before any launch for a head dim without a kernel (compiled: 32, 64, 128), kv_heads not dividing heads, memory keys,
+/// null operands.
 void attention_forward(const ops::AttentionProblem<float>& p, ops::HeadsView<const float> q,
                        ops::HeadsView<const float> k, ops::HeadsView<const float> v, ops::HeadsView<float> o,
                        float* lse, cudaStream_t stream = nullptr);
