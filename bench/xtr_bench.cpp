@@ -1,7 +1,7 @@
 // Benchmarks mirroring ../shared/peer/bench_xt.py (same configurations, same measurement), plus the two ceilings used
 // for roofline fractions on this machine (GEMM rate, memory bandwidth). One JSON line per measurement.
 //   xtr_bench --bench train_step|generate_kv|gemm|bandwidth [--config small|enwik8] [--threads N] [--steps N]
-//             [--weights f32|bf16|int8|q4]   (generate_kv: decode from the model's copy in that format, with the
+//             [--weights f32|bf16|int8|q4|auto]   (generate_kv: decode from the model's copy in that format, with the
 //             weight bytes per token and their fraction of the measured DRAM bandwidth) [--bf16-weights] (per call)
 //   xtr_bench --bench quality --checkpoint F [--data D]   bpc and greedy agreement of f32, bf16, int8 and q4 weights
 //             on a train_enwik8 checkpoint of the config's sizes (held-out windows of D, default enwik8-4M.gz)
@@ -133,10 +133,11 @@ double weight_bytes_per_token(const Net& net) {
 
 void generate_kv(const BenchConfig& c, int repeats, bool bf16, const std::string& weights) {
   auto model = make(c);
-  const xtr::WeightFormat format = xtr::parse_weight_format(weights);
-  xtr::quantize(model, format);
+  if (weights != "auto") xtr::quantize(model, xtr::parse_weight_format(weights));  // auto: the model's default
   const double tokens_per_s = time_generate(model, repeats, bf16);
-  const std::string name = bf16 ? "bf16-per-call" : weights;
+  const std::string name = bf16      ? "bf16-per-call"
+                           : weights == "auto" ? "auto-" + std::string(xtr::format_name(model.net.weight_format()))
+                                               : weights;
   const double bytes = weight_bytes_per_token(model.net) * (bf16 ? 0.5 : 1.0);
   const double bandwidth = triad_gb_per_s();
   std::printf(
@@ -463,7 +464,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr,
                    "usage: xtr_bench --bench train_step|generate_kv|gemm|bandwidth [--config small|enwik8] "
-                   "[--threads N] [--steps N] [--weights f32|bf16|int8|q4] [--bf16-weights]\n"
+                   "[--threads N] [--steps N] [--weights f32|bf16|int8|q4|auto] [--bf16-weights]\n"
                    "       xtr_bench --bench quality --checkpoint F [--data D] [--config small|enwik8] [--steps WINDOWS]\n"
                    "       xtr_bench --bench seq2seq_train|seq2seq_generate [--config copy|copy_b32]\n"
                    "       xtr_bench --bench option_cost [--config small|enwik8] [--steps N] [--only OPTION]\n"

@@ -1,12 +1,14 @@
 // Generates text from a `train_enwik8 --save` checkpoint, streaming the new bytes to stdout as they are produced:
 //   generate --checkpoint C --prompt TEXT --length N [--temperature T --top-k K --top-p P --min-p M --seed S
-//            --beams B --amateur C2 --alpha A --beta B --draft C3 --draft-tokens K --no-cache --json --threads N]
+//            --beams B --amateur C2 --alpha A --beta B --draft C3 --draft-tokens K --no-cache --json --threads N
+//            --weights auto|f32|bf16|int8|q4]
 // Sampling by default (x-transformers' defaults: temperature 1, top-k keeping 10% of the vocabulary); --temperature 0
 // is greedy; --beams B runs beam search (the best beam is printed at the end); --amateur C2 contrastive decoding
 // against a second checkpoint (α --alpha, β --beta); --draft C3 speculative decoding with a small draft checkpoint
 // proposing --draft-tokens tokens per step. With --json nothing is streamed: one JSON object is printed instead,
 //   {"tokens": [new token ids], "text": "the new text", "tokens_per_s": new tokens per second}
-// (bytes that are not valid UTF-8 appear in "text" as U+FFFD).
+// (bytes that are not valid UTF-8 appear in "text" as U+FFFD). --weights: what the KV-cached decoding reads (auto: the
+// model's default, bf16 when the float weights exceed the last-level cache; int8 and q4 quantise per group of 32).
 #include <omp.h>
 
 #include <chrono>
@@ -28,7 +30,7 @@ using Net = xtr::TransformerWrapper<xtr::Decoder<xtr::Rotary, xtr::LayerNorm, xt
 using Model = xtr::AutoregressiveWrapper<Net>;
 
 struct Options {
-  std::string checkpoint, prompt, amateur, draft;
+  std::string checkpoint, prompt, amateur, draft, weights = "auto";
   static constexpr long unset = std::numeric_limits<long>::min();
   long length = 256, seed = -1, top_k = -1, beams = unset, draft_tokens = 4;
   double temperature = 1.0, top_p = 0, min_p = 0, alpha = 0.1, beta = 0.5;
@@ -40,7 +42,8 @@ void usage_text(std::FILE* out) {
   std::fprintf(out,
                "usage: generate --checkpoint C --prompt TEXT [--length N (256)] [--temperature T (1)] [--top-k K]\n"
                "  [--top-p P] [--min-p M] [--seed S] [--beams B] [--amateur C2 [--alpha A (0.1)] [--beta B (0.5)]]\n"
-               "  [--draft C3 [--draft-tokens K (4)]] [--no-cache] [--json] [--threads N]\n");
+               "  [--draft C3 [--draft-tokens K (4)]] [--no-cache] [--json] [--threads N]\n"
+               "  [--weights auto|f32|bf16|int8|q4 (auto)]\n");
 }
 
 Options parse(int argc, char** argv) {
@@ -58,6 +61,7 @@ Options parse(int argc, char** argv) {
           .bind("--beams", &o.beams)
           .bind("--amateur", &o.amateur)
           .bind("--alpha", &o.alpha)
+          .bind("--weights", &o.weights)
           .bind("--beta", &o.beta)
           .bind("--draft", &o.draft)
           .bind("--draft-tokens", &o.draft_tokens)
@@ -79,6 +83,8 @@ Options parse(int argc, char** argv) {
   if (o.beams != Options::unset && (!o.amateur.empty() || !o.draft.empty()))
     flags.fail("--beams cannot be combined with --amateur or --draft");
   if (!o.amateur.empty() && !o.draft.empty()) flags.fail("--amateur and --draft cannot be combined");
+  if (o.weights != "auto" && o.weights != "f32" && o.weights != "bf16" && o.weights != "int8" && o.weights != "q4")
+    flags.fail("--weights must be auto, f32, bf16, int8 or q4, got '" + o.weights + "'");
   return o;
 }
 
@@ -124,6 +130,7 @@ int main(int argc, char** argv) {
   if (o.threads > 0) omp_set_num_threads(o.threads);
   try {
     Model model = load_model(o.checkpoint);
+    if (o.weights != "auto") xtr::quantize(model, xtr::parse_weight_format(o.weights));
     const xtr::Index context = model.max_seq_len();
     xtr::require(xtr::Index(o.prompt.size()) <= context, "--prompt has ", o.prompt.size(),
                  " bytes, more than the model's context (max_seq_len ", context, ")");

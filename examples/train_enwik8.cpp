@@ -159,6 +159,7 @@ int main(int argc, char** argv) {
                                      std::to_string(comm.size() * o.batch_size))
                                         .c_str()
                                   : "");
+    if (root) std::printf("decoding weights: %s\n", model.net.decoding().c_str());
 
     long step = 0;
     if (!o.resume.empty()) {

@@ -239,3 +239,148 @@ TEST_CASE("quantised decoding: the fused CPU kernels equal the reference backend
     CHECK(worst <= 1e-4 * std::max(1.0, scale));
   }
 }
+
+TEST_CASE("bfloat16 matrices through the blocked GEMV equal the float GEMV of the bfloat16 values on every path", "[quantized]") {
+  namespace q = cpu::quantized;
+  RandomStream rs{5, 2};
+  for (Index in : {64, 96, 200}) {  // 200: not a whole number of 32-value blocks (the tail)
+    const Index out = 13;
+    std::vector<std::uint16_t> w(std::size_t(out * in));
+    for (std::size_t i = 0; i < w.size(); ++i) w[i] = detail::float_to_bf16_bits(float(rs.normal(i)));
+    q::QuantizedMatrix m;
+    m.bf16 = w.data();
+    m.out = out;
+    m.in = in;
+    for (Index R : {1, 2, 5, 8}) {
+      std::vector<float> x(std::size_t(R * in));
+      for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(rs.fork(R + in).normal(i));
+      for (auto isa : q::compiled_isas()) {
+        std::vector<float> y(std::size_t(R * out), 0.25f);
+        q::gemv(m, x.data(), R, y.data(), out, /*add=*/true, isa);
+        double worst = 0;
+        for (Index r = 0; r < R; ++r)
+          for (Index j = 0; j < out; ++j) {
+            double ref = 0.25, mag = 0;
+            for (Index k = 0; k < in; ++k) {
+              const double p = double(detail::bf16_bits_to_float(w[std::size_t(j * in + k)])) * x[std::size_t(r * in + k)];
+              ref += p;
+              mag += std::fabs(p);
+            }
+            worst = std::max(worst, std::fabs(y[std::size_t(r * out + j)] - ref) / (mag + 1));
+          }
+        INFO("in " << in << " rows " << R << " isa " << q::isa_name(isa));
+        CHECK(worst < 1e-5);
+      }
+    }
+  }
+}
+
+TEST_CASE("automatic decoding weights: bf16 above the last-level cache, f32 below, the environment and quantize() override it", "[quantized][generation]") {
+  CHECK(last_level_cache_bytes() > 0);
+  CHECK(automatic_decode_weights(100 << 20, 64 << 20, nullptr).format == WeightFormat::bf16);
+  CHECK_THAT(automatic_decode_weights(100 << 20, 64 << 20, nullptr).reason,
+             Contains("100.0 MiB of float weights > 64.0 MiB last-level cache"));
+  CHECK(automatic_decode_weights(64 << 20, 64 << 20, nullptr).format == WeightFormat::f32);
+  ::setenv("XTR_TEST_DECODE_WEIGHTS", "q4", 1);
+  CHECK(automatic_decode_weights(1, 64, "XTR_TEST_DECODE_WEIGHTS").format == WeightFormat::q4);
+  ::setenv("XTR_TEST_DECODE_WEIGHTS", "auto", 1);
+  CHECK(automatic_decode_weights(1, 64, "XTR_TEST_DECODE_WEIGHTS").format == WeightFormat::f32);
+  ::setenv("XTR_TEST_DECODE_WEIGHTS", "int4", 1);
+  CHECK_THROWS_WITH(automatic_decode_weights(1, 64, "XTR_TEST_DECODE_WEIGHTS"),
+                    Contains("XTR_TEST_DECODE_WEIGHTS='int4' is not a weight format"));
+  ::unsetenv("XTR_TEST_DECODE_WEIGHTS");
+
+  struct Unset {  // the environment of the other tests stays as it was, whatever fails here
+    ~Unset() { ::unsetenv("XTR_DECODE_WEIGHTS"); }
+  } unset;
+  const auto prompts = testing::random_tokens(2, 4, 40, 21);
+  Model reference{Net{quant_config()}};
+  reference.eval();
+  quantize(reference, WeightFormat::bf16);  // explicit: the same copy the automatic choice makes
+  const auto expected = reference.generate(prompts, 8, {.temperature = 0});
+
+  // a small model stays float by default; the environment makes it bf16 (as a model above the cache would be)
+  Model model{Net{quant_config()}};
+  model.eval();
+  CHECK(model.net.weight_format() == WeightFormat::f32);
+  CHECK_THAT(model.net.decoding(), Contains("f32 (automatic:"));
+  ::setenv("XTR_DECODE_WEIGHTS", "bf16", 1);
+  CHECK(model.net.weight_format() == WeightFormat::bf16);
+  CHECK(model.generate(prompts, 8, {.temperature = 0}).data == expected.data);
+  REQUIRE(model.net.decode_weights() != nullptr);
+  CHECK(model.net.decode_weights()->format == WeightFormat::bf16);
+  CHECK(model.net.decoding() == "bf16 (XTR_DECODE_WEIGHTS=bf16)");
+  // training changes the parameters: the automatic copy is made again (an explicit one would be refused as stale)
+  model.train();
+  auto opt = Adam(model.parameters(), {.lr = 1e-2});
+  auto loss = model(testing::random_tokens(2, 9, 40, 22));
+  loss.backward();
+  opt.step();
+  model.eval();
+  Model trained{Net{model.net.config()}};
+  std::copy_n(model.parameters().values().data(), model.parameters().count(), trained.parameters().values().data());
+  trained.eval();
+  quantize(trained, WeightFormat::bf16);
+  CHECK(model.generate(prompts, 8, {.temperature = 0}).data == trained.generate(prompts, 8, {.temperature = 0}).data);
+  // an explicit choice wins over the environment, until automatic_decode_weights()
+  quantize(model, WeightFormat::f32);
+  CHECK(model.net.weight_format() == WeightFormat::f32);
+  CHECK(model.net.decoding() == "f32 (quantize())");
+  quantize(model, WeightFormat::int8);
+  CHECK(model.net.decoding() == "int8, groups of 32 (quantize())");
+  model.net.automatic_decode_weights();
+  CHECK(model.net.weight_format() == WeightFormat::bf16);
+  ::setenv("XTR_DECODE_WEIGHTS", "fp8", 1);
+  CHECK_THROWS_WITH(model.generate(prompts, 2, {.temperature = 0}), Contains("XTR_DECODE_WEIGHTS='fp8'"));
+  ::unsetenv("XTR_DECODE_WEIGHTS");
+  CHECK(model.net.weight_format() == WeightFormat::f32);
+}
+
+TEST_CASE("the blocked kernel with more rows of x than one pass takes equals the float GEMM, in every format", "[quantized]") {
+  namespace q = cpu::quantized;
+  const Index out = 203, in = 128;  // 203 rows of W: two whole cache blocks and a remainder
+  std::vector<float> w(std::size_t(out * in));
+  RandomStream rs{9, 4};
+  for (std::size_t i = 0; i < w.size(); ++i) w[i] = float(rs.normal(i));
+  ParameterStore<float> store;
+  const auto id = store.add("w", {out, in}, Init::fill(0));
+  store.allocate(0);
+  std::copy(w.begin(), w.end(), store.value(id).data());
+  for (auto format : {WeightFormat::f32, WeightFormat::bf16, WeightFormat::int8, WeightFormat::q4}) {
+    const auto copy = WeightCopy::make(store, format, 32);
+    q::QuantizedMatrix m;
+    m.q8 = format == WeightFormat::int8 ? copy.q8.data() : nullptr;
+    m.q4 = format == WeightFormat::q4 ? copy.q4.data() : nullptr;
+    m.scales = copy.quantized() ? copy.scales.data() : nullptr;
+    m.bf16 = format == WeightFormat::bf16 ? copy.bf16.data() : nullptr;
+    m.f32 = format == WeightFormat::f32 ? w.data() : nullptr;
+    m.out = out;
+    m.in = in;
+    m.group = 32;
+    const auto weight = [&](Index j, Index k) {
+      return format == WeightFormat::f32 ? double(w[std::size_t(j * in + k)]) : copy.value(store, 0, j * in + k);
+    };
+    for (Index R : {9, 17, 32}) {
+      std::vector<float> x(std::size_t(R * in));
+      for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(rs.fork(R).normal(i));
+      for (auto isa : q::compiled_isas()) {
+        const Index ldy = out + 3;  // y rows further apart than out
+        std::vector<float> y(std::size_t(R * ldy), 0.5f);
+        q::gemv(m, x.data(), R, y.data(), ldy, /*add=*/true, isa);
+        double worst = 0;
+        for (Index r = 0; r < R; ++r)
+          for (Index j = 0; j < out; ++j) {
+            double ref = 0.5, mag = 0;
+            for (Index k = 0; k < in; ++k) {
+              const double p = weight(j, k) * x[std::size_t(r * in + k)];
+              ref += p;
+              mag += std::fabs(p);
+            }
+            worst = std::max(worst, std::fabs(y[std::size_t(r * ldy + j)] - ref) / (mag + 1));
+          }
+        INFO(format_name(format) << " rows " << R << " isa " << q::isa_name(isa));
+        CHECK(worst < 1e-5);
+      }
+    }
+  }
+}

@@ -131,7 +131,7 @@ class TransformerWrapper {
         embedding_(other.embedding_), memory_tokens_(other.memory_tokens_), score_bias_(other.score_bias_),
         blocks_(other.blocks_), final_norm_(other.final_norm_), logits_(other.logits_), rotary_(other.rotary_),
         training_(other.training_), dropout_seed_(other.dropout_seed_), forward_count_(other.forward_count_),
-        sequence_offset_(other.sequence_offset_), decode_weights_(other.decode_weights_),
+        sequence_offset_(other.sequence_offset_), decode_weights_(other.decode_weights_), automatic_(other.automatic_),
         stages_(other.stages_) {}  // the copy has no gradient hook
   // Moves keep the arena (its blocks do not move, so saved activations stay valid).
   TransformerWrapper(TransformerWrapper&&) noexcept = default;
@@ -381,24 +381,44 @@ class TransformerWrapper {
   /// Makes KV-cached decoding read the weight matrices in `format` from now on (WeightFormat::f32: the parameters
   /// themselves): a copy made once (core/weight_format.hpp), kept until the next quantize(). int8 and q4 quantise per
   /// `group` values of a row. Training afterwards makes the copy stale, and decoding then refuses it (re-quantize).
+  /// An explicit choice: it overrides the automatic one (below) until automatic_decode_weights() is called.
   void quantize(WeightFormat format, Index group = WeightCopy::kDefaultGroup) {
-    // embedding tables are gathered from (one float row per token), not read by a GEMM, unless tied to the logits
-    std::vector<int> gathered;
-    if (!config_.tie_embedding) gathered.push_back(embedding_.token().index);
-    if (embedding_.position().index >= 0) gathered.push_back(embedding_.position().index);
-    decode_weights_ = format == WeightFormat::f32 ? nullptr
-                                                  : std::make_shared<const WeightCopy>(
-                                                        WeightCopy::make(*params_, format, group, gathered));
+    decode_weights_ = make_copy(format, group);
+    automatic_ = false;
   }
   /// Uses `copy` (loaded with io/quantized.hpp) for decoding; it must belong to these parameters.
   void use_weights(std::shared_ptr<const WeightCopy> copy) {
     require(!copy || !copy->stale(*params_), "the weight copy was not made from this model's parameters");
     decode_weights_ = std::move(copy);
+    automatic_ = false;
+  }
+  /// Back to the default: until quantize() or use_weights(), KV-cached decoding of a Cpu<float> model reads bfloat16
+  /// weights when its float weights exceed the last-level cache and float weights otherwise
+  /// (xtr::automatic_decode_weights, overridden by the environment variable XTR_DECODE_WEIGHTS); the bfloat16 copy is
+  /// made at the first decoding step and again after training changed the parameters.
+  void automatic_decode_weights() {
+    automatic_ = true;
+    decode_weights_ = nullptr;
   }
   /// The decoding copy, or null (float weights).
   [[nodiscard]] const std::shared_ptr<const WeightCopy>& decode_weights() const { return decode_weights_; }
-  /// The format KV-cached decoding reads the weights in.
-  [[nodiscard]] WeightFormat weight_format() const { return decode_weights_ ? decode_weights_->format : WeightFormat::f32; }
+  /// The format KV-cached decoding reads the weights in (the automatic choice included: see decoding()).
+  [[nodiscard]] WeightFormat weight_format() const {
+    if (automatic_) return decode_choice().format;
+    return decode_weights_ ? decode_weights_->format : WeightFormat::f32;
+  }
+  /// The format KV-cached decoding reads and why, e.g. "bf16 (automatic: 300.0 MiB of float weights > 260.0 MiB
+  /// last-level cache)" or "int8, groups of 32 (quantize())": the examples print it with the model.
+  [[nodiscard]] std::string decoding() const {
+    if (automatic_) {
+      const auto choice = decode_choice();
+      return std::string(format_name(choice.format)) + " (" + choice.reason + ")";
+    }
+    if (!decode_weights_) return "f32 (quantize())";
+    std::string text(format_name(decode_weights_->format));
+    if (decode_weights_->quantized()) text += ", groups of " + std::to_string(decode_weights_->group);
+    return text + " (quantize())";
+  }
 
   /// Appends `tokens` (batch, n) to the cached sequence and returns the logits of the last `outputs` new positions
   /// (batch · outputs, V; speculative decoding verifies several). Rotary and position-free stacks slide past
@@ -684,7 +704,26 @@ class TransformerWrapper {
   std::uint64_t dropout_seed_ = config_.seed;
   std::uint64_t forward_count_ = 0;
   Index sequence_offset_ = 0;
-  std::shared_ptr<const WeightCopy> decode_weights_;  // quantize(): what cached decoding reads, or null
+  std::shared_ptr<const WeightCopy> decode_weights_;  // what cached decoding reads, or null (the parameters)
+  bool automatic_ = true;                             // no quantize() / use_weights(): decode_choice() decides
+
+  /// The automatic choice for these parameters: float unless a Cpu<float> model's weights exceed the cache.
+  [[nodiscard]] DecodeWeightsChoice decode_choice() const {
+    const std::int64_t bytes = std::int64_t(params_->count()) * std::int64_t(sizeof(T));
+    if constexpr (std::is_same_v<Backend, Cpu<float>>) {
+      return xtr::automatic_decode_weights(bytes);
+    } else {
+      return {WeightFormat::f32, std::string("automatic: float for ") + std::string(Backend::name)};
+    }
+  }
+  [[nodiscard]] std::shared_ptr<const WeightCopy> make_copy(WeightFormat format, Index group) const {
+    if (format == WeightFormat::f32) return nullptr;
+    // embedding tables are gathered from (one float row per token), not read by a GEMM, unless tied to the logits
+    std::vector<int> gathered;
+    if (!config_.tie_embedding) gathered.push_back(embedding_.token().index);
+    if (embedding_.position().index >= 0) gathered.push_back(embedding_.position().index);
+    return std::make_shared<const WeightCopy>(WeightCopy::make(*params_, format, group, gathered));
+  }
   /// The store ranges each backward stage finishes: [begin, end) of the embeddings (and memory tokens), of each
   /// block, of the final norm, of the score-bias table, of the logits.
   struct StorageRange {
@@ -925,11 +964,17 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
   pass.length = rows;
   pass.position = cache.position;
   pass.bf16 = cache.bf16_weights.empty() ? nullptr : cache.bf16_weights.data();
-  if (!pass.bf16 && decode_weights_) {
+  if (!pass.bf16 && automatic_) {  // made at the first step, again after the parameters changed
+    const WeightFormat format = decode_choice().format;
+    if (format == WeightFormat::f32)
+      decode_weights_ = nullptr;
+    else if (!decode_weights_ || decode_weights_->format != format || decode_weights_->stale(*params_))
+      decode_weights_ = make_copy(format, WeightCopy::kDefaultGroup);
+  } else if (!pass.bf16 && decode_weights_) {
     require(!decode_weights_->stale(*params_), "the ", format_name(decode_weights_->format),
             " weight copy is stale: the parameters changed since quantize(); call quantize() again");
-    pass.copy = decode_weights_.get();
   }
+  if (!pass.bf16) pass.copy = decode_weights_.get();
   auto* ids = arena_.allocate<std::int32_t>(B * n);
   std::copy_n(tokens.data, B * n, ids);
   View<T> xe = pass.allocate(B * n, D);

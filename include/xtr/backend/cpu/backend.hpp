@@ -68,30 +68,44 @@ void with_maps(F&& f, Views... views) {
   }
 }
 
+/// Rows of x up to which a GEMM runs as the blocked kernel of backend/cpu/quantized.hpp — the matrix read once,
+/// dequantised or widened in registers, 8 rows of x per pass over a cached block of it — rather than a packed GEMM
+/// (Eigen packs the whole matrix on every call, which costs as much as the arithmetic at these sizes). Measured on
+/// the enwik8 shapes (bench/RESULTS.md): the blocked kernel is ahead up to 32 rows, Eigen from 64.
+inline constexpr Index kFewRows = 32;
+
 /// y (+)= x Wᵀ from the float weights, their bfloat16 copy or their quantised copy.
 template <class T>
 void gemm_forward(View<const T> x, const ops::Weights<T>& w, View<T> y, bool accumulate, Arena& arena) {
   const Index out = w.w.rows, in = w.w.cols;
-  if (w.quantized()) {
-    const quantized::QuantizedMatrix m{w.q8, w.q4, w.scales, out, in, w.group};
-    if constexpr (std::is_same_v<T, float>) {
-      if (x.rows <= 8) {  // decoding: dequantize inside the dot products
-        const float* rows = x.data;
-        if (!x.contiguous()) {
-          float* packed = arena.allocate<float>(x.rows * x.cols);
-          for (Index r = 0; r < x.rows; ++r) std::copy_n(x.row(r), x.cols, packed + r * x.cols);
-          rows = packed;
-        }
-        quantized::gemv(m, rows, x.rows, y.data, y.ld, accumulate);
-        return;
+  if constexpr (std::is_same_v<T, float>) {
+    // decoding and short prompts; bfloat16 and float only on AVX-512 (elsewhere the code below is faster)
+    const bool wide = quantized::best_isa() == quantized::Isa::avx512;
+    if (x.rows <= kFewRows && (w.quantized() || (wide && (w.bf16 || w.w.contiguous())))) {
+      quantized::QuantizedMatrix m{w.q8, w.q4, w.scales, out, in, w.group};
+      if (w.bf16 && !w.quantized()) m.bf16 = w.bf16;
+      if (!w.bf16 && !w.quantized()) m.f32 = w.w.data;
+      const float* rows = x.data;
+      if (!x.contiguous()) {
+        float* packed = arena.allocate<float>(x.rows * x.cols);
+        for (Index r = 0; r < x.rows; ++r) std::copy_n(x.row(r), x.cols, packed + r * x.cols);
+        rows = packed;
       }
+      quantized::gemv(m, rows, x.rows, y.data, y.ld, accumulate);
+      return;
     }
-    // a prefill (or double): widen the matrix once into the arena, then one GEMM
+  }
+  if (w.quantized()) {  // a long prefill (or double): widen the matrix once into the arena, then one GEMM
+    const quantized::QuantizedMatrix m{w.q8, w.q4, w.scales, out, in, w.group};
     T* wide = arena.allocate<T>(out * in);
-    float* row = arena.allocate<float>(in);
-    for (Index j = 0; j < out; ++j) {
-      quantized::widen_row(m, j, row);
-      std::copy(row, row + in, wide + j * in);
+    if constexpr (std::is_same_v<T, float>) {
+      quantized::widen_rows(m, 0, out, wide);
+    } else {
+      float* row = arena.allocate<float>(in);
+      for (Index j = 0; j < out; ++j) {
+        quantized::widen_rows(m, j, j + 1, row);
+        std::copy(row, row + in, wide + j * in);
+      }
     }
     linear_forward<T>(map(x), map(View<const T>(wide, out, in)), map(y), accumulate);
     return;
