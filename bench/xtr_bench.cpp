@@ -3,6 +3,8 @@
 //   xtr_bench --bench train_step|generate_kv|gemm|bandwidth [--config small|enwik8] [--threads N] [--steps N]
 //             [--weights f32|bf16|int8|q4|auto]   (generate_kv: decode from the model's copy in that format, with the
 //             weight bytes per token and their fraction of the measured DRAM bandwidth) [--bf16-weights] (per call)
+//   xtr_bench --bench decode_batch [--config small|enwik8] [--weights …]   batch 1/8/32: prefill and decoding step
+//             times with their GEMM FLOP rates
 //   xtr_bench --bench quality --checkpoint F [--data D]   bpc and greedy agreement of f32, bf16, int8 and q4 weights
 //             on a train_enwik8 checkpoint of the config's sizes (held-out windows of D, default enwik8-4M.gz)
 //   xtr_bench --bench seq2seq_train|seq2seq_generate [--config copy|copy_b32]   (tools/bench_peer_seq2seq.py's
@@ -146,6 +148,38 @@ void generate_kv(const BenchConfig& c, int repeats, bool bf16, const std::string
       "\"weight_mb_per_token\": %.2f, \"gb_per_s\": %.1f, \"triad_gb_per_s\": %.1f, \"dram_fraction\": %.2f}\n",
       c.name, omp_get_max_threads(), 256, name.c_str(), 256 / tokens_per_s, tokens_per_s, bytes / 1e6,
       bytes * tokens_per_s / 1e9, bandwidth, bytes * tokens_per_s / 1e9 / bandwidth);
+}
+
+// Batched decoding and prefill: for batch 1, 8 and 32 (16-token prompts), the prefill (generate(prompt, 1)) and one
+// decoding step ((generate(prompt, 65) − prefill) / 64), best of `repeats`, with the GEMM FLOPs of each (2 · the GEMM
+// weights per row: every parameter but the gathered token embedding) per second of the whole prefill or step.
+void decode_batch(const BenchConfig& c, int repeats, const std::string& weights) {
+  auto model = make(c);
+  model.eval();
+  if (weights != "auto") xtr::quantize(model, xtr::parse_weight_format(weights));
+  const double gemm_weights = double(model.parameters().count() - 256 * c.dim);
+  for (xtr::Index B : {1, 8, 32}) {
+    xtr::TokenBatch prompt(B, 16);
+    xtr::RandomStream rs{0, 3};
+    for (std::size_t i = 0; i < prompt.data.size(); ++i) prompt.data[i] = std::int32_t(rs.below(i, 256));
+    (void)model.generate(prompt, 4, {});
+    double best = 1e30, best_prefill = 1e30;
+    for (int r = 0; r < repeats; ++r) {
+      auto t = Clock::now();
+      (void)model.generate(prompt, 1, {.seed = std::uint64_t(r)});
+      best_prefill = std::min(best_prefill, seconds_since(t));
+      t = Clock::now();
+      (void)model.generate(prompt, 65, {.seed = std::uint64_t(r)});
+      best = std::min(best, seconds_since(t));
+    }
+    const double step = (best - best_prefill) / 64;
+    std::printf("{\"impl\": \"xtr\", \"bench\": \"decode_batch\", \"config\": \"%s\", \"threads\": %d, "
+                "\"weights\": \"%s\", \"batch\": %ld, \"prefill_rows\": %ld, \"prefill_ms\": %.2f, "
+                "\"prefill_gflop_per_s\": %.1f, \"step_ms\": %.3f, \"tokens_per_s\": %.0f, \"step_gflop_per_s\": %.1f}\n",
+                c.name, omp_get_max_threads(), std::string(xtr::format_name(model.net.weight_format())).c_str(), long(B), long(B * 16),
+                best_prefill * 1e3, 2 * gemm_weights * double(B * 16) / best_prefill * 1e-9, step * 1e3,
+                double(B) / step, 2 * gemm_weights * double(B) / step * 1e-9);
+  }
 }
 
 // Beam search as the peer times it (tools/bench_peer_generation.py): batch 1, 16-token prompt, 64 new tokens, 4 beams,
@@ -463,7 +497,7 @@ int main(int argc, char** argv) {
     else if (arg == "--draft-depth") draft_depth = std::stol(value());
     else {
       std::fprintf(stderr,
-                   "usage: xtr_bench --bench train_step|generate_kv|gemm|bandwidth [--config small|enwik8] "
+                   "usage: xtr_bench --bench train_step|generate_kv|decode_batch|gemm|bandwidth [--config small|enwik8] "
                    "[--threads N] [--steps N] [--weights f32|bf16|int8|q4|auto] [--bf16-weights]\n"
                    "       xtr_bench --bench quality --checkpoint F [--data D] [--config small|enwik8] [--steps WINDOWS]\n"
                    "       xtr_bench --bench seq2seq_train|seq2seq_generate [--config copy|copy_b32]\n"
@@ -499,6 +533,7 @@ int main(int argc, char** argv) {
   try {
     if (bench == "train_step") train_step(*c, steps > 0 ? steps : (config == "small" ? 5 : 2));
     else if (bench == "generate_kv") generate_kv(*c, steps > 0 ? steps : 3, bf16, weights);
+    else if (bench == "decode_batch") decode_batch(*c, steps > 0 ? steps : 3, weights);
     else if (bench == "option_cost") option_cost(*c, steps > 0 ? steps : 3, only);
     else if (bench == "beam_search") beam_search(*c, steps > 0 ? steps : 3);
     else if (bench == "speculative") speculative(*c, steps > 0 ? steps : 3, draft_depth);
@@ -507,7 +542,7 @@ int main(int argc, char** argv) {
     else if (bench == "bandwidth") bandwidth(steps > 0 ? steps : 5);
     else {
       std::fprintf(stderr,
-                   "xtr_bench: unknown --bench '%s' (train_step, generate_kv, gemm, bandwidth, seq2seq_train, "
+                   "xtr_bench: unknown --bench '%s' (train_step, generate_kv, decode_batch, gemm, bandwidth, seq2seq_train, "
                    "seq2seq_generate, option_cost, beam_search, speculative)\n",
                    bench.c_str());
       return 2;
