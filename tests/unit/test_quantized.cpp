@@ -1,7 +1,9 @@
 // Decoding from quantised weights (core/weight_format.hpp, backend/cpu/quantized.hpp, io/quantized.hpp): error bounds
 // of each format, every compiled ISA path of the quantised GEMV against the float GEMV of the dequantised matrix,
 // cached decoding with quantised weights against full recomputation with the dequantised weights, save → load, and
-// the errors for shapes that do not split into groups and for files whose scales have the wrong shape.
+// the errors for shapes that do not split into groups and for files whose scales have the wrong shape; the same blocked
+// kernel for bf16 and float matrices and for more rows of x than one pass takes; the automatic choice of bf16 above
+// the last-level cache and what overrides it.
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
