@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -37,9 +38,14 @@ enum class WeightFormat { f32, bf16, int8, q4 };
   }
   return "?";
 }
-[[nodiscard]] inline WeightFormat parse_weight_format(std::string_view text) {
+/// The format named `text`, or nullopt.
+[[nodiscard]] inline std::optional<WeightFormat> find_weight_format(std::string_view text) {
   for (auto f : {WeightFormat::f32, WeightFormat::bf16, WeightFormat::int8, WeightFormat::q4})
     if (format_name(f) == text) return f;
+  return std::nullopt;
+}
+[[nodiscard]] inline WeightFormat parse_weight_format(std::string_view text) {
+  if (const auto f = find_weight_format(text)) return *f;
   throw Error(detail::cat("xtr: unknown weight format '", text, "' (f32, bf16, int8, q4)"));
 }
 /// Bytes per weight read while decoding (scales included).
@@ -84,29 +90,32 @@ struct DecodeWeightsChoice {
   WeightFormat format = WeightFormat::f32;
   std::string reason;
 };
+/// The format alone (each decoding step asks; nothing is allocated unless the override is not a format).
+[[nodiscard]] inline WeightFormat automatic_decode_format(std::int64_t weight_bytes,
+                                                          std::int64_t cache_bytes = last_level_cache_bytes(),
+                                                          const char* override_env = "XTR_DECODE_WEIGHTS") {
+  const char* env = override_env ? std::getenv(override_env) : nullptr;
+  if (env && *env && std::string_view(env) != "auto") {
+    if (const auto f = find_weight_format(env)) return *f;
+    throw Error(detail::cat("xtr: ", override_env, "='", env, "' is not a weight format (auto, f32, bf16, int8, q4)"));
+  }
+  return weight_bytes > cache_bytes ? WeightFormat::bf16 : WeightFormat::f32;
+}
+/// The format and why (what TransformerWrapper::decoding() prints).
 [[nodiscard]] inline DecodeWeightsChoice automatic_decode_weights(std::int64_t weight_bytes,
                                                                   std::int64_t cache_bytes = last_level_cache_bytes(),
                                                                   const char* override_env = "XTR_DECODE_WEIGHTS") {
+  const WeightFormat f = automatic_decode_format(weight_bytes, cache_bytes, override_env);
   const char* env = override_env ? std::getenv(override_env) : nullptr;
+  if (env && *env && std::string_view(env) != "auto") return {f, detail::cat(override_env, "=", env)};
   const auto mib = [](std::int64_t b) {
     char text[32];
     std::snprintf(text, sizeof text, "%.1f MiB", double(b) / double(1 << 20));
     return std::string(text);
   };
-  if (env && *env && std::string_view(env) != "auto") {
-    WeightFormat f;
-    try {
-      f = parse_weight_format(env);
-    } catch (const Error&) {
-      throw Error(detail::cat("xtr: ", override_env, "='", env, "' is not a weight format (auto, f32, bf16, int8, q4)"));
-    }
-    return {f, detail::cat(override_env, "=", env)};
-  }
-  if (weight_bytes > cache_bytes)
-    return {WeightFormat::bf16, detail::cat("automatic: ", mib(weight_bytes), " of float weights > ", mib(cache_bytes),
-                                            " last-level cache")};
-  return {WeightFormat::f32, detail::cat("automatic: ", mib(weight_bytes), " of float weights <= ", mib(cache_bytes),
-                                         " last-level cache")};
+  return {f, detail::cat("automatic: ", mib(weight_bytes), f == WeightFormat::bf16 ? " of float weights > "
+                                                                                   : " of float weights <= ",
+                         mib(cache_bytes), " last-level cache")};
 }
 
 namespace detail {

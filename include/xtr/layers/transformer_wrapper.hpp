@@ -404,7 +404,7 @@ class TransformerWrapper {
   [[nodiscard]] const std::shared_ptr<const WeightCopy>& decode_weights() const { return decode_weights_; }
   /// The format KV-cached decoding reads the weights in (the automatic choice included: see decoding()).
   [[nodiscard]] WeightFormat weight_format() const {
-    if (automatic_) return decode_choice().format;
+    if (automatic_) return decode_format();
     return decode_weights_ ? decode_weights_->format : WeightFormat::f32;
   }
   /// The format KV-cached decoding reads and why, e.g. "bf16 (automatic: 300.0 MiB of float weights > 260.0 MiB
@@ -708,13 +708,14 @@ class TransformerWrapper {
   bool automatic_ = true;                             // no quantize() / use_weights(): decode_choice() decides
 
   /// The automatic choice for these parameters: float unless a Cpu<float> model's weights exceed the cache.
+  [[nodiscard]] std::int64_t float_weight_bytes() const { return std::int64_t(params_->count()) * std::int64_t(sizeof(T)); }
+  [[nodiscard]] WeightFormat decode_format() const {
+    if constexpr (std::is_same_v<Backend, Cpu<float>>) return xtr::automatic_decode_format(float_weight_bytes());
+    return WeightFormat::f32;
+  }
   [[nodiscard]] DecodeWeightsChoice decode_choice() const {
-    const std::int64_t bytes = std::int64_t(params_->count()) * std::int64_t(sizeof(T));
-    if constexpr (std::is_same_v<Backend, Cpu<float>>) {
-      return xtr::automatic_decode_weights(bytes);
-    } else {
-      return {WeightFormat::f32, std::string("automatic: float for ") + std::string(Backend::name)};
-    }
+    if constexpr (std::is_same_v<Backend, Cpu<float>>) return xtr::automatic_decode_weights(float_weight_bytes());
+    return {WeightFormat::f32, std::string("automatic: float for ") + std::string(Backend::name)};
   }
   [[nodiscard]] std::shared_ptr<const WeightCopy> make_copy(WeightFormat format, Index group) const {
     if (format == WeightFormat::f32) return nullptr;
@@ -965,7 +966,7 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
   pass.position = cache.position;
   pass.bf16 = cache.bf16_weights.empty() ? nullptr : cache.bf16_weights.data();
   if (!pass.bf16 && automatic_) {  // made at the first step, again after the parameters changed
-    const WeightFormat format = decode_choice().format;
+    const WeightFormat format = decode_format();
     if (format == WeightFormat::f32)
       decode_weights_ = nullptr;
     else if (!decode_weights_ || decode_weights_->format != format || decode_weights_->stale(*params_))

@@ -8,10 +8,10 @@
 #include <Eigen/Core>
 
 #include <cstdint>
-#include <cstring>
 
 #include "xtr/backend/cpu/parallel.hpp"
 #include "xtr/core/tensor.hpp"
+#include "xtr/core/weight_format.hpp"
 
 namespace xtr::cpu {
 
@@ -56,19 +56,10 @@ void bias_backward(const DY& dy, DB&& db, T alpha) {
   db += alpha * dy.colwise().sum();
 }
 
-/// bfloat16 ↔ float: a bfloat16 is the upper 16 bits of a float (rounded to nearest even on the way down).
-inline float bf16_to_float(std::uint16_t h) {
-  const std::uint32_t bits = std::uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-inline std::uint16_t float_to_bf16(float f) {
-  std::uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  if ((bits & 0x7F800000u) == 0x7F800000u && (bits & 0x7FFFFFu)) return std::uint16_t((bits >> 16) | 0x40);  // NaN
-  return std::uint16_t((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
-}
+/// bfloat16 ↔ float: a bfloat16 is the upper 16 bits of a float (rounded to nearest even on the way down;
+/// core/weight_format.hpp holds the conversions).
+inline float bf16_to_float(std::uint16_t h) { return xtr::detail::bf16_bits_to_float(h); }
+inline std::uint16_t float_to_bf16(float f) { return xtr::detail::float_to_bf16_bits(f); }
 
 /// Y (+)= X Wᵀ with W (out, in) stored as bfloat16 (decoding: half the bytes per token). A few rows: each thread
 /// streams its share of W's rows once, widening to float in registers and accumulating in float.

@@ -6,7 +6,6 @@
 // the scalar one.
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -16,6 +15,7 @@
 #include "xtr/backend/cpu/parallel.hpp"
 #include "xtr/core/error.hpp"
 #include "xtr/core/tensor.hpp"
+#include "xtr/core/weight_format.hpp"
 
 namespace xtr::cpu::quantized {
 
@@ -48,17 +48,10 @@ struct QuantizedMatrix {
 
 namespace detail {
 
-inline float detail_bf16(std::uint16_t h) {
-  const std::uint32_t bits = std::uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-
 /// Group g of row j, value k: w = scale · q (bfloat16: the value).
 inline float value(const QuantizedMatrix& m, Index j, Index k) {
   if (m.f32) return m.f32[j * m.in + k];
-  if (m.bf16) return detail_bf16(m.bf16[j * m.in + k]);
+  if (m.bf16) return xtr::detail::bf16_bits_to_float(m.bf16[j * m.in + k]);
   const float s = m.scales[j * (m.in / m.group) + k / m.group];
   if (m.q8) return s * float(m.q8[j * m.in + k]);
   const Index g = k / m.group, r = k % m.group, half = m.group / 2;
@@ -111,16 +104,14 @@ enum class Packed { q8, q4, bf16, f32 };
 
 template <int J, int R, Packed P>
 void block_avx512(const QuantizedMatrix& m, const float* x, float* y, Index ldy, bool add, Index j0) {
-  constexpr bool scaled = P != Packed::bf16;
-  const Index group = scaled ? m.group : 32, G = m.in / group, in = m.in, half = group / 2;
+  static_assert(P == Packed::q8 || P == Packed::q4, "block_avx512 reads scaled formats; dense_avx512 the others");
+  const Index G = m.in / m.group, in = m.in, half = m.group / 2;
   const __m512 table = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
-  const float* scales[J];
-  for (int j = 0; j < J; ++j) scales[j] = scaled ? m.scales + (j0 + j) * G : nullptr;
   __m512 acc[J][R];
   for (int j = 0; j < J; ++j)
     for (int r = 0; r < R; ++r) acc[j][r] = _mm512_setzero_ps();
   for (Index g = 0; g < G; ++g) {
-    const Index base = g * group;
+    const Index base = g * m.group;
     __m512 t[J][R];
     for (Index k = 0; k < half; k += 16) {  // values k … k+15 and half + k … half + k + 15 of the group
       __m512 x0[R], x1[R];
@@ -136,36 +127,23 @@ void block_avx512(const QuantizedMatrix& m, const float* x, float* y, Index ldy,
           const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m.q4 + (row + base) / 2 + k)));
           w0 = _mm512_permutexvar_ps(v, table);
           w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), table);
-        } else if constexpr (P == Packed::q8) {
+        } else {
           const std::int8_t* q = m.q8 + row + base + k;
           w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
           w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + half))));
-        } else {  // bfloat16: the upper half of a float
-          const std::uint16_t* q = m.bf16 + row + base + k;
-          w0 = _mm512_castsi512_ps(_mm512_slli_epi32(
-              _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q))), 16));
-          w1 = _mm512_castsi512_ps(_mm512_slli_epi32(
-              _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + half))), 16));
         }
-        for (int r = 0; r < R; ++r) {
-          if constexpr (scaled) {
-            t[j][r] = _mm512_fmadd_ps(w1, x1[r], k == 0 ? _mm512_mul_ps(w0, x0[r]) : _mm512_fmadd_ps(w0, x0[r], t[j][r]));
-          } else {
-            acc[j][r] = _mm512_fmadd_ps(w1, x1[r], _mm512_fmadd_ps(w0, x0[r], acc[j][r]));
-          }
-        }
+        for (int r = 0; r < R; ++r)
+          t[j][r] = _mm512_fmadd_ps(w1, x1[r], k == 0 ? _mm512_mul_ps(w0, x0[r]) : _mm512_fmadd_ps(w0, x0[r], t[j][r]));
       }
     }
-    if constexpr (scaled)
-      for (int j = 0; j < J; ++j)
-        for (int r = 0; r < R; ++r) acc[j][r] = _mm512_fmadd_ps(t[j][r], _mm512_set1_ps(scales[j][g]), acc[j][r]);
+    for (int j = 0; j < J; ++j) {
+      const __m512 s = _mm512_set1_ps(m.scales[(j0 + j) * G + g]);
+      for (int r = 0; r < R; ++r) acc[j][r] = _mm512_fmadd_ps(t[j][r], s, acc[j][r]);
+    }
   }
   for (int j = 0; j < J; ++j)
     for (int r = 0; r < R; ++r) {
-      float v = _mm512_reduce_add_ps(acc[j][r]);
-      if constexpr (!scaled)  // a row that is not a whole number of 32-value blocks: its tail
-        for (Index i = G * group; i < in; ++i)
-          v += detail_bf16(m.bf16[(j0 + j) * in + i]) * x[r * in + i];
+      const float v = _mm512_reduce_add_ps(acc[j][r]);
       float& out = y[r * ldy + j0 + j];
       out = add ? out + v : v;
     }
@@ -201,7 +179,7 @@ void dense_avx512(const QuantizedMatrix& m, const float* x, float* y, Index ldy,
       float v = _mm512_reduce_add_ps(acc[j][r]);
       for (Index i = steps * 16; i < in; ++i) {
         const Index at = (j0 + j) * in + i;
-        v += (P == Packed::f32 ? m.f32[at] : detail_bf16(m.bf16[at])) * x[r * in + i];
+        v += (P == Packed::f32 ? m.f32[at] : xtr::detail::bf16_bits_to_float(m.bf16[at])) * x[r * in + i];
       }
       float& out = y[r * ldy + j0 + j];
       out = add ? out + v : v;

@@ -15,6 +15,7 @@
 #include "xtr/backend/epilogue.hpp"
 #include "xtr/backend/ops.hpp"
 #include "xtr/core/arena.hpp"
+#include "xtr/core/weight_format.hpp"
 #include "xtr/policies/concepts.hpp"
 
 namespace xtr {
@@ -61,12 +62,7 @@ struct Activation<void> {
   static double derivative(double) { return 1; }
 };
 
-inline double bf16_to_double(std::uint16_t h) {
-  const std::uint32_t bits = std::uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
+inline double bf16_to_double(std::uint16_t h) { return xtr::detail::bf16_bits_to_float(h); }
 
 /// W(o, i), from the float weights, their bfloat16 copy or their quantised copy (scale · q of core/weight_format.hpp).
 template <class T>
