@@ -3,6 +3,7 @@
 //   xtr_bench --bench train_step|generate_kv|gemm|bandwidth [--config small|enwik8] [--threads N] [--steps N]
 //             [--weights f32|bf16|int8|q4|auto]   (generate_kv: decode from the model's copy in that format, with the
 //             weight bytes per token and their fraction of the measured DRAM bandwidth) [--bf16-weights] (per call)
+//             [--activations auto|f32|int8]   (int8 / q4 weights: what they multiply; auto: int8 on AVX512-VNNI builds)
 //   xtr_bench --bench decode_batch [--config small|enwik8] [--weights …]   batch 1/8/32: prefill and decoding step
 //             times with their GEMM FLOP rates
 //   xtr_bench --bench quality --checkpoint F [--data D]   bpc and greedy agreement of f32, bf16, int8 and q4 weights
@@ -133,9 +134,12 @@ double weight_bytes_per_token(const Net& net) {
   return bytes;
 }
 
-void generate_kv(const BenchConfig& c, int repeats, bool bf16, const std::string& weights) {
+void generate_kv(const BenchConfig& c, int repeats, bool bf16, const std::string& weights,
+                 xtr::ActivationFormat activations) {
   auto model = make(c);
-  if (weights != "auto") xtr::quantize(model, xtr::parse_weight_format(weights));  // auto: the model's default
+  if (weights != "auto") xtr::quantize(model, xtr::parse_weight_format(weights), 32, activations);  // auto: the default
+  const std::string acts(xtr::activation_name(model.net.decode_weights() ? model.net.decode_weights()->activations
+                                                                         : xtr::ActivationFormat::f32));
   const double tokens_per_s = time_generate(model, repeats, bf16);
   const std::string name = bf16      ? "bf16-per-call"
                            : weights == "auto" ? "auto-" + std::string(xtr::format_name(model.net.weight_format()))
@@ -144,19 +148,21 @@ void generate_kv(const BenchConfig& c, int repeats, bool bf16, const std::string
   const double bandwidth = triad_gb_per_s();
   std::printf(
       "{\"impl\": \"xtr\", \"bench\": \"generate_kv\", \"config\": \"%s\", \"threads\": %d, \"batch\": 1, "
-      "\"new_tokens\": %d, \"weights\": \"%s\", \"best_s\": %.4f, \"tokens_per_s\": %.1f, "
+      "\"new_tokens\": %d, \"weights\": \"%s\", \"activations\": \"%s\", \"best_s\": %.4f, \"tokens_per_s\": %.1f, "
       "\"weight_mb_per_token\": %.2f, \"gb_per_s\": %.1f, \"triad_gb_per_s\": %.1f, \"dram_fraction\": %.2f}\n",
-      c.name, omp_get_max_threads(), 256, name.c_str(), 256 / tokens_per_s, tokens_per_s, bytes / 1e6,
+      c.name, omp_get_max_threads(), 256, name.c_str(), acts.c_str(), 256 / tokens_per_s, tokens_per_s, bytes / 1e6,
       bytes * tokens_per_s / 1e9, bandwidth, bytes * tokens_per_s / 1e9 / bandwidth);
 }
 
 // Batched decoding and prefill: for batch 1, 8 and 32 (16-token prompts), the prefill (generate(prompt, 1)) and one
 // decoding step ((generate(prompt, 65) − prefill) / 64), best of `repeats`, with the GEMM FLOPs of each (2 · the GEMM
 // weights per row: every parameter but the gathered token embedding) per second of the whole prefill or step.
-void decode_batch(const BenchConfig& c, int repeats, const std::string& weights) {
+void decode_batch(const BenchConfig& c, int repeats, const std::string& weights, xtr::ActivationFormat activations) {
   auto model = make(c);
   model.eval();
-  if (weights != "auto") xtr::quantize(model, xtr::parse_weight_format(weights));
+  if (weights != "auto") xtr::quantize(model, xtr::parse_weight_format(weights), 32, activations);
+  const std::string acts(xtr::activation_name(model.net.decode_weights() ? model.net.decode_weights()->activations
+                                                                         : xtr::ActivationFormat::f32));
   const double gemm_weights = double(model.parameters().count() - 256 * c.dim);
   for (xtr::Index B : {1, 8, 32}) {
     xtr::TokenBatch prompt(B, 16);
@@ -174,9 +180,10 @@ void decode_batch(const BenchConfig& c, int repeats, const std::string& weights)
     }
     const double step = (best - best_prefill) / 64;
     std::printf("{\"impl\": \"xtr\", \"bench\": \"decode_batch\", \"config\": \"%s\", \"threads\": %d, "
-                "\"weights\": \"%s\", \"batch\": %ld, \"prefill_rows\": %ld, \"prefill_ms\": %.2f, "
+                "\"weights\": \"%s\", \"activations\": \"%s\", \"batch\": %ld, \"prefill_rows\": %ld, \"prefill_ms\": %.2f, "
                 "\"prefill_gflop_per_s\": %.1f, \"step_ms\": %.3f, \"tokens_per_s\": %.0f, \"step_gflop_per_s\": %.1f}\n",
-                c.name, omp_get_max_threads(), std::string(xtr::format_name(model.net.weight_format())).c_str(), long(B), long(B * 16),
+                c.name, omp_get_max_threads(), std::string(xtr::format_name(model.net.weight_format())).c_str(), acts.c_str(),
+                long(B), long(B * 16),
                 best_prefill * 1e3, 2 * gemm_weights * double(B * 16) / best_prefill * 1e-9, step * 1e3,
                 double(B) / step, 2 * gemm_weights * double(B) / step * 1e-9);
   }
@@ -406,8 +413,12 @@ void quality(const BenchConfig& c, const std::string& checkpoint, const std::str
   std::vector<std::int32_t> text(prompt.data);
   text.insert(text.end(), greedy.data.begin(), greedy.data.end());
   double f32_bpc = 0;
-  for (auto format : {xtr::WeightFormat::f32, xtr::WeightFormat::bf16, xtr::WeightFormat::int8, xtr::WeightFormat::q4}) {
-    xtr::quantize(model, format);
+  using A = xtr::ActivationFormat;
+  const std::pair<xtr::WeightFormat, A> variants[] = {
+      {xtr::WeightFormat::f32, A::f32}, {xtr::WeightFormat::bf16, A::f32}, {xtr::WeightFormat::int8, A::f32},
+      {xtr::WeightFormat::int8, A::int8}, {xtr::WeightFormat::q4, A::f32}, {xtr::WeightFormat::q4, A::int8}};
+  for (const auto& [format, activations] : variants) {
+    xtr::quantize(model, format, 32, activations);
     double nll = 0, count = 0;
     for (const auto& batch : batches) {
       xtr::TokenBatch input(B, L);
@@ -433,9 +444,11 @@ void quality(const BenchConfig& c, const std::string& checkpoint, const std::str
       agree += std::max_element(logits, logits + V) - logits == text[len];
     }
     std::printf("{\"impl\": \"xtr\", \"bench\": \"quality\", \"config\": \"%s\", \"weights\": \"%s\", "
+                "\"activations\": \"%s\", "
                 "\"windows\": %ld, \"bpc\": %.4f, \"bpc_delta\": %.4f, \"greedy_agreement\": %.4f, "
                 "\"tokens_compared\": %ld}\n",
-                c.name, std::string(xtr::format_name(format)).c_str(), long(batches.size() * B), bpc, bpc - f32_bpc,
+                c.name, std::string(xtr::format_name(format)).c_str(),
+                std::string(xtr::activation_name(activations)).c_str(), long(batches.size() * B), bpc, bpc - f32_bpc,
                 double(agree) / double(text.size() - 128), long(text.size() - 128));
     std::fflush(stdout);
   }
@@ -474,7 +487,7 @@ int main(int argc, char** argv) {
   std::string bench = "train_step", config = "small", only;
   int steps = -1;
   bool bf16 = false;
-  std::string weights = "f32", checkpoint, data = "../shared/data/enwik8-4M.gz";
+  std::string weights = "f32", activations = "auto", checkpoint, data = "../shared/data/enwik8-4M.gz";
   long draft_depth = 1;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -491,6 +504,7 @@ int main(int argc, char** argv) {
     else if (arg == "--steps") steps = std::stoi(value());
     else if (arg == "--bf16-weights") bf16 = true;
     else if (arg == "--weights") weights = value();
+    else if (arg == "--activations") activations = value();
     else if (arg == "--checkpoint") checkpoint = value();
     else if (arg == "--data") data = value();
     else if (arg == "--only") only = value();
@@ -498,7 +512,7 @@ int main(int argc, char** argv) {
     else {
       std::fprintf(stderr,
                    "usage: xtr_bench --bench train_step|generate_kv|decode_batch|gemm|bandwidth [--config small|enwik8] "
-                   "[--threads N] [--steps N] [--weights f32|bf16|int8|q4|auto] [--bf16-weights]\n"
+                   "[--threads N] [--steps N] [--weights f32|bf16|int8|q4|auto] [--activations auto|f32|int8] [--bf16-weights]\n"
                    "       xtr_bench --bench quality --checkpoint F [--data D] [--config small|enwik8] [--steps WINDOWS]\n"
                    "       xtr_bench --bench seq2seq_train|seq2seq_generate [--config copy|copy_b32]\n"
                    "       xtr_bench --bench option_cost [--config small|enwik8] [--steps N] [--only OPTION]\n"
@@ -532,8 +546,8 @@ int main(int argc, char** argv) {
   }
   try {
     if (bench == "train_step") train_step(*c, steps > 0 ? steps : (config == "small" ? 5 : 2));
-    else if (bench == "generate_kv") generate_kv(*c, steps > 0 ? steps : 3, bf16, weights);
-    else if (bench == "decode_batch") decode_batch(*c, steps > 0 ? steps : 3, weights);
+    else if (bench == "generate_kv") generate_kv(*c, steps > 0 ? steps : 3, bf16, weights, xtr::parse_activation_format(activations));
+    else if (bench == "decode_batch") decode_batch(*c, steps > 0 ? steps : 3, weights, xtr::parse_activation_format(activations));
     else if (bench == "option_cost") option_cost(*c, steps > 0 ? steps : 3, only);
     else if (bench == "beam_search") beam_search(*c, steps > 0 ? steps : 3);
     else if (bench == "speculative") speculative(*c, steps > 0 ? steps : 3, draft_depth);

@@ -1,7 +1,7 @@
 // Generates text from a `train_enwik8 --save` checkpoint, streaming the new bytes to stdout as they are produced:
 //   generate --checkpoint C --prompt TEXT --length N [--temperature T --top-k K --top-p P --min-p M --seed S
 //            --beams B --amateur C2 --alpha A --beta B --draft C3 --draft-tokens K --no-cache --json --threads N
-//            --weights auto|f32|bf16|int8|q4]
+//            --weights auto|f32|bf16|int8|q4 --activations auto|f32|int8]
 // Sampling by default (x-transformers' defaults: temperature 1, top-k keeping 10% of the vocabulary); --temperature 0
 // is greedy; --beams B runs beam search (the best beam is printed at the end); --amateur C2 contrastive decoding
 // against a second checkpoint (α --alpha, β --beta); --draft C3 speculative decoding with a small draft checkpoint
@@ -9,6 +9,8 @@
 //   {"tokens": [new token ids], "text": "the new text", "tokens_per_s": new tokens per second}
 // (bytes that are not valid UTF-8 appear in "text" as U+FFFD). --weights: what the KV-cached decoding reads (auto: the
 // model's default, bf16 when the float weights exceed the last-level cache; int8 and q4 quantise per group of 32).
+// --activations (int8 and q4 weights): what the weights multiply; auto is int8 per chunk of 32 values where the build
+// has the integer kernel (AVX512-VNNI), float elsewhere.
 #include <omp.h>
 
 #include <chrono>
@@ -30,7 +32,7 @@ using Net = xtr::TransformerWrapper<xtr::Decoder<xtr::Rotary, xtr::LayerNorm, xt
 using Model = xtr::AutoregressiveWrapper<Net>;
 
 struct Options {
-  std::string checkpoint, prompt, amateur, draft, weights = "auto";
+  std::string checkpoint, prompt, amateur, draft, weights = "auto", activations = "auto";
   static constexpr long unset = std::numeric_limits<long>::min();
   long length = 256, seed = -1, top_k = -1, beams = unset, draft_tokens = 4;
   double temperature = 1.0, top_p = 0, min_p = 0, alpha = 0.1, beta = 0.5;
@@ -43,7 +45,7 @@ void usage_text(std::FILE* out) {
                "usage: generate --checkpoint C --prompt TEXT [--length N (256)] [--temperature T (1)] [--top-k K]\n"
                "  [--top-p P] [--min-p M] [--seed S] [--beams B] [--amateur C2 [--alpha A (0.1)] [--beta B (0.5)]]\n"
                "  [--draft C3 [--draft-tokens K (4)]] [--no-cache] [--json] [--threads N]\n"
-               "  [--weights auto|f32|bf16|int8|q4 (auto)]\n");
+               "  [--weights auto|f32|bf16|int8|q4 (auto)] [--activations auto|f32|int8 (auto)]\n");
 }
 
 Options parse(int argc, char** argv) {
@@ -62,6 +64,7 @@ Options parse(int argc, char** argv) {
           .bind("--amateur", &o.amateur)
           .bind("--alpha", &o.alpha)
           .bind("--weights", &o.weights)
+          .bind("--activations", &o.activations)
           .bind("--beta", &o.beta)
           .bind("--draft", &o.draft)
           .bind("--draft-tokens", &o.draft_tokens)
@@ -85,6 +88,10 @@ Options parse(int argc, char** argv) {
   if (!o.amateur.empty() && !o.draft.empty()) flags.fail("--amateur and --draft cannot be combined");
   if (o.weights != "auto" && o.weights != "f32" && o.weights != "bf16" && o.weights != "int8" && o.weights != "q4")
     flags.fail("--weights must be auto, f32, bf16, int8 or q4, got '" + o.weights + "'");
+  if (!xtr::find_activation_format(o.activations))
+    flags.fail("--activations must be auto, f32 or int8, got '" + o.activations + "'");
+  if (o.activations != "auto" && (o.weights == "auto" || o.weights == "f32" || o.weights == "bf16"))
+    flags.fail("--activations " + o.activations + " needs --weights int8 or q4 (float and bf16 weights multiply float activations)");
   return o;
 }
 
@@ -130,7 +137,9 @@ int main(int argc, char** argv) {
   if (o.threads > 0) omp_set_num_threads(o.threads);
   try {
     Model model = load_model(o.checkpoint);
-    if (o.weights != "auto") xtr::quantize(model, xtr::parse_weight_format(o.weights));
+    if (o.weights != "auto")
+      xtr::quantize(model, xtr::parse_weight_format(o.weights), xtr::WeightCopy::kDefaultGroup,
+                    xtr::parse_activation_format(o.activations));
     const xtr::Index context = model.max_seq_len();
     xtr::require(xtr::Index(o.prompt.size()) <= context, "--prompt has ", o.prompt.size(),
                  " bytes, more than the model's context (max_seq_len ", context, ")");

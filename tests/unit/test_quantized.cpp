@@ -3,12 +3,16 @@
 // cached decoding with quantised weights against full recomputation with the dequantised weights, save → load, and
 // the errors for shapes that do not split into groups and for files whose scales have the wrong shape; the same blocked
 // kernel for bf16 and float matrices and for more rows of x than one pass takes; the automatic choice of bf16 above
-// the last-level cache and what overrides it.
+// the last-level cache and what overrides it; int8 activations (the integer VNNI kernel and the rounded values every
+// other path multiplies): the quantiser's bounds and bits, the GEMV on every path, token-by-token decoding against one
+// prefill, the fused against the reference backend, and what chooses them.
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
 
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <filesystem>
 #include <vector>
 
@@ -82,53 +86,107 @@ TEST_CASE("quantisation error bounds: int8 within s/2 = max/254 per group, q4 wi
 }
 
 TEST_CASE("quantised GEMV on every compiled ISA path equals the float GEMV of the dequantised matrix", "[quantized]") {
+  // with int8 activations (every path: the integer kernel of avx512_vnni, the others on the rounded values), the
+  // reference multiplies the values the activations stand for
   namespace q = cpu::quantized;
-  const Index out = 37, in = 128;
-  std::vector<float> w(std::size_t(out * in));
+  const Index out = 37;
   RandomStream rs{3, 1};
-  for (std::size_t i = 0; i < w.size(); ++i) w[i] = float(rs.normal(i)) * (1 + float(i % 7));
-  for (Index group : {32, 64}) {
-    // quantise through a ParameterStore, as models do
-    ParameterStore<float> store;
-    const auto id = store.add("w", {out, in}, Init::fill(0));
-    store.allocate(0);
-    std::copy(w.begin(), w.end(), store.value(id).data());
-    for (auto format : {WeightFormat::int8, WeightFormat::q4}) {
-      const auto copy = WeightCopy::make(store, format, group);
-      const q::QuantizedMatrix m{format == WeightFormat::int8 ? copy.q8.data() : nullptr,
-                                 format == WeightFormat::q4 ? copy.q4.data() : nullptr, copy.scales.data(), out, in,
-                                 group};
-      std::vector<double> deq(std::size_t(out * in));
-      for (Index i = 0; i < out * in; ++i) deq[std::size_t(i)] = copy.value(store, 0, i);
-      for (Index R : {1, 3, 8}) {
-        std::vector<float> x(std::size_t(R * in));
-        for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(rs.fork(R).normal(i));
-        for (auto isa : q::compiled_isas()) {
-          std::vector<float> y(std::size_t(R * out), 0.5f);
-          q::gemv(m, x.data(), R, y.data(), out, /*add=*/true, isa);
-          double worst = 0;
-          for (Index r = 0; r < R; ++r)
-            for (Index j = 0; j < out; ++j) {
-              double ref = 0.5, mag = 0;
-              for (Index k = 0; k < in; ++k) {
-                ref += deq[std::size_t(j * in + k)] * x[std::size_t(r * in + k)];
-                mag += std::fabs(deq[std::size_t(j * in + k)] * x[std::size_t(r * in + k)]);
-              }
-              worst = std::max(worst, std::fabs(y[std::size_t(r * out + j)] - ref) / (mag + 1));
+  for (Index in : {128, 160})  // 160: five groups of 32, not a whole number of the integer kernels' steps
+    for (Index group : {32, 64}) {
+      if (in % group != 0) continue;
+      std::vector<float> w(std::size_t(out * in));
+      for (std::size_t i = 0; i < w.size(); ++i) w[i] = float(rs.fork(in).normal(i)) * (1 + float(i % 7));
+      // quantise through a ParameterStore, as models do
+      ParameterStore<float> store;
+      const auto id = store.add("w", {out, in}, Init::fill(0));
+      store.allocate(0);
+      std::copy(w.begin(), w.end(), store.value(id).data());
+      for (auto format : {WeightFormat::int8, WeightFormat::q4}) {
+        const auto copy = WeightCopy::make(store, format, group);
+        const q::QuantizedMatrix m{format == WeightFormat::int8 ? copy.q8.data() : nullptr,
+                                   format == WeightFormat::q4 ? copy.q4.data() : nullptr, copy.scales.data(), out, in,
+                                   group};
+        std::vector<double> deq(std::size_t(out * in));
+        for (Index i = 0; i < out * in; ++i) deq[std::size_t(i)] = copy.value(store, 0, i);
+        for (Index R : {1, 3, 8, 13}) {
+          std::vector<float> x(std::size_t(R * in));
+          for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(rs.fork(R).normal(i));
+          x[5] = 0;  // a zero and a large value among the activations
+          x[std::size_t(in + 7) % x.size()] = 40;
+          for (bool int8_activations : {false, true}) {
+            std::vector<float> xr = x;
+            if (int8_activations) round_activations(xr.data(), R, in);
+            for (auto isa : q::compiled_isas()) {
+              std::vector<float> y(std::size_t(R * out), 0.5f);
+              q::gemv(m, x.data(), R, y.data(), out, /*add=*/true, isa, int8_activations);
+              double worst = 0;
+              for (Index r = 0; r < R; ++r)
+                for (Index j = 0; j < out; ++j) {
+                  double ref = 0.5, mag = 0;
+                  for (Index k = 0; k < in; ++k) {
+                    ref += deq[std::size_t(j * in + k)] * xr[std::size_t(r * in + k)];
+                    mag += std::fabs(deq[std::size_t(j * in + k)] * xr[std::size_t(r * in + k)]);
+                  }
+                  worst = std::max(worst, std::fabs(y[std::size_t(r * out + j)] - ref) / (mag + 1));
+                }
+              INFO(format_name(format) << " group " << group << " in " << in << " rows " << R << " isa "
+                                       << q::isa_name(isa) << (int8_activations ? " int8 activations" : ""));
+              CHECK(worst < 1e-5);
             }
-          INFO(format_name(format) << " group " << group << " rows " << R << " isa " << q::isa_name(isa));
-          CHECK(worst < 1e-5);
+          }
         }
       }
     }
+}
+
+TEST_CASE("int8 activations: within s/2 of x per chunk of 32, the vector quantiser gives the scalar one's bits, "
+          "non-finite chunks propagate", "[quantized]") {
+  RandomStream rs{9, 4};
+  const Index R = 3, n = 96 + 20;  // a last chunk of 20 values
+  std::vector<float> x(std::size_t(R * n));
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(rs.normal(i)) * float(1 + i % 5);
+  for (Index k = 32; k < 64; ++k) x[std::size_t(k)] = 0;  // an all-zero chunk
+  std::vector<float> rounded = x;
+  round_activations(rounded.data(), R, n);
+  for (Index r = 0; r < R; ++r)
+    for (Index c = 0; c < n; c += kActivationChunk) {
+      double amax = 0;
+      const Index len = std::min<Index>(32, n - c);
+      for (Index k = 0; k < len; ++k) amax = std::max(amax, std::fabs(double(x[std::size_t(r * n + c + k)])));
+      for (Index k = 0; k < len; ++k) {
+        const auto i = std::size_t(r * n + c + k);
+        REQUIRE(std::fabs(double(rounded[i]) - double(x[i])) <= amax / 254 * 1.0001 + 1e-30);
+      }
+    }
+  for (Index k = 32; k < 64; ++k) CHECK(rounded[std::size_t(k)] == 0);
+  // the CPU's vector path (whole chunks) against the scalar definition, bit for bit
+  std::vector<float> whole(x.begin(), x.begin() + 2 * 96), scalar = whole;
+  cpu::quantized::detail::round_activation_rows(whole.data(), 2, 96);
+  round_activations(scalar.data(), 2, 96);
+  CHECK(std::memcmp(whole.data(), scalar.data(), whole.size() * sizeof(float)) == 0);
+  // a NaN or an infinity makes its chunk NaN (not silently zero); other chunks are unaffected
+  std::vector<float> bad(x.begin(), x.begin() + 96);
+  bad[40] = std::numeric_limits<float>::infinity();
+  std::vector<float> bad_vec = bad;
+  round_activations(bad.data(), 1, 96);
+  cpu::quantized::detail::round_activation_rows(bad_vec.data(), 1, 96);
+  for (auto* v : {&bad, &bad_vec}) {
+    CHECK(std::isnan((*v)[33]));
+    CHECK((*v)[3] == rounded[3]);
   }
+  CHECK(parse_activation_format("int8") == ActivationFormat::int8);
+  CHECK_THROWS_WITH(parse_activation_format("int4"), Contains("unknown activation format 'int4' (auto, f32, int8)"));
+  CHECK(resolve_activations(WeightFormat::bf16, ActivationFormat::int8) == ActivationFormat::f32);
+  CHECK(resolve_activations(WeightFormat::q4, ActivationFormat::f32) == ActivationFormat::f32);
+  CHECK(resolve_activations(WeightFormat::q4, ActivationFormat::automatic, nullptr) ==
+        (has_integer_dot_products() ? ActivationFormat::int8 : ActivationFormat::f32));
 }
 
 TEST_CASE("cached decoding from quantised weights equals recomputation with the dequantised weights", "[quantized][generation]") {
   for (auto format : {WeightFormat::bf16, WeightFormat::int8, WeightFormat::q4}) {
     Model model{Net{quant_config()}};
     model.eval();
-    quantize(model, format);
+    quantize(model, format, 32, ActivationFormat::f32);  // float activations: exactly the dequantised model
     CHECK(model.net.weight_format() == format);
     Model twin = dequantised_twin(model);
     twin.eval();
@@ -146,6 +204,61 @@ TEST_CASE("cached decoding from quantised weights equals recomputation with the 
     double worst = 0;
     for (std::size_t i = 0; i < got.size(); ++i) worst = std::max(worst, double(std::fabs(got[i] - full.data()[i])));
     CHECK(worst < 1e-4);
+  }
+}
+
+TEST_CASE("int8 activations: token-by-token decoding equals one prefill of the whole sequence, on every path",
+          "[quantized][generation]") {
+  // The one-row steps take the integer kernel (VNNI builds), the prefill of 2 × 20 rows widens the matrix for a GEMM
+  // on the rounded activations: the same arithmetic, so the logits agree to float rounding (but where a rounding
+  // boundary falls between the two paths' float sums, below).
+  for (auto format : {WeightFormat::int8, WeightFormat::q4}) {
+    Model model{Net{quant_config()}};
+    model.eval();
+    quantize(model, format, 32, ActivationFormat::int8);
+    CHECK_THAT(model.net.decoding(), Contains("int8 activations"));
+    const auto tokens = testing::random_tokens(2, 20, 40, 17);
+    auto whole = model.net.make_cache(2);
+    const auto at_once = model.net.forward_cached(tokens, whole, 20);
+    const std::vector<float> all(at_once.data(), at_once.data() + at_once.size());
+    auto steps = model.net.make_cache(2);
+    const Index V = 40;
+    double worst = 0, scale = 0;
+    std::vector<double> per_position;
+    for (Index t = 0; t < 20; ++t) {
+      TokenBatch one(2, 1);
+      for (Index b = 0; b < 2; ++b) one.data[std::size_t(b)] = tokens.data[std::size_t(b * 20 + t)];
+      const auto step = model.net.forward_cached(one, steps);
+      for (Index b = 0; b < 2; ++b) {
+        double w = 0;
+        for (Index v = 0; v < V; ++v) {
+          const double a = all[std::size_t((b * 20 + t) * V + v)], c = step.data()[b * V + v];
+          w = std::max(w, std::fabs(a - c));
+          scale = std::max(scale, std::fabs(a));
+        }
+        per_position.push_back(w);
+        worst = std::max(worst, w);
+      }
+    }
+    // Rounding to int8 is discontinuous: where the two paths' float sums differ in the last bit, an activation next
+    // to a rounding boundary can round the other way (one step s = max/127 of its chunk), and that position's logits
+    // move by about what the rounding itself moves them. Nearly every position agrees to float rounding.
+    const auto close = std::count_if(per_position.begin(), per_position.end(),
+                                     [&](double w) { return w <= 1e-5 * std::max(1.0, scale); });
+    INFO(format_name(format) << ": worst " << worst << " of scale " << scale << "; " << close << " of "
+                             << per_position.size() << " positions agree to float rounding");
+    CHECK(close >= Index(per_position.size()) * 9 / 10);
+    CHECK(worst <= 0.05 * std::max(1.0, scale));
+    // and int8 activations are not float ones: the logits move, by little
+    Model floats{Net{quant_config()}};
+    floats.eval();
+    quantize(floats, format, 32, ActivationFormat::f32);
+    auto fc = floats.net.make_cache(2);
+    const auto f = floats.net.forward_cached(tokens, fc, 20);
+    double moved = 0;
+    for (std::size_t i = 0; i < all.size(); ++i) moved = std::max(moved, double(std::fabs(all[i] - f.data()[i])));
+    CHECK(moved > 1e-5);
+    CHECK(moved < 0.05 * std::max(1.0, scale));
   }
 }
 
@@ -217,12 +330,13 @@ TEST_CASE("quantised weights: stale copies, shapes that are not whole groups, sa
 
 TEST_CASE("quantised decoding: the fused CPU kernels equal the reference backend reading the same copy", "[quantized][backends]") {
   using RefNet = TransformerWrapper<Decoder<Rotary, LayerNorm, GELU>, Reference<float>>;
-  for (auto format : {WeightFormat::bf16, WeightFormat::int8, WeightFormat::q4}) {
+  for (auto format : {WeightFormat::bf16, WeightFormat::int8, WeightFormat::q4})
+  for (auto activations : {ActivationFormat::f32, ActivationFormat::int8}) {
     Model cpu{Net{quant_config()}};
     AutoregressiveWrapper<RefNet> ref{RefNet{quant_config()}};
     std::copy_n(cpu.parameters().values().data(), cpu.parameters().count(), ref.parameters().values().data());
-    quantize(cpu, format);
-    quantize(ref, format);
+    quantize(cpu, format, 32, activations);
+    quantize(ref, format, 32, activations);
     auto c_cache = cpu.net.make_cache(2);
     auto r_cache = ref.net.make_cache(2);
     const auto prompt = testing::random_tokens(2, 6, 40, 21);
@@ -237,8 +351,60 @@ TEST_CASE("quantised decoding: the fused CPU kernels equal the reference backend
         scale = std::max(scale, double(std::fabs(b.data()[i])));
       }
     }
-    INFO(format_name(format) << ": worst " << worst << " of scale " << scale);
-    CHECK(worst <= 1e-4 * std::max(1.0, scale));
+    INFO(format_name(format) << " " << activation_name(activations) << " activations: worst " << worst << " of scale "
+                             << scale);
+    // int8 activations: where the backends' float and double sums straddle a rounding boundary an activation rounds
+    // the other way, and the rows after it move by about what rounding moves them (the same inputs give the same
+    // bits: the next test); float activations agree to float rounding
+    const bool rounded = activations == ActivationFormat::int8 && format != WeightFormat::bf16;
+    CHECK(worst <= (rounded ? 0.05 : 1e-4) * std::max(1.0, scale));
+  }
+}
+
+TEST_CASE("int8 activations: the CPU Linear (integer kernel, prefill GEMM) equals the reference backend's on the same "
+          "inputs", "[quantized][backends]") {
+  using E = epilogue::Bias<epilogue::Acc>;
+  const Index out = 48, in = 96;  // 96: three groups, not whole steps of the integer kernels
+  RandomStream rs{12, 7};
+  ParameterStore<float> store;
+  const auto id = store.add("w", {out, in}, Init::fill(0));
+  store.allocate(0);
+  for (Index i = 0; i < out * in; ++i) store.value(id).data()[i] = float(rs.normal(std::uint64_t(i))) * 0.2f;
+  std::vector<float> bias(static_cast<std::size_t>(out));
+  for (Index i = 0; i < out; ++i) bias[std::size_t(i)] = float(rs.fork(1).normal(std::uint64_t(i)));
+  for (auto format : {WeightFormat::int8, WeightFormat::q4}) {
+    const auto copy = WeightCopy::make(store, format, 32);
+    ops::Weights<float> w{View<const float>(store.value(id).data(), out, in)};
+    if (format == WeightFormat::int8) w.q8 = copy.q8.data();
+    else w.q4 = copy.q4.data();
+    w.scales = copy.scales.data();
+    w.group = 32;
+    w.int8_activations = true;
+    for (Index N : {1, 5, 40}) {  // 40 rows: the prefill GEMM over the widened matrix
+      std::vector<float> x(std::size_t(N * in)), y_cpu(std::size_t(N * out)), y_ref(std::size_t(N * out));
+      for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(rs.fork(2 + N).normal(i)) * float(1 + i % 3);
+      epilogue::Operands<float> o;
+      o.bias = bias.data();
+      Arena arena;
+      kernel<Cpu<float>, ops::Linear<E>>::forward(View<const float>(x.data(), N, in), w,
+                                                  View<float>(y_cpu.data(), N, out), o, arena);
+      kernel<Reference<float>, ops::Linear<E>>::forward(View<const float>(x.data(), N, in), w,
+                                                        View<float>(y_ref.data(), N, out), o, arena);
+      // and the float-activation product, to see that rounding happened
+      ops::Weights<float> f = w;
+      f.int8_activations = false;
+      std::vector<float> y_float(std::size_t(N * out));
+      kernel<Reference<float>, ops::Linear<E>>::forward(View<const float>(x.data(), N, in), f,
+                                                        View<float>(y_float.data(), N, out), o, arena);
+      double worst = 0, moved = 0;
+      for (std::size_t i = 0; i < y_cpu.size(); ++i) {
+        worst = std::max(worst, double(std::fabs(y_cpu[i] - y_ref[i])) / (1 + std::fabs(y_ref[i])));
+        moved = std::max(moved, double(std::fabs(y_float[i] - y_ref[i])));
+      }
+      INFO(format_name(format) << " rows " << N << ": worst " << worst << ", rounding moved " << moved);
+      CHECK(worst < 1e-5);
+      CHECK(moved > 1e-4);
+    }
   }
 }
 
@@ -328,8 +494,19 @@ TEST_CASE("automatic decoding weights: bf16 above the last-level cache, f32 belo
   quantize(model, WeightFormat::f32);
   CHECK(model.net.weight_format() == WeightFormat::f32);
   CHECK(model.net.decoding() == "f32 (quantize())");
-  quantize(model, WeightFormat::int8);
-  CHECK(model.net.decoding() == "int8, groups of 32 (quantize())");
+  quantize(model, WeightFormat::int8, 32, ActivationFormat::f32);
+  CHECK(model.net.decoding() == "int8, groups of 32, f32 activations (quantize())");
+  quantize(model, WeightFormat::int8);  // automatic activations: int8 where the build has the integer kernel
+  CHECK(model.net.decoding() == std::string("int8, groups of 32, ") + (has_integer_dot_products() ? "int8" : "f32") +
+                                    " activations (quantize())");
+  ::setenv("XTR_DECODE_ACTIVATIONS", "f32", 1);
+  quantize(model, WeightFormat::q4);
+  CHECK(model.net.decode_weights()->activations == ActivationFormat::f32);
+  quantize(model, WeightFormat::q4, 32, ActivationFormat::int8);  // an explicit request wins over the environment
+  CHECK(model.net.decode_weights()->activations == ActivationFormat::int8);
+  ::setenv("XTR_DECODE_ACTIVATIONS", "int4", 1);
+  CHECK_THROWS_WITH(quantize(model, WeightFormat::q4), Contains("XTR_DECODE_ACTIVATIONS='int4' is not an activation format"));
+  ::unsetenv("XTR_DECODE_ACTIVATIONS");
   model.net.automatic_decode_weights();
   CHECK(model.net.weight_format() == WeightFormat::bf16);
   ::setenv("XTR_DECODE_WEIGHTS", "fp8", 1);

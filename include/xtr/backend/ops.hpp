@@ -139,6 +139,8 @@ struct Weights {
   const std::uint8_t* q4 = nullptr;     // (out, in / 2) packed 4-bit values, or null
   const float* scales = nullptr;        // (out, in / group) with q8 or q4
   Index group = 0;
+  bool int8_activations = false;        // with q8 or q4: x is rounded to int8 per chunk of 32 values of a row first
+                                        // (core/weight_format.hpp's ActivationFormat::int8)
   [[nodiscard]] bool quantized() const { return q8 != nullptr || q4 != nullptr; }
 };
 

@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -48,6 +49,80 @@ enum class WeightFormat { f32, bf16, int8, q4 };
   if (const auto f = find_weight_format(text)) return *f;
   throw Error(detail::cat("xtr: unknown weight format '", text, "' (f32, bf16, int8, q4)"));
 }
+/// What the activations entering a GEMM over int8 / q4 weights are: float (the product is exactly that of the
+/// dequantised weights, to float rounding), or int8 per chunk of 32 values of a row (llama.cpp's Q8_0): then the dot
+/// product is an integer one (AVX512-VNNI's vpdpbusd, 64 multiply-adds an instruction) scaled once per group.
+/// `automatic`: int8 when the build has the VNNI kernel and the weights are int8 or q4, float otherwise;
+/// XTR_DECODE_ACTIVATIONS=auto|f32|int8 overrides it.
+enum class ActivationFormat { automatic, f32, int8 };
+
+[[nodiscard]] constexpr std::string_view activation_name(ActivationFormat a) {
+  return a == ActivationFormat::int8 ? "int8" : a == ActivationFormat::f32 ? "f32" : "auto";
+}
+[[nodiscard]] inline std::optional<ActivationFormat> find_activation_format(std::string_view text) {
+  for (auto a : {ActivationFormat::automatic, ActivationFormat::f32, ActivationFormat::int8})
+    if (activation_name(a) == text) return a;
+  return std::nullopt;
+}
+[[nodiscard]] inline ActivationFormat parse_activation_format(std::string_view text) {
+  if (const auto a = find_activation_format(text)) return *a;
+  throw Error(detail::cat("xtr: unknown activation format '", text, "' (auto, f32, int8)"));
+}
+/// Whether this build multiplies int8 activations with integer dot products (AVX512-VNNI; -march decides).
+[[nodiscard]] constexpr bool has_integer_dot_products() {
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+  return true;
+#else
+  return false;
+#endif
+}
+/// The activations decoding uses with `weights` when the caller asked for `requested`: f32 for f32 and bf16 weights
+/// (nothing to gain), the request otherwise, `automatic` resolved by XTR_DECODE_ACTIVATIONS and then by the build.
+[[nodiscard]] inline ActivationFormat resolve_activations(WeightFormat weights, ActivationFormat requested,
+                                                          const char* override_env = "XTR_DECODE_ACTIVATIONS") {
+  if (weights != WeightFormat::int8 && weights != WeightFormat::q4) return ActivationFormat::f32;
+  if (requested != ActivationFormat::automatic) return requested;
+  const char* env = override_env ? std::getenv(override_env) : nullptr;
+  if (env && *env && std::string_view(env) != "auto") {
+    const auto a = find_activation_format(env);
+    if (!a) throw Error(detail::cat("xtr: ", override_env, "='", env, "' is not an activation format (auto, f32, int8)"));
+    return *a;
+  }
+  return has_integer_dot_products() ? ActivationFormat::int8 : ActivationFormat::f32;
+}
+
+/// int8 activations: each row in chunks of kActivationChunk values (the last may be shorter), s = max|x| / 127 and
+/// q = x · (127 / max|x|) rounded to nearest even, in [−127, 127] (all 0, s = 0, for a zero chunk; s = NaN, q = 0 for
+/// a chunk holding a NaN or an infinity, so that it propagates); x ≈ s · q. The CPU's vector quantiser
+/// (backend/cpu/quantized.hpp) gives the same bits.
+inline constexpr std::int64_t kActivationChunk = 32;
+inline float quantize_activation_chunk(const float* x, std::int64_t n, std::int8_t* q) {
+  float amax = 0;
+  bool finite = true;
+  for (std::int64_t k = 0; k < n; ++k) {
+    finite = finite && std::isfinite(x[k]);
+    amax = std::max(amax, std::fabs(x[k]));
+  }
+  if (!finite) {
+    std::fill(q, q + n, std::int8_t{0});
+    return std::numeric_limits<float>::quiet_NaN();
+  }
+  const float inv = amax > 0 ? 127.0f / amax : 0.0f;
+  for (std::int64_t k = 0; k < n; ++k) q[k] = std::int8_t(std::nearbyint(x[k] * inv));
+  return amax / 127.0f;
+}
+/// Rows of x (R rows of n values, contiguous) replaced by s · q, the values int8 activations stand for.
+inline void round_activations(float* x, std::int64_t R, std::int64_t n) {
+  std::int8_t q[kActivationChunk];
+  for (std::int64_t r = 0; r < R; ++r)
+    for (std::int64_t c = 0; c < n; c += kActivationChunk) {
+      float* v = x + r * n + c;
+      const std::int64_t len = std::min(kActivationChunk, n - c);
+      const float s = quantize_activation_chunk(v, len, q);
+      for (std::int64_t k = 0; k < len; ++k) v[k] = s * float(q[k]);
+    }
+}
+
 /// Bytes per weight read while decoding (scales included).
 [[nodiscard]] constexpr double bytes_per_weight(WeightFormat f, std::int64_t group = 32) {
   switch (f) {
@@ -139,6 +214,7 @@ struct WeightCopy {
 
   WeightFormat format = WeightFormat::f32;
   Index group = kDefaultGroup;
+  ActivationFormat activations = ActivationFormat::f32;  // int8 / q4: what the GEMMs multiply them with (resolved)
   Index count = 0;                        // the store's scalars
   std::vector<std::uint16_t> bf16;        // bf16: every element, the store's layout
   std::vector<std::int8_t> q8;            // int8: every element, the store's layout (unquantised entries: 0)

@@ -59,9 +59,10 @@ void save_quantized(const std::filesystem::path& path, const Net& net) {
 
 /// Reads a save_quantized() file into `net` (same type and configuration): the parameters become the dequantised
 /// values and the model decodes from the saved copy. Errors name the tensor and what was expected; a failed load
-/// changes nothing.
+/// changes nothing. `activations`: as TransformerWrapper::quantize (the file holds weights only).
 template <class Net>
-void load_quantized(const std::filesystem::path& path, Net& net) {
+void load_quantized(const std::filesystem::path& path, Net& net,
+                    ActivationFormat activations = ActivationFormat::automatic) {
   using T = typename Net::scalar;
   const auto file = safetensors::read(path);
   const std::string what = "quantised model '" + path.string() + "'";
@@ -87,6 +88,7 @@ void load_quantized(const std::filesystem::path& path, Net& net) {
   auto copy = std::make_shared<WeightCopy>();
   copy->format = format;
   copy->group = group;
+  copy->activations = resolve_activations(format, activations);
   copy->count = params.count();
   require(group >= 2 && group % 2 == 0, what, ": group ", group, " must be even and at least 2");
   // entries the file stores as floating point stay float (embedding tables, 1-D parameters); the rest are held

@@ -67,6 +67,7 @@ struct Pass {
       else w.q4 = copy->q4.data() + copy->q4_offset[entry];
       w.scales = copy->scales.data() + copy->scale_offset[entry];
       w.group = copy->group;
+      w.int8_activations = copy->activations == ActivationFormat::int8;
     }
     return w;
   }

@@ -382,8 +382,11 @@ class TransformerWrapper {
   /// themselves): a copy made once (core/weight_format.hpp), kept until the next quantize(). int8 and q4 quantise per
   /// `group` values of a row. Training afterwards makes the copy stale, and decoding then refuses it (re-quantize).
   /// An explicit choice: it overrides the automatic one (below) until automatic_decode_weights() is called.
-  void quantize(WeightFormat format, Index group = WeightCopy::kDefaultGroup) {
-    decode_weights_ = make_copy(format, group);
+  /// `activations` (int8 and q4 only): what the weights multiply — ActivationFormat::automatic is int8 where the
+  /// build has the integer kernel (AVX512-VNNI) and float elsewhere, XTR_DECODE_ACTIVATIONS overriding it.
+  void quantize(WeightFormat format, Index group = WeightCopy::kDefaultGroup,
+                ActivationFormat activations = ActivationFormat::automatic) {
+    decode_weights_ = make_copy(format, group, activations);
     automatic_ = false;
   }
   /// Uses `copy` (loaded with io/quantized.hpp) for decoding; it must belong to these parameters.
@@ -416,7 +419,9 @@ class TransformerWrapper {
     }
     if (!decode_weights_) return "f32 (quantize())";
     std::string text(format_name(decode_weights_->format));
-    if (decode_weights_->quantized()) text += ", groups of " + std::to_string(decode_weights_->group);
+    if (decode_weights_->quantized())
+      text += ", groups of " + std::to_string(decode_weights_->group) + ", " +
+              std::string(activation_name(decode_weights_->activations)) + " activations";
     return text + " (quantize())";
   }
 
@@ -717,13 +722,16 @@ class TransformerWrapper {
     if constexpr (std::is_same_v<Backend, Cpu<float>>) return xtr::automatic_decode_weights(float_weight_bytes());
     return {WeightFormat::f32, std::string("automatic: float for ") + std::string(Backend::name)};
   }
-  [[nodiscard]] std::shared_ptr<const WeightCopy> make_copy(WeightFormat format, Index group) const {
+  [[nodiscard]] std::shared_ptr<const WeightCopy> make_copy(WeightFormat format, Index group,
+                                                           ActivationFormat activations = ActivationFormat::automatic) const {
     if (format == WeightFormat::f32) return nullptr;
     // embedding tables are gathered from (one float row per token), not read by a GEMM, unless tied to the logits
     std::vector<int> gathered;
     if (!config_.tie_embedding) gathered.push_back(embedding_.token().index);
     if (embedding_.position().index >= 0) gathered.push_back(embedding_.position().index);
-    return std::make_shared<const WeightCopy>(WeightCopy::make(*params_, format, group, gathered));
+    auto copy = WeightCopy::make(*params_, format, group, gathered);
+    copy.activations = resolve_activations(format, activations);
+    return std::make_shared<const WeightCopy>(std::move(copy));
   }
   /// The store ranges each backward stage finishes: [begin, end) of the embeddings (and memory tokens), of each
   /// block, of the final norm, of the score-bias table, of the logits.

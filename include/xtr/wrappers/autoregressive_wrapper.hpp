@@ -517,13 +517,14 @@ class AutoregressiveWrapper {
 };
 
 /// Makes a model's KV-cached decoding read its weights in `format` (TransformerWrapper::quantize on its net):
-/// `xtr::quantize(model, xtr::WeightFormat::int8)`.
+/// `xtr::quantize(model, xtr::WeightFormat::int8)`; `activations` as TransformerWrapper::quantize.
 template <class Model>
-void quantize(Model& model, WeightFormat format, Index group = WeightCopy::kDefaultGroup) {
-  if constexpr (requires { model.net.quantize(format, group); }) {
-    model.net.quantize(format, group);
+void quantize(Model& model, WeightFormat format, Index group = WeightCopy::kDefaultGroup,
+              ActivationFormat activations = ActivationFormat::automatic) {
+  if constexpr (requires { model.net.quantize(format, group, activations); }) {
+    model.net.quantize(format, group, activations);
   } else {
-    model.quantize(format, group);
+    model.quantize(format, group, activations);
   }
 }
 

@@ -80,7 +80,7 @@ void gemm_forward(View<const T> x, const ops::Weights<T>& w, View<T> y, bool acc
   const Index out = w.w.rows, in = w.w.cols;
   if constexpr (std::is_same_v<T, float>) {
     // decoding and short prompts; bfloat16 and float only on AVX-512 (elsewhere the code below is faster)
-    const bool wide = quantized::best_isa() == quantized::Isa::avx512;
+    const bool wide = quantized::is_avx512(quantized::best_isa());
     if (x.rows <= kFewRows && (w.quantized() || (wide && (w.bf16 || w.w.contiguous())))) {
       quantized::QuantizedMatrix m{w.q8, w.q4, w.scales, out, in, w.group};
       if (w.bf16 && !w.quantized()) m.bf16 = w.bf16;
@@ -91,12 +91,27 @@ void gemm_forward(View<const T> x, const ops::Weights<T>& w, View<T> y, bool acc
         for (Index r = 0; r < x.rows; ++r) std::copy_n(x.row(r), x.cols, packed + r * x.cols);
         rows = packed;
       }
-      quantized::gemv(m, rows, x.rows, y.data, y.ld, accumulate);
+      quantized::gemv(m, rows, x.rows, y.data, y.ld, accumulate, quantized::best_isa(), w.int8_activations);
       return;
     }
   }
   if (w.quantized()) {  // a long prefill (or double): widen the matrix once into the arena, then one GEMM
     const quantized::QuantizedMatrix m{w.q8, w.q4, w.scales, out, in, w.group};
+    if (w.int8_activations) {  // the values int8 activations stand for, as the integer kernel multiplies them
+      T* rounded = arena.allocate<T>(x.rows * x.cols);
+      for (Index r = 0; r < x.rows; ++r) std::copy_n(x.row(r), x.cols, rounded + r * x.cols);
+      if constexpr (std::is_same_v<T, float>) {
+        quantized::detail::round_activation_rows(rounded, x.rows, x.cols);
+      } else {
+        std::vector<float> row(std::size_t(x.cols));
+        for (Index r = 0; r < x.rows; ++r) {
+          std::copy_n(rounded + r * x.cols, x.cols, row.data());
+          round_activations(row.data(), 1, x.cols);
+          std::copy_n(row.data(), x.cols, rounded + r * x.cols);
+        }
+      }
+      x = View<const T>(rounded, x.rows, x.cols);
+    }
     T* wide = arena.allocate<T>(out * in);
     if constexpr (std::is_same_v<T, float>) {
       quantized::widen_rows(m, 0, out, wide);

@@ -6,6 +6,7 @@
 // the scalar one.
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -19,11 +20,19 @@
 
 namespace xtr::cpu::quantized {
 
-enum class Isa { scalar, avx2, avx512 };
+/// Instruction paths. avx512_vnni is avx512 plus integer dot products (vpdpbusd) for int8 activations against int8
+/// or 4-bit weights; with float activations it runs the avx512 kernels.
+enum class Isa { scalar, avx2, avx512, avx512_vnni };
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define XTR_QUANTIZED_VNNI 1
+#endif
 
 /// The paths this build has, widest first.
 [[nodiscard]] constexpr Isa best_isa() {
-#if defined(__AVX512F__) && defined(__AVX512BW__)
+#if defined(XTR_QUANTIZED_VNNI)
+  return Isa::avx512_vnni;
+#elif defined(__AVX512F__) && defined(__AVX512BW__)
   return Isa::avx512;
 #elif defined(__AVX2__) && defined(__FMA__)
   return Isa::avx2;
@@ -32,8 +41,10 @@ enum class Isa { scalar, avx2, avx512 };
 #endif
 }
 [[nodiscard]] constexpr const char* isa_name(Isa isa) {
-  return isa == Isa::avx512 ? "avx512" : isa == Isa::avx2 ? "avx2" : "scalar";
+  return isa == Isa::avx512_vnni ? "avx512_vnni" : isa == Isa::avx512 ? "avx512" : isa == Isa::avx2 ? "avx2" : "scalar";
 }
+/// Whether the path runs the AVX-512 float kernels (avx512, and avx512_vnni for float activations).
+[[nodiscard]] constexpr bool is_avx512(Isa isa) { return isa == Isa::avx512 || isa == Isa::avx512_vnni; }
 
 /// The quantised matrix: (out, in) with `group` values per scale along each row; int8 values (q8, out·in) or
 /// packed 4-bit values (q4, out·in/2 bytes: per group, byte k holds values k and k + group/2).
@@ -260,12 +271,219 @@ void rows_avx2(const QuantizedMatrix& m, const float* x, float* y, Index ldy, bo
 }
 #endif
 
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+/// One whole chunk of 32 activations quantised as core/weight_format.hpp's quantize_activation_chunk, bit for bit
+/// (the same IEEE operations; the conversion rounds to nearest even as std::nearbyint does): values 0–15 in lo,
+/// 16–31 in hi, and the scale.
+inline float quantize_chunk_avx512(const float* x, __m128i& lo, __m128i& hi) {
+  const __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
+  constexpr int kNotFinite = 0x01 | 0x08 | 0x10 | 0x80;  // quiet NaN, +inf, −inf, signalling NaN
+  if (_mm512_fpclass_ps_mask(a, kNotFinite) | _mm512_fpclass_ps_mask(b, kNotFinite)) {
+    lo = hi = _mm_setzero_si128();
+    return std::numeric_limits<float>::quiet_NaN();
+  }
+  const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+  const __m512 inv = _mm512_set1_ps(amax > 0 ? 127.0f / amax : 0.0f);
+  lo = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(a, inv)));
+  hi = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(b, inv)));
+  return amax / 127.0f;
+}
+#endif
+
+/// R rows of n activations replaced by the values int8 activations stand for (s · q): what every path but the
+/// integer kernels multiplies when the activations are int8 (the long prefill's GEMM, AVX2, the scalar reference).
+inline void round_activation_rows(float* x, Index R, Index n) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  if (n % kActivationChunk == 0) {
+    for (Index r = 0; r < R; ++r)
+      for (Index c = 0; c < n; c += kActivationChunk) {
+        float* v = x + r * n + c;
+        __m128i lo, hi;
+        const __m512 s = _mm512_set1_ps(quantize_chunk_avx512(v, lo, hi));
+        _mm512_storeu_ps(v, _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo))));
+        _mm512_storeu_ps(v + 16, _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi))));
+      }
+    return;
+  }
+#endif
+  round_activations(x, R, n);
+}
+
+#if defined(XTR_QUANTIZED_VNNI)
+/// int8 activations laid out for the integer kernels, R rows, each padded to whole steps (zeros) — a step is 64
+/// values (two chunks) against int8 weights, 128 (four chunks) against 4-bit ones:
+///   q8: q + 128 as unsigned bytes in row order (vpdpbusd multiplies unsigned by signed bytes; the kernel subtracts
+///       128 · Σw);
+///   q4: per step, the first halves (values 0–15) of its four chunks, then their second halves — the order of the
+///       low and high nibbles of 64 bytes of packed weights; `corr` holds −8 · Σq of each 32-bit lane's four values
+///       (low and high), which turns the unsigned nibbles (q + 8) into q;
+///   s:  per step, each chunk's scale repeated over the 32-bit lanes its products land in (8 for q8, 4 for q4).
+struct IntegerActivations {
+  std::vector<std::uint8_t> q;
+  std::vector<float> s;
+  std::vector<std::int32_t> corr;
+  Index steps = 0;  // per row
+  [[nodiscard]] Index q_stride(bool q4) const { return steps * (q4 ? 128 : 64); }
+};
+
+/// Prepares R rows of m.in activations (m.in a multiple of 32) for the kernels of m's format.
+inline void prepare_integer_activations(const QuantizedMatrix& m, const float* x, Index R, IntegerActivations& a) {
+  const bool q4 = m.q4 != nullptr;
+  const Index step = q4 ? 128 : 64, chunks = m.in / kActivationChunk;
+  a.steps = (m.in + step - 1) / step;
+  a.q.assign(std::size_t(R * a.steps * step), q4 ? 0 : 0x80);
+  a.s.assign(std::size_t(R * a.steps * 16), 0.0f);
+  if (q4) a.corr.assign(std::size_t(R * a.steps * 16), 0);
+  for (Index r = 0; r < R; ++r) {
+    std::uint8_t* q = a.q.data() + r * a.steps * step;
+    float* s = a.s.data() + r * a.steps * 16;
+    for (Index c = 0; c < chunks; ++c) {
+      __m128i lo, hi;
+      const float scale = quantize_chunk_avx512(x + r * m.in + c * kActivationChunk, lo, hi);
+      if (q4) {  // chunk c is the (c % 4)-th of step c / 4
+        const Index at = (c / 4) * 128 + (c % 4) * 16;
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + at), lo);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + at + 64), hi);
+        for (int l = 0; l < 4; ++l) s[(c / 4) * 16 + (c % 4) * 4 + l] = scale;
+      } else {
+        const __m128i bias = _mm_set1_epi8(char(0x80));  // q + 128 = q ^ 0x80 as an unsigned byte
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + c * 32), _mm_xor_si128(lo, bias));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(q + c * 32 + 16), _mm_xor_si128(hi, bias));
+        for (int l = 0; l < 8; ++l) s[(c / 2) * 16 + (c % 2) * 8 + l] = scale;
+      }
+    }
+    if (q4) {  // −8 · (sum of the lane's four low-half values + its four high-half values)
+      const __m512i ones = _mm512_set1_epi8(1);
+      for (Index t = 0; t < a.steps; ++t) {
+        const std::uint8_t* p = q + t * 128;
+        __m512i sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, _mm512_loadu_si512(p));
+        sum = _mm512_dpbusd_epi32(sum, ones, _mm512_loadu_si512(p + 64));
+        _mm512_storeu_si512(a.corr.data() + (r * a.steps + t) * 16, _mm512_mullo_epi32(sum, _mm512_set1_epi32(-8)));
+      }
+    }
+  }
+}
+
+/// q4 weights × int8 activations: J rows of W, R rows of x, a step of 128 values (four groups of 32) at a time. The
+/// 64 packed bytes of a step give the low nibbles (first halves of the four groups) and the high ones (second
+/// halves), unsigned, each multiplied with the activations laid out to match (two vpdpbusd); the 32-bit lanes hold
+/// four groups' integer dot products, four lanes each, converted and scaled by weight scale × activation scale.
+template <int J, int R>
+void block_vnni_q4(const QuantizedMatrix& m, const IntegerActivations& a, Index r0, float* y, Index ldy, bool add,
+                   Index j0) {
+  const Index G = m.in / 32, in = m.in, qs = a.q_stride(true);
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  const __m512i quarter = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  __m512 acc[J][R];
+  for (int j = 0; j < J; ++j)
+    for (int r = 0; r < R; ++r) acc[j][r] = _mm512_setzero_ps();
+  for (Index t = 0; t < a.steps; ++t) {
+    const Index g = 4 * t, groups = std::min<Index>(4, G - g);
+    const __mmask64 bytes = groups == 4 ? ~__mmask64{0} : (__mmask64{1} << (16 * groups)) - 1;
+    const __mmask8 scales = __mmask8((1u << groups) - 1);
+    __m512i lo[J], hi[J];
+    __m512 sw[J];
+    for (int j = 0; j < J; ++j) {
+      const __m512i v = _mm512_maskz_loadu_epi8(bytes, m.q4 + ((j0 + j) * in + g * 32) / 2);
+      lo[j] = _mm512_and_si512(v, nibble);
+      hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
+      sw[j] = _mm512_permutexvar_ps(quarter, _mm512_castps128_ps512(_mm_maskz_loadu_ps(scales, m.scales + (j0 + j) * G + g)));
+    }
+    for (int r = 0; r < R; ++r) {
+      const std::uint8_t* xq = a.q.data() + (r0 + r) * qs + t * 128;
+      const __m512i xlo = _mm512_loadu_si512(xq), xhi = _mm512_loadu_si512(xq + 64);
+      const __m512i corr = _mm512_loadu_si512(a.corr.data() + ((r0 + r) * a.steps + t) * 16);
+      const __m512 sx = _mm512_loadu_ps(a.s.data() + ((r0 + r) * a.steps + t) * 16);
+      for (int j = 0; j < J; ++j) {
+        const __m512i d = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(corr, lo[j], xlo), hi[j], xhi);
+        acc[j][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sw[j], sx), acc[j][r]);
+      }
+    }
+  }
+  for (int j = 0; j < J; ++j)
+    for (int r = 0; r < R; ++r) {
+      const float v = _mm512_reduce_add_ps(acc[j][r]);
+      float& out = y[r * ldy + j0 + j];
+      out = add ? out + v : v;
+    }
+}
+
+/// int8 weights × int8 activations: a step of 64 values (two groups); vpdpbusd multiplies the activations + 128
+/// (unsigned) by the weights (signed), starting from −128 · Σw of each lane, so the lanes hold the two groups' dot
+/// products, eight lanes each.
+template <int J, int R>
+void block_vnni_q8(const QuantizedMatrix& m, const IntegerActivations& a, Index r0, float* y, Index ldy, bool add,
+                   Index j0) {
+  const Index G = m.in / 32, in = m.in, qs = a.q_stride(false);
+  const __m512i bias = _mm512_set1_epi8(char(0x80));
+  const __m512i halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  __m512 acc[J][R];
+  for (int j = 0; j < J; ++j)
+    for (int r = 0; r < R; ++r) acc[j][r] = _mm512_setzero_ps();
+  for (Index t = 0; t < a.steps; ++t) {
+    const Index g = 2 * t, groups = std::min<Index>(2, G - g);
+    const __mmask64 bytes = groups == 2 ? ~__mmask64{0} : (__mmask64{1} << 32) - 1;
+    const __mmask8 scales = __mmask8((1u << groups) - 1);
+    __m512i w[J], start[J];
+    __m512 sw[J];
+    for (int j = 0; j < J; ++j) {
+      w[j] = _mm512_maskz_loadu_epi8(bytes, m.q8 + (j0 + j) * in + g * 32);
+      start[j] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, w[j]));
+      sw[j] = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_maskz_loadu_ps(scales, m.scales + (j0 + j) * G + g)));
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m512i xq = _mm512_loadu_si512(a.q.data() + (r0 + r) * qs + t * 64);
+      const __m512 sx = _mm512_loadu_ps(a.s.data() + ((r0 + r) * a.steps + t) * 16);
+      for (int j = 0; j < J; ++j) {
+        const __m512i d = _mm512_dpbusd_epi32(start[j], xq, w[j]);
+        acc[j][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(sw[j], sx), acc[j][r]);
+      }
+    }
+  }
+  for (int j = 0; j < J; ++j)
+    for (int r = 0; r < R; ++r) {
+      const float v = _mm512_reduce_add_ps(acc[j][r]);
+      float& out = y[r * ldy + j0 + j];
+      out = add ? out + v : v;
+    }
+}
+
+template <int R>
+void rows_vnni_as(const QuantizedMatrix& m, const IntegerActivations& a, Index r0, float* y, Index ldy, bool add,
+                  Index begin, Index end) {
+  constexpr int J = R <= 3 ? 4 : 2;
+  Index j = begin;
+  if (m.q4) {
+    for (; j + J <= end; j += J) block_vnni_q4<J, R>(m, a, r0, y, ldy, add, j);
+    for (; j < end; ++j) block_vnni_q4<1, R>(m, a, r0, y, ldy, add, j);
+  } else {
+    for (; j + J <= end; j += J) block_vnni_q8<J, R>(m, a, r0, y, ldy, add, j);
+    for (; j < end; ++j) block_vnni_q8<1, R>(m, a, r0, y, ldy, add, j);
+  }
+}
+/// Output rows [begin, end) for R ≤ 8 prepared rows of x starting at row r0.
+inline void rows_vnni(const QuantizedMatrix& m, const IntegerActivations& a, Index r0, Index R, float* y, Index ldy,
+                      bool add, Index begin, Index end) {
+  switch (R) {
+    case 1: return rows_vnni_as<1>(m, a, r0, y, ldy, add, begin, end);
+    case 2: return rows_vnni_as<2>(m, a, r0, y, ldy, add, begin, end);
+    case 3: return rows_vnni_as<3>(m, a, r0, y, ldy, add, begin, end);
+    case 4: return rows_vnni_as<4>(m, a, r0, y, ldy, add, begin, end);
+    case 5: return rows_vnni_as<5>(m, a, r0, y, ldy, add, begin, end);
+    case 6: return rows_vnni_as<6>(m, a, r0, y, ldy, add, begin, end);
+    case 7: return rows_vnni_as<7>(m, a, r0, y, ldy, add, begin, end);
+    default: return rows_vnni_as<8>(m, a, r0, y, ldy, add, begin, end);
+  }
+}
+#endif
+
 /// Output rows [begin, end) of W for R ≤ 8 rows of x on one path.
 inline void rows(Isa isa, const QuantizedMatrix& m, const float* x, Index R, float* y, Index ldy, bool add, Index begin,
                  Index end) {
   switch (isa) {
 #if defined(__AVX512F__) && defined(__AVX512BW__)
     case Isa::avx512:
+    case Isa::avx512_vnni:  // float activations
       switch (R) {
         case 1: return rows_avx512<1>(m, x, y, ldy, add, begin, end);
         case 2: return rows_avx512<2>(m, x, y, ldy, add, begin, end);
@@ -298,9 +516,11 @@ inline void rows(Isa isa, const QuantizedMatrix& m, const float* x, Index R, flo
 /// Y (R rows, ldy apart) ← (or +=, with `add`) X (R rows of m.in floats, contiguous) Wᵀ with the quantised (or
 /// bfloat16, or float) W, any R ≥ 1, on the given path (best_isa() unless a test asks for another). Threads split W's
 /// rows; each thread walks its rows in blocks small enough to stay in the L1/L2 cache while every 8 rows of x pass
-/// over them, so the matrix is read from memory once however many rows x has.
+/// over them, so the matrix is read from memory once however many rows x has. With `int8_activations` the rows of x
+/// are quantised per chunk of 32 (core/weight_format.hpp) first: the avx512_vnni path multiplies them as integers
+/// against int8 / q4 weights in groups of 32; every other path multiplies the values they stand for.
 inline void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, Index ldy, bool add = false,
-                 Isa isa = best_isa()) {
+                 Isa isa = best_isa(), bool int8_activations = false) {
   require(R >= 1, "quantized gemv takes at least one row, got ", R);
   if (m.bf16 || m.f32) {
     if (isa == Isa::avx2) isa = Isa::scalar;  // bfloat16 and float: the AVX-512 kernel or the scalar loop
@@ -309,14 +529,37 @@ inline void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, In
             m.group);
     if (m.group % 32 != 0) isa = Isa::scalar;  // the vector paths take groups of 32, 64, …
   }
-  // rows of W per block: about 48 KiB of float weights (their packed form is smaller), at least 4
-  const Index block = std::max<Index>(4, (Index(48) << 10) / (4 * m.in));
-  parallel_rows(m.out, 2 * R * m.in, [&](Index begin, Index end) {
-    if (R <= 8) return detail::rows(isa, m, x, R, y, ldy, add, begin, end);
-    for (Index j = begin; j < end; j += block)
-      for (Index r = 0; r < R; r += 8)
-        detail::rows(isa, m, x + r * m.in, std::min<Index>(8, R - r), y + r * ldy, ldy, add, j,
-                     std::min(end, j + block));
+  // rows of W per block: about 48 KiB of the matrix as stored, at least 4
+  const Index row_bytes = m.f32 ? 4 * m.in : m.bf16 ? 2 * m.in : m.q8 ? m.in : m.in / 2;
+  const Index block = std::max<Index>(4, (Index(48) << 10) / row_bytes);
+  const auto run = [&](auto&& rows8) {  // rows8(r0, rows, y, begin, end): ≤ 8 rows of x from row r0
+    parallel_rows(m.out, 2 * R * m.in, [&](Index begin, Index end) {
+      if (R <= 8) return rows8(Index{0}, R, y, begin, end);
+      for (Index j = begin; j < end; j += block)
+        for (Index r = 0; r < R; r += 8) rows8(r, std::min<Index>(8, R - r), y + r * ldy, j, std::min(end, j + block));
+    });
+  };
+  if (int8_activations) {
+#if defined(XTR_QUANTIZED_VNNI)
+    if (isa == Isa::avx512_vnni && (m.q8 || m.q4) && m.group == 32) {
+      thread_local detail::IntegerActivations scratch;  // the calling thread's, reused across calls
+      detail::prepare_integer_activations(m, x, R, scratch);
+      const detail::IntegerActivations* a = &scratch;  // the workers read the caller's (a lambda does not capture
+                                                       // a thread_local: each thread would name its own)
+      run([&](Index r0, Index rows, float* yr, Index begin, Index end) {
+        detail::rows_vnni(m, *a, r0, rows, yr, ldy, add, begin, end);
+      });
+      return;
+    }
+#endif
+    thread_local std::vector<float> rounded;
+    rounded.assign(x, x + R * m.in);
+    detail::round_activation_rows(rounded.data(), R, m.in);
+    x = rounded.data();
+  }
+  if (isa == Isa::avx512_vnni) isa = Isa::avx512;
+  run([&](Index r0, Index rows, float* yr, Index begin, Index end) {
+    detail::rows(isa, m, x + r0 * m.in, rows, yr, ldy, add, begin, end);
   });
 }
 
@@ -328,6 +571,9 @@ inline void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, In
 #endif
 #if defined(__AVX512F__) && defined(__AVX512BW__)
   v.push_back(Isa::avx512);
+#endif
+#if defined(XTR_QUANTIZED_VNNI)
+  v.push_back(Isa::avx512_vnni);
 #endif
   return v;
 }

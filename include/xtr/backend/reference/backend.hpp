@@ -91,10 +91,20 @@ struct kernel<Reference<T>, ops::Linear<E>> {
                       Arena& arena) {
     const Index N = x.rows, W = w.w.rows, F = epilogue::output_cols<E>(W);
     T* a = o.saved ? o.saved : arena.allocate<T>(N * W);
+    std::vector<float> rounded;  // int8 activations: the values they stand for (core/weight_format.hpp)
+    if (w.quantized() && w.int8_activations) {
+      rounded.resize(std::size_t(N * x.cols));
+      for (Index n = 0; n < N; ++n)
+        for (Index i = 0; i < x.cols; ++i) rounded[std::size_t(n * x.cols + i)] = float(x(n, i));
+      round_activations(rounded.data(), N, x.cols);
+    }
+    const auto input = [&](Index n, Index i) {
+      return rounded.empty() ? double(x(n, i)) : double(rounded[std::size_t(n * x.cols + i)]);
+    };
     for (Index n = 0; n < N; ++n)
       for (Index c = 0; c < W; ++c) {  // a = x Wᵀ + b
         double z = 0;
-        for (Index i = 0; i < x.cols; ++i) z += double(x(n, i)) * reference::weight(w, c, i);
+        for (Index i = 0; i < x.cols; ++i) z += input(n, i) * reference::weight(w, c, i);
         if (S::scaled) z *= double(o.scale);
         if (S::bias && o.bias) z += double(o.bias[c]);
         a[n * W + c] = T(z);
