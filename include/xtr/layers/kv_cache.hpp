@@ -21,6 +21,7 @@ struct KVCache {
   std::vector<Tensor<T>> k, v;    // per layer (batch, capacity, kv_heads · dim_head); rows outside the live ones
                                   // are undefined (never read)
   std::vector<std::uint16_t> bf16_weights;  // when set: the parameters rounded to bfloat16, same layout
+  const void* checked_weights = nullptr;     // the weight copy found fresh (not stale) at this cache's first step
   // CrossAttend: the context's keys and values, projected once per sequence
   Index context_length = 0;
   std::vector<Tensor<T>> context_kv;        // per layer (batch, context_length, 2 · kv_heads · dim_head) [k | v]

@@ -973,16 +973,20 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
   pass.length = rows;
   pass.position = cache.position;
   pass.bf16 = cache.bf16_weights.empty() ? nullptr : cache.bf16_weights.data();
+  // The copy is compared with the parameters (a fingerprint of 4,096 values) once per cache, at its first step with
+  // that copy: every generate() call checks, the tokens of one call do not pay for it.
+  const bool checked = decode_weights_ && cache.checked_weights == decode_weights_.get();
   if (!pass.bf16 && automatic_) {  // made at the first step, again after the parameters changed
     const WeightFormat format = decode_format();
     if (format == WeightFormat::f32)
       decode_weights_ = nullptr;
-    else if (!decode_weights_ || decode_weights_->format != format || decode_weights_->stale(*params_))
+    else if (!decode_weights_ || decode_weights_->format != format || (!checked && decode_weights_->stale(*params_)))
       decode_weights_ = make_copy(format, WeightCopy::kDefaultGroup);
-  } else if (!pass.bf16 && decode_weights_) {
+  } else if (!pass.bf16 && decode_weights_ && !checked) {
     require(!decode_weights_->stale(*params_), "the ", format_name(decode_weights_->format),
             " weight copy is stale: the parameters changed since quantize(); call quantize() again");
   }
+  cache.checked_weights = decode_weights_.get();
   if (!pass.bf16) pass.copy = decode_weights_.get();
   auto* ids = arena_.allocate<std::int32_t>(B * n);
   std::copy_n(tokens.data, B * n, ids);

@@ -105,6 +105,9 @@ void attention_forward(const AttentionProblem<T>& p, HeadsView<const T> q, Heads
     T* mem = per_thread + Index(thread) * scratch;
     for (Index i0 = 0; i0 < p.q_len; i0 += tile_q) {
       const Index bq = std::min(tile_q, p.q_len - i0);
+      // a single query (a decoding step) takes its keys 8,192 at a time: the score buffer of a whole tile holds them,
+      // and two products per head replace two per 64 keys
+      const Index bk_max = bq == 1 ? 2 * tile_q * tile_k : tile_k;
       ConstStridedView<T> Q(q.at(b, i0, h, dh), bq, dh, Eigen::OuterStride<>(q.row_stride));
       Tile acc(mem + 2 * tile_q * tile_k, bq, dh);
       T* m = mem + 2 * tile_q * tile_k + tile_q * dh;
@@ -135,9 +138,9 @@ void attention_forward(const AttentionProblem<T>& p, HeadsView<const T> q, Heads
         if (p.dropout > 0) detail::drop_tile(p, b, h, i0, regular ? p.mem_len + j0 : j0, S);
         acc.noalias() += S * V;
       };
-      for (Index j0 = 0; j0 < p.mem_len; j0 += tile_k) visit(mem_k, mem_v, j0, std::min(tile_k, p.mem_len - j0), false);
+      for (Index j0 = 0; j0 < p.mem_len; j0 += bk_max) visit(mem_k, mem_v, j0, std::min(bk_max, p.mem_len - j0), false);
       const Index j_end = detail::key_end(p, i0 + bq);
-      for (Index j0 = 0; j0 < j_end; j0 += tile_k) visit(k, v, j0, std::min(tile_k, j_end - j0), true);
+      for (Index j0 = 0; j0 < j_end; j0 += bk_max) visit(k, v, j0, std::min(bk_max, j_end - j0), true);
       for (Index r = 0; r < bq; ++r) {
         Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>> out(o.at(b, i0 + r, h, dh), dh);
         T* row_lse = lse ? lse + (b * p.heads + h) * p.q_len + i0 + r : nullptr;

@@ -1,9 +1,12 @@
 #pragma once
 // y (+)= x Wᵀ for a few rows of x (decoding) with W quantised per group (core/weight_format.hpp): int8 or 4-bit values
 // and one float scale per group, dequantized in registers inside the dot product — the matrix is read once, in its
-// small form, and each group's values serve every row of x (bfloat16 matrices use the same AVX-512 kernel, unscaled). Paths: AVX-512 (16 floats a vector), AVX2 + FMA (8), and
-// a scalar reference; the widest one the compiler targets (-march) is used, and tests compare every compiled path with
-// the scalar one.
+// small form, and each group's values serve every row of x (bfloat16 and float matrices use the same AVX-512 blocking,
+// unscaled). With int8 activations (core/weight_format.hpp's ActivationFormat) the AVX512-VNNI path multiplies the
+// activations' int8 values with the weights' as integers (vpdpbusd), one scale per group and chunk; every other path
+// multiplies the values the int8 activations stand for. Paths: AVX512-VNNI, AVX-512 (16 floats a vector), AVX2 + FMA
+// (8), and a scalar reference; the widest one the compiler targets (-march) is used, and tests compare every compiled
+// path with the scalar one.
 #include <algorithm>
 #include <cstdint>
 #include <limits>
@@ -113,6 +116,17 @@ inline void rows_scalar(const QuantizedMatrix& m, const float* x, Index R, float
 /// picks its value from a 16-entry table, vpermps), multiplied into a partial sum, scaled once into the accumulator.
 enum class Packed { q8, q4, bf16, f32 };
 
+/// y[r, j0 + j] (+)= the sum of acc[j][r]'s lanes.
+template <int J, int R>
+void store_sums(const __m512 (&acc)[J][R], float* y, Index ldy, bool add, Index j0) {
+  for (int j = 0; j < J; ++j)
+    for (int r = 0; r < R; ++r) {
+      const float v = _mm512_reduce_add_ps(acc[j][r]);
+      float& out = y[r * ldy + j0 + j];
+      out = add ? out + v : v;
+    }
+}
+
 template <int J, int R, Packed P>
 void block_avx512(const QuantizedMatrix& m, const float* x, float* y, Index ldy, bool add, Index j0) {
   static_assert(P == Packed::q8 || P == Packed::q4, "block_avx512 reads scaled formats; dense_avx512 the others");
@@ -152,12 +166,7 @@ void block_avx512(const QuantizedMatrix& m, const float* x, float* y, Index ldy,
       for (int r = 0; r < R; ++r) acc[j][r] = _mm512_fmadd_ps(t[j][r], s, acc[j][r]);
     }
   }
-  for (int j = 0; j < J; ++j)
-    for (int r = 0; r < R; ++r) {
-      const float v = _mm512_reduce_add_ps(acc[j][r]);
-      float& out = y[r * ldy + j0 + j];
-      out = add ? out + v : v;
-    }
+  store_sums<J, R>(acc, y, ldy, add, j0);
 }
 
 /// Unscaled matrices (bfloat16, float): J output rows × R rows of x, one 16-value step at a time, so that J·R
@@ -400,12 +409,7 @@ void block_vnni_q4(const QuantizedMatrix& m, const IntegerActivations& a, Index 
       }
     }
   }
-  for (int j = 0; j < J; ++j)
-    for (int r = 0; r < R; ++r) {
-      const float v = _mm512_reduce_add_ps(acc[j][r]);
-      float& out = y[r * ldy + j0 + j];
-      out = add ? out + v : v;
-    }
+  store_sums<J, R>(acc, y, ldy, add, j0);
 }
 
 /// int8 weights × int8 activations: a step of 64 values (two groups); vpdpbusd multiplies the activations + 128
@@ -440,12 +444,7 @@ void block_vnni_q8(const QuantizedMatrix& m, const IntegerActivations& a, Index 
       }
     }
   }
-  for (int j = 0; j < J; ++j)
-    for (int r = 0; r < R; ++r) {
-      const float v = _mm512_reduce_add_ps(acc[j][r]);
-      float& out = y[r * ldy + j0 + j];
-      out = add ? out + v : v;
-    }
+  store_sums<J, R>(acc, y, ldy, add, j0);
 }
 
 template <int R>
