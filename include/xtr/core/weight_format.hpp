@@ -70,7 +70,7 @@ enum class ActivationFormat { automatic, f32, int8 };
 }
 /// Whether this build multiplies int8 activations with integer dot products (AVX512-VNNI; -march decides).
 [[nodiscard]] constexpr bool has_integer_dot_products() {
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
   return true;
 #else
   return false;

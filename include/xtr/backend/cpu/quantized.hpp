@@ -27,7 +27,7 @@ namespace xtr::cpu::quantized {
 /// or 4-bit weights; with float activations it runs the avx512 kernels.
 enum class Isa { scalar, avx2, avx512, avx512_vnni };
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #define XTR_QUANTIZED_VNNI 1
 #endif
 
@@ -286,8 +286,8 @@ void rows_avx2(const QuantizedMatrix& m, const float* x, float* y, Index ldy, bo
 /// 16–31 in hi, and the scale.
 inline float quantize_chunk_avx512(const float* x, __m128i& lo, __m128i& hi) {
   const __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
-  constexpr int kNotFinite = 0x01 | 0x08 | 0x10 | 0x80;  // quiet NaN, +inf, −inf, signalling NaN
-  if (_mm512_fpclass_ps_mask(a, kNotFinite) | _mm512_fpclass_ps_mask(b, kNotFinite)) {
+  const __m512 zero = _mm512_setzero_ps();  // x − x is 0 for a finite x, NaN for an infinity or a NaN
+  if (_mm512_cmp_ps_mask(_mm512_sub_ps(a, a), zero, _CMP_NEQ_UQ) | _mm512_cmp_ps_mask(_mm512_sub_ps(b, b), zero, _CMP_NEQ_UQ)) {
     lo = hi = _mm_setzero_si128();
     return std::numeric_limits<float>::quiet_NaN();
   }
