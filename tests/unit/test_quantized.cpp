@@ -49,6 +49,22 @@ Model dequantised_twin(const Model& model) {
 }  // namespace
 
 TEST_CASE("quantisation error bounds: int8 within s/2 = max/254 per group, q4 within max/14, bf16 within 2^-8", "[quantized]") {
+  // the scales are halves rounded up: s ≥ max/127 (max/7), at most one half-ulp (2^-10 relative, 2^-24 absolute) more
+  for (std::uint16_t h = 0; h < 0x7C00; ++h) {  // every finite non-negative half converts back to itself
+    REQUIRE(xtr::detail::float_to_half_bits(xtr::detail::half_bits_to_float(h), true) == h);
+    REQUIRE(xtr::detail::float_to_half_bits(xtr::detail::half_bits_to_float(h), false) == h);
+  }
+  RandomStream halves{7, 1};
+  for (std::uint64_t i = 0; i < 20000; ++i) {  // rounded up: the smallest half ≥ f; nearest: no half closer
+    const float f = std::ldexp(float(halves.uniform(i)), int(i % 40) - 28);
+    const std::uint16_t up = xtr::detail::float_to_half_bits(f, true), near = xtr::detail::float_to_half_bits(f, false);
+    const float u = xtr::detail::half_bits_to_float(up);
+    REQUIRE(u >= f);
+    if (up > 0) REQUIRE(xtr::detail::half_bits_to_float(std::uint16_t(up - 1)) < f);
+    const float n = xtr::detail::half_bits_to_float(near);
+    REQUIRE(std::fabs(n - f) <= std::fabs(xtr::detail::half_bits_to_float(std::uint16_t(near + 1)) - f));
+    if (near > 0) REQUIRE(std::fabs(n - f) <= std::fabs(xtr::detail::half_bits_to_float(std::uint16_t(near - 1)) - f));
+  }
   Model model{Net{quant_config()}};
   auto& params = model.net.parameters();
   for (auto format : {WeightFormat::bf16, WeightFormat::int8, WeightFormat::q4}) {
@@ -66,8 +82,8 @@ TEST_CASE("quantisation error bounds: int8 within s/2 = max/254 per group, q4 wi
         for (Index k = 0; k < 32; ++k) {
           const double w = params.values()[entry.offset + g * 32 + k];
           const double err = std::fabs(copy.value(params, int(e), g * 32 + k) - w);
-          const double bound = format == WeightFormat::int8 ? amax / 254 * 1.0001
-                               : format == WeightFormat::q4 ? amax / 14 * 1.0001
+          const double bound = format == WeightFormat::int8 ? amax / 254 * (1 + 0x1p-10) + 0x1p-25
+                               : format == WeightFormat::q4 ? amax / 14 * (1 + 0x1p-10) + 0x1p-25
                                                             : std::fabs(w) / 256;
           REQUIRE(err <= bound + 1e-12);
           if (amax > 0) worst_ratio = std::max(worst_ratio, err / amax);
@@ -78,8 +94,8 @@ TEST_CASE("quantisation error bounds: int8 within s/2 = max/254 per group, q4 wi
     INFO(format_name(format) << ": worst error / group max " << worst_ratio);
     CHECK(worst_ratio > 0);
   }
-  CHECK(bytes_per_weight(WeightFormat::int8) == 1.125);
-  CHECK(bytes_per_weight(WeightFormat::q4) == 0.625);
+  CHECK(bytes_per_weight(WeightFormat::int8) == 1.0625);
+  CHECK(bytes_per_weight(WeightFormat::q4) == 0.5625);
   CHECK(parse_weight_format("q4") == WeightFormat::q4);
   CHECK_THROWS_WITH(parse_weight_format("int4"), Contains("unknown weight format 'int4' (f32, bf16, int8, q4)"));
   CHECK_THROWS_WITH(WeightCopy::make(params, WeightFormat::q4, 31), Contains("quantisation group 31 must be even"));
@@ -273,6 +289,22 @@ TEST_CASE("quantised weights: stale copies, shapes that are not whole groups, sa
     CHECK(model.net.decode_weights() == nullptr);
     CHECK(model.generate(testing::random_tokens(1, 3, 40, 4), 2).length == 2);
   }
+  SECTION("weights too large for a half-precision scale are refused, naming the parameter") {
+    Model model{Net{quant_config()}};
+    const auto& entries = model.net.parameters().entries();
+    const auto held = WeightCopy::make(model.net.parameters(), WeightFormat::q4);
+    const auto ff = std::find_if(entries.begin(), entries.end(), [&](const auto& e) {
+      return held.holds(int(&e - entries.data())) && e.name.find("emb") == std::string::npos;
+    });
+    REQUIRE(ff != entries.end());
+    model.net.parameters().values().data()[ff->offset] = 1e6f;  // q4: 1e6 / 7 > 65504
+    const std::string name = ff->name;
+    CHECK_THROWS_WITH(quantize(model, WeightFormat::q4),
+                      Contains("cannot quantise parameter '" + name + "'") && Contains("above the largest half-precision scale (65504)"));
+    CHECK(model.net.decode_weights() == nullptr);
+    quantize(model, WeightFormat::int8);  // 1e6 / 127 fits
+    CHECK(model.net.weight_format() == WeightFormat::int8);
+  }
   SECTION("a 4-bit request on rows that are not whole groups names the parameter") {
     Model model{Net{quant_config(48)}};  // to_q (64, 48): rows of 48 values, groups of 32
     quantize(model, WeightFormat::q4);
@@ -300,12 +332,29 @@ TEST_CASE("quantised weights: stale copies, shapes that are not whole groups, sa
       // the saved file is smaller than float: q4 about 1/6, int8 about 1/3.5 of the float bytes
       const double ratio = double(std::filesystem::file_size(path)) / double(4 * model.parameters().count());
       CHECK(ratio < (format == WeightFormat::q4 ? 0.25 : 0.4));
+      // the scales are halves (F16); a file with F32 scales (written by earlier versions) loads to the same model
+      {
+        auto f32 = safetensors::read(path);
+        for (auto& t : f32.tensors)
+          if (t.name.ends_with(".scales")) {
+            REQUIRE(t.dtype == safetensors::Dtype::F16);
+            const auto v = safetensors::to_vector<float>(t);
+            t = safetensors::make_record<float>(t.name, t.shape, std::span<const float>(v));
+          }
+        f32.metadata.erase("xtr.crc32c");
+        const auto f32_path = dir / "f32_scales.safetensors";
+        safetensors::write(f32_path, f32);
+        Model widened{Net{quant_config()}};
+        widened.eval();
+        load_quantized(f32_path, widened.net);
+        CHECK(widened.generate(prompts, 10, {.temperature = 0}).data == model.generate(prompts, 10, {.temperature = 0}).data);
+      }
       // scales of the wrong shape
       auto file = safetensors::read(path);
       for (auto& t : file.tensors)
         if (t.name == "attn_layers.layers.0.1.net.0.proj.weight.scales" || t.name.ends_with("to_q.weight.scales")) {
           t.shape[1] += 1;
-          t.bytes.resize(t.bytes.size() + std::size_t(t.shape[0]) * 4);
+          t.bytes.resize(t.bytes.size() + std::size_t(t.shape[0]) * 2);
           break;
         }
       file.metadata.erase("xtr.crc32c");
@@ -314,7 +363,7 @@ TEST_CASE("quantised weights: stale copies, shapes that are not whole groups, sa
       const auto before = std::vector<float>(again.parameters().values().data(),
                                              again.parameters().values().data() + again.parameters().count());
       CHECK_THROWS_WITH(load_quantized(path, again.net),
-                        Contains(".scales' is F32 [") && Contains("expected F32 [") && Contains("one scale per group of 32"));
+                        Contains(".scales' is F16 [") && Contains("expected F16 (or F32) [") && Contains("one scale per group of 32"));
       CHECK(std::equal(before.begin(), before.end(), again.parameters().values().data()));  // nothing changed
       CHECK(again.net.decode_weights() == nullptr);
     }

@@ -130,14 +130,15 @@ template <class Epilogue>
 struct Linear {};
 
 /// Weights of a Linear: (out, in) row-major, or a bfloat16 copy of them (decoding reads half the bytes), or a
-/// quantised copy (core/weight_format.hpp: int8 or 4-bit values with one float scale per `group` values of a row).
+/// quantised copy (core/weight_format.hpp: int8 or 4-bit values with one half-precision scale per `group` values of
+/// a row).
 template <class T>
 struct Weights {
   ConstView<T> w;                        // (out, in)
   const std::uint16_t* bf16 = nullptr;  // same layout, or null
   const std::int8_t* q8 = nullptr;      // (out, in) int8 values, or null
   const std::uint8_t* q4 = nullptr;     // (out, in / 2) packed 4-bit values, or null
-  const float* scales = nullptr;        // (out, in / group) with q8 or q4
+  const std::uint16_t* scales = nullptr;  // (out, in / group) halves (IEEE binary16 bits) with q8 or q4
   Index group = 0;
   bool int8_activations = false;        // with q8 or q4: x is rounded to int8 per chunk of 32 values of a row first
                                         // (core/weight_format.hpp's ActivationFormat::int8)

@@ -2,11 +2,13 @@
 // Weights for decoding in fewer bytes: decoding one token reads every weight once, so its speed is the memory
 // bandwidth divided by the bytes per weight. A WeightCopy holds the parameters of a store in one format:
 //   bf16  the upper half of each float, rounded to nearest even (2 bytes)
-//   int8  per group of `group` consecutive values of a row: scale s = max|w| / 127, q = round(w / s) in [-127, 127]
-//         (1 byte + 4/group bytes of scale)
-//   q4    per group: s = max|w| / 7, q = round(w / s) in [-7, 7], stored as q + 8 in a nibble; a group of 32 is 16
-//         bytes, byte k holding values k (low nibble) and k + 16 (high nibble), as ggml's Q4_0 (0.5 byte + 4/group)
-// and w ≈ s · q. Quantised entries are the 2-D parameters whose rows hold a whole number of groups; the GEMMs read
+//   int8  per group of `group` consecutive values of a row: scale s = max|w| / 127 rounded up to a half (IEEE
+//         binary16, as ggml keeps its scales), q = round(w / s) in [-127, 127] (1 byte + 2/group bytes of scale)
+//   q4    per group: s = max|w| / 7 rounded up to a half, q = round(w / s) in [-7, 7], stored as q + 8 in a nibble; a
+//         group of 32 is 16 bytes, byte k holding values k (low nibble) and k + 16 (high nibble), as ggml's Q4_0
+//         (0.5 byte + 2/group)
+// and w ≈ s · q. Rounding the scale up keeps |w / s| ≤ 127 (7), so the error stays within s / 2 per value; a group
+// whose max|w| / 127 (7) exceeds the largest half, 65504, cannot be quantised (an error names the parameter). Quantised entries are the 2-D parameters whose rows hold a whole number of groups; the GEMMs read
 // those from the copy and dequantize inside the dot product (backend/cpu/quantized.hpp), never widening the matrix.
 // Elements keep the store's layout (q8 and bf16: element i of the store; q4 and the scales: entry by entry, in the
 // store's order), so a read spanning adjacent entries (q, k, v) stays one contiguous block.
@@ -24,6 +26,7 @@
 #include <vector>
 
 #include "xtr/core/error.hpp"
+#include "xtr/core/half.hpp"
 #include "xtr/core/parameters.hpp"
 
 namespace xtr {
@@ -128,8 +131,8 @@ inline void round_activations(float* x, std::int64_t R, std::int64_t n) {
   switch (f) {
     case WeightFormat::f32: return 4;
     case WeightFormat::bf16: return 2;
-    case WeightFormat::int8: return 1 + 4.0 / double(group);
-    case WeightFormat::q4: return 0.5 + 4.0 / double(group);
+    case WeightFormat::int8: return 1 + 2.0 / double(group);  // a half-precision scale per group
+    case WeightFormat::q4: return 0.5 + 2.0 / double(group);
   }
   return 4;
 }
@@ -219,7 +222,8 @@ struct WeightCopy {
   std::vector<std::uint16_t> bf16;        // bf16: every element, the store's layout
   std::vector<std::int8_t> q8;            // int8: every element, the store's layout (unquantised entries: 0)
   std::vector<std::uint8_t> q4;           // q4: quantised entries' rows, packed, entry after entry
-  std::vector<float> scales;              // int8 / q4: one per group of each quantised entry's rows, entry after entry
+  std::vector<std::uint16_t> scales;      // int8 / q4: one half per group of each quantised entry's rows, entry after
+                                          // entry
   std::vector<Index> q4_offset, scale_offset;  // per store entry: where its rows start (-1: not quantised)
   std::vector<std::uint8_t> held;         // per store entry: GEMMs read it from the copy (1) or as float (0)
   std::uint64_t fingerprint = 0;          // of the values it was made from (stale() compares)
@@ -230,7 +234,7 @@ struct WeightCopy {
   }
   /// Bytes the copy occupies.
   [[nodiscard]] std::size_t bytes() const {
-    return bf16.size() * 2 + q8.size() + q4.size() + scales.size() * sizeof(float);
+    return bf16.size() * 2 + q8.size() + q4.size() + scales.size() * sizeof(std::uint16_t);
   }
 
   /// Whether an entry of `shape` can be quantised with groups of `group` values along its rows.
@@ -291,8 +295,12 @@ struct WeightCopy {
         float amax = 0;
         for (Index k = 0; k < group; ++k) amax = std::max(amax, std::fabs(float(x[k])));
         require(std::isfinite(amax), "cannot quantise parameter '", entry.name, "': it holds a non-finite value");
-        const float s = amax / float(qmax);
-        c.scales[std::size_t(c.scale_offset[e] + g)] = s;
+        require(amax / float(qmax) <= detail::kHalfMax, "cannot quantise parameter '", entry.name, "': a group's max |w| ",
+                amax, " needs a scale of ", amax / float(qmax), ", above the largest half-precision scale (",
+                detail::kHalfMax, ")");
+        const std::uint16_t bits = detail::float_to_half_bits(amax / float(qmax), true);
+        const float s = detail::half_bits_to_float(bits);
+        c.scales[std::size_t(c.scale_offset[e] + g)] = bits;
         const float inv = s > 0 ? 1.0f / s : 0.0f;
         auto q = [&](Index k) {
           return int(std::clamp(std::lround(float(x[k]) * inv), long(-qmax), long(qmax)));
@@ -337,7 +345,7 @@ struct WeightCopy {
         scale_offset[e] = scale_offset[std::size_t(entries[e].alias_of)];
         q4_offset[e] = q4_offset[std::size_t(entries[e].alias_of)];
       }
-    scales.assign(std::size_t(n_scales), 0.0f);
+    scales.assign(std::size_t(n_scales), 0);
     q8.clear();
     q4.clear();
     if (format == WeightFormat::int8) q8.assign(std::size_t(count), 0);
@@ -356,7 +364,7 @@ struct WeightCopy {
       case WeightFormat::q4: break;
     }
     if (scale_offset[std::size_t(entry)] < 0) return float(params.values().data()[e.offset + i]);
-    const float s = scales[std::size_t(scale_offset[std::size_t(entry)] + i / group)];
+    const float s = detail::half_bits_to_float(scales[std::size_t(scale_offset[std::size_t(entry)] + i / group)]);
     if (format == WeightFormat::int8) return s * float(q8[std::size_t(e.offset + i)]);
     const Index g = i / group, k = i % group, half = group / 2;
     const std::uint8_t byte = q4[std::size_t(q4_offset[std::size_t(entry)] + g * half + k % half)];

@@ -1,8 +1,8 @@
 #pragma once
 // A model with its decoding weights quantised, as one safetensors file: every quantised matrix as its int8 values
 // (I8, shape (rows, cols)) or packed 4-bit values (U8, (rows, cols / 2), byte k of a group holding values k and
-// k + group/2 in its low and high nibble), with "<name>.scales" (F32, (rows, cols / group)) beside it; every other
-// parameter in F32. Metadata: xtr.model, xtr.config (as checkpoints), xtr.weight_format, xtr.group, xtr.crc32c.
+// k + group/2 in its low and high nibble), with "<name>.scales" (F16, (rows, cols / group): the copy's half-precision
+// scales; files with F32 scales load too, each rounded to the nearest half) beside it; every other parameter in F32. Metadata: xtr.model, xtr.config (as checkpoints), xtr.weight_format, xtr.group, xtr.crc32c.
 // Loading fills the parameters with the dequantised values and gives the model the very copy that was saved (no
 // second rounding), so a loaded model decodes exactly as the one that was saved.
 #include <filesystem>
@@ -45,9 +45,12 @@ void save_quantized(const std::filesystem::path& path, const Net& net) {
       file.tensors.push_back(safetensors::make_record<std::uint8_t>(
           entry.name, {rows, cols / 2},
           std::span<const std::uint8_t>(copy->q4.data() + copy->q4_offset[e], std::size_t(rows * cols / 2))));
-    file.tensors.push_back(safetensors::make_record<float>(
+    auto scales = safetensors::make_record<std::int16_t>(  // the halves' bits, recorded as F16
         entry.name + ".scales", {rows, cols / copy->group},
-        std::span<const float>(copy->scales.data() + copy->scale_offset[e], std::size_t(rows * cols / copy->group))));
+        std::span<const std::int16_t>(reinterpret_cast<const std::int16_t*>(copy->scales.data() + copy->scale_offset[e]),
+                                      std::size_t(rows * cols / copy->group)));
+    scales.dtype = safetensors::Dtype::F16;
+    file.tensors.push_back(std::move(scales));
   }
   file.metadata["xtr.model"] = Net::describe();
   file.metadata["xtr.config"] = checkpoint_config(net).dump();
@@ -121,14 +124,18 @@ void load_quantized(const std::filesystem::path& path, Net& net,
             shape_text(want), " (", format_name(format), " values of ", entry.shape.str(), ")");
     const auto& sc = file.at(entry.name + ".scales");
     const std::vector<Index> scale_shape{rows, cols / group};
-    require(sc.dtype == Dtype::F32 && sc.shape == scale_shape, what, ": tensor '", entry.name, ".scales' is ",
-            safetensors::dtype_name(sc.dtype), " ", shape_text(sc.shape), ", expected F32 ", shape_text(scale_shape),
-            " (one scale per group of ", group, " values of ", entry.shape.str(), ")");
+    require((sc.dtype == Dtype::F16 || sc.dtype == Dtype::F32) && sc.shape == scale_shape, what, ": tensor '",
+            entry.name, ".scales' is ", safetensors::dtype_name(sc.dtype), " ", shape_text(sc.shape),
+            ", expected F16 (or F32) ", shape_text(scale_shape), " (one scale per group of ", group, " values of ",
+            entry.shape.str(), ")");
     const auto scales = safetensors::to_vector<float>(sc);
-    for (float s : scales)
-      require(std::isfinite(s) && s >= 0, what, ": tensor '", entry.name, ".scales' holds ", s,
-              " (scales are finite and >= 0)");
-    std::copy(scales.begin(), scales.end(), copy->scales.begin() + copy->scale_offset[e]);
+    auto* out = copy->scales.data() + copy->scale_offset[e];
+    for (std::size_t i = 0; i < scales.size(); ++i) {
+      const float s = scales[i];
+      require(std::isfinite(s) && s >= 0 && s <= detail::kHalfMax, what, ": tensor '", entry.name, ".scales' holds ", s,
+              " (scales are finite, >= 0 and at most ", detail::kHalfMax, ", the largest half)");
+      out[i] = detail::float_to_half_bits(s, false);  // F16: exactly the stored bits
+    }
     if (int8) {
       std::memcpy(copy->q8.data() + entry.offset, t.bytes.data(), t.bytes.size());
     } else {

@@ -32,6 +32,7 @@
 #include <signal.h>  // kill(pid, 0): whether a temporary file's writer still runs
 #include <unistd.h>
 
+#include "xtr/core/half.hpp"
 #include "xtr/core/error.hpp"
 #include "xtr/core/tensor.hpp"
 #include "xtr/io/json.hpp"
@@ -297,15 +298,7 @@ inline void write_all(int fd, const void* data, std::size_t n, std::string_view 
   }
 }
 
-inline float half_to_float(std::uint16_t h) {
-  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu;
-  if (exp == 0) {  // zero or subnormal: mant * 2^-24
-    const float f = std::ldexp(static_cast<float>(mant), -24);
-    return sign ? -f : f;
-  }
-  const std::uint32_t bits = sign | (exp == 0x1F ? 0x7F800000u : (exp + 112) << 23) | (mant << 13);
-  return std::bit_cast<float>(bits);
-}
+inline float half_to_float(std::uint16_t h) { return xtr::detail::half_bits_to_float(h); }
 inline float bf16_to_float(std::uint16_t h) { return std::bit_cast<float>(static_cast<std::uint32_t>(h) << 16); }
 
 template <class S>

@@ -1,8 +1,8 @@
 #pragma once
 // y (+)= x Wᵀ for a few rows of x (decoding) with W quantised per group (core/weight_format.hpp): int8 or 4-bit values
-// and one float scale per group, dequantized in registers inside the dot product — the matrix is read once, in its
-// small form, and each group's values serve every row of x (bfloat16 and float matrices use the same AVX-512 blocking,
-// unscaled). With int8 activations (core/weight_format.hpp's ActivationFormat) the AVX512-VNNI path multiplies the
+// and one half-precision scale per group, dequantized in registers inside the dot product — the matrix is read once,
+// in its small form, and each group's values serve every row of x (bfloat16 and float matrices use the same AVX-512
+// blocking, unscaled). With int8 activations (core/weight_format.hpp's ActivationFormat) the AVX512-VNNI path multiplies the
 // activations' int8 values with the weights' as integers (vpdpbusd), one scale per group and chunk; every other path
 // multiplies the values the int8 activations stand for. Paths: AVX512-VNNI, AVX-512 (16 floats a vector), AVX2 + FMA
 // (8), and a scalar reference; the widest one the compiler targets (-march) is used, and tests compare every compiled
@@ -12,7 +12,7 @@
 #include <limits>
 #include <vector>
 
-#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -54,7 +54,7 @@ enum class Isa { scalar, avx2, avx512, avx512_vnni };
 struct QuantizedMatrix {
   const std::int8_t* q8 = nullptr;
   const std::uint8_t* q4 = nullptr;
-  const float* scales = nullptr;  // (out, in / group)
+  const std::uint16_t* scales = nullptr;  // (out, in / group) halves (IEEE binary16 bits)
   Index out = 0, in = 0, group = 32;
   const std::uint16_t* bf16 = nullptr;  // or bfloat16 values (out, in), no scales: the AVX-512 kernel reads them too
   const float* f32 = nullptr;           // or float values (out, in): the few-row GEMM of decoding (AVX-512 only)
@@ -62,11 +62,20 @@ struct QuantizedMatrix {
 
 namespace detail {
 
+/// A scale's value (the F16C instruction where the build has it).
+inline float scale_at(const std::uint16_t* s) {
+#if defined(__F16C__)
+  return _cvtsh_ss(*s);
+#else
+  return xtr::detail::half_bits_to_float(*s);
+#endif
+}
+
 /// Group g of row j, value k: w = scale · q (bfloat16: the value).
 inline float value(const QuantizedMatrix& m, Index j, Index k) {
   if (m.f32) return m.f32[j * m.in + k];
   if (m.bf16) return xtr::detail::bf16_bits_to_float(m.bf16[j * m.in + k]);
-  const float s = m.scales[j * (m.in / m.group) + k / m.group];
+  const float s = scale_at(m.scales + j * (m.in / m.group) + k / m.group);
   if (m.q8) return s * float(m.q8[j * m.in + k]);
   const Index g = k / m.group, r = k % m.group, half = m.group / 2;
   const std::uint8_t byte = m.q4[(j * m.in + g * m.group) / 2 + r % half];
@@ -103,7 +112,7 @@ inline void rows_scalar(const QuantizedMatrix& m, const float* x, Index R, float
           }
           block += q * x[r * m.in + i];
         }
-        acc += m.scales[j * G + g] * block;
+        acc += scale_at(m.scales + j * G + g) * block;
       }
       y[r * ldy + j] = add ? y[r * ldy + j] + acc : acc;
     }
@@ -116,9 +125,31 @@ inline void rows_scalar(const QuantizedMatrix& m, const float* x, Index R, float
 /// picks its value from a 16-entry table, vpermps), multiplied into a partial sum, scaled once into the accumulator.
 enum class Packed { q8, q4, bf16, f32 };
 
+/// The sums of the lanes of a, b, c and d, as the first four lanes (adding halves of the four vectors together:
+/// 13 instructions instead of four reductions' 32, and a shorter dependency chain).
+inline __m128 four_sums(__m512 a, __m512 b, __m512 c, __m512 d) {
+  const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                                  _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));  // a's 8 lanes, b's 8
+  const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(1, 0, 1, 0)),
+                                  _mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(3, 2, 3, 2)));
+  __m512 v = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(2, 0, 2, 0)),
+                           _mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(3, 1, 3, 1)));  // 4 lanes each of a, b, c, d
+  v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));  // lane 4k: the sum of the k-th vector
+  return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), v));
+}
+
 /// y[r, j0 + j] (+)= the sum of acc[j][r]'s lanes.
 template <int J, int R>
 void store_sums(const __m512 (&acc)[J][R], float* y, Index ldy, bool add, Index j0) {
+  if constexpr (J == 4) {
+    for (int r = 0; r < R; ++r) {
+      float* out = y + r * ldy + j0;
+      const __m128 v = four_sums(acc[0][r], acc[1][r], acc[2][r], acc[3][r]);
+      _mm_storeu_ps(out, add ? _mm_add_ps(_mm_loadu_ps(out), v) : v);
+    }
+    return;
+  }
   for (int j = 0; j < J; ++j)
     for (int r = 0; r < R; ++r) {
       const float v = _mm512_reduce_add_ps(acc[j][r]);
@@ -162,7 +193,7 @@ void block_avx512(const QuantizedMatrix& m, const float* x, float* y, Index ldy,
       }
     }
     for (int j = 0; j < J; ++j) {
-      const __m512 s = _mm512_set1_ps(m.scales[(j0 + j) * G + g]);
+      const __m512 s = _mm512_set1_ps(scale_at(m.scales + (j0 + j) * G + g));
       for (int r = 0; r < R; ++r) acc[j][r] = _mm512_fmadd_ps(t[j][r], s, acc[j][r]);
     }
   }
@@ -245,9 +276,9 @@ void rows_avx2(const QuantizedMatrix& m, const float* x, float* y, Index ldy, bo
   for (Index j = begin; j < end; ++j) {
     __m256 acc[R];
     for (int r = 0; r < R; ++r) acc[r] = _mm256_setzero_ps();
-    const float* scales = m.scales + j * G;
+    const std::uint16_t* scales = m.scales + j * G;
     for (Index g = 0; g < G; ++g) {
-      const __m256 s = _mm256_set1_ps(scales[g]);
+      const __m256 s = _mm256_set1_ps(scale_at(scales + g));
       const Index base = g * m.group;
       __m256 t[R];
       for (int r = 0; r < R; ++r) t[r] = _mm256_setzero_ps();
@@ -320,18 +351,20 @@ inline void round_activation_rows(float* x, Index R, Index n) {
 
 #if defined(XTR_QUANTIZED_VNNI)
 /// int8 activations laid out for the integer kernels, R rows, each padded to whole steps (zeros) — a step is 64
-/// values (two chunks) against int8 weights, 128 (four chunks) against 4-bit ones:
-///   q8: q + 128 as unsigned bytes in row order (vpdpbusd multiplies unsigned by signed bytes; the kernel subtracts
-///       128 · Σw);
-///   q4: per step, the first halves (values 0–15) of its four chunks, then their second halves — the order of the
-///       low and high nibbles of 64 bytes of packed weights; `corr` holds −8 · Σq of each 32-bit lane's four values
-///       (low and high), which turns the unsigned nibbles (q + 8) into q;
-///   s:  per step, each chunk's scale repeated over the 32-bit lanes its products land in (8 for q8, 4 for q4).
+/// values (two chunks) against int8 weights, 128 (four chunks) against 4-bit ones. The activations are vpdpbusd's
+/// signed operand, the weights its unsigned one (int8: q + 128; q4: the nibbles q + 8), so every lane starts from a
+/// correction that only the activations determine:
+///   q:    q8: the values in row order; q4: per step, the first halves (values 0–15) of its four chunks, then their
+///         second halves — the order of the low and high nibbles of 64 bytes of packed weights;
+///   corr: per step, −128 (int8) or −8 (q4) times the sum of the values each 32-bit lane multiplies;
+///   s:    per step, each chunk's scale repeated over the lanes its products land in (8 for q8, 4 for q4);
+///   sc:   each chunk's scale once, the row padded to whole blocks of 16 chunks (zeros).
 struct IntegerActivations {
-  std::vector<std::uint8_t> q;
-  std::vector<float> s;
+  std::vector<std::int8_t> q;
+  std::vector<float> s, sc;
   std::vector<std::int32_t> corr;
-  Index steps = 0;  // per row
+  Index steps = 0;   // per row
+  Index chunks = 0;  // per row in sc
   [[nodiscard]] Index q_stride(bool q4) const { return steps * (q4 ? 128 : 64); }
 };
 
@@ -340,15 +373,19 @@ inline void prepare_integer_activations(const QuantizedMatrix& m, const float* x
   const bool q4 = m.q4 != nullptr;
   const Index step = q4 ? 128 : 64, chunks = m.in / kActivationChunk;
   a.steps = (m.in + step - 1) / step;
-  a.q.assign(std::size_t(R * a.steps * step), q4 ? 0 : 0x80);
+  a.chunks = (chunks + 15) / 16 * 16;
+  a.q.assign(std::size_t(R * a.steps * step), q4 ? 0 : std::int8_t(-128));  // q8: +128 as unsigned bytes
   a.s.assign(std::size_t(R * a.steps * 16), 0.0f);
-  if (q4) a.corr.assign(std::size_t(R * a.steps * 16), 0);
+  a.sc.assign(std::size_t(R * a.chunks), 0.0f);
+  if (q4) a.corr.resize(std::size_t(R * a.steps * 16));
+  const __m512i ones = _mm512_set1_epi8(1);
   for (Index r = 0; r < R; ++r) {
-    std::uint8_t* q = a.q.data() + r * a.steps * step;
+    std::int8_t* q = a.q.data() + r * a.steps * step;
     float* s = a.s.data() + r * a.steps * 16;
     for (Index c = 0; c < chunks; ++c) {
       __m128i lo, hi;
       const float scale = quantize_chunk_avx512(x + r * m.in + c * kActivationChunk, lo, hi);
+      a.sc[std::size_t(r * a.chunks + c)] = scale;
       if (q4) {  // chunk c is the (c % 4)-th of step c / 4
         const Index at = (c / 4) * 128 + (c % 4) * 16;
         _mm_storeu_si128(reinterpret_cast<__m128i*>(q + at), lo);
@@ -361,22 +398,110 @@ inline void prepare_integer_activations(const QuantizedMatrix& m, const float* x
         for (int l = 0; l < 8; ++l) s[(c / 2) * 16 + (c % 2) * 8 + l] = scale;
       }
     }
-    if (q4) {  // −8 · (sum of the lane's four low-half values + its four high-half values)
-      const __m512i ones = _mm512_set1_epi8(1);
+    if (q4)  // −8 · (the sum of each lane's four low-half values and four high-half values)
       for (Index t = 0; t < a.steps; ++t) {
-        const std::uint8_t* p = q + t * 128;
+        const std::int8_t* p = q + t * step;
         __m512i sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, _mm512_loadu_si512(p));
         sum = _mm512_dpbusd_epi32(sum, ones, _mm512_loadu_si512(p + 64));
         _mm512_storeu_si512(a.corr.data() + (r * a.steps + t) * 16, _mm512_mullo_epi32(sum, _mm512_set1_epi32(-8)));
       }
-    }
   }
 }
 
-/// q4 weights × int8 activations: J rows of W, R rows of x, a step of 128 values (four groups of 32) at a time. The
-/// 64 packed bytes of a step give the low nibbles (first halves of the four groups) and the high ones (second
-/// halves), unsigned, each multiplied with the activations laid out to match (two vpdpbusd); the 32-bit lanes hold
-/// four groups' integer dot products, four lanes each, converted and scaled by weight scale × activation scale.
+/// The 16 scales of groups g … g + 15 of a row (fewer at the row's end: zeros), as floats.
+inline __m512 sixteen_scales(const std::uint16_t* row, Index g, Index G) {
+  if (g + 16 <= G) return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + g)));
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(__mmask16((1u << (G - g)) - 1), row + g));
+}
+
+/// Bytes [0, n) of 64 (a load's mask; n ≤ 64).
+inline __mmask64 first_bytes(Index n) { return n >= 64 ? ~__mmask64{0} : (__mmask64{1} << n) - 1; }
+
+/// q4 weights × int8 activations, a step of 128 values (four groups): the 64 packed bytes give the low nibbles
+/// (first halves of the four groups) and the high ones (second halves), unsigned, each multiplied with the
+/// activations laid out to match (two vpdpbusd); lanes 4k … 4k + 3 hold group k's products.
+struct VnniQ4 {
+  static constexpr Index groups = 4;
+  static constexpr bool corrected = true;  // lanes start from the activations' correction
+  struct W {
+    __m512i lo, hi;
+  };
+  struct X {
+    __m512i lo, hi;
+  };
+  static W load(const QuantizedMatrix& m, Index row, Index g, bool whole, __mmask64 bytes) {
+    const std::uint8_t* p = m.q4 + row * (m.in / 2) + g * 16;
+    const __m512i v = whole ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(bytes, p);
+    const __m512i nibble = _mm512_set1_epi8(0x0F);
+    return {_mm512_and_si512(v, nibble), _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble)};
+  }
+  static X load_x(const std::int8_t* x) { return {_mm512_loadu_si512(x), _mm512_loadu_si512(x + 64)}; }
+  static __m512i dot(__m512i corr, const W& w, const X& x) {
+    return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(corr, w.lo, x.lo), w.hi, x.hi);
+  }
+};
+
+/// int8 weights × int8 activations, a step of 64 values (two groups): the activations + 128 (unsigned) times the
+/// weights (signed), one vpdpbusd started from −128 · Σw of each lane (the activations' correction is not used);
+/// lanes 8k … 8k + 7 hold group k's products.
+struct VnniQ8 {
+  static constexpr Index groups = 2;
+  static constexpr bool corrected = false;
+  struct W {
+    __m512i w, start;
+  };
+  struct X {
+    __m512i x;
+  };
+  static W load(const QuantizedMatrix& m, Index row, Index g, bool whole, __mmask64 bytes) {
+    const std::int8_t* p = m.q8 + row * m.in + g * 32;
+    const __m512i v = whole ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(bytes, p);
+    const __m512i sum = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(char(0x80)), v);
+    return {v, _mm512_sub_epi32(_mm512_setzero_si512(), sum)};
+  }
+  static X load_x(const std::int8_t* x) { return {_mm512_loadu_si512(x)}; }
+  static __m512i dot(__m512i, const W& w, const X& x) { return _mm512_dpbusd_epi32(w.start, x.x, w.w); }
+};
+
+/// One row of x (decoding a single sequence): J rows of W with the integer dot products of format F, blocks of 16
+/// groups at a time. Each lane's integer sum (started from the activations' correction where F uses one) is converted
+/// and scaled by its group's weight scale × activation scale; the 16 weight scales of a block are read at once and
+/// multiplied by the activation scales once per block, then spread over the lanes of each step by a permutation.
+template <class F, int J>
+void block_vnni(const QuantizedMatrix& m, const IntegerActivations& a, Index r0, float* y, Index ldy, bool add,
+                Index j0) {
+  constexpr Index step_values = 32 * F::groups;
+  const Index G = m.in / 32;
+  const __m512i spread = F::groups == 4 ? _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3)
+                                        : _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+  const std::int8_t* xq = a.q.data() + r0 * a.steps * step_values;
+  const std::int32_t* xc = F::corrected ? a.corr.data() + r0 * a.steps * 16 : nullptr;
+  __m512 acc[J][1];
+  for (int j = 0; j < J; ++j) acc[j][0] = _mm512_setzero_ps();
+  for (Index g0 = 0; g0 < G; g0 += 16) {
+    __m512 sw16[J];
+    const __m512 sx16 = _mm512_loadu_ps(a.sc.data() + r0 * a.chunks + g0);
+    for (int j = 0; j < J; ++j) sw16[j] = _mm512_mul_ps(sixteen_scales(m.scales + (j0 + j) * G, g0, G), sx16);
+    const bool whole = g0 + 16 <= G;
+    for (Index u = 0; u < 16 / F::groups && g0 + F::groups * u < G; ++u) {
+      const Index g = g0 + F::groups * u, t = g / F::groups;
+      const __mmask64 bytes = first_bytes(64 * (G - g) / F::groups);
+      const __m512i lanes = _mm512_add_epi32(spread, _mm512_set1_epi32(int(F::groups * u)));
+      const typename F::X x = F::load_x(xq + t * step_values);
+      const __m512i corr = F::corrected ? _mm512_loadu_si512(xc + t * 16) : _mm512_setzero_si512();
+      for (int j = 0; j < J; ++j) {
+        const typename F::W w = F::load(m, j0 + j, g, whole, bytes);
+        acc[j][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(F::dot(corr, w, x)), _mm512_permutexvar_ps(lanes, sw16[j]),
+                                    acc[j][0]);
+      }
+    }
+  }
+  store_sums<J, 1>(acc, y, ldy, add, j0);
+}
+
+/// Several rows of x (R ≥ 2): VnniQ4's products for J rows of W, a step at a time, each step reading its four weight
+/// scales (the accumulators fill the registers, so no block of scales is kept) and multiplying them by the
+/// activations' scales, repeated over the lanes.
 template <int J, int R>
 void block_vnni_q4(const QuantizedMatrix& m, const IntegerActivations& a, Index r0, float* y, Index ldy, bool add,
                    Index j0) {
@@ -396,10 +521,10 @@ void block_vnni_q4(const QuantizedMatrix& m, const IntegerActivations& a, Index 
       const __m512i v = _mm512_maskz_loadu_epi8(bytes, m.q4 + ((j0 + j) * in + g * 32) / 2);
       lo[j] = _mm512_and_si512(v, nibble);
       hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), nibble);
-      sw[j] = _mm512_permutexvar_ps(quarter, _mm512_castps128_ps512(_mm_maskz_loadu_ps(scales, m.scales + (j0 + j) * G + g)));
+      sw[j] = _mm512_permutexvar_ps(quarter, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_maskz_loadu_epi16(scales, m.scales + (j0 + j) * G + g))));
     }
     for (int r = 0; r < R; ++r) {
-      const std::uint8_t* xq = a.q.data() + (r0 + r) * qs + t * 128;
+      const std::int8_t* xq = a.q.data() + (r0 + r) * qs + t * 128;
       const __m512i xlo = _mm512_loadu_si512(xq), xhi = _mm512_loadu_si512(xq + 64);
       const __m512i corr = _mm512_loadu_si512(a.corr.data() + ((r0 + r) * a.steps + t) * 16);
       const __m512 sx = _mm512_loadu_ps(a.s.data() + ((r0 + r) * a.steps + t) * 16);
@@ -412,9 +537,7 @@ void block_vnni_q4(const QuantizedMatrix& m, const IntegerActivations& a, Index 
   store_sums<J, R>(acc, y, ldy, add, j0);
 }
 
-/// int8 weights × int8 activations: a step of 64 values (two groups); vpdpbusd multiplies the activations + 128
-/// (unsigned) by the weights (signed), starting from −128 · Σw of each lane, so the lanes hold the two groups' dot
-/// products, eight lanes each.
+/// Several rows of x: VnniQ8's products, as block_vnni_q4.
 template <int J, int R>
 void block_vnni_q8(const QuantizedMatrix& m, const IntegerActivations& a, Index r0, float* y, Index ldy, bool add,
                    Index j0) {
@@ -433,7 +556,7 @@ void block_vnni_q8(const QuantizedMatrix& m, const IntegerActivations& a, Index 
     for (int j = 0; j < J; ++j) {
       w[j] = _mm512_maskz_loadu_epi8(bytes, m.q8 + (j0 + j) * in + g * 32);
       start[j] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, w[j]));
-      sw[j] = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_maskz_loadu_ps(scales, m.scales + (j0 + j) * G + g)));
+      sw[j] = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_maskz_loadu_epi16(scales, m.scales + (j0 + j) * G + g))));
     }
     for (int r = 0; r < R; ++r) {
       const __m512i xq = _mm512_loadu_si512(a.q.data() + (r0 + r) * qs + t * 64);
@@ -452,7 +575,15 @@ void rows_vnni_as(const QuantizedMatrix& m, const IntegerActivations& a, Index r
                   Index begin, Index end) {
   constexpr int J = R <= 3 ? 4 : 2;
   Index j = begin;
-  if (m.q4) {
+  if constexpr (R == 1) {
+    if (m.q4) {
+      for (; j + J <= end; j += J) block_vnni<VnniQ4, J>(m, a, r0, y, ldy, add, j);
+      for (; j < end; ++j) block_vnni<VnniQ4, 1>(m, a, r0, y, ldy, add, j);
+    } else {
+      for (; j + J <= end; j += J) block_vnni<VnniQ8, J>(m, a, r0, y, ldy, add, j);
+      for (; j < end; ++j) block_vnni<VnniQ8, 1>(m, a, r0, y, ldy, add, j);
+    }
+  } else if (m.q4) {
     for (; j + J <= end; j += J) block_vnni_q4<J, R>(m, a, r0, y, ldy, add, j);
     for (; j < end; ++j) block_vnni_q4<1, R>(m, a, r0, y, ldy, add, j);
   } else {
@@ -585,7 +716,7 @@ inline void widen_rows(const QuantizedMatrix& m, Index begin, Index end, float* 
     for (Index j = begin + b; j < begin + e; ++j) {
       float* row = out + (j - begin) * m.in;
       for (Index g = 0; g < G; ++g) {
-        const float s = m.scales[j * G + g];
+        const float s = detail::scale_at(m.scales + j * G + g);
         const Index base = g * m.group;
         if (m.q8) {
           const std::int8_t* q = m.q8 + j * m.in + base;

@@ -69,7 +69,7 @@ template <class T>
 double weight(const ops::Weights<T>& w, Index o, Index i) {
   if (w.quantized()) {
     const Index cols = w.w.cols, k = i % w.group, half = w.group / 2;
-    const double s = w.scales[o * (cols / w.group) + i / w.group];
+    const double s = xtr::detail::half_bits_to_float(w.scales[o * (cols / w.group) + i / w.group]);
     if (w.q8) return s * double(w.q8[o * cols + i]);
     const std::uint8_t byte = w.q4[(o * cols + i - k) / 2 + k % half];
     return s * double((k < half ? byte & 0xF : byte >> 4) - 8);

@@ -1,0 +1,44 @@
+#pragma once
+// IEEE 754 half precision (binary16) bits ↔ float, in software: the quantised weights' per-group scales (as ggml's
+// Q4_0 / Q8_0 keep them) and safetensors' F16 tensors. The kernels convert with F16C instructions where the build has
+// them; these are the definition and the path everywhere else.
+#include <bit>
+#include <cmath>
+#include <cstdint>
+
+namespace xtr::detail {
+
+/// The largest finite half.
+inline constexpr float kHalfMax = 65504.0f;
+
+inline float half_bits_to_float(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, mant = h & 0x3FFu;
+  if (exp == 0) {  // zero or subnormal: mant · 2^-24
+    const float f = std::ldexp(static_cast<float>(mant), -24);
+    return sign ? -f : f;
+  }
+  const std::uint32_t bits = sign | (exp == 0x1F ? 0x7F800000u : (exp + 112) << 23) | (mant << 13);
+  return std::bit_cast<float>(bits);
+}
+
+/// The half of a finite f with 0 ≤ f ≤ kHalfMax: the smallest half ≥ f (`up`, so that a scale never shrinks below
+/// what its group needs) or the nearest, ties to even. Callers refuse larger values before converting.
+inline std::uint16_t float_to_half_bits(float f, bool up) {
+  const std::uint32_t u = std::bit_cast<std::uint32_t>(f);
+  if ((u & 0x7FFFFFFFu) == 0) return 0;
+  const int e = int((u >> 23) & 0xFFu) - 127;
+  const std::uint32_t sig = (u & 0x7FFFFFu) | 0x800000u;  // 24 bits, the leading one explicit
+  // a normal half keeps 11 significant bits (shift 13); a subnormal one counts units of 2^-24 (shift 13 + (-14 - e))
+  const int shift = e >= -14 ? 13 : 13 + (-14 - e);
+  std::uint32_t h = 0, rest = sig;
+  if (shift < 32) {
+    h = sig >> shift;
+    rest = sig & ((std::uint32_t{1} << shift) - 1);
+  }
+  if (e >= -14) h = (std::uint32_t(e + 15) << 10) | (h & 0x3FFu);  // exponent and the 10 stored bits
+  const std::uint32_t halfway = shift < 32 ? std::uint32_t{1} << (shift - 1) : 0;
+  if (up ? rest != 0 : (shift < 32 && (rest > halfway || (rest == halfway && (h & 1u))))) ++h;  // a carry moves the exponent
+  return std::uint16_t(h);
+}
+
+}  // namespace xtr::detail
