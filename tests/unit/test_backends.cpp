@@ -833,6 +833,11 @@ TEST_CASE("Attention: Cpu equals Reference (masks, GQA, decoding offsets, length
       with(self_attention(65, false, 24, 1),
            [](auto& c) { c.key_mask = KeyMask::fully_masked_row, c.query_mask = true; }),
       decoding(1, 65),
+      // a single query, heads of whole 16-value vectors: the fused AVX-512 loops (simd.hpp), key counts that are not
+      // multiples of four, wider heads, masked keys
+      decoding(1, 300, 64, 2),
+      decoding(1, 7, 32, 1),
+      with(decoding(1, 131, 80, 4), [](auto& c) { c.key_mask = KeyMask::holes; }),
       decoding(5, 130, 24, 2),
       with(decoding(63, 130, 16, 1), [](auto& c) { c.key_mask = KeyMask::holes; }),
       with(self_attention(65, true, 16, 2), [](auto& c) { c.shared_kv = true, c.key_mask = KeyMask::holes; }),
@@ -853,6 +858,7 @@ TEST_CASE("Attention: Cpu equals Reference with dropout, memory keys and a relat
       // memory keys over two tiles; the fully masked batch row still sees them
       with(self_attention(63, false, 24), [](auto& c) { c.mem_len = 67, c.key_mask = KeyMask::fully_masked_row; }),
       with(decoding(5, 70), [](auto& c) { c.mem_len = 4, c.dropout = 0.1; }),
+      with(decoding(1, 70, 32, 2), [](auto& c) { c.mem_len = 5, c.dropout = 0.1, c.bias = true; }),
       // memory rows in a wider buffer (mem_ld), GQA
       with(self_attention(63, true, 24, 2), [](auto& c) { c.mem_len = 5, c.mem_pad = 7, c.key_mask = KeyMask::holes; }),
       with(self_attention(65, true), [](auto& c) { c.bias = true; }),

@@ -12,8 +12,10 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "xtr/backend/cpu/parallel.hpp"
+#include "xtr/backend/cpu/simd.hpp"
 #include "xtr/backend/ops.hpp"
 #include "xtr/core/arena.hpp"
 #include "xtr/core/rng.hpp"
@@ -94,11 +96,35 @@ void attention_forward(const AttentionProblem<T>& p, HeadsView<const T> q, Heads
   using detail::tile_k;
   using detail::tile_q;
   using Tile = Eigen::Map<RowMatrix<T>>;
+#if defined(XTR_SIMD_AVX512)
+  constexpr bool simd_path = std::is_same_v<T, float>;
+#else
+  constexpr bool simd_path = false;
+#endif
   const Index dh = p.dim_head;
   const Index scratch = 2 * tile_q * tile_k + tile_q * dh + 2 * tile_q;
   T* per_thread = arena.allocate<T>(Index(max_threads()) * scratch);
   const T neg_inf = -std::numeric_limits<T>::infinity();
   const HeadsView<const T> mem_k{p.mem_k, 0, p.memory_ld()}, mem_v{p.mem_v, 0, p.memory_ld()};
+  // a single query's two products as fused AVX-512 loops (float, whole 16-value vectors per head); each returns
+  // whether it ran (otherwise Eigen's products do the work)
+  const bool fused_single_query = simd_path && dh % 16 == 0;
+  auto fused_scores = [&](bool single, const T* q_row, const T* keys, Index ld, Index n, T* out) {
+#if defined(XTR_SIMD_AVX512)
+    if constexpr (simd_path) {
+      if (single) simd::scaled_dots(q_row, keys, ld, n, dh, p.scale, out);
+    }
+#endif
+    return simd_path && single;
+  };
+  auto fused_values = [&](bool single, const T* probs, const T* values, Index ld, Index n, T* out) {
+#if defined(XTR_SIMD_AVX512)
+    if constexpr (simd_path) {
+      if (single) simd::weighted_rows(probs, values, ld, n, dh, out);
+    }
+#endif
+    return simd_path && single;
+  };
 
   parallel_tasks(p.batch * p.heads, 4 * p.q_len * (p.k_len + p.mem_len) * dh, [&](Index task, int thread) {
     const Index b = task / p.heads, h = task % p.heads, g = h % p.kv_heads;
@@ -108,6 +134,9 @@ void attention_forward(const AttentionProblem<T>& p, HeadsView<const T> q, Heads
       // a single query (a decoding step) takes its keys 8,192 at a time: the score buffer of a whole tile holds them,
       // and two products per head replace two per 64 keys
       const Index bk_max = bq == 1 ? 2 * tile_q * tile_k : tile_k;
+      // and, in float with whole 16-value vectors per head, its scores and weighted values are fused AVX-512 loops
+      // (backend/cpu/simd.hpp) rather than two matrix-vector products
+      const bool single_query = bq == 1 && fused_single_query;
       ConstStridedView<T> Q(q.at(b, i0, h, dh), bq, dh, Eigen::OuterStride<>(q.row_stride));
       Tile acc(mem + 2 * tile_q * tile_k, bq, dh);
       T* m = mem + 2 * tile_q * tile_k + tile_q * dh;
@@ -120,7 +149,8 @@ void attention_forward(const AttentionProblem<T>& p, HeadsView<const T> q, Heads
         ConstStridedView<T> K(keys.at(b, j0, g, dh), bk, dh, Eigen::OuterStride<>(keys.row_stride));
         ConstStridedView<T> V(values.at(b, j0, g, dh), bk, dh, Eigen::OuterStride<>(values.row_stride));
         Tile S(mem, bq, bk);
-        S.noalias() = p.scale * (Q * K.transpose());
+        if (!fused_scores(single_query, Q.data(), K.data(), keys.row_stride, bk, S.data()))
+          S.noalias() = p.scale * (Q * K.transpose());
         if (regular && p.bias) detail::bias_tile(p, h, i0, j0, S);
         if (regular && detail::tile_needs_mask(p, i0, j0 + bk)) detail::mask_tile(p, b, i0, j0, S);
         for (Index r = 0; r < bq; ++r) {
@@ -136,7 +166,7 @@ void attention_forward(const AttentionProblem<T>& p, HeadsView<const T> q, Heads
           m[r] = m_new;
         }
         if (p.dropout > 0) detail::drop_tile(p, b, h, i0, regular ? p.mem_len + j0 : j0, S);
-        acc.noalias() += S * V;
+        if (!fused_values(single_query, S.data(), V.data(), values.row_stride, bk, acc.data())) acc.noalias() += S * V;
       };
       for (Index j0 = 0; j0 < p.mem_len; j0 += bk_max) visit(mem_k, mem_v, j0, std::min(bk_max, p.mem_len - j0), false);
       const Index j_end = detail::key_end(p, i0 + bq);

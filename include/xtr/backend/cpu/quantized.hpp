@@ -17,6 +17,7 @@
 #endif
 
 #include "xtr/backend/cpu/parallel.hpp"
+#include "xtr/backend/cpu/simd.hpp"
 #include "xtr/core/error.hpp"
 #include "xtr/core/tensor.hpp"
 #include "xtr/core/weight_format.hpp"
@@ -125,27 +126,13 @@ inline void rows_scalar(const QuantizedMatrix& m, const float* x, Index R, float
 /// picks its value from a 16-entry table, vpermps), multiplied into a partial sum, scaled once into the accumulator.
 enum class Packed { q8, q4, bf16, f32 };
 
-/// The sums of the lanes of a, b, c and d, as the first four lanes (adding halves of the four vectors together:
-/// 13 instructions instead of four reductions' 32, and a shorter dependency chain).
-inline __m128 four_sums(__m512 a, __m512 b, __m512 c, __m512 d) {
-  const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
-                                  _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));  // a's 8 lanes, b's 8
-  const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(1, 0, 1, 0)),
-                                  _mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(3, 2, 3, 2)));
-  __m512 v = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(2, 0, 2, 0)),
-                           _mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(3, 1, 3, 1)));  // 4 lanes each of a, b, c, d
-  v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)));
-  v = _mm512_add_ps(v, _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));  // lane 4k: the sum of the k-th vector
-  return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), v));
-}
-
 /// y[r, j0 + j] (+)= the sum of acc[j][r]'s lanes.
 template <int J, int R>
 void store_sums(const __m512 (&acc)[J][R], float* y, Index ldy, bool add, Index j0) {
   if constexpr (J == 4) {
     for (int r = 0; r < R; ++r) {
       float* out = y + r * ldy + j0;
-      const __m128 v = four_sums(acc[0][r], acc[1][r], acc[2][r], acc[3][r]);
+      const __m128 v = simd::four_sums(acc[0][r], acc[1][r], acc[2][r], acc[3][r]);
       _mm_storeu_ps(out, add ? _mm_add_ps(_mm_loadu_ps(out), v) : v);
     }
     return;
