@@ -153,7 +153,17 @@ void block_avx512(const QuantizedMatrix& m, const float* x, float* y, Index ldy,
   __m512 acc[J][R];
   for (int j = 0; j < J; ++j)
     for (int r = 0; r < R; ++r) acc[j][r] = _mm512_setzero_ps();
+  alignas(64) float scales[J][16];  // the J rows' scales of groups g … g + 15 as floats, converted 16 at a time
   for (Index g = 0; g < G; ++g) {
+    if (g % 16 == 0)
+      for (int j = 0; j < J; ++j) {
+        const std::uint16_t* row = m.scales + (j0 + j) * G;
+        if (g + 16 <= G) {
+          _mm512_store_ps(scales[j], _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + g))));
+        } else {
+          for (Index i = g; i < G; ++i) scales[j][i - g] = scale_at(row + i);
+        }
+      }
     const Index base = g * m.group;
     __m512 t[J][R];
     for (Index k = 0; k < half; k += 16) {  // values k … k+15 and half + k … half + k + 15 of the group
@@ -180,7 +190,7 @@ void block_avx512(const QuantizedMatrix& m, const float* x, float* y, Index ldy,
       }
     }
     for (int j = 0; j < J; ++j) {
-      const __m512 s = _mm512_set1_ps(scale_at(m.scales + (j0 + j) * G + g));
+      const __m512 s = _mm512_set1_ps(scales[j][g % 16]);
       for (int r = 0; r < R; ++r) acc[j][r] = _mm512_fmadd_ps(t[j][r], s, acc[j][r]);
     }
   }
