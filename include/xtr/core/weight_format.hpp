@@ -8,8 +8,9 @@
 //         group of 32 is 16 bytes, byte k holding values k (low nibble) and k + 16 (high nibble), as ggml's Q4_0
 //         (0.5 byte + 2/group)
 // and w ≈ s · q. Rounding the scale up keeps |w / s| ≤ 127 (7), so the error stays within s / 2 per value; a group
-// whose max|w| / 127 (7) exceeds the largest half, 65504, cannot be quantised (an error names the parameter). Quantised entries are the 2-D parameters whose rows hold a whole number of groups; the GEMMs read
-// those from the copy and dequantize inside the dot product (backend/cpu/quantized.hpp), never widening the matrix.
+// whose max|w| / 127 (7) exceeds the largest half, 65504, cannot be quantised (an error names the parameter).
+// Quantised entries are the 2-D parameters whose rows hold a whole number of groups; the GEMMs read those from the
+// copy and dequantize inside the dot product (backend/cpu/quantized.hpp), never widening the matrix.
 // Elements keep the store's layout (q8 and bf16: element i of the store; q4 and the scales: entry by entry, in the
 // store's order), so a read spanning adjacent entries (q, k, v) stays one contiguous block.
 #include <algorithm>

@@ -2,7 +2,8 @@
 // A model with its decoding weights quantised, as one safetensors file: every quantised matrix as its int8 values
 // (I8, shape (rows, cols)) or packed 4-bit values (U8, (rows, cols / 2), byte k of a group holding values k and
 // k + group/2 in its low and high nibble), with "<name>.scales" (F16, (rows, cols / group): the copy's half-precision
-// scales; files with F32 scales load too, each rounded to the nearest half) beside it; every other parameter in F32. Metadata: xtr.model, xtr.config (as checkpoints), xtr.weight_format, xtr.group, xtr.crc32c.
+// scales; files with F32 scales load too, each rounded to the nearest half) beside it; every other parameter in F32.
+// Metadata: xtr.model, xtr.config (as checkpoints), xtr.weight_format, xtr.group, xtr.crc32c.
 // Loading fills the parameters with the dequantised values and gives the model the very copy that was saved (no
 // second rounding), so a loaded model decodes exactly as the one that was saved.
 #include <filesystem>

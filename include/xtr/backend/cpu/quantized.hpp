@@ -348,12 +348,12 @@ inline void round_activation_rows(float* x, Index R, Index n) {
 
 #if defined(XTR_QUANTIZED_VNNI)
 /// int8 activations laid out for the integer kernels, R rows, each padded to whole steps (zeros) — a step is 64
-/// values (two chunks) against int8 weights, 128 (four chunks) against 4-bit ones. The activations are vpdpbusd's
-/// signed operand, the weights its unsigned one (int8: q + 128; q4: the nibbles q + 8), so every lane starts from a
-/// correction that only the activations determine:
-///   q:    q8: the values in row order; q4: per step, the first halves (values 0–15) of its four chunks, then their
-///         second halves — the order of the low and high nibbles of 64 bytes of packed weights;
-///   corr: per step, −128 (int8) or −8 (q4) times the sum of the values each 32-bit lane multiplies;
+/// values (two chunks) against int8 weights, 128 (four chunks) against 4-bit ones:
+///   q:    q8: q + 128 as unsigned bytes in row order (vpdpbusd's unsigned operand against the signed weights; the
+///         kernel starts each lane from −128 · Σw); q4: the signed values, per step the first halves (values 0–15) of
+///         its four chunks, then their second halves — the order of the low and high nibbles (q + 8, unsigned) of 64
+///         bytes of packed weights;
+///   corr: q4 only: per step, −8 times the sum of the values each 32-bit lane multiplies (turns the nibbles into q);
 ///   s:    per step, each chunk's scale repeated over the lanes its products land in (8 for q8, 4 for q4);
 ///   sc:   each chunk's scale once, the row padded to whole blocks of 16 chunks (zeros).
 struct IntegerActivations {
