@@ -302,15 +302,19 @@ void compare_linear(std::uint64_t& seed) {
   const std::string p = precision_name<T>;
   const std::vector<bool> biases = S::bias ? std::vector<bool>{true, false} : std::vector<bool>{false};
   const std::vector<double> rates = S::dropout ? std::vector<double>{0.0, 0.3} : std::vector<double>{0.0};
-  // 5 rows: the decoding shapes (≤ 8 rows), where the CPU splits the output features over the threads; 150 rows: the
-  // epilogue passes run threaded (per-thread partial sums of db) and Eigen's GEMMs split over the threads
-  for (Index rows : {37, 5, 150})
+  // 5 rows: the decoding shapes (≤ 8 rows); 3 rows of 64 into 202 or 205 features: enough work that the CPU splits
+  // the output features over the threads and each thread runs the epilogue on its own columns (bias, activation and
+  // the dropout mask indexed from a column offset); 150 rows: the epilogue passes run threaded (per-thread partial
+  // sums of db) and Eigen's GEMMs split over the threads
+  for (Index rows : {37, 5, 150, 3})
     for (bool bias : biases)
       for (double rate : rates)
         for (Index pad : {0, 3}) {
           if (rows == 150 && pad) continue;
-          LinearCase c{.rows = rows, .in = rows == 150 ? 40 : 19, .out = (rows == 150 ? 110 : 26) + (S::gated ? 0 : 3),
-                       .bias = bias, .dropout = rate, .pad = pad};
+          const Index inputs = rows == 150 ? 40 : rows == 3 ? 64 : 19;
+          const Index outputs = rows == 150 ? 110 : rows == 3 ? 202 : 26;
+          LinearCase c{.rows = rows, .in = inputs, .out = outputs + (S::gated ? 0 : 3), .bias = bias, .dropout = rate,
+                       .pad = pad};
           const auto in = linear_inputs<T, E>(c, seed += 10);
           INFO(c.str() << " in " << p);
           const auto ref = linear_forward<Ref, E>(c, in);

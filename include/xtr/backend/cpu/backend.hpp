@@ -74,15 +74,16 @@ void with_maps(F&& f, Views... views) {
 /// the enwik8 shapes (bench/RESULTS.md): the blocked kernel is ahead up to 32 rows, Eigen from 64.
 inline constexpr Index kFewRows = 32;
 
-/// y (+)= x Wᵀ from the float weights, their bfloat16 copy or their quantised copy.
-template <class T>
-void gemm_forward(View<const T> x, const ops::Weights<T>& w, View<T> y, bool accumulate, Arena& arena) {
-  const Index out = w.w.rows, in = w.w.cols;
+/// y (+)= x Wᵀ as the blocked kernel of backend/cpu/quantized.hpp when it applies (decoding and short prompts;
+/// bfloat16 and float weights only on AVX-512, elsewhere gemm_forward's other paths are faster), each thread then
+/// calling tail(c0, c1) on the columns [c0, c1) of y it wrote: true. False, with nothing done, otherwise.
+template <class T, class Tail = quantized::NoTail>
+bool few_rows_product(View<const T> x, const ops::Weights<T>& w, View<T> y, bool accumulate, Arena& arena,
+                      const Tail& tail = {}) {
   if constexpr (std::is_same_v<T, float>) {
-    // decoding and short prompts; bfloat16 and float only on AVX-512 (elsewhere the code below is faster)
     const bool wide = quantized::is_avx512(quantized::best_isa());
     if (x.rows <= kFewRows && (w.quantized() || (wide && (w.bf16 || w.w.contiguous())))) {
-      quantized::QuantizedMatrix m{w.q8, w.q4, w.scales, out, in, w.group};
+      quantized::QuantizedMatrix m{w.q8, w.q4, w.scales, w.w.rows, w.w.cols, w.group};
       if (w.bf16 && !w.quantized()) m.bf16 = w.bf16;
       if (!w.bf16 && !w.quantized()) m.f32 = w.w.data;
       const float* rows = x.data;
@@ -91,10 +92,18 @@ void gemm_forward(View<const T> x, const ops::Weights<T>& w, View<T> y, bool acc
         for (Index r = 0; r < x.rows; ++r) std::copy_n(x.row(r), x.cols, packed + r * x.cols);
         rows = packed;
       }
-      quantized::gemv(m, rows, x.rows, y.data, y.ld, accumulate, quantized::best_isa(), w.int8_activations);
-      return;
+      quantized::gemv(m, rows, x.rows, y.data, y.ld, accumulate, quantized::best_isa(), w.int8_activations, tail);
+      return true;
     }
   }
+  return false;
+}
+
+/// y (+)= x Wᵀ from the float weights, their bfloat16 copy or their quantised copy.
+template <class T>
+void gemm_forward(View<const T> x, const ops::Weights<T>& w, View<T> y, bool accumulate, Arena& arena) {
+  const Index out = w.w.rows, in = w.w.cols;
+  if (few_rows_product<T>(x, w, y, accumulate, arena)) return;
   if (w.quantized()) {  // a long prefill (or double): widen the matrix once into the arena, then one GEMM
     const quantized::QuantizedMatrix m{w.q8, w.q4, w.scales, out, in, w.group};
     if (w.int8_activations) {  // the values int8 activations stand for, as the integer kernel multiplies them
@@ -171,22 +180,31 @@ struct kernel<Cpu<T>, ops::Linear<E>> {
         if (S::bias && o.bias) add_bias(out, o.bias);
         return;
       }
+      const T scale = scaled ? o.scale : T(1);
+      const T* b = S::bias ? o.bias : nullptr;
+      const auto finish = [&](Index n0, Index n1, Index c0, Index c1) {  // out ← s · out + b over a block
+        for (Index n = n0; n < n1; ++n) {
+          T* r = out.row(n);
+          if (scale != T(1))
+            for (Index c = c0; c < c1; ++c) r[c] *= scale;
+          if (b)
+            for (Index c = c0; c < c1; ++c) r[c] += b[c];
+        }
+      };
+      if (!scaled && !b) return cpu::gemm_forward<T>(x, w, out, S::add_to, arena);
+      if (cpu::few_rows_product<T>(x, w, out, S::add_to, arena,
+                                   [&](Index c0, Index c1) { finish(0, out.rows, c0, c1); }))
+        return;
       cpu::gemm_forward<T>(x, w, out, S::add_to, arena);
-      if (scaled || (S::bias && o.bias)) {
-        const T scale = scaled ? o.scale : T(1);
-        const T* b = S::bias ? o.bias : nullptr;
-        cpu::parallel_rows(out.rows, 2 * W, [&](Index begin, Index end) {
-          for (Index n = begin; n < end; ++n) {
-            T* r = out.row(n);
-            if (scale != T(1))
-              for (Index c = 0; c < W; ++c) r[c] *= scale;
-            if (b)
-              for (Index c = 0; c < W; ++c) r[c] += b[c];
-          }
-        });
-      }
+      cpu::parallel_rows(out.rows, 2 * W, [&](Index begin, Index end) { finish(begin, end, 0, W); });
     } else {
       View<T> a(o.saved ? o.saved : arena.allocate<T>(x.rows * W), x.rows, W);
+      if constexpr (!S::gated) {  // column c of the output reads column c of a alone: each thread finishes its own
+        if (cpu::few_rows_product<T>(x, w, a, false, arena, [&](Index c0, Index c1) {
+              for (Index n = 0; n < x.rows; ++n) cpu::epilogue_segment<E, T>(a, o, out, n, c0, c1);
+            }))
+          return;
+      }
       cpu::gemm_forward<T>(x, w, a, false, arena);
       cpu::epilogue_rows<E, T>(a, o, out);
     }

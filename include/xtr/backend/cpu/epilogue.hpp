@@ -14,46 +14,51 @@
 
 namespace xtr::cpu {
 
-/// One pass over the rows of an epilogue with an activation and/or dropout: a = z (+ b) in place in `a` (N, W);
-/// y = act(a) or u ⊙ act(v), times the dropout keep scale; out = y or out += y.
+/// Row n of an epilogue with an activation and/or dropout over the output columns [c0, c1): a = z (+ b) in place in
+/// `a` (N, W); y = act(a) or u ⊙ act(v), times the dropout keep scale; out = y or out += y. A gated epilogue pairs
+/// column c with F + c and takes whole rows (c0 = 0, c1 = F).
 template <class E, class T>
-void epilogue_rows(View<T> a, const epilogue::Operands<T>& o, View<T> out) {
+void epilogue_segment(View<T> a, const epilogue::Operands<T>& o, View<T> out, Index n, Index c0, Index c1) {
   using S = epilogue::Shape<E>;
   using A = typename S::activation;
   using Row = Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>>;
   using ConstRow = Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>>;
-  const Index W = a.cols, F = out.cols;
+  const Index F = c1 - c0, W = S::gated ? a.cols : F;
   const bool drop = S::dropout && o.dropout > 0;
   const T keep_scale = drop ? T(1.0 / (1.0 - o.dropout)) : T(1);
   const float threshold = float(o.dropout);
-  parallel_rows(a.rows, 20 * W, [&](Index begin, Index end) {
-    for (Index n = begin; n < end; ++n) {
-      Row ar(a.row(n), W), yr(out.row(n), F);
-      if (S::scaled && o.scale != T(1)) ar *= o.scale;
-      if (S::bias && o.bias) ar += ConstRow(o.bias, W);
-      auto store = [&](const auto& y) {
-        if constexpr (S::add_to) {
-          yr += y;
-        } else {
-          yr = y;
-        }
-      };
-      if (!drop) {
-        if constexpr (S::gated) store(ar.head(F) * ActivationMath<A>::value(ar.tail(F)));
-        else if constexpr (std::is_void_v<A>) store(ar);
-        else store(ActivationMath<A>::value(ar));
-      } else {  // the keep mask of row n, elementwise
-        for (Index c = 0; c < F; ++c) {
-          T y;
-          if constexpr (S::gated) y = ar[c] * ActivationMath<A>::value(ar.segment(F + c, 1))[0];
-          else if constexpr (std::is_void_v<A>) y = ar[c];
-          else y = ActivationMath<A>::value(ar.segment(c, 1))[0];
-          y *= o.stream.uniform(std::uint64_t(n * F + c)) >= threshold ? keep_scale : T(0);
-          if constexpr (S::add_to) yr[c] += y;
-          else yr[c] = y;
-        }
-      }
+  Row ar(a.row(n) + c0, W), yr(out.row(n) + c0, F);
+  if (S::scaled && o.scale != T(1)) ar *= o.scale;
+  if (S::bias && o.bias) ar += ConstRow(o.bias + c0, W);
+  auto store = [&](const auto& y) {
+    if constexpr (S::add_to) {
+      yr += y;
+    } else {
+      yr = y;
     }
+  };
+  if (!drop) {
+    if constexpr (S::gated) store(ar.head(F) * ActivationMath<A>::value(ar.tail(F)));
+    else if constexpr (std::is_void_v<A>) store(ar);
+    else store(ActivationMath<A>::value(ar));
+  } else {  // the keep mask of row n, elementwise
+    for (Index c = 0; c < F; ++c) {
+      T y;
+      if constexpr (S::gated) y = ar[c] * ActivationMath<A>::value(ar.segment(F + c, 1))[0];
+      else if constexpr (std::is_void_v<A>) y = ar[c];
+      else y = ActivationMath<A>::value(ar.segment(c, 1))[0];
+      y *= o.stream.uniform(std::uint64_t(n * out.cols + c0 + c)) >= threshold ? keep_scale : T(0);
+      if constexpr (S::add_to) yr[c] += y;
+      else yr[c] = y;
+    }
+  }
+}
+
+/// The epilogue over every row, in one pass (rows split between threads).
+template <class E, class T>
+void epilogue_rows(View<T> a, const epilogue::Operands<T>& o, View<T> out) {
+  parallel_rows(a.rows, 20 * a.cols, [&](Index begin, Index end) {
+    for (Index n = begin; n < end; ++n) epilogue_segment<E, T>(a, o, out, n, 0, out.cols);
   });
 }
 

@@ -645,9 +645,15 @@ inline void rows(Isa isa, const QuantizedMatrix& m, const float* x, Index R, flo
 /// rows; each thread walks its rows in blocks small enough to stay in the L1/L2 cache while every 8 rows of x pass
 /// over them, so the matrix is read from memory once however many rows x has. With `int8_activations` the rows of x
 /// are quantised per chunk of 32 (core/weight_format.hpp) first: the avx512_vnni path multiplies them as integers
-/// against int8 / q4 weights in groups of 32; every other path multiplies the values they stand for.
-inline void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, Index ldy, bool add = false,
-                 Isa isa = best_isa(), bool int8_activations = false) {
+/// against int8 / q4 weights in groups of 32; every other path multiplies the values they stand for. Each thread
+/// then calls tail(begin, end) on the columns [begin, end) of Y it wrote (a GEMM's elementwise epilogue, run while
+/// they are in that thread's cache and without another parallel region).
+struct NoTail {
+  void operator()(Index, Index) const {}
+};
+template <class Tail = NoTail>
+void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, Index ldy, bool add = false,
+          Isa isa = best_isa(), bool int8_activations = false, const Tail& tail = {}) {
   require(R >= 1, "quantized gemv takes at least one row, got ", R);
   if (m.bf16 || m.f32) {
     if (isa == Isa::avx2) isa = Isa::scalar;  // bfloat16 and float: the AVX-512 kernel or the scalar loop
@@ -661,9 +667,14 @@ inline void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, In
   const Index block = std::max<Index>(4, (Index(48) << 10) / row_bytes);
   const auto run = [&](auto&& rows8) {  // rows8(r0, rows, y, begin, end): ≤ 8 rows of x from row r0
     parallel_rows(m.out, 2 * R * m.in, [&](Index begin, Index end) {
-      if (R <= 8) return rows8(Index{0}, R, y, begin, end);
-      for (Index j = begin; j < end; j += block)
-        for (Index r = 0; r < R; r += 8) rows8(r, std::min<Index>(8, R - r), y + r * ldy, j, std::min(end, j + block));
+      if (R <= 8) {
+        rows8(Index{0}, R, y, begin, end);
+      } else {
+        for (Index j = begin; j < end; j += block)
+          for (Index r = 0; r < R; r += 8)
+            rows8(r, std::min<Index>(8, R - r), y + r * ldy, j, std::min(end, j + block));
+      }
+      tail(begin, end);
     });
   };
   if (int8_activations) {
