@@ -134,6 +134,13 @@ double weight_bytes_per_token(const Net& net) {
   return bytes;
 }
 
+// K and V bytes the attention of one decoded token reads, averaged over a 256-token generation after a 16-token
+// prompt (every layer, every head, float cache: the token at step i attends over 16 + i + 1 keys)
+double kv_bytes_per_token(const BenchConfig& c) {
+  const double mean_keys = 16 + (256 + 1) / 2.0;
+  return 2.0 * double(c.depth) * double(c.dim) * sizeof(float) * mean_keys;
+}
+
 void generate_kv(const BenchConfig& c, int repeats, bool bf16, const std::string& weights,
                  xtr::ActivationFormat activations) {
   auto model = make(c);
@@ -144,14 +151,16 @@ void generate_kv(const BenchConfig& c, int repeats, bool bf16, const std::string
   const std::string name = bf16      ? "bf16-per-call"
                            : weights == "auto" ? "auto-" + std::string(xtr::format_name(model.net.weight_format()))
                                                : weights;
-  const double bytes = weight_bytes_per_token(model.net) * (bf16 ? 0.5 : 1.0);
+  const double bytes = weight_bytes_per_token(model.net) * (bf16 ? 0.5 : 1.0), kv = kv_bytes_per_token(c);
   const double bandwidth = triad_gb_per_s();
   std::printf(
       "{\"impl\": \"xtr\", \"bench\": \"generate_kv\", \"config\": \"%s\", \"threads\": %d, \"batch\": 1, "
       "\"new_tokens\": %d, \"weights\": \"%s\", \"activations\": \"%s\", \"best_s\": %.4f, \"tokens_per_s\": %.1f, "
-      "\"weight_mb_per_token\": %.2f, \"gb_per_s\": %.1f, \"triad_gb_per_s\": %.1f, \"dram_fraction\": %.2f}\n",
+      "\"weight_mb_per_token\": %.2f, \"gb_per_s\": %.1f, \"triad_gb_per_s\": %.1f, \"dram_fraction\": %.2f, "
+      "\"kv_mb_per_token\": %.2f, \"dram_fraction_with_kv\": %.2f}\n",
       c.name, omp_get_max_threads(), 256, name.c_str(), acts.c_str(), 256 / tokens_per_s, tokens_per_s, bytes / 1e6,
-      bytes * tokens_per_s / 1e9, bandwidth, bytes * tokens_per_s / 1e9 / bandwidth);
+      bytes * tokens_per_s / 1e9, bandwidth, bytes * tokens_per_s / 1e9 / bandwidth, kv / 1e6,
+      (bytes + kv) * tokens_per_s / 1e9 / bandwidth);
 }
 
 // Batched decoding and prefill: for batch 1, 8 and 32 (16-token prompts), the prefill (generate(prompt, 1)) and one

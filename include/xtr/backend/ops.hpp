@@ -54,19 +54,21 @@ struct kernel {
 
 namespace ops {
 
-/// Row-strided storage of one (batch, length, heads·dim_head) operand: element (b, t, head, d) is at
-/// data[b·batch_stride + t·row_stride + head·dim_head + d] (batch_stride 0: one operand shared by the batch).
+/// Strided storage of one operand of heads: element (b, t, head, d) is at data[b·batch_stride + t·row_stride +
+/// head·head_stride + d], head_stride 0 meaning dim_head — a (batch, length, heads·dim_head) buffer, heads side by
+/// side in each row; a KV cache keeps each head's rows together instead, (batch, heads, capacity, dim_head), so a
+/// decoding step reads each head's keys as one contiguous run. batch_stride 0: one operand shared by the batch.
 template <class T>
 struct HeadsView {
   T* data = nullptr;
-  Index batch_stride = 0, row_stride = 0;
+  Index batch_stride = 0, row_stride = 0, head_stride = 0;
   [[nodiscard]] T* at(Index b, Index t, Index head, Index dim_head) const {
-    return data + b * batch_stride + t * row_stride + head * dim_head;
+    return data + b * batch_stride + t * row_stride + head * (head_stride ? head_stride : dim_head);
   }
   operator HeadsView<const T>() const  // NOLINT: a writable operand is a readable one
     requires(!std::is_const_v<T>)
   {
-    return {data, batch_stride, row_stride};
+    return {data, batch_stride, row_stride, head_stride};
   }
 };
 

@@ -18,8 +18,8 @@ struct KVCache {
   Index batch = 0, capacity = 0;  // rows per sequence held (2 · max_seq_len: a sliding window moves rarely)
   Index start = 0, length = 0;    // live rows [start, start + length)
   Index position = 0;             // position of the next token (keeps counting past max_seq_len)
-  std::vector<Tensor<T>> k, v;    // per layer (batch, capacity, kv_heads · dim_head); rows outside the live ones
-                                  // are undefined (never read)
+  std::vector<Tensor<T>> k, v;    // per layer (batch, kv_heads, capacity, dim_head): each head's rows together,
+                                  // read as one run per head; rows outside the live ones are undefined (never read)
   std::vector<std::uint16_t> bf16_weights;  // when set: the parameters rounded to bfloat16, same layout
   const void* checked_weights = nullptr;     // the weight copy found fresh (not stale) at this cache's first step
   // CrossAttend: the context's keys and values, projected once per sequence
@@ -46,7 +46,16 @@ struct KVCache {
       t = std::move(out);
     };
     for (auto* layers : {&k, &v})
-      for (auto& t : *layers) repeat(t, capacity, start, length);
+      for (auto& t : *layers) {
+        const Index heads = t.shape().extent[1], dh = t.shape().extent[3];
+        Tensor<T> out(Shape{batch * times, heads, capacity, dh}, Uninitialized{});
+        for (Index b = 0; b < batch; ++b)
+          for (Index i = 0; i < times; ++i)
+            for (Index h = 0; h < heads; ++h)
+              std::copy_n(t.data() + ((b * heads + h) * capacity + start) * dh, length * dh,
+                          out.data() + (((b * times + i) * heads + h) * capacity + start) * dh);
+        t = std::move(out);
+      }
     for (auto& t : context_kv) repeat(t, context_length, 0, context_length);
     if (!context_mask.empty()) {
       std::vector<std::uint8_t> mask(std::size_t(batch * times * context_length));
@@ -90,14 +99,19 @@ struct KVCache {
     if (length == 0) return;
     for (auto* layers : {&k, &v})
       for (auto& t : *layers) {
-        const Index width = t.shape().extent[2], live = length * width;
-        scratch.resize(std::size_t(Index(source.size()) * live));
+        const Index heads = t.shape().extent[1], dh = t.shape().extent[3], live = length * dh;
+        const auto rows_of = [&](Index sequence, Index h) {  // its live rows of head h
+          return t.data() + ((sequence * heads + h) * capacity + start) * dh;
+        };
+        scratch.resize(std::size_t(Index(source.size()) * heads * live));
         for (std::size_t s = 0; s < source.size(); ++s)
-          std::copy_n(t.data() + (source[s] * capacity + start) * width, live, scratch.data() + Index(s) * live);
+          for (Index h = 0; h < heads; ++h)
+            std::copy_n(rows_of(source[s], h), live, scratch.data() + (Index(s) * heads + h) * live);
         for (Index r = 0; r < batch; ++r) {
           const Index p = parent[std::size_t(r)];
           if (p != r)
-            std::copy_n(scratch.data() + slot[std::size_t(p)] * live, live, t.data() + (r * capacity + start) * width);
+            for (Index h = 0; h < heads; ++h)
+              std::copy_n(scratch.data() + (slot[std::size_t(p)] * heads + h) * live, live, rows_of(r, h));
         }
       }
   }

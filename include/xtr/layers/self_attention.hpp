@@ -178,17 +178,20 @@ class SelfAttention {
   /// `first_values` receives this layer's values when it is the value residual's first layer.
   void decode(Pass<Backend>& pass, const Inputs& in, ConstView<T> h, View<T> out, bool accumulate) const {
     KVCache<T>& cache = *in.cache;
-    const Index B = pass.batch, n = pass.length, N = B * n, KDw = KD();
+    const Index B = pass.batch, n = pass.length, N = B * n, dh = dim_head_, run = cache.capacity * dh;
     View<T> qkv = pass.allocate(N, qkv_width());
     prepare(pass, in, h, qkv, n, pass.position, nullptr);
     const Index row0 = cache.start + cache.length;  // where the new keys go
     Tensor<T>& K = cache.k[std::size_t(in.layer)];
     Tensor<T>& V = cache.v[std::size_t(in.layer)];
-    for (Index b = 0; b < B; ++b)
+    for (Index b = 0; b < B; ++b)  // K, V (batch, kv_heads, capacity, dim_head)
       for (Index t = 0; t < n; ++t) {
         const T* row = qkv.row(b * n + t);
-        std::copy_n(row + HD(), KDw, K.data() + (b * cache.capacity + row0 + t) * KDw);
-        std::copy_n(row + HD() + KDw, KDw, V.data() + (b * cache.capacity + row0 + t) * KDw);
+        for (Index g = 0; g < kv_heads_; ++g) {
+          const Index at = (b * kv_heads_ + g) * run + (row0 + t) * dh;
+          std::copy_n(row + HD() + g * dh, dh, K.data() + at);
+          std::copy_n(row + HD() + KD() + g * dh, dh, V.data() + at);
+        }
       }
     ops::AttentionProblem<T> p = problem(pass, in);
     p.k_len = cache.length + n;
@@ -200,8 +203,8 @@ class SelfAttention {
     p.causal = true;
     memory(pass, p, nullptr);
     View<T> o = pass.allocate(N, HD());
-    Attend::forward(p, heads(qkv.data, 0, n), {K.data() + cache.start * KDw, cache.capacity * KDw, KDw},
-                    {V.data() + cache.start * KDw, cache.capacity * KDw, KDw}, {o.data, n * HD(), HD()}, nullptr,
+    Attend::forward(p, heads(qkv.data, 0, n), {K.data() + cache.start * dh, kv_heads_ * run, dh, run},
+                    {V.data() + cache.start * dh, kv_heads_ * run, dh, run}, {o.data, n * HD(), HD()}, nullptr,
                     pass.arena);
     finish(pass, h, o, out, accumulate, nullptr);
   }

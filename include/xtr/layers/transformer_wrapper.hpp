@@ -617,10 +617,10 @@ class TransformerWrapper {
     Cache c;
     c.batch = batch;
     c.capacity = 2 * config_.max_seq_len + config_.num_memory_tokens;
-    const Index KD = kv_heads() * config_.layers.dim_head;
+    const Shape kv{batch, kv_heads(), c.capacity, config_.layers.dim_head};  // each head's rows together
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
-      c.k.emplace_back(Shape{batch, c.capacity, KD}, Uninitialized{});  // rows are written before they are read
-      c.v.emplace_back(Shape{batch, c.capacity, KD}, Uninitialized{});
+      c.k.emplace_back(kv, Uninitialized{});  // rows are written before they are read
+      c.v.emplace_back(kv, Uninitialized{});
     }
     return c;
   }
@@ -954,12 +954,12 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
     cache.length -= drop;
   }
   if (cache.start + cache.length + rows > cache.capacity) {
-    const Index KD = kv_heads() * config_.layers.dim_head;
+    const Index dh = config_.layers.dim_head;
     for (std::size_t l = 0; l < blocks_.size(); ++l)
       for (Tensor<T>* t : {&cache.k[l], &cache.v[l]})
-        for (Index b = 0; b < B; ++b) {
-          T* base = t->data() + b * cache.capacity * KD;
-          std::memmove(base, base + cache.start * KD, sizeof(T) * cache.length * KD);
+        for (Index bh = 0; bh < B * kv_heads(); ++bh) {  // (sequence, head) runs of rows
+          T* base = t->data() + bh * cache.capacity * dh;
+          std::memmove(base, base + cache.start * dh, sizeof(T) * cache.length * dh);
         }
     cache.start = 0;
   }

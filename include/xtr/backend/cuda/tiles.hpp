@@ -317,11 +317,11 @@ XTR_HOST_DEVICE inline bool query_padded(const ops::AttentionProblem<T>& p, std:
   return p.query_mask != nullptr && p.query_mask[b * p.query_mask_stride + i] == 0;
 }
 
-/// Element (b, t, head, 0) of a (batch, length, heads · dim_head) operand (ops::HeadsView::at, device-callable).
+/// Element (b, t, head, 0) of an operand of heads (ops::HeadsView::at, device-callable).
 template <class T>
 XTR_HOST_DEVICE inline T* row_of(ops::HeadsView<T> x, std::int64_t b, std::int64_t t, std::int64_t head,
                                  std::int64_t dim_head) {
-  return x.data + b * x.batch_stride + t * x.row_stride + head * dim_head;
+  return x.data + b * x.batch_stride + t * x.row_stride + head * (x.head_stride ? x.head_stride : dim_head);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
