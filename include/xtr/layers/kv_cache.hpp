@@ -32,6 +32,13 @@ struct KVCache {
   // before it are hidden and absolute positions count from it. Empty = every sequence starts at 0.
   std::vector<Index> seq_start;
 
+  /// Row 0 of head h of sequence b in a per-layer K or V tensor (batch, kv_heads, capacity, dim_head): each head's
+  /// rows are consecutive, `capacity` rows of dim_head values.
+  static T* head_rows(Tensor<T>& t, Index b, Index h) {
+    const Index heads = t.shape().extent[1], rows = t.shape().extent[2], dh = t.shape().extent[3];
+    return t.data() + (b * heads + h) * rows * dh;
+  }
+
   /// Row b becomes rows [b · times, (b + 1) · times), each a copy (the context's keys and values too).
   void repeat_rows(Index times) {
     require(times >= 1, "repeat_rows: times must be >= 1, got ", times);
@@ -52,8 +59,7 @@ struct KVCache {
         for (Index b = 0; b < batch; ++b)
           for (Index i = 0; i < times; ++i)
             for (Index h = 0; h < heads; ++h)
-              std::copy_n(t.data() + ((b * heads + h) * capacity + start) * dh, length * dh,
-                          out.data() + (((b * times + i) * heads + h) * capacity + start) * dh);
+              std::copy_n(head_rows(t, b, h) + start * dh, length * dh, head_rows(out, b * times + i, h) + start * dh);
         t = std::move(out);
       }
     for (auto& t : context_kv) repeat(t, context_length, 0, context_length);
@@ -100,9 +106,7 @@ struct KVCache {
     for (auto* layers : {&k, &v})
       for (auto& t : *layers) {
         const Index heads = t.shape().extent[1], dh = t.shape().extent[3], live = length * dh;
-        const auto rows_of = [&](Index sequence, Index h) {  // its live rows of head h
-          return t.data() + ((sequence * heads + h) * capacity + start) * dh;
-        };
+        const auto rows_of = [&](Index sequence, Index h) { return head_rows(t, sequence, h) + start * dh; };
         scratch.resize(std::size_t(Index(source.size()) * heads * live));
         for (std::size_t s = 0; s < source.size(); ++s)
           for (Index h = 0; h < heads; ++h)

@@ -188,9 +188,8 @@ class SelfAttention {
       for (Index t = 0; t < n; ++t) {
         const T* row = qkv.row(b * n + t);
         for (Index g = 0; g < kv_heads_; ++g) {
-          const Index at = (b * kv_heads_ + g) * run + (row0 + t) * dh;
-          std::copy_n(row + HD() + g * dh, dh, K.data() + at);
-          std::copy_n(row + HD() + KD() + g * dh, dh, V.data() + at);
+          std::copy_n(row + HD() + g * dh, dh, KVCache<T>::head_rows(K, b, g) + (row0 + t) * dh);
+          std::copy_n(row + HD() + KD() + g * dh, dh, KVCache<T>::head_rows(V, b, g) + (row0 + t) * dh);
         }
       }
     ops::AttentionProblem<T> p = problem(pass, in);

@@ -957,10 +957,11 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
     const Index dh = config_.layers.dim_head;
     for (std::size_t l = 0; l < blocks_.size(); ++l)
       for (Tensor<T>* t : {&cache.k[l], &cache.v[l]})
-        for (Index bh = 0; bh < B * kv_heads(); ++bh) {  // (sequence, head) runs of rows
-          T* base = t->data() + bh * cache.capacity * dh;
-          std::memmove(base, base + cache.start * dh, sizeof(T) * cache.length * dh);
-        }
+        for (Index b = 0; b < B; ++b)
+          for (Index h = 0; h < kv_heads(); ++h) {
+            T* base = Cache::head_rows(*t, b, h);
+            std::memmove(base, base + cache.start * dh, sizeof(T) * cache.length * dh);
+          }
     cache.start = 0;
   }
   if (uses_rotary()) kernel<Backend, ops::Rotate>::ensure(rotary_, cache.position + rows);
