@@ -247,7 +247,13 @@ void attention_backward(const AttentionProblem<T>& p, HeadsView<const T> q, Head
           if (regular && detail::tile_needs_mask(p, i0, j0 + bk)) detail::mask_tile(p, b, i0, j0, P);
           const T* row_lse = lse + (b * p.heads + h) * p.q_len + i0;
           const T* row_delta = delta + (b * p.heads + h) * p.q_len + i0;
-          for (Index rr = 0; rr < bq; ++rr) P.row(rr) = (P.row(rr).array() - row_lse[rr]).exp().matrix();
+          for (Index rr = 0; rr < bq; ++rr) {
+            if (std::isinf(row_lse[rr])) {  // nothing visible, or a padded query: no probability, no gradient
+              P.row(rr).setZero();           // (Eigen's vectorised exp(−∞) is a denormal on AVX2, not 0)
+            } else {
+              P.row(rr) = (P.row(rr).array() - row_lse[rr]).exp().matrix();
+            }
+          }
           dP.noalias() = dO * V.transpose();
           const Index key0 = regular ? p.mem_len + j0 : j0;
           if (p.dropout > 0) {
