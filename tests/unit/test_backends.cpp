@@ -33,6 +33,7 @@
 #include <cstdlib>
 #include <limits>
 #include <map>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <tuple>
@@ -1575,4 +1576,144 @@ TEST_CASE("Models: an XTransformer trained on Cpu<double> and on Reference<doubl
   XTransformer<EncoderLayers, DecoderLayers, Ref> names{small_seq2seq()};
   check_parameters(names.parameters(), cpu.params, ref.params, ref.initial);
   check_tokens(cpu.generated, ref.generated);
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Memory belongs to the backend (core/memory.hpp): a backend whose Memory records every block it hands out (the
+// stand-in for a device's) and whose kernels are Cpu<double>'s. Everything a model allocates for its data —
+// parameters, gradients, the activation arena, KV caches (also after a beam's repeat), cross-attention context, the
+// optimizer's moments — must come from that Memory and go back to it; the results must equal Cpu<double>'s bit for bit.
+
+namespace {
+
+class FencedMemory {
+ public:
+  static void* allocate(std::size_t bytes) {
+    void* p = Eigen::internal::aligned_malloc(bytes);
+    const std::lock_guard lock(mutex());
+    blocks()[static_cast<const std::byte*>(p)] = bytes;
+    ++allocations();
+    return p;
+  }
+  static void deallocate(void* p) noexcept {
+    if (!p) return;
+    {
+      const std::lock_guard lock(mutex());
+      blocks().erase(static_cast<const std::byte*>(p));
+    }
+    Eigen::internal::aligned_free(p);
+  }
+  /// Whether [p, p + bytes) lies inside one live block.
+  static bool owns(const void* p, std::size_t bytes = 1) {
+    const std::lock_guard lock(mutex());
+    const auto* b = static_cast<const std::byte*>(p);
+    auto it = blocks().upper_bound(b);
+    if (it == blocks().begin()) return false;
+    --it;
+    return b + bytes <= it->first + it->second;
+  }
+  static std::size_t live() {
+    const std::lock_guard lock(mutex());
+    return blocks().size();
+  }
+  static std::size_t& allocations() {
+    static std::size_t n = 0;
+    return n;
+  }
+
+ private:
+  static std::map<const std::byte*, std::size_t>& blocks() {
+    static std::map<const std::byte*, std::size_t> m;
+    return m;
+  }
+  static std::mutex& mutex() {
+    static std::mutex m;
+    return m;
+  }
+};
+
+struct Fenced {
+  using scalar = double;
+  static constexpr std::string_view name = "Fenced";
+  static const Memory& memory() {
+    static constexpr Memory m{"fenced", &FencedMemory::allocate, &FencedMemory::deallocate};
+    return m;
+  }
+};
+
+template <class T>
+bool fenced(const Tensor<T>& t) {
+  return &t.memory() == &Fenced::memory() && FencedMemory::owns(t.data(), sizeof(T) * std::size_t(t.size()));
+}
+
+}  // namespace
+
+namespace xtr {
+template <class Op>
+struct kernel<Fenced, Op> : kernel<Cpu<double>, Op> {};
+}  // namespace xtr
+
+TEST_CASE("Memory: a model's parameters, activations, caches and optimizer state come from its backend's Memory",
+          "[backends][memory]") {
+  const std::size_t live_before = FencedMemory::live();
+  {
+    using Net = TransformerWrapper<DecoderLayers, Fenced>;
+    AutoregressiveWrapper<Net> model{Net{small_model(17)}};
+    CHECK(&model.parameters().memory() == &Fenced::memory());
+    CHECK(fenced(model.parameters().values()));
+    CHECK(fenced(model.parameters().grads()));
+    AdamW<double, Fenced> opt(model.parameters(), model_optimizer);
+    CHECK(fenced(opt.exp_avg()));
+    CHECK(fenced(opt.exp_avg_sq()));
+    const auto loss = model(xtr::testing::random_tokens(3, model_seq + 1, model_vocab, 40));
+    loss.backward();
+    opt.step();
+    CHECK(&model.net.activation_arena().memory() == &Fenced::memory());
+    CHECK(model.net.activation_arena().bytes_reserved() > 0);
+    CHECK(FencedMemory::owns(model.net.output_gradient().data()));  // an arena block
+    model.eval();
+    auto cache = model.net.make_cache(2);
+    (void)model.net.forward_cached(xtr::testing::random_tokens(2, 4, model_vocab, 51), cache);
+    for (std::size_t l = 0; l < cache.k.size(); ++l) {
+      CHECK(fenced(cache.k[l]));
+      CHECK(fenced(cache.v[l]));
+    }
+    cache.repeat_rows(3);  // a beam's copy of the rows stays in the backend's memory
+    CHECK(fenced(cache.k[0]));
+    CHECK(fenced(cache.v.back()));
+    const Tensor<double> copy = cache.k[0];  // a copy keeps the memory of its source
+    CHECK(fenced(copy));
+  }
+  {
+    XTransformer<EncoderLayers, DecoderLayers, Fenced> seq2seq{small_seq2seq()};
+    CHECK(fenced(seq2seq.parameters().values()));
+  }
+  CHECK(FencedMemory::allocations() > 0);
+  CHECK(FencedMemory::live() == live_before);  // every block went back to the Memory that gave it
+}
+
+TEST_CASE("Memory: a Decoder on a backend with its own Memory computes exactly what Cpu<double> does",
+          "[backends][memory]") {
+  const auto cpu = run_decoder<Cpu<double>>();
+  const auto fenced_run = run_decoder<Fenced>();
+  CHECK(fenced_run.initial == cpu.initial);
+  CHECK(fenced_run.losses == cpu.losses);
+  CHECK(fenced_run.params == cpu.params);
+  CHECK(fenced_run.decode_logits == cpu.decode_logits);
+  check_tokens(fenced_run.generated, cpu.generated);
+}
+
+TEST_CASE("Memory: an allocation the backend's Memory refuses is an error, and nothing is half-built",
+          "[backends][memory]") {
+  static constexpr Memory refusing{
+      "refusing", [](std::size_t bytes) -> void* { throw Error("xtr: cannot allocate " + std::to_string(bytes) +
+                                                               " bytes of test memory"); },
+      [](void*) noexcept {}};
+  ParameterStore<float> store(refusing);
+  store.add("w", Shape{3, 5}, Init::fill(1));
+  REQUIRE_THROWS_WITH(store.allocate(0), Catch::Contains("cannot allocate 60 bytes of test memory"));
+  CHECK_FALSE(store.allocated());
+  Arena arena(refusing);
+  REQUIRE_THROWS_WITH(arena.allocate<float>(4), Catch::Contains("of test memory"));
+  CHECK(arena.bytes_reserved() == 0);
 }

@@ -1,6 +1,7 @@
 #pragma once
 // Activation arena: a bump allocator reset once per forward pass. The first pass sizes it (growing by whole blocks);
 // reset() then merges the blocks into one, so every later pass of the same shape does no heap allocation at all.
+// The blocks come from a Memory (core/memory.hpp): the model's backend's.
 #include <Eigen/Core>
 
 #include <cstddef>
@@ -8,6 +9,7 @@
 #include <memory>
 #include <vector>
 
+#include "xtr/core/memory.hpp"
 #include "xtr/core/tensor.hpp"
 
 namespace xtr {
@@ -15,6 +17,9 @@ namespace xtr {
 class Arena {
  public:
   static constexpr std::size_t alignment = 64;
+
+  explicit Arena(const Memory& memory = host_memory()) : memory_(&memory) {}
+  [[nodiscard]] const Memory& memory() const { return *memory_; }
 
   /// `count` uninitialised elements of U, 64-byte aligned, valid until the next reset().
   template <class U>
@@ -73,22 +78,21 @@ class Arena {
   }
 
  private:
-  struct Free {
-    void operator()(std::byte* p) const { Eigen::internal::aligned_free(p); }
-  };
   struct Block {
-    std::unique_ptr<std::byte, Free> data;
+    std::unique_ptr<std::byte, detail::MemoryFree> data;
     std::size_t size;
   };
   static std::size_t round_up(std::size_t n) { return (n + alignment - 1) / alignment * alignment; }
   void grow(std::size_t at_least) {
     const std::size_t size = std::max<std::size_t>(at_least, std::size_t{1} << 20);
-    blocks_.push_back({std::unique_ptr<std::byte, Free>(static_cast<std::byte*>(Eigen::internal::aligned_malloc(size))),
-                       size});
+    blocks_.push_back(
+        {std::unique_ptr<std::byte, detail::MemoryFree>(static_cast<std::byte*>(memory_->allocate(size)), {memory_}),
+         size});
     used_ = 0;
     ++heap_allocations_;
   }
 
+  const Memory* memory_;
   std::vector<Block> blocks_;
   std::size_t used_ = 0, total_ = 0, high_water_ = 0, heap_allocations_ = 0;
 };

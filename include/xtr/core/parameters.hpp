@@ -32,6 +32,10 @@ struct Init {
 template <class T>
 class ParameterStore {
  public:
+  /// Values and gradients will live in `memory` (the model's backend's, core/memory.hpp).
+  explicit ParameterStore(const Memory& memory = host_memory()) : memory_(&memory) {}
+  [[nodiscard]] const Memory& memory() const { return *memory_; }
+
   struct Entry {
     std::string name;
     Shape shape;
@@ -64,13 +68,17 @@ class ParameterStore {
   /// Allocates values and gradients and initialises values from `seed` (each parameter its own random stream).
   void allocate(std::uint64_t seed) {
     try {
-      values_.resize({total_});
-      grads_.resize({total_});
+      values_ = Tensor<T>(Shape{total_}, *memory_);
+      grads_ = Tensor<T>(Shape{total_}, *memory_);
     } catch (const std::bad_alloc&) {
       values_ = {};
       grads_ = {};
       throw Error("xtr: cannot allocate " + std::to_string(total_) + " parameters (" +
                   std::to_string(2 * total_ * Index(sizeof(T)) >> 20) + " MiB of values and gradients): out of memory");
+    } catch (...) {  // the Memory's own error (a device's names the bytes asked for and what is free)
+      values_ = {};
+      grads_ = {};
+      throw;
     }
     const RandomStream root{seed, 0};
     for (std::size_t i = 0; i < entries_.size(); ++i) {
@@ -126,6 +134,7 @@ class ParameterStore {
     return {buffer.data() + e.offset, e.shape.rows(), e.shape.cols()};
   }
 
+  const Memory* memory_;
   std::vector<Entry> entries_;
   Index total_ = 0;
   Tensor<T> values_, grads_;

@@ -1,5 +1,6 @@
 #pragma once
-// Tensors: an owning, 64-byte aligned, row-major buffer with a shape, and Eigen views over it.
+// Tensors: an owning, 64-byte aligned, row-major buffer with a shape, in a backend's memory (core/memory.hpp; host
+// memory unless told otherwise), and Eigen views over it.
 #include <Eigen/Core>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 
 #include "xtr/core/checked.hpp"
 #include "xtr/core/error.hpp"
+#include "xtr/core/memory.hpp"
 
 namespace xtr {
 
@@ -67,25 +69,32 @@ struct Shape {
 };
 
 namespace detail {
-struct AlignedFree {
-  void operator()(void* p) const { Eigen::internal::aligned_free(p); }
+/// Frees through the Memory that allocated.
+struct MemoryFree {
+  const Memory* memory = &host_memory();
+  void operator()(void* p) const noexcept { memory->deallocate(p); }
 };
 }  // namespace detail
 
 /// Tag for a Tensor whose contents start undefined (a buffer written before it is read: no memset, no page touched).
 struct Uninitialized {};
 
-/// An owning, zero-initialised (unless Uninitialized), 64-byte aligned tensor of T.
+/// An owning, zero-initialised (unless Uninitialized), 64-byte aligned tensor of T, in host memory or the given
+/// Memory (which a copy keeps; an assignment keeps the destination's).
 template <class T>
 class Tensor {
  public:
   Tensor() = default;
-  explicit Tensor(Shape shape) { resize(shape); }
-  Tensor(Shape shape, Uninitialized) { reserve(shape); }
-  Tensor(const Tensor& other) : Tensor(other.shape_) { std::copy_n(other.data(), size(), data()); }
+  explicit Tensor(Shape shape, const Memory& memory = host_memory()) : data_(nullptr, {&memory}) { resize(shape); }
+  Tensor(Shape shape, Uninitialized, const Memory& memory = host_memory()) : data_(nullptr, {&memory}) {
+    reserve(shape);
+  }
+  Tensor(const Tensor& other) : Tensor(other.shape_, Uninitialized{}, other.memory()) {
+    std::copy_n(other.data(), size(), data());
+  }
   Tensor& operator=(const Tensor& other) {
     if (this != &other) {
-      resize(other.shape_);
+      reserve(other.shape_);
       std::copy_n(other.data(), size(), data());
     }
     return *this;
@@ -104,6 +113,8 @@ class Tensor {
   [[nodiscard]] const T* data() const { return data_.get(); }
   [[nodiscard]] Index size() const { return shape_.numel(); }
   [[nodiscard]] const Shape& shape() const { return shape_; }
+  /// Where the elements live.
+  [[nodiscard]] const Memory& memory() const { return *data_.get_deleter().memory; }
   [[nodiscard]] std::span<T> span() { return {data(), static_cast<std::size_t>(size())}; }
   [[nodiscard]] std::span<const T> span() const { return {data(), static_cast<std::size_t>(size())}; }
   T& operator[](Index i) { return data_.get()[i]; }
@@ -117,13 +128,15 @@ class Tensor {
  private:
   void reserve(Shape shape) {
     if (shape.numel() > capacity_) {
-      data_.reset(static_cast<T*>(Eigen::internal::aligned_malloc(sizeof(T) * std::max<Index>(shape.numel(), 1))));
+      data_.reset();  // the old block first: peak memory is the larger of the two, not their sum
+      capacity_ = 0;
+      data_.reset(static_cast<T*>(memory().allocate(sizeof(T) * std::size_t(std::max<Index>(shape.numel(), 1)))));
       capacity_ = shape.numel();
     }
     shape_ = shape;
   }
 
-  std::unique_ptr<T, detail::AlignedFree> data_;
+  std::unique_ptr<T, detail::MemoryFree> data_;
   Index capacity_ = 0;
   Shape shape_;
 };

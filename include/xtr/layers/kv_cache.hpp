@@ -45,7 +45,7 @@ struct KVCache {
     if (times == 1) return;
     auto repeat = [&](Tensor<T>& t, Index rows_per_sequence, Index first_row, Index rows) {
       const Index width = t.shape().extent[t.shape().rank - 1];
-      Tensor<T> out(Shape{batch * times, rows_per_sequence, width}, Uninitialized{});
+      Tensor<T> out(Shape{batch * times, rows_per_sequence, width}, Uninitialized{}, t.memory());
       for (Index b = 0; b < batch; ++b)
         for (Index i = 0; i < times; ++i)
           std::copy_n(t.data() + (b * rows_per_sequence + first_row) * width, rows * width,
@@ -55,7 +55,7 @@ struct KVCache {
     for (auto* layers : {&k, &v})
       for (auto& t : *layers) {
         const Index heads = t.shape().extent[1], dh = t.shape().extent[3];
-        Tensor<T> out(Shape{batch * times, heads, capacity, dh}, Uninitialized{});
+        Tensor<T> out(Shape{batch * times, heads, capacity, dh}, Uninitialized{}, t.memory());
         for (Index b = 0; b < batch; ++b)
           for (Index i = 0; i < times; ++i)
             for (Index h = 0; h < heads; ++h)

@@ -107,7 +107,7 @@ class TransformerWrapper {
   static constexpr bool has_rotary = std::is_same_v<Position, Rotary>;
 
   explicit TransformerWrapper(TransformerConfig config)
-      : config_(validated(config)), owned_params_(std::make_unique<ParameterStore<T>>()),
+      : config_(validated(config)), owned_params_(std::make_unique<ParameterStore<T>>(memory_of<Backend>())),
         params_(owned_params_.get()) {
     register_parameters("", std::nullopt);
     params_->allocate(config_.seed);
@@ -356,10 +356,10 @@ class TransformerWrapper {
     const Index S = context.length, KD = kv_heads() * config_.layers.dim_head;
     c.context_length = S;
     if (!context.mask.empty()) c.context_mask.assign(context.mask.data, context.mask.data + batch * S);
-    Arena scratch;
+    Arena scratch(memory_of<Backend>());
     Pass<Backend> pass{scratch, *params_};
     for (const auto& block : blocks_) {
-      Tensor<T>& kv = c.context_kv.emplace_back(Shape{batch, S, 2 * KD});
+      Tensor<T>& kv = c.context_kv.emplace_back(Shape{batch, S, 2 * KD}, memory_of<Backend>());
       block.cross_attention().project_context(pass, ConstView<T>(context.data, batch * S, dim_context()),
                                               View<T>(kv.data(), batch * S, 2 * KD));
     }
@@ -619,8 +619,8 @@ class TransformerWrapper {
     c.capacity = 2 * config_.max_seq_len + config_.num_memory_tokens;
     const Shape kv{batch, kv_heads(), c.capacity, config_.layers.dim_head};  // each head's rows together
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
-      c.k.emplace_back(kv, Uninitialized{});  // rows are written before they are read
-      c.v.emplace_back(kv, Uninitialized{});
+      c.k.emplace_back(kv, Uninitialized{}, memory_of<Backend>());  // rows are written before they are read
+      c.v.emplace_back(kv, Uninitialized{}, memory_of<Backend>());
     }
     return c;
   }
@@ -747,7 +747,7 @@ class TransformerWrapper {
     if (gradient_ready_ && r.end > r.begin) gradient_ready_(r.begin, r.end);
   }
 
-  Arena arena_;
+  Arena arena_{memory_of<Backend>()};
   Record record_;
   std::vector<std::uint8_t> left_pad_mask_;
 };

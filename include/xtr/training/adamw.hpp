@@ -35,10 +35,10 @@ class AdamW {
   /// The most steps an optimizer counts (2^53: beyond, the bias corrections no longer change in double).
   static constexpr std::int64_t kMaxSteps = std::int64_t(1) << 53;
 
-  AdamW(ParameterStore<T>& params, AdamWOptions options = {}) : params_(&params), options_(validated(options)) {
-    exp_avg_.resize({params.count()});
-    exp_avg_sq_.resize({params.count()});
-  }
+  /// The moments live where the parameters do (the store's Memory), zero.
+  AdamW(ParameterStore<T>& params, AdamWOptions options = {})
+      : params_(&params), options_(validated(options)), exp_avg_(Shape{params.count()}, params.memory()),
+        exp_avg_sq_(Shape{params.count()}, params.memory()) {}
 
   /// One update from the current gradients.
   void step() {
@@ -53,7 +53,10 @@ class AdamW {
                                      .bias2_sqrt = bias2_sqrt};
     K::step(params_->values().data(), params_->grads().data(), exp_avg_.data(), exp_avg_sq_.data(), params_->count(), c);
   }
-  void zero_grad() { params_->zero_grad(); }
+  /// Gradients ← 0, by the backend (where they live).
+  void zero_grad() {
+    kernel<Backend, ops::Fill>::run(View<T>(params_->grads().data(), 1, params_->count()), T(0));
+  }
 
   [[nodiscard]] std::int64_t steps() const { return step_; }
   void set_steps(std::int64_t s) {

@@ -108,14 +108,16 @@ class NonAutoregressiveWrapper {
   /// `null_embed`, `to_self_cond.weight`).
   NonAutoregressiveWrapper(TransformerConfig config, NonAutoregressiveOptions options)
     requires(!has_critic)
-      : store_(std::make_unique<ParameterStore<scalar>>()), net(config, *store_, "net."),
+      : store_(std::make_unique<ParameterStore<scalar>>(memory_of<typename Net::backend_type>())),
+        net(config, *store_, "net."),
         options_(validated(std::move(options), net.num_tokens())) {
     add_wrapper_parameters();
   }
   /// With a token critic built from `critic` (its logits_dim becomes 1; parameters `token_critic.…`).
   NonAutoregressiveWrapper(TransformerConfig config, NonAutoregressiveOptions options, TransformerConfig critic)
     requires(has_critic)
-      : store_(std::make_unique<ParameterStore<scalar>>()), net(config, *store_, "net."),
+      : store_(std::make_unique<ParameterStore<scalar>>(memory_of<typename Net::backend_type>())),
+        net(config, *store_, "net."),
         token_critic(critic_config(critic, config), *store_, "token_critic."),
         options_(validated(std::move(options), net.num_tokens())) {
     add_wrapper_parameters();

@@ -81,7 +81,7 @@ class XTransformer {
   AutoregressiveWrapper<DecoderNet> decoder;     // decoder.net cross-attends to the encoder's output
 
   explicit XTransformer(XTransformerConfig config)
-      : config_(validated(config)), store_(std::make_unique<ParameterStore<scalar>>()),
+      : config_(validated(config)), store_(std::make_unique<ParameterStore<scalar>>(memory_of<Backend>())),
         encoder(config_.encoder, *store_, "encoder."),
         decoder(DecoderNet(config_.decoder, *store_, "decoder.net.",
                            config_.tie_token_emb ? std::optional(encoder.token_embedding()) : std::nullopt),
