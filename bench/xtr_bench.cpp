@@ -25,11 +25,14 @@
 #include <string>
 #include <vector>
 
+#include "timing.hpp"
 #include "xtr/xtr.hpp"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using xtr::bench::Clock;
+using xtr::bench::median;
+using xtr::bench::seconds_since;
 using Net = xtr::TransformerWrapper<xtr::Decoder<xtr::Rotary, xtr::LayerNorm, xtr::GELU>>;
 
 struct BenchConfig {
@@ -38,11 +41,6 @@ struct BenchConfig {
 };
 constexpr BenchConfig configs[] = {{"small", 256, 4, 4, 256, 8}, {"enwik8", 512, 6, 8, 1024, 4}};
 
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 xtr::AutoregressiveWrapper<Net> make(const BenchConfig& c) {
   return xtr::AutoregressiveWrapper<Net>(Net({.num_tokens = 256,
@@ -55,20 +53,8 @@ xtr::AutoregressiveWrapper<Net> make(const BenchConfig& c) {
 template <class Model>
 double time_train_step(Model& model, const BenchConfig& c, int steps) {
   auto opt = xtr::Adam(model.parameters(), {.lr = 1e-4});
-  xtr::TokenBatch x(c.batch, c.seq_len + 1);
-  xtr::RandomStream rs{0, 0};
-  for (std::size_t i = 0; i < x.data.size(); ++i) x.data[i] = std::int32_t(rs.below(i, 256));
-  std::vector<double> times;
-  for (int i = 0; i < steps + 1; ++i) {
-    const auto t = Clock::now();
-    auto loss = model(x);
-    loss.backward();
-    opt.step();
-    opt.zero_grad();
-    times.push_back(seconds_since(t));
-  }
-  times.erase(times.begin());
-  return double(c.batch * c.seq_len) / median(times);
+  const xtr::TokenBatch x = xtr::bench::training_batch(c.batch, c.seq_len, 256);
+  return double(c.batch * c.seq_len) / xtr::bench::median_step_seconds(model, opt, x, steps);
 }
 
 void train_step(const BenchConfig& c, int steps) {

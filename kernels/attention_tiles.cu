@@ -232,11 +232,16 @@ void check_problem(const char* what, const ops::AttentionProblem<float>& p, ops:
   require(p.mem_len == 0, what, ": memory keys (mem_len ", p.mem_len,
           ") have no CUDA kernel yet; run this model on the Cpu backend");
   require(q.data && k.data && v.data && o.data, what, ": null q, k, v or o");
-  require(q.row_stride >= p.heads * p.dim_head && o.row_stride >= p.heads * p.dim_head &&
-              k.row_stride >= p.kv_heads * p.dim_head && v.row_stride >= p.kv_heads * p.dim_head,
-          what, ": a row stride is shorter than its row (q ", q.row_stride, ", o ", o.row_stride, " for ",
-          p.heads * p.dim_head, " values; k ", k.row_stride, ", v ", v.row_stride, " for ", p.kv_heads * p.dim_head,
-          ")");
+  // A view's heads fit in its rows: side by side (head_stride 0) the row holds them all; with their own head stride
+  // (the KV cache's (batch, heads, capacity, dim_head) layout) each head's rows are dim_head apart at least.
+  const auto fits = [&](const auto& x, std::int64_t heads) {
+    return x.head_stride == 0 ? x.row_stride >= heads * p.dim_head
+                              : x.head_stride >= p.dim_head && x.row_stride >= p.dim_head;
+  };
+  require(fits(q, p.heads) && fits(o, p.heads) && fits(k, p.kv_heads) && fits(v, p.kv_heads), what,
+          ": a row or head stride is shorter than its values (q ", q.row_stride, "/", q.head_stride, ", o ",
+          o.row_stride, "/", o.head_stride, " for ", p.heads, " heads; k ", k.row_stride, "/", k.head_stride, ", v ",
+          v.row_stride, "/", v.head_stride, " for ", p.kv_heads, " heads of ", p.dim_head, " values)");
   require(p.batch * p.heads <= 65535, what, ": batch · heads = ", p.batch * p.heads, " > 65535 (the grid's y limit)");
 }
 

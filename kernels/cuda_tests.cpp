@@ -19,6 +19,12 @@
 #include "xtr/core/error.hpp"
 #include "xtr/core/rng.hpp"
 
+namespace xtr::cuda::testing {  // kernels/cuda_backend_tests.cpp
+extern int backend_failures;
+void check_backend_without_device();
+void compare_backend_on_device();
+}  // namespace xtr::cuda::testing
+
 namespace {
 
 int failures = 0;
@@ -362,6 +368,8 @@ int main() {
   if (status != cudaSuccess || devices == 0) {
     (void)cudaGetLastError();
     check_without_device();
+    xtr::cuda::testing::check_backend_without_device();
+    failures += xtr::cuda::testing::backend_failures;
     if (failures) {
       std::printf("FAILED: %d host-side check(s)\n", failures);
       return 1;
@@ -381,6 +389,8 @@ int main() {
   compare_dropout_mask(xtr::RandomStream{42, 1}.fork(7).from(4 * 1000 + 3), 0.25, 100'001);
   compare_attention_cases();  // kernels that have never run before the first machine with a GPU
   cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  xtr::cuda::testing::compare_backend_on_device();
+  failures += xtr::cuda::testing::backend_failures;
 
   std::printf(failures ? "FAILED: %d check(s)\n" : "all CUDA checks passed\n", failures);
   return failures ? 1 : 0;

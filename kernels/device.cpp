@@ -53,6 +53,19 @@ void* allocate_device_bytes(std::size_t bytes) {
               cudaGetErrorName(status) + " (" + cudaGetErrorString(status) + ")");
 }
 
+const void* device_readable(const void* p, std::size_t bytes, int slot) {
+  require(slot >= 0 && slot < 4, "device_readable: slot ", slot, " is not 0 to 3");
+  if (!p || bytes == 0) return p;
+  cudaPointerAttributes attributes{};
+  XTR_CUDA_CHECK(cudaPointerGetAttributes(&attributes, p));
+  if (attributes.type != cudaMemoryTypeUnregistered && attributes.type != cudaMemoryTypeHost) return p;
+  static DeviceBuffer<std::byte> staging[4];
+  DeviceBuffer<std::byte>& buffer = staging[slot];
+  if (std::size_t(buffer.size()) < bytes) buffer = DeviceBuffer<std::byte>(std::int64_t(bytes));
+  XTR_CUDA_CHECK(cudaMemcpy(buffer.data(), p, bytes, cudaMemcpyHostToDevice));
+  return buffer.data();
+}
+
 std::size_t ArenaLayout::take(std::size_t bytes) {
   const std::size_t offset = (used + alignment - 1) / alignment * alignment;
   require(offset <= capacity && bytes <= capacity - offset, "DeviceArena: a slice of ", byte_count(bytes),

@@ -37,6 +37,15 @@ void require_device();
 /// `bytes` of device memory from cudaMalloc; the error names the size asked for, the device and what is free.
 [[nodiscard]] void* allocate_device_bytes(std::size_t bytes);
 
+/// `p` itself when the device can read it (device or managed memory), else a copy of its `bytes` in a staging buffer
+/// of the device (one per `slot`, 0 to 3, reused by the next call with the same slot): host memory the layers hand to
+/// a kernel (a TokenBatch's ids, a caller's context rows or masks) becomes readable there. Synchronous.
+[[nodiscard]] const void* device_readable(const void* p, std::size_t bytes, int slot);
+template <class T>
+[[nodiscard]] const T* device_readable(const T* p, std::size_t count, int slot) {
+  return static_cast<const T*>(device_readable(static_cast<const void*>(p), count * sizeof(T), slot));
+}
+
 /// `count` elements of T in device memory, freed on destruction; movable, not copyable.
 template <class T>
 class DeviceBuffer {

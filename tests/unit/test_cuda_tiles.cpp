@@ -20,9 +20,15 @@
 
 #include "testing.hpp"
 #include "xtr/backend/cpu/attention.hpp"
+#include "xtr/backend/cuda/backend.hpp"
 #include "xtr/backend/cuda/tiles.hpp"
 #include "xtr/backend/reference/backend.hpp"
 #include "xtr/layers/score_bias.hpp"
+#include "xtr/policies/l2_norm.hpp"
+#include "xtr/policies/layer_norm.hpp"
+#include "xtr/policies/rms_norm.hpp"
+#include "xtr/policies/scale_norm.hpp"
+#include "xtr/policies/simple_rms_norm.hpp"
 
 using namespace xtr;
 namespace tiles = xtr::cuda::tiles;
@@ -746,4 +752,40 @@ TEST_CASE("cuda tiles: split-KV decoding equals the reference for any number of 
   INFO("split-KV decoding, worst scaled error: float " << worst[0] << ", double " << worst[1]);
   CHECK(worst[0] > 1e-9);
   report("split-KV decoding", Worst{{worst[0], worst[1]}, {0, 0}});
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// The Cuda<float> backend's host side (backend/cuda/backend.hpp): each policy and epilogue type becomes the run-time
+// description its one launcher reads. (The launchers themselves run only on a GPU: kernels/cuda_backend_tests.cpp.)
+
+TEST_CASE("Cuda backend: norm policies, activations and epilogue expressions lower to the launchers' descriptions",
+          "[cuda]") {
+  using cuda::NormFormula;
+  constexpr NormFormula ln = cuda::formula_of<LayerNorm>(), rms = cuda::formula_of<RMSNorm>(),
+                        scale = cuda::formula_of<ScaleNorm>(), simple = cuda::formula_of<SimpleRMSNorm>(),
+                        l2 = cuda::formula_of<L2Norm>();
+  CHECK((ln.subtracts_mean && ln.root_dim && ln.gain == NormFormula::Gain::channel && ln.eps == LayerNorm::eps));
+  CHECK((!rms.subtracts_mean && rms.root_dim && rms.gain == NormFormula::Gain::channel && rms.eps == RMSNorm::eps));
+  CHECK((!scale.subtracts_mean && scale.gain == NormFormula::Gain::scalar && scale.eps == ScaleNorm::eps));
+  CHECK((!simple.subtracts_mean && simple.root_dim && simple.gain == NormFormula::Gain::none));
+  CHECK((!l2.subtracts_mean && !l2.root_dim && l2.gain == NormFormula::Gain::channel));
+
+  CHECK(cuda::activation_of<void> == cuda::Activation::identity);
+  CHECK(cuda::activation_of<act::Gelu> == cuda::Activation::gelu);
+  CHECK(cuda::activation_of<act::Silu> == cuda::Activation::silu);
+  CHECK(cuda::activation_of<act::ReluSquared> == cuda::Activation::relu_squared);
+  CHECK(cuda::activation_of<act::Sigmoid> == cuda::Activation::sigmoid);
+
+  using namespace epilogue;
+  constexpr auto swiglu = cuda::epilogue_of<Dropout<Glu<act::Silu, Bias<Acc>>>>();
+  CHECK((swiglu.activation == cuda::Activation::silu && swiglu.gated && swiglu.dropout && !swiglu.add_to));
+  constexpr auto residual = cuda::epilogue_of<AddTo<Bias<Acc>>>();
+  CHECK((residual.activation == cuda::Activation::identity && !residual.gated && !residual.dropout && residual.add_to));
+  // No activation and no dropout: cuBLASLt writes (or accumulates into) the output itself, the bias in its epilogue;
+  // otherwise the GEMM writes the pre-activation and the generated kernel finishes.
+  CHECK(kernel<Cuda<float>, ops::Linear<AddTo<Bias<Acc>>>>::direct);
+  CHECK(kernel<Cuda<float>, ops::Linear<Bias<Scale<Acc>>>>::direct);
+  CHECK_FALSE(kernel<Cuda<float>, ops::Linear<Act<act::Gelu, Bias<Acc>>>>::direct);
+  CHECK_FALSE(kernel<Cuda<float>, ops::Linear<Dropout<Bias<Acc>>>>::direct);
+  CHECK(Cuda<float>::name == "Cuda<float>");
 }

@@ -43,6 +43,10 @@ class RotaryTable {
   [[nodiscard]] Index pairs() const { return pairs_; }
   [[nodiscard]] Index positions() const { return Index(cos_.size()) / std::max<Index>(pairs_, 1); }
   [[nodiscard]] const ops::RotarySpec& spec() const { return spec_; }
+  /// The (positions, pairs) tables apply() reads for q (key = false) or k: cos · σ and sin · σ (another backend copies
+  /// them to its memory).
+  [[nodiscard]] const T* cos_data(bool key) const { return key && !kcos_.empty() ? kcos_.data() : cos_.data(); }
+  [[nodiscard]] const T* sin_data(bool key) const { return key && !ksin_.empty() ? ksin_.data() : sin_.data(); }
 
   /// Rotates the first r channels of every head of x (N, heads·dim_head); `inverse` applies the transpose.
   void apply(MatrixView<T> x, Index heads, Index dim_head, Index T_len, Index offset, bool inverse) const {
@@ -53,9 +57,8 @@ class RotaryTable {
   void apply(T* x, Index rows, Index row_stride, Index heads, Index dim_head, Index T_len, Index offset, bool inverse,
              bool key = false) const {
     if (pairs_ == 0) return;
-    const bool k_tables = key && !kcos_.empty();
-    const T* cos_table = k_tables ? kcos_.data() : cos_.data();
-    const T* sin_table = k_tables ? ksin_.data() : sin_.data();
+    const T* cos_table = cos_data(key);
+    const T* sin_table = sin_data(key);
     const T sign = inverse ? T(-1) : T(1);
     parallel_rows(rows, heads * pairs_ * 6, [&](Index begin, Index end) {
       for (Index n = begin; n < end; ++n) {
