@@ -14,6 +14,7 @@
 
 #include "attention_tiles.cuh"
 #include "device.hpp"
+#include "device_math.cuh"
 #include "xtr/backend/cuda/launch.hpp"
 #include "xtr/backend/cuda/tiles.hpp"
 
@@ -127,10 +128,10 @@ void attention_backward(const ops::AttentionProblem<float>& problem, ops::HeadsV
   if (p.batch * p.heads * p.q_len == 0) return;
   const std::int64_t rows = p.batch * p.heads * p.q_len;
   delta_kernel<<<unsigned(std::min<std::int64_t>((rows + 255) / 256, 65535)), 256>>>(p, o, dout, scratch);
-  check(cudaPeekAtLastError(), "attention_backward (delta)", __FILE__, __LINE__);
+  device::launched("attention_backward (delta)");
   const dim3 grid(unsigned(p.q_len), unsigned(p.heads), unsigned(p.batch));
   attention_backward_kernel<<<grid, kBackwardThreads>>>(p, q, k, v, lse, scratch, dout, dq, dk, dv, extra);
-  check(cudaPeekAtLastError(), "attention_backward", __FILE__, __LINE__);
+  device::launched("attention_backward");
 }
 
 }  // namespace xtr::cuda

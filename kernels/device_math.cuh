@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "device.hpp"
 #include "xtr/backend/cuda/launch.hpp"
 
 namespace xtr::cuda::device {
@@ -17,6 +18,9 @@ inline constexpr int kThreads = 256;
 inline unsigned blocks_for(std::int64_t n) {
   return unsigned(std::clamp<std::int64_t>((n + kThreads - 1) / kThreads, 1, 8192));
 }
+
+/// Throws naming `what` when its launch failed (a bad configuration; errors inside a kernel surface in finish()).
+inline void launched(const char* what) { check(cudaPeekAtLastError(), what, __FILE__, __LINE__); }
 
 /// Sum of v over the block (blockDim.x a multiple of 32, at most 1024); the result in every thread.
 template <class T>

@@ -10,6 +10,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
+#include <map>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -31,10 +33,15 @@ void check_blas(cublasStatus_t status, const char* call, const char* file, int l
 
 constexpr std::size_t kWorkspaceBytes = std::size_t(32) << 20;  // cuBLASLt's recommendation for Hopper
 
-/// The process's cuBLASLt handle and GEMM workspace, made on first use (after require_device()).
+/// What cuBLASLt's heuristic depends on: the operation, the sizes, the leading dimensions, the operands' alignments and
+/// whether the bias epilogue is on. A model asks for the same few GEMMs every step: each is looked up once.
+using GemmKey = std::array<std::int64_t, 12>;
+
+/// The process's cuBLASLt handle, GEMM workspace and chosen algorithms, made on first use (after require_device()).
 struct Context {
   cublasLtHandle_t handle = nullptr;
   DeviceBuffer<std::byte> workspace;
+  std::map<GemmKey, cublasLtMatmulAlgo_t> algorithms;
   Context() {
     require_device();
     XTR_CUBLAS_CHECK(cublasLtCreate(&handle));
@@ -95,7 +102,7 @@ void matmul(cublasOperation_t transa, cublasOperation_t transb, Index m, Index n
   if (m == 0 || n == 0) return;
   if (k == 0) {  // an empty product: D = β D (+ bias), which cuBLASLt need not accept
     scale_kernel<<<device::blocks_for(m * n), device::kThreads>>>(d, ldd, m, n, beta, bias);
-    check(cudaPeekAtLastError(), "matmul (k = 0)", __FILE__, __LINE__);
+    device::launched("matmul (k = 0)");
     return;
   }
   Context& ctx = context();
@@ -103,33 +110,38 @@ void matmul(cublasOperation_t transa, cublasOperation_t transb, Index m, Index n
   const Layout la(transa == CUBLAS_OP_N ? m : k, transa == CUBLAS_OP_N ? k : m, lda);
   const Layout lb(transb == CUBLAS_OP_N ? k : n, transb == CUBLAS_OP_N ? n : k, ldb);
   const Layout ld(m, n, ldd);
-  cublasLtMatmulPreference_t preference = nullptr;
-  XTR_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));
-  const std::size_t workspace = kWorkspaceBytes;
   const std::uint32_t align_a = alignment_of(a), align_b = alignment_of(b), align_d = alignment_of(d);
-  cublasLtMatmulHeuristicResult_t heuristic{};
-  int found = 0;
-  const cublasStatus_t status = [&] {
-    const std::pair<cublasLtMatmulPreferenceAttributes_t, const void*> settings[] = {
-        {CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace},
-        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a},
-        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b},
-        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d},
-        {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d}};
-    for (const auto& [attribute, value] : settings) {
-      const std::size_t size = attribute == CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES ? sizeof workspace
-                                                                                      : sizeof(std::uint32_t);
-      const cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(preference, attribute, value, size);
-      if (s != CUBLAS_STATUS_SUCCESS) return s;
-    }
-    return cublasLtMatmulAlgoGetHeuristic(ctx.handle, desc.desc, la.layout, lb.layout, ld.layout, ld.layout,
-                                          preference, 1, &heuristic, &found);
-  }();
-  (void)cublasLtMatmulPreferenceDestroy(preference);
-  XTR_CUBLAS_CHECK(status);
-  require(found > 0, "cuBLASLt has no fp32 algorithm for a GEMM of m ", m, ", n ", n, ", k ", k);
+  const GemmKey key{transa, transb, m, n, k, lda, ldb, ldd, align_a, align_b, align_d, bias != nullptr};
+  auto cached = ctx.algorithms.find(key);
+  if (cached == ctx.algorithms.end()) {
+    cublasLtMatmulPreference_t preference = nullptr;
+    XTR_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&preference));
+    const std::size_t workspace = kWorkspaceBytes;
+    cublasLtMatmulHeuristicResult_t heuristic{};
+    int found = 0;
+    const cublasStatus_t status = [&] {
+      const std::pair<cublasLtMatmulPreferenceAttributes_t, const void*> settings[] = {
+          {CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace},
+          {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a},
+          {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b},
+          {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d},
+          {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d}};
+      for (const auto& [attribute, value] : settings) {
+        const std::size_t size = attribute == CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES ? sizeof workspace
+                                                                                        : sizeof(std::uint32_t);
+        const cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(preference, attribute, value, size);
+        if (s != CUBLAS_STATUS_SUCCESS) return s;
+      }
+      return cublasLtMatmulAlgoGetHeuristic(ctx.handle, desc.desc, la.layout, lb.layout, ld.layout, ld.layout,
+                                            preference, 1, &heuristic, &found);
+    }();
+    (void)cublasLtMatmulPreferenceDestroy(preference);
+    XTR_CUBLAS_CHECK(status);
+    require(found > 0, "cuBLASLt has no fp32 algorithm for a GEMM of m ", m, ", n ", n, ", k ", k);
+    cached = ctx.algorithms.emplace(key, heuristic.algo).first;
+  }
   XTR_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, desc.desc, &alpha, a, la.layout, b, lb.layout, &beta, d, ld.layout, d,
-                                  ld.layout, &heuristic.algo, ctx.workspace.data(), kWorkspaceBytes, nullptr));
+                                  ld.layout, &cached->second, ctx.workspace.data(), kWorkspaceBytes, nullptr));
 }
 
 /// D (m, n; column-major) = β D (+ bias per row i).
@@ -207,7 +219,7 @@ void gemm_forward(const float* x, Index ldx, const float* w, Index ldw, float* y
     matmul(CUBLAS_OP_T, CUBLAS_OP_N, W, N, in, alpha, w, ldw, x, ldx, beta, y, ldy, nullptr);
     if (N * W == 0) return;
     add_bias_kernel<<<blocks_for(N * W), kThreads>>>(y, ldy, N, W, bias);
-    check(cudaPeekAtLastError(), "gemm_forward (bias)", __FILE__, __LINE__);
+    device::launched("gemm_forward (bias)");
     return;
   }
   matmul(CUBLAS_OP_T, CUBLAS_OP_N, W, N, in, alpha, w, ldw, x, ldx, beta, y, ldy, bias);
@@ -232,7 +244,7 @@ void epilogue_forward(const EpilogueSpec& e, const float* a, Index lda, Index N,
   spec.dropout = e.dropout && p > 0;
   epilogue_forward_kernel<<<blocks_for(N * F), kThreads>>>(spec, a, lda, N, F, out, ld_out, float(p),
                                                            spec.dropout ? float(1.0 / (1.0 - p)) : 1.0f, stream);
-  check(cudaPeekAtLastError(), "epilogue_forward", __FILE__, __LINE__);
+  device::launched("epilogue_forward");
 }
 
 void epilogue_backward(const EpilogueSpec& e, const float* dout, Index ld_dout, const float* a, Index lda, Index N,
@@ -243,13 +255,13 @@ void epilogue_backward(const EpilogueSpec& e, const float* dout, Index ld_dout, 
   spec.dropout = e.dropout && p > 0;
   epilogue_backward_kernel<<<blocks_for(N * F), kThreads>>>(spec, dout, ld_dout, a, lda, N, F, dz, ld_dz, float(p),
                                                             spec.dropout ? float(1.0 / (1.0 - p)) : 1.0f, stream);
-  check(cudaPeekAtLastError(), "epilogue_backward", __FILE__, __LINE__);
+  device::launched("epilogue_backward");
 }
 
 void bias_gradient(const float* dz, Index ld_dz, Index N, Index W, float* db, float alpha) {
   if (W == 0) return;
   bias_gradient_kernel<<<unsigned((W + kThreads - 1) / kThreads), kThreads>>>(dz, ld_dz, N, W, db, alpha);
-  check(cudaPeekAtLastError(), "bias_gradient", __FILE__, __LINE__);
+  device::launched("bias_gradient");
 }
 
 }  // namespace xtr::cuda

@@ -22,15 +22,12 @@ using device::kThreads;
 using device::block_max;
 using device::block_sum;
 
-/// Throws naming `what` when its launch failed (a bad configuration; errors inside the kernel surface in finish()).
-void launched(const char* what) { check(cudaPeekAtLastError(), what, __FILE__, __LINE__); }
+using device::launched;
 
-/// A device buffer of at least n elements of T, kept between calls (one per T; callers finish() before returning, so
-/// no two uses overlap).
-template <class T>
-T* staging(Index n) {
-  static DeviceBuffer<T> buffer;
-  if (buffer.size() < n) buffer = DeviceBuffer<T>(std::max<Index>(n, 1024));
+/// Device memory for the per-row losses of cross_entropy, kept between calls (callers finish() before returning).
+double* loss_rows(Index n) {
+  static DeviceBuffer<double> buffer;
+  if (buffer.size() < n) buffer = DeviceBuffer<double>(std::max<Index>(n, 1024));
   return buffer.data();
 }
 
@@ -434,8 +431,7 @@ void adamw_step(float* w, const float* g, float* m, float* v, Index n, const Ada
 void embedding_forward(const std::int32_t* ids, Index N, Index D, Index T_len, Index offset, const float* table,
                        const float* positions, float position_scale, float* x) {
   if (N * D == 0) return;
-  std::int32_t* device_ids = staging<std::int32_t>(N);
-  XTR_CUDA_CHECK(cudaMemcpy(device_ids, ids, sizeof(std::int32_t) * std::size_t(N), cudaMemcpyDefault));
+  const std::int32_t* device_ids = device_readable(ids, std::size_t(N), 0);  // a TokenBatch's ids: host memory
   embedding_forward_kernel<<<blocks_for(N * D), kThreads>>>(device_ids, N, D, T_len, offset, table, positions,
                                                             position_scale, x);
   launched("embedding_forward");
@@ -444,8 +440,7 @@ void embedding_forward(const std::int32_t* ids, Index N, Index D, Index T_len, I
 void embedding_backward(const std::int32_t* ids, Index N, Index D, Index T_len, const float* dx, float* dtable,
                         float* dpositions, float position_scale) {
   if (N * D == 0) return;
-  std::int32_t* device_ids = staging<std::int32_t>(N);
-  XTR_CUDA_CHECK(cudaMemcpy(device_ids, ids, sizeof(std::int32_t) * std::size_t(N), cudaMemcpyDefault));
+  const std::int32_t* device_ids = device_readable(ids, std::size_t(N), 0);
   embedding_backward_kernel<<<blocks_for(N * D), kThreads>>>(device_ids, N, D, T_len, dx, dtable, dpositions,
                                                              position_scale);
   launched("embedding_backward");
@@ -457,9 +452,8 @@ double cross_entropy(const float* logits, Index N, Index V, const std::int32_t* 
   Index count = 0;
   for (Index n = 0; n < N; ++n) count += targets[n] != ignore_index;
   const float inv_count = count > 0 ? float(double(alpha) / double(count)) : 0.0f;
-  std::int32_t* device_targets = staging<std::int32_t>(N);
-  XTR_CUDA_CHECK(cudaMemcpy(device_targets, targets, sizeof(std::int32_t) * std::size_t(N), cudaMemcpyDefault));
-  double* loss = staging<double>(N);
+  const std::int32_t* device_targets = device_readable(targets, std::size_t(N), 0);
+  double* loss = loss_rows(N);
   cross_entropy_kernel<<<unsigned(N), kThreads>>>(logits, V, device_targets, ignore_index, dlogits, inv_count, loss);
   launched("cross_entropy");
   std::vector<double> rows(static_cast<std::size_t>(N));
