@@ -44,6 +44,8 @@
 #include "testing.hpp"
 #include "xtr/xtr.hpp"
 
+namespace test_backends {  // this file's names (the test executable may compile the files as one unit)
+
 using namespace xtr;
 using xtr::testing::check_gradient;
 using xtr::testing::random_values;
@@ -1648,10 +1650,12 @@ bool fenced(const Tensor<T>& t) {
 
 }  // namespace
 
+}  // namespace test_backends
 namespace xtr {
 template <class Op>
-struct kernel<Fenced, Op> : kernel<Cpu<double>, Op> {};
+struct kernel<test_backends::Fenced, Op> : kernel<Cpu<double>, Op> {};
 }  // namespace xtr
+namespace test_backends {
 
 TEST_CASE("Memory: a model's parameters, activations, caches and optimizer state come from its backend's Memory",
           "[backends][memory]") {
@@ -1717,3 +1721,5 @@ TEST_CASE("Memory: an allocation the backend's Memory refuses is an error, and n
   REQUIRE_THROWS_WITH(arena.allocate<float>(4), Catch::Contains("of test memory"));
   CHECK(arena.bytes_reserved() == 0);
 }
+
+}  // namespace test_backends

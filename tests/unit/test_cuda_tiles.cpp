@@ -30,6 +30,8 @@
 #include "xtr/policies/scale_norm.hpp"
 #include "xtr/policies/simple_rms_norm.hpp"
 
+namespace test_cuda_tiles {  // this file's names (the test executable may compile the files as one unit)
+
 using namespace xtr;
 namespace tiles = xtr::cuda::tiles;
 using xtr::testing::random_values;
@@ -789,3 +791,5 @@ TEST_CASE("Cuda backend: norm policies, activations and epilogue expressions low
   CHECK_FALSE(kernel<Cuda<float>, ops::Linear<Dropout<Bias<Acc>>>>::direct);
   CHECK(Cuda<float>::name == "Cuda<float>");
 }
+
+}  // namespace test_cuda_tiles

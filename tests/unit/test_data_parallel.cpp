@@ -12,6 +12,8 @@
 #include "xtr/distributed.hpp"
 #include "xtr/xtr.hpp"
 
+namespace test_data_parallel {  // this file's names (the test executable may compile the files as one unit)
+
 using namespace xtr;
 
 namespace {
@@ -177,3 +179,5 @@ TEST_CASE("DataParallel on one process is plain training and restores the model"
   CHECK_THROWS_WITH(distributed::DataParallel(one, a, 0), Catch::Contains("batch size per rank 0 must be at least 1"));
   CHECK_THROWS_WITH(distributed::DataParallel(one, a, 2, {.bucket_mib = 0}), Catch::Contains("bucket_mib 0"));
 }
+
+}  // namespace test_data_parallel

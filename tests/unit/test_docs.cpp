@@ -12,6 +12,8 @@
 #define XTR_SOURCE_DIR "."
 #endif
 
+namespace test_docs {  // this file's names (the test executable may compile the files as one unit)
+
 using namespace xtr;
 
 namespace {
@@ -55,3 +57,5 @@ TEST_CASE("every field of every options struct is documented in docs/policies.md
     }
   }
 }
+
+}  // namespace test_docs

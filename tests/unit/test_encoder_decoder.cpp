@@ -8,6 +8,8 @@
 #include "testing.hpp"
 #include "xtr/xtr.hpp"
 
+namespace test_encoder_decoder {  // this file's names (the test executable may compile the files as one unit)
+
 using namespace xtr;
 using xtr::testing::check_gradient;
 
@@ -416,3 +418,5 @@ TEST_CASE("encoder-decoder bad input: errors name the value and the limit", "[er
   REQUIRE_THROWS_WITH(plain(xtr::testing::random_tokens(2, 4, 11, 1), {}, {context.data(), 2, 3, 6}),
                       Catch::Contains("does not cross-attend"));
 }
+
+}  // namespace test_encoder_decoder

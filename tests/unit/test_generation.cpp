@@ -14,6 +14,8 @@
 #include "testing.hpp"
 #include "xtr/xtr.hpp"
 
+namespace test_generation {  // this file's names (the test executable may compile the files as one unit)
+
 using namespace xtr;
 using Catch::Contains;
 using xtr::testing::random_tokens;
@@ -749,3 +751,5 @@ TEST_CASE("speculative decoding and streaming errors", "[generation][errors]") {
   empty_stop.stop_sequences = {{1}, {}};
   REQUIRE_THROWS_WITH(model.generate(prompts, 3, empty_stop), Contains("stop sequence 1 is empty"));
 }
+
+}  // namespace test_generation

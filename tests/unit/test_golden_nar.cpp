@@ -17,6 +17,8 @@
 #include "xtr/io/x_transformers.hpp"
 #include "xtr/xtr.hpp"
 
+namespace test_golden_nar {  // this file's names (the test executable may compile the files as one unit)
+
 using namespace xtr;
 namespace st = xtr::safetensors;
 using xtr::testing::fixture_path;
@@ -144,3 +146,5 @@ TEMPLATE_TEST_CASE("golden: NonAutoregressiveWrapper loss, logits and gradients 
   check_nar_fixture<Encoder<Rotary, LayerNorm, GELU>, TestType>("nar_rotary_layernorm");
   check_nar_fixture<Encoder<AbsoluteLearned, RMSNorm, SwiGLU>, TestType>("nar_selfcond_absolute_rmsnorm_swiglu");
 }
+
+}  // namespace test_golden_nar

@@ -18,6 +18,8 @@
 #include "fixture_io.hpp"
 #include "xtr/xtr.hpp"
 
+namespace test_golden_options {  // this file's names (the test executable may compile the files as one unit)
+
 using namespace xtr;
 namespace st = xtr::safetensors;
 namespace xt = xtr::x_transformers;
@@ -188,3 +190,5 @@ TEST_CASE("golden parity of every x-transformers option fixture, float and doubl
     }
   }
 }
+
+}  // namespace test_golden_options

@@ -45,6 +45,8 @@
 #include "xtr/xtr.hpp"
 
 
+namespace test_golden_parity {  // this file's names (the test executable may compile the files as one unit)
+
 using namespace xtr;
 using Catch::Contains;
 using xtr::testing::fixture_path;
@@ -463,3 +465,5 @@ TEST_CASE("golden parity: state dicts that do not fit give clear errors", "[gold
     REQUIRE_THROWS_WITH(st::read(copy), Contains(copy.string()) && Contains("truncated file?"));
   }
 }
+
+}  // namespace test_golden_parity

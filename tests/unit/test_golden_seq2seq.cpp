@@ -20,6 +20,8 @@
 #include "xtr/xtr.hpp"
 
 
+namespace test_golden_seq2seq {  // this file's names (the test executable may compile the files as one unit)
+
 using namespace xtr;
 namespace st = xtr::safetensors;
 using xtr::testing::fixture_path;
@@ -207,3 +209,5 @@ TEST_CASE("XTransformer descriptions: keywords map to the parts, unknown ones ar
                               "dec_depth": 1, "dec_max_seq_len": 4, "shared_stack": true})")),
                       Catch::Contains("XTransformer keywords not supported by xtr: shared_stack"));
 }
+
+}  // namespace test_golden_seq2seq

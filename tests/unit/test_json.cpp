@@ -10,6 +10,8 @@
 
 #include "xtr/io/json.hpp"
 
+namespace test_json {  // this file's names (the test executable may compile the files as one unit)
+
 using Catch::Contains;
 namespace json = xtr::json;
 
@@ -166,3 +168,5 @@ TEST_CASE("json: nesting is limited instead of overflowing the stack", "[json]")
   REQUIRE_THROWS_WITH(json::parse(std::string(100000, '[')),
                       Contains("at byte 512: expected nesting at most 512 deep"));
 }
+
+}  // namespace test_json

@@ -16,6 +16,8 @@
 #include "testing.hpp"
 #include "xtr/xtr.hpp"
 
+namespace test_kernels {  // this file's names (the test executable may compile the files as one unit)
+
 using namespace xtr;
 using xtr::testing::check_gradient;
 using xtr::testing::random_values;
@@ -954,3 +956,5 @@ TEMPLATE_TEST_CASE("norm with a plain gain and a bias: forward equals the formul
   XTR_REQUIRE_GRADIENT(check_gradient(pg, dgamma, loss, "gamma"));
   XTR_REQUIRE_GRADIENT(check_gradient(pb, dbeta, loss, "beta"));
 }
+
+}  // namespace test_kernels

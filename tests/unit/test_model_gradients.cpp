@@ -5,6 +5,8 @@
 #include "testing.hpp"
 #include "xtr/xtr.hpp"
 
+namespace test_model_gradients {  // this file's names (the test executable may compile the files as one unit)
+
 using namespace xtr;
 using xtr::testing::check_gradient;
 
@@ -152,3 +154,5 @@ TEST_CASE("a gain stored as is equals the same gain stored as gain - 1", "[model
                                                        .norm_bias = true}})),
                       Catch::Contains("layers.norm_bias is a LayerNorm bias; RMSNorm has none"));
 }
+
+}  // namespace test_model_gradients

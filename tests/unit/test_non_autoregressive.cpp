@@ -8,6 +8,8 @@
 #include "testing.hpp"
 #include "xtr/xtr.hpp"
 
+namespace test_non_autoregressive {  // this file's names (the test executable may compile the files as one unit)
+
 using namespace xtr;
 using xtr::testing::check_gradient;
 
@@ -348,3 +350,5 @@ TEST_CASE("NAR around a Decoder, as x-transformers' example writes it: the progr
   const auto lb = model.net.forward(b);
   for (Index i = 0; i < (L - 1) * 256; ++i) REQUIRE(lb.data()[i] == first_rows[std::size_t(i)]);
 }
+
+}  // namespace test_non_autoregressive

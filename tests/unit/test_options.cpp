@@ -12,6 +12,8 @@
 #include "testing.hpp"
 #include "xtr/xtr.hpp"
 
+namespace test_options {  // this file's names (the test executable may compile the files as one unit)
+
 using namespace xtr;
 namespace xt = xtr::x_transformers;
 using xtr::testing::check_gradient;
@@ -218,3 +220,5 @@ TEST_CASE("option values and combinations x-transformers refuses are errors nami
                           [](auto&) {}),
                       Catch::Contains("layers.rotary.xpos is for causal stacks"));
 }
+
+}  // namespace test_options

@@ -8,6 +8,8 @@
 
 #include "xtr/data/paired_sequences.hpp"
 
+namespace test_paired_sequences {  // this file's names (the test executable may compile the files as one unit)
+
 using Catch::Contains;
 using xtr::Index;
 
@@ -236,3 +238,5 @@ TEST_CASE("copy task and generator reject bad sizes, naming the value and the li
   REQUIRE_THROWS_WITH(xtr::PairedBatchGenerator(2, 4, 0, noop, 0), Contains("tgt_len 0") && Contains("at least 1"));
   REQUIRE_THROWS_WITH(xtr::PairedBatchGenerator(2, 4, 4, nullptr, 0), Contains("example function") && Contains("empty"));
 }
+
+}  // namespace test_paired_sequences

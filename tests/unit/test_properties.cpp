@@ -15,6 +15,8 @@
 #include "testing.hpp"
 #include "xtr/xtr.hpp"
 
+namespace test_properties {  // this file's names (the test executable may compile the files as one unit)
+
 using namespace xtr;
 using Catch::Contains;
 using xtr::testing::random_tokens;
@@ -725,3 +727,5 @@ TEST_CASE("decoding from bfloat16 weights tracks float decoding within the round
   REQUIRE(greedy.batch == 3);
   REQUIRE(greedy.length == 8);
 }
+
+}  // namespace test_properties

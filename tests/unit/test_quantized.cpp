@@ -20,6 +20,8 @@
 #include "xtr/io/quantized.hpp"
 #include "xtr/xtr.hpp"
 
+namespace test_quantized {  // this file's names (the test executable may compile the files as one unit)
+
 using namespace xtr;
 using Catch::Contains;
 
@@ -608,3 +610,5 @@ TEST_CASE("the blocked kernel with more rows of x than one pass takes equals the
     }
   }
 }
+
+}  // namespace test_quantized

@@ -15,6 +15,8 @@
 
 #include "xtr/io/safetensors.hpp"
 
+namespace test_safetensors {  // this file's names (the test executable may compile the files as one unit)
+
 using Catch::Contains;
 namespace fs = std::filesystem;
 namespace st = xtr::safetensors;
@@ -424,3 +426,5 @@ TEST_CASE("safetensors: writes are atomic and leave no temporary files", "[safet
     CHECK(dir.entries() == std::vector<std::string>{"ckpt.safetensors"});
   }
 }
+
+}  // namespace test_safetensors

@@ -16,6 +16,8 @@
 #define XTR_SHARED_DATA_DIR "../shared/data"
 #endif
 
+namespace test_text_dataset {  // this file's names (the test executable may compile the files as one unit)
+
 namespace fs = std::filesystem;
 using Bytes = std::vector<std::uint8_t>;
 using Catch::Contains;
@@ -556,3 +558,5 @@ TEST_CASE("enwik8-4M.gz from the shared data holds 4,154,064 bytes", "[data]") {
   xtr::BatchLoader loader(valid, 4, 1024, 0);
   CHECK(loader.next().data.size() == 4 * 1025);
 }
+
+}  // namespace test_text_dataset

@@ -20,6 +20,7 @@
 
 // Counts operator new calls in this test binary (a steady-state training step must make none). The replacement
 // pairs malloc with free, which GCC cannot see through.
+// (At global scope: a replacement operator new may not be declared in a namespace.)
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 namespace {
 std::atomic<long> g_news{0};
@@ -34,6 +35,8 @@ void operator delete(void* p) noexcept { std::free(p); }
 void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+
+namespace test_training {  // this file's names (the test executable may compile the files as one unit)
 
 using namespace xtr;
 
@@ -513,3 +516,5 @@ TEST_CASE("two models train and generate in two threads at once, each exactly as
   CHECK(together_text_a.data == text_a.data);
   CHECK(together_text_b.data == text_b.data);
 }
+
+}  // namespace test_training

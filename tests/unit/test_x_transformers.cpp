@@ -11,6 +11,8 @@
 #include "xtr/xtr.hpp"
 
 
+namespace test_x_transformers {  // this file's names (the test executable may compile the files as one unit)
+
 using namespace xtr;
 namespace xt = xtr::x_transformers;
 using Catch::Contains;
@@ -292,3 +294,5 @@ TEST_CASE("a checkpoint described with the wrong release is an error listing the
       },
       TestSet{});
 }
+
+}  // namespace test_x_transformers
