@@ -182,6 +182,20 @@ TEST_CASE("int8 activations: within s/2 of x per chunk of 32, the vector quantis
   cpu::quantized::detail::round_activation_rows(whole.data(), 2, 96);
   round_activations(scalar.data(), 2, 96);
   CHECK(std::memcmp(whole.data(), scalar.data(), whole.size() * sizeof(float)) == 0);
+#if defined(XTR_QUANTIZED_AVX2_INT)
+  // the AVX2 quantiser (also compiled on AVX-512 machines, where round_activation_rows uses the AVX-512 one)
+  for (Index c = 0; c + 32 <= Index(x.size()); c += 32) {
+    std::vector<float> chunk(x.begin() + c, x.begin() + c + 32);
+    if (c == 64) chunk[7] = std::numeric_limits<float>::quiet_NaN();
+    if (c == 96) chunk[31] = -std::numeric_limits<float>::infinity();
+    std::int8_t a[32], b[32];
+    const float sa = quantize_activation_chunk(chunk.data(), 32, a);
+    const float sb = cpu::quantized::detail::quantize_chunk_avx2(chunk.data(), b);
+    INFO("chunk at " << c);
+    CHECK(std::memcmp(a, b, 32) == 0);
+    CHECK((std::memcmp(&sa, &sb, sizeof sa) == 0 || (std::isnan(sa) && std::isnan(sb))));
+  }
+#endif
   // a NaN or an infinity makes its chunk NaN (not silently zero); other chunks are unaffected
   std::vector<float> bad(x.begin(), x.begin() + 96);
   bad[40] = std::numeric_limits<float>::infinity();

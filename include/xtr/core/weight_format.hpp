@@ -72,9 +72,14 @@ enum class ActivationFormat { automatic, f32, int8 };
   if (const auto a = find_activation_format(text)) return *a;
   throw Error(detail::cat("xtr: unknown activation format '", text, "' (auto, f32, int8)"));
 }
-/// Whether this build multiplies int8 activations with integer dot products (AVX512-VNNI; -march decides).
+/// Whether this build's decoding kernels multiply int8 activations with integer dot products: AVX512-VNNI, or AVX2's
+/// byte products where AVX2 is the widest path (the AVX-512 kernels without VNNI multiply floats); -march decides.
 [[nodiscard]] constexpr bool has_integer_dot_products() {
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+  return true;
+#elif defined(__AVX512F__) && defined(__AVX512BW__)
+  return false;
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
   return true;
 #else
   return false;

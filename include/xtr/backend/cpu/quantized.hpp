@@ -3,8 +3,9 @@
 // and one half-precision scale per group, dequantized in registers inside the dot product — the matrix is read once,
 // in its small form, and each group's values serve every row of x (bfloat16 and float matrices use the same AVX-512
 // blocking, unscaled). With int8 activations (core/weight_format.hpp's ActivationFormat) the AVX512-VNNI path multiplies the
-// activations' int8 values with the weights' as integers (vpdpbusd), one scale per group and chunk; every other path
-// multiplies the values the int8 activations stand for. Paths: AVX512-VNNI, AVX-512 (16 floats a vector), AVX2 + FMA
+// activations' int8 values with the weights' as integers (vpdpbusd), one scale per group and chunk, and so does the
+// AVX2 path with byte products (vpmaddubsw, vpmaddwd, as ggml does); the AVX-512 path without VNNI and the scalar one
+// multiply the values the int8 activations stand for. Paths: AVX512-VNNI, AVX-512 (16 floats a vector), AVX2 + FMA
 // (8), and a scalar reference; the widest one the compiler targets (-march) is used, and tests compare every compiled
 // path with the scalar one.
 #include <algorithm>
@@ -308,6 +309,220 @@ void rows_avx2(const QuantizedMatrix& m, const float* x, float* y, Index ldy, bo
 }
 #endif
 
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define XTR_QUANTIZED_AVX2_INT 1
+/// One whole chunk of 32 activations quantised as core/weight_format.hpp's quantize_activation_chunk, bit for bit
+/// (the same IEEE operations; vcvtps2dq rounds to nearest even as std::nearbyint does): the 32 values into q, and the
+/// scale.
+inline float quantize_chunk_avx2(const float* x, std::int8_t* q) {
+  __m256 v[4];
+  __m256 amax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+  const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+  for (int i = 0; i < 4; ++i) {
+    v[i] = _mm256_loadu_ps(x + 8 * i);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_sub_ps(v[i], v[i]), _mm256_setzero_ps(), _CMP_NEQ_UQ));
+    amax = _mm256_max_ps(amax, _mm256_and_ps(v[i], magnitude));
+  }
+  if (_mm256_movemask_ps(bad)) {  // x − x is 0 for a finite x, NaN for an infinity or a NaN
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_setzero_si256());
+    return std::numeric_limits<float>::quiet_NaN();
+  }
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  const float top = _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+  const __m256 inv = _mm256_set1_ps(top > 0 ? 127.0f / top : 0.0f);
+  __m256i i[4];
+  for (int k = 0; k < 4; ++k) i[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], inv));
+  // the packs work within 128-bit halves: values 0–3, 8–11, 16–19, 24–27, then 4–7, …; the permutation restores order
+  const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q),
+                      _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+  return top / 127.0f;
+}
+
+/// int8 activations laid out for the AVX2 integer kernels (groups of 32 = chunks of 32), R rows, each padded to whole
+/// steps (zeros). A step is one group (32 values) against int8 weights, two groups (64 values) against 4-bit ones:
+///   q:    q8: the values in row order; q4: per step the first halves (values 0–15) of its two chunks, then their
+///         second halves — the order of the low and high nibbles of 32 bytes of packed weights;
+///   corr: q4 only: per step, −8 times the sum of the values each 32-bit lane multiplies (turns the nibbles, stored
+///         as q + 8, into q);
+///   s:    per step, each chunk's scale repeated over the lanes its products land in (8 for q8, 4 for q4);
+///   sc:   each chunk's scale once, the row padded to whole blocks of 8 chunks (zeros).
+struct BytewiseActivations {
+  std::vector<std::int8_t> q;
+  std::vector<float> s, sc;
+  std::vector<std::int32_t> corr;
+  Index steps = 0;   // per row
+  Index chunks = 0;  // per row in sc
+  [[nodiscard]] Index q_stride(bool q4) const { return steps * (q4 ? 64 : 32); }
+};
+
+/// Prepares R rows of m.in activations (m.in a multiple of 32) for the AVX2 kernels of m's format.
+inline void prepare_bytewise_activations(const QuantizedMatrix& m, const float* x, Index R, BytewiseActivations& a) {
+  const bool q4 = m.q4 != nullptr;
+  const Index groups = q4 ? 2 : 1, step = 32 * groups, chunks = m.in / kActivationChunk;
+  a.steps = (chunks + groups - 1) / groups;
+  a.chunks = (chunks + 7) / 8 * 8;
+  a.q.assign(std::size_t(R * a.steps * step), 0);
+  a.s.assign(std::size_t(R * a.steps * 8), 0.0f);
+  a.sc.assign(std::size_t(R * a.chunks), 0.0f);
+  if (q4) a.corr.assign(std::size_t(R * a.steps * 8), 0);
+  alignas(32) std::int8_t chunk[32];
+  for (Index r = 0; r < R; ++r) {
+    std::int8_t* q = a.q.data() + r * a.steps * step;
+    float* s = a.s.data() + r * a.steps * 8;
+    for (Index c = 0; c < chunks; ++c) {
+      const float scale = quantize_chunk_avx2(x + r * m.in + c * kActivationChunk, chunk);
+      a.sc[std::size_t(r * a.chunks + c)] = scale;
+      if (q4) {  // chunk c is the (c % 2)-th of step c / 2
+        std::copy_n(chunk, 16, q + (c / 2) * 64 + (c % 2) * 16);
+        std::copy_n(chunk + 16, 16, q + (c / 2) * 64 + 32 + (c % 2) * 16);
+        for (int l = 0; l < 4; ++l) s[(c / 2) * 8 + (c % 2) * 4 + l] = scale;
+      } else {
+        std::copy_n(chunk, 32, q + c * 32);
+        for (int l = 0; l < 8; ++l) s[c * 8 + l] = scale;
+      }
+    }
+    if (q4) {  // −8 · (the sum of each lane's four first-half values and four second-half values)
+      const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+      for (Index t = 0; t < a.steps; ++t) {
+        const std::int8_t* p = q + t * 64;
+        const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+        const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32));
+        const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(ones8, lo), _mm256_maddubs_epi16(ones8, hi));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.corr.data() + (r * a.steps + t) * 8),
+                            _mm256_mullo_epi32(_mm256_madd_epi16(pairs, ones16), _mm256_set1_epi32(-8)));
+      }
+    }
+  }
+}
+
+/// The 8 scales of groups g … g + 7 of a row (fewer at the row's end: zeros), as floats.
+inline __m256 eight_scales(const std::uint16_t* row, Index g, Index G) {
+  if (g + 8 <= G) return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + g)));
+  alignas(16) std::uint16_t h[8] = {};
+  std::copy(row + g, row + G, h);
+  return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(h)));
+}
+
+/// The AVX2 integer products of a step for one row of W and one row of x (vpmaddubsw: unsigned × signed bytes into
+/// 16-bit pairs, then vpmaddwd into 32-bit lanes).
+///   q4: 32 packed bytes = two groups; the low nibbles (q + 8, unsigned) against the activations' first halves, the
+///       high nibbles against their second halves; the two 16-bit sums stay below 2 · 2 · 15 · 127 < 2¹⁵; lanes 0–3
+///       hold the first group's products, 4–7 the second's, started from the activations' correction;
+///   q8: 32 signed weights = one group: |w| (unsigned) against the activations with w's sign (vpsignb), a pair's sum
+///       at most 2 · 127 · 127 < 2¹⁵ (weights and activations lie in [−127, 127]).
+struct Avx2Q4 {
+  static constexpr Index groups = 2;
+  struct W {
+    __m256i lo, hi;
+  };
+  static W load(const QuantizedMatrix& m, Index row, Index g, bool whole) {
+    const std::uint8_t* p = m.q4 + row * (m.in / 2) + g * 16;
+    const __m256i v = whole ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                            : _mm256_inserti128_si256(_mm256_setzero_si256(),
+                                                      _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), 0);
+    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    return {_mm256_and_si256(v, nibble), _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble)};
+  }
+  static __m256i dot(const W& w, const std::int8_t* x, const std::int32_t* corr) {
+    const __m256i xlo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+    const __m256i xhi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32));
+    const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(w.lo, xlo), _mm256_maddubs_epi16(w.hi, xhi));
+    return _mm256_add_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)),
+                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(corr)));
+  }
+};
+struct Avx2Q8 {
+  static constexpr Index groups = 1;
+  struct W {
+    __m256i w, magnitude;
+  };
+  static W load(const QuantizedMatrix& m, Index row, Index g, bool) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m.q8 + row * m.in + g * 32));
+    return {v, _mm256_abs_epi8(v)};
+  }
+  static __m256i dot(const W& w, const std::int8_t* x, const std::int32_t*) {
+    const __m256i xs = _mm256_sign_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)), w.w);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(w.magnitude, xs), _mm256_set1_epi16(1));
+  }
+};
+
+/// J rows of W × R rows of x with the integer products of format F, a step at a time; each lane's integer sum is
+/// converted and scaled by its group's weight scale × activation scale. One row of x: the 8 weight scales of a block
+/// of 8 groups are read at once and multiplied by the activation scales once per block, then spread over the lanes
+/// of each step by a permutation; several rows: each step reads its weight scales and multiplies them by the
+/// activation scales, repeated over the lanes.
+template <class F, int J, int R>
+void block_avx2_int(const QuantizedMatrix& m, const BytewiseActivations& a, Index r0, float* y, Index ldy, bool add,
+                    Index j0) {
+  constexpr Index step_values = 32 * F::groups;
+  const Index G = m.in / 32, qs = a.steps * step_values;
+  const std::int32_t* corr = a.corr.empty() ? nullptr : a.corr.data();
+  __m256 acc[J][R];
+  for (int j = 0; j < J; ++j)
+    for (int r = 0; r < R; ++r) acc[j][r] = _mm256_setzero_ps();
+  for (Index g0 = 0; g0 < G; g0 += 8) {
+    __m256 sw8[J];  // the block's weight scales (one row of x: times the activation scales)
+    for (int j = 0; j < J; ++j) {
+      sw8[j] = eight_scales(m.scales + (j0 + j) * G, g0, G);
+      if constexpr (R == 1) sw8[j] = _mm256_mul_ps(sw8[j], _mm256_loadu_ps(a.sc.data() + r0 * a.chunks + g0));
+    }
+    for (Index u = 0; u < 8 / F::groups && g0 + F::groups * u < G; ++u) {
+      const Index g = g0 + F::groups * u, t = g / F::groups;
+      const bool whole = g + F::groups <= G;
+      const __m256i lanes = F::groups == 2 ? _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1) : _mm256_setzero_si256();
+      const __m256i spread = _mm256_add_epi32(lanes, _mm256_set1_epi32(int(F::groups * u)));
+      for (int j = 0; j < J; ++j) {
+        const typename F::W w = F::load(m, j0 + j, g, whole);
+        const __m256 sw = _mm256_permutevar8x32_ps(sw8[j], spread);
+        for (int r = 0; r < R; ++r) {
+          const std::int8_t* xq = a.q.data() + (r0 + r) * qs + t * step_values;
+          const std::int32_t* c = corr ? corr + ((r0 + r) * a.steps + t) * 8 : nullptr;
+          const __m256 scale = R == 1 ? sw : _mm256_mul_ps(sw, _mm256_loadu_ps(a.s.data() + ((r0 + r) * a.steps + t) * 8));
+          acc[j][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(F::dot(w, xq, c)), scale, acc[j][r]);
+        }
+      }
+    }
+  }
+  for (int j = 0; j < J; ++j)
+    for (int r = 0; r < R; ++r) {
+      const float v = hsum256(acc[j][r]);
+      float& out = y[r * ldy + j0 + j];
+      out = add ? out + v : v;
+    }
+}
+
+template <class F, int R>
+void rows_avx2_int_as(const QuantizedMatrix& m, const BytewiseActivations& a, Index r0, float* y, Index ldy, bool add,
+                      Index begin, Index end) {
+  constexpr int J = R == 1 ? 4 : R == 2 ? 2 : 1;
+  Index j = begin;
+  for (; j + J <= end; j += J) block_avx2_int<F, J, R>(m, a, r0, y, ldy, add, j);
+  for (; j < end; ++j) block_avx2_int<F, 1, R>(m, a, r0, y, ldy, add, j);
+}
+template <int R>
+void rows_avx2_int_r(const QuantizedMatrix& m, const BytewiseActivations& a, Index r0, float* y, Index ldy, bool add,
+                     Index begin, Index end) {
+  if (m.q4) return rows_avx2_int_as<Avx2Q4, R>(m, a, r0, y, ldy, add, begin, end);
+  rows_avx2_int_as<Avx2Q8, R>(m, a, r0, y, ldy, add, begin, end);
+}
+/// Output rows [begin, end) for R ≤ 8 prepared rows of x starting at row r0.
+inline void rows_avx2_int(const QuantizedMatrix& m, const BytewiseActivations& a, Index r0, Index R, float* y, Index ldy,
+                          bool add, Index begin, Index end) {
+  switch (R) {
+    case 1: return rows_avx2_int_r<1>(m, a, r0, y, ldy, add, begin, end);
+    case 2: return rows_avx2_int_r<2>(m, a, r0, y, ldy, add, begin, end);
+    case 3: return rows_avx2_int_r<3>(m, a, r0, y, ldy, add, begin, end);
+    case 4: return rows_avx2_int_r<4>(m, a, r0, y, ldy, add, begin, end);
+    case 5: return rows_avx2_int_r<5>(m, a, r0, y, ldy, add, begin, end);
+    case 6: return rows_avx2_int_r<6>(m, a, r0, y, ldy, add, begin, end);
+    case 7: return rows_avx2_int_r<7>(m, a, r0, y, ldy, add, begin, end);
+    default: return rows_avx2_int_r<8>(m, a, r0, y, ldy, add, begin, end);
+  }
+}
+#endif
+
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 /// One whole chunk of 32 activations quantised as core/weight_format.hpp's quantize_activation_chunk, bit for bit
 /// (the same IEEE operations; the conversion rounds to nearest even as std::nearbyint does): values 0–15 in lo,
@@ -339,6 +554,19 @@ inline void round_activation_rows(float* x, Index R, Index n) {
         const __m512 s = _mm512_set1_ps(quantize_chunk_avx512(v, lo, hi));
         _mm512_storeu_ps(v, _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo))));
         _mm512_storeu_ps(v + 16, _mm512_mul_ps(s, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi))));
+      }
+    return;
+  }
+#elif defined(XTR_QUANTIZED_AVX2_INT)
+  if (n % kActivationChunk == 0) {
+    alignas(32) std::int8_t q[kActivationChunk];
+    for (Index r = 0; r < R; ++r)
+      for (Index c = 0; c < n; c += kActivationChunk) {
+        float* v = x + r * n + c;
+        const __m256 s = _mm256_set1_ps(quantize_chunk_avx2(v, q));
+        for (Index k = 0; k < kActivationChunk; k += 8)
+          _mm256_storeu_ps(v + k, _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                                      _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + k))))));
       }
     return;
   }
@@ -644,8 +872,8 @@ inline void rows(Isa isa, const QuantizedMatrix& m, const float* x, Index R, flo
 /// bfloat16, or float) W, any R ≥ 1, on the given path (best_isa() unless a test asks for another). Threads split W's
 /// rows; each thread walks its rows in blocks small enough to stay in the L1/L2 cache while every 8 rows of x pass
 /// over them, so the matrix is read from memory once however many rows x has. With `int8_activations` the rows of x
-/// are quantised per chunk of 32 (core/weight_format.hpp) first: the avx512_vnni path multiplies them as integers
-/// against int8 / q4 weights in groups of 32; every other path multiplies the values they stand for. Each thread
+/// are quantised per chunk of 32 (core/weight_format.hpp) first: the avx512_vnni and avx2 paths multiply them as
+/// integers against int8 / q4 weights in groups of 32; the others multiply the values they stand for. Each thread
 /// then calls tail(begin, end) on the columns [begin, end) of Y it wrote (a GEMM's elementwise epilogue, run while
 /// they are in that thread's cache and without another parallel region).
 struct NoTail {
@@ -686,6 +914,17 @@ void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, Index ldy
                                                        // a thread_local: each thread would name its own)
       run([&](Index r0, Index rows, float* yr, Index begin, Index end) {
         detail::rows_vnni(m, *a, r0, rows, yr, ldy, add, begin, end);
+      });
+      return;
+    }
+#endif
+#if defined(XTR_QUANTIZED_AVX2_INT)
+    if (isa == Isa::avx2 && (m.q8 || m.q4) && m.group == 32) {
+      thread_local detail::BytewiseActivations scratch;
+      detail::prepare_bytewise_activations(m, x, R, scratch);
+      const detail::BytewiseActivations* a = &scratch;
+      run([&](Index r0, Index rows, float* yr, Index begin, Index end) {
+        detail::rows_avx2_int(m, *a, r0, rows, yr, ldy, add, begin, end);
       });
       return;
     }
