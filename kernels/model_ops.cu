@@ -341,7 +341,9 @@ const Memory& managed_memory() {
 }
 
 void finish(const char* what) {
-  const cudaError_t status = cudaDeviceSynchronize();
+  // The default (legacy) stream only: a data-parallel run's NCCL stream (kernels/nccl.cpp, non-blocking) keeps
+  // reducing gradient buckets while the backward goes on.
+  const cudaError_t status = cudaStreamSynchronize(cudaStreamLegacy);
   if (status == cudaSuccess) return;
   (void)cudaGetLastError();
   throw Error(std::string("xtr: CUDA kernel failed in ") + what + ": " + cudaGetErrorName(status) + " (" +

@@ -2,7 +2,9 @@
 // Data-parallel training (PyTorch DDP's design, on MPI): every rank holds the whole model and trains on its slice
 // of the global batch; gradients are averaged over ranks in buckets whose all-reduce starts during backward, as
 // soon as the layers behind a bucket have finished (the models report that through on_gradients_ready), so the
-// communication of the last layers overlaps the backward of the first ones.
+// communication of the last layers overlaps the backward of the first ones. A model on the Cpu backend is reduced over
+// MPI in host memory (Communicator); one on Cuda<float> over NCCL on the device (NcclCommunicator,
+// distributed/nccl.hpp): the same DataParallel, templated on the communicator.
 //
 //   auto comm = xtr::distributed::Communicator::from_environment();     // mpirun -np N …, or one process
 //   xtr::distributed::DataParallel dp(comm, model, batch_size);          // per-rank batch; checks, broadcasts
@@ -16,6 +18,7 @@
 // counts the same number of tokens: language modelling, the copy task) — up to the order of float additions.
 #include <algorithm>
 #include <chrono>
+#include <concepts>
 #include <cstdint>
 #include <cstdio>
 #include <span>
@@ -69,15 +72,43 @@ void for_each_net(Model& model, F&& f) {
 template <class T>
 inline constexpr bool is_float_or_double = std::is_same_v<T, float> || std::is_same_v<T, double>;
 
+/// Whether a communicator reduces gradients on the device (NcclCommunicator: start_average + wait) rather than over
+/// MPI in host memory (Communicator).
+template <class Comm>
+inline constexpr bool reduces_on_device = requires(const Comm& c, float* p) {
+  c.start_average(p, std::int64_t(0));
+  c.wait(std::string());
+};
+
 }  // namespace detail
 
-/// Averages a ParameterStore's gradients over the ranks of a communicator, bucket by bucket.
-template <class T>
+/// What a communicator must offer DataParallel: ranks, the host-side collectives of the model check and the losses,
+/// and a parameter broadcast (Communicator over MPI; NcclCommunicator, distributed/nccl.hpp, over NCCL).
+template <class Comm>
+concept DataParallelCommunicator = requires(const Comm& c, std::span<float> values, std::span<double> numbers) {
+  { c.rank() } -> std::convertible_to<int>;
+  { c.size() } -> std::convertible_to<int>;
+  { c.uses_mpi() } -> std::convertible_to<bool>;
+  { c.broadcast_string(std::string()) } -> std::convertible_to<std::string>;
+  { c.mean(0.0) } -> std::convertible_to<double>;
+  { c.max(0.0) } -> std::convertible_to<double>;
+  c.broadcast(values);
+  c.all_reduce_sum(numbers);
+};
+
+namespace detail {
+
+}  // namespace detail
+
+/// Averages a ParameterStore's gradients over the ranks of a communicator, bucket by bucket: MPI_Iallreduce on host
+/// memory (Communicator), or NCCL's average on the device (NcclCommunicator).
+template <class T, DataParallelCommunicator Comm = Communicator>
 class GradientReducer {
   static_assert(detail::is_float_or_double<T>, "xtr: GradientReducer all-reduces float or double gradients");
+  static constexpr bool on_device = detail::reduces_on_device<Comm>;
 
  public:
-  GradientReducer(const Communicator& comm, ParameterStore<T>& params, DataParallelOptions options)
+  GradientReducer(const Comm& comm, ParameterStore<T>& params, DataParallelOptions options)
       : comm_(&comm), params_(&params), options_(options) {
     require(options.bucket_mib > 0 && options.bucket_mib <= 1024, "bucket_mib ", options.bucket_mib,
             " must lie in (0, 1024]");
@@ -106,7 +137,7 @@ class GradientReducer {
 
   /// Gradients [begin, end) of the store are final: start every bucket that is now complete.
   void ready(Index begin, Index end) {
-    if (!armed_ || !options_.overlap || !comm_->uses_mpi()) return;
+    if (!armed_ || !options_.overlap || !reduces()) return;
     // buckets are sorted and disjoint: find the first one that ends after begin
     auto it = std::upper_bound(buckets_.begin(), buckets_.end(), begin,
                                [](Index v, const Bucket& b) { return v < b.end; });
@@ -123,9 +154,13 @@ class GradientReducer {
   /// Starts the buckets not started yet, waits for all of them and divides by the number of ranks.
   void finish() {
     const auto backward_end = std::chrono::steady_clock::now();
-    if (comm_->uses_mpi()) {
+    if (reduces()) {
       for (auto& b : buckets_)
         if (!b.started) start(b);
+    }
+    if constexpr (on_device) {
+      comm_->wait("the gradient all-reduce (" + std::to_string(buckets_.size()) + " buckets)");  // averaged by NCCL
+    } else if (reduces()) {
 #if defined(XTR_WITH_MPI)
       std::vector<MPI_Request> requests;
       requests.reserve(buckets_.size());
@@ -159,8 +194,20 @@ class GradientReducer {
 #endif
   };
 
+  /// Whether gradients leave this process: always over NCCL (one rank included), over MPI when launched by it.
+  [[nodiscard]] bool reduces() const {
+    if constexpr (on_device)
+      return true;
+    else
+      return comm_->uses_mpi();
+  }
+
   void start(Bucket& b) {
     b.started = true;
+    if constexpr (on_device) {
+      comm_->start_average(params_->grads().data() + b.begin, std::int64_t(b.end - b.begin));
+      return;
+    }
 #if defined(XTR_WITH_MPI)
     T* g = params_->grads().data() + b.begin;
     MPI_Iallreduce(MPI_IN_PLACE, g, int(b.end - b.begin), std::is_same_v<T, float> ? MPI_FLOAT : MPI_DOUBLE, MPI_SUM,
@@ -169,6 +216,7 @@ class GradientReducer {
   }
   /// Lets MPI move the started all-reduces along (Open MPI progresses non-blocking collectives inside MPI calls).
   void progress() {
+    if constexpr (on_device) return;  // NCCL runs on its own stream
 #if defined(XTR_WITH_MPI)
     for (auto& b : buckets_)
       if (b.started && b.request != MPI_REQUEST_NULL) {
@@ -178,7 +226,7 @@ class GradientReducer {
 #endif
   }
 
-  const Communicator* comm_;
+  const Comm* comm_;
   ParameterStore<T>* params_;
   DataParallelOptions options_;
   std::vector<Bucket> buckets_;
@@ -192,12 +240,12 @@ class GradientReducer {
 /// same model (configuration, parameter names and shapes, options.run_signature), copies rank 0's parameters to
 /// every rank, tells the model which rows of the global batch it sees, and hooks the gradient reducer into its
 /// backward. The model and communicator must outlive this object.
-template <class Model>
+template <class Model, DataParallelCommunicator Comm = Communicator>
 class DataParallel {
  public:
   using scalar = std::remove_cvref_t<decltype(std::declval<Model&>().parameters().values().data()[0])>;
 
-  DataParallel(const Communicator& comm, Model& model, Index batch_size_per_rank, DataParallelOptions options = {})
+  DataParallel(const Comm& comm, Model& model, Index batch_size_per_rank, DataParallelOptions options = {})
       : comm_(&comm), model_(&model), batch_(batch_size_per_rank),
         reducer_(comm, model.parameters(), options) {
     require(batch_size_per_rank >= 1, "batch size per rank ", batch_size_per_rank, " must be at least 1");
@@ -217,7 +265,7 @@ class DataParallel {
     });
   }
 
-  [[nodiscard]] const Communicator& communicator() const { return *comm_; }
+  [[nodiscard]] const Comm& communicator() const { return *comm_; }
   [[nodiscard]] int rank() const { return comm_->rank(); }
   [[nodiscard]] int size() const { return comm_->size(); }
   [[nodiscard]] Index batch_size_per_rank() const { return batch_; }
@@ -293,10 +341,10 @@ class DataParallel {
     }
   }
 
-  const Communicator* comm_;
+  const Comm* comm_;
   Model* model_;
   Index batch_;
-  GradientReducer<scalar> reducer_;
+  GradientReducer<scalar, Comm> reducer_;
 };
 
 }  // namespace xtr::distributed

@@ -21,7 +21,8 @@ using Index = std::int64_t;
 /// device at run time ...") or when the allocation fails (naming the bytes asked for and the bytes free).
 [[nodiscard]] const Memory& managed_memory();
 
-/// Waits for every launch so far; throws xtr::Error naming `what` and CUDA's reason when one failed.
+/// Waits for every launch so far on the default stream (not for a data-parallel run's NCCL stream); throws xtr::Error
+/// naming `what` and CUDA's reason when one failed.
 void finish(const char* what);
 
 // --- elementwise (backend/cpu/backend.hpp's kernels of the same ops) ------------------------------------------------
