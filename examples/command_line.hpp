@@ -1,10 +1,12 @@
 #pragma once
 // Flags of the example programs: `--name value` pairs bound to variables, `--help`, and errors that name the flag and
 // the value, then print the usage text and exit with status 2.
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <stdexcept>
+#include <set>
 #include <string>
 #include <type_traits>
 #include <variant>
@@ -40,12 +42,14 @@ class CommandLine {
       }
       if (const auto s = switches_.find(flag); s != switches_.end()) {
         *s->second = true;
+        given_.insert(flag);
         continue;
       }
       if (i + 1 >= argc) fail("missing value after " + flag);
       const std::string value = argv[++i];
       const auto it = targets_.find(flag);
       if (it == targets_.end()) fail("unknown flag " + flag);
+      given_.insert(flag);
       try {
         std::size_t used = value.size();
         std::visit(
@@ -53,7 +57,10 @@ class CommandLine {
               using T = std::remove_pointer_t<decltype(target)>;
               if constexpr (std::is_same_v<T, long>) *target = std::stol(value, &used);
               else if constexpr (std::is_same_v<T, int>) *target = std::stoi(value, &used);
-              else if constexpr (std::is_same_v<T, double>) *target = std::stod(value, &used);
+              else if constexpr (std::is_same_v<T, double>) {
+                *target = std::stod(value, &used);
+                if (!std::isfinite(*target)) throw std::invalid_argument(value);  // inf, nan: never a setting
+              }
               else *target = value;
             },
             it->second);
@@ -64,6 +71,9 @@ class CommandLine {
     }
   }
 
+  /// Whether parse() saw `flag` on the command line (not only its default).
+  [[nodiscard]] bool given(const std::string& flag) const { return given_.count(flag) != 0; }
+
   /// Prints "<program>: <why>" and the usage text to stderr; exits with status 2.
   [[noreturn]] void fail(const std::string& why) const {
     std::fprintf(stderr, "%s: %s\n", program_, why.c_str());
@@ -73,6 +83,7 @@ class CommandLine {
 
  private:
   const char* program_;
+  mutable std::set<std::string> given_;
   const char* summary_;
   void (*usage_text_)(std::FILE*);
   std::map<std::string, Target> targets_;

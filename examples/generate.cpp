@@ -38,6 +38,7 @@ struct Options {
   double temperature = 1.0, top_p = 0, min_p = 0, alpha = 0.1, beta = 0.5;
   int threads = 0;
   bool no_cache = false, json = false;
+  bool sampled_beams = false;  // --beams with --temperature, --top-k, --top-p or --min-p: stochastic beams
 };
 
 void usage_text(std::FILE* out) {
@@ -45,7 +46,9 @@ void usage_text(std::FILE* out) {
                "usage: generate --checkpoint C --prompt TEXT [--length N (256)] [--temperature T (1)] [--top-k K]\n"
                "  [--top-p P] [--min-p M] [--seed S] [--beams B] [--amateur C2 [--alpha A (0.1)] [--beta B (0.5)]]\n"
                "  [--draft C3 [--draft-tokens K (4)]] [--no-cache] [--json] [--threads N]\n"
-               "  [--weights auto|f32|bf16|int8|q4 (auto)] [--activations auto|f32|int8 (auto)]\n");
+               "  [--weights auto|f32|bf16|int8|q4 (auto)] [--activations auto|f32|int8 (auto)]\n"
+               "With --beams the best beam is printed at the end; --temperature, --top-k, --top-p or --min-p with it\n"
+               "make the beams stochastic (x-transformers' beam_search(stochastic=True)).\n");
 }
 
 Options parse(int argc, char** argv) {
@@ -86,6 +89,8 @@ Options parse(int argc, char** argv) {
   if (o.beams != Options::unset && (!o.amateur.empty() || !o.draft.empty()))
     flags.fail("--beams cannot be combined with --amateur or --draft");
   if (!o.amateur.empty() && !o.draft.empty()) flags.fail("--amateur and --draft cannot be combined");
+  o.sampled_beams = o.beams != Options::unset && (flags.given("--temperature") || flags.given("--top-k") ||
+                                                  flags.given("--top-p") || flags.given("--min-p"));
   if (o.weights != "auto" && o.weights != "f32" && o.weights != "bf16" && o.weights != "int8" && o.weights != "q4")
     flags.fail("--weights must be auto, f32, bf16, int8 or q4, got '" + o.weights + "'");
   if (!xtr::find_activation_format(o.activations))
@@ -152,7 +157,14 @@ int main(int argc, char** argv) {
     std::vector<std::int32_t> tokens;
     const auto started = std::chrono::steady_clock::now();
     if (o.beams != Options::unset) {
-      xtr::BeamSearchOptions b{.beams = o.beams, .cache_kv = !o.no_cache};
+      // x-transformers' beam_search(stochastic=True, temperature, filter_logits_fn) when a sampling flag is given
+      xtr::BeamSearchOptions b{.beams = o.beams,
+                               .stochastic = o.sampled_beams,
+                               .temperature = o.temperature,
+                               .top_k = std::max(0L, o.top_k),
+                               .top_p = o.top_p,
+                               .min_p = o.min_p,
+                               .cache_kv = !o.no_cache};
       if (o.seed >= 0) b.seed = std::uint64_t(o.seed);
       tokens = model.beam_search(prompt, o.length, b).tokens.row(0);
       if (!o.json) {

@@ -106,7 +106,9 @@ Options parse(int argc, char** argv) {
   at_most(o.depth, 4096, "--depth");
   at_most(o.heads, 4096, "--heads");
   positive(o.val_batches, "--val-batches");
+  at_most(o.val_batches, 1 << 20, "--val-batches");
   if (o.generate_length < 0) flags.fail("--generate-length must be >= 0");
+  at_most(o.generate_length, 1 << 24, "--generate-length");
   if (!(o.learning_rate > 0)) flags.fail("--learning-rate must be > 0");
   if (!(o.clip > 0)) flags.fail("--clip must be > 0");
   return o;

@@ -11,6 +11,15 @@
 //   logits_sum  the sum of every logit of net(row[:-1]) over all rows (eval mode)
 //   greedy      the temperature-0 continuation of row 0's first --prompt-len tokens (KV cache on); null for an
 //               Encoder (a bidirectional stack cannot decode)
+//   greedy_uncached  the same continuation recomputed without the KV cache (Decoder only)
+// --fixture F.safetensors (a Decoder; F may be the weights file itself): a golden fixture as tools/xt_fixture.py writes
+// them (tests/fixtures/README.md: fixture.tokens, fixture.logits, fixture.loss, fixture.prompt, fixture.greedy and
+// grad.<parameter>) is checked the way the golden tests check it, and the object gains
+//   fixture     {"logits_error", "loss_error", "gradient_error", "worst_gradient", "greedy_cached",
+//               "greedy_uncached", "passed"}: logits max |ours − ref| / max(|ref|, 1) <= 1e-4, loss relative <= 1e-4,
+//               every gradient tensor max |ours − ref| / max |ref| <= 1e-4 (a tensor that is 0 up to fp32 noise
+//               against the largest), greedy tokens exact with and without the cache; exit status 1 unless passed.
+//               --tokens may then be left out (fixture.tokens), and --prompt-len / --new-tokens are the fixture's.
 // For an XTransformer, T.json is an object {"src": rows, "tgt": rows, "src_mask": rows of true/false or 1/0}
 // (src_mask optional, equal batch for all three) and the object printed holds
 //   loss        model(src, tgt, src_mask)
@@ -30,6 +39,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -180,21 +190,108 @@ double next_token_loss(const Matrix& logits, const xtr::TokenBatch& tokens, std:
   return total / double(counted);
 }
 
-void print_result(double loss, double logits_sum, const xtr::TokenBatch* greedy) {
-  std::printf("{\"loss\": %.17g, \"logits_sum\": %.17g, \"greedy\": ", loss, logits_sum);
-  if (!greedy) {
-    std::printf("null}\n");
-    return;
-  }
-  std::printf("[");
-  for (xtr::Index t = 0; t < greedy->length; ++t) std::printf("%s%d", t ? ", " : "", (*greedy)(0, t));
-  std::printf("]}\n");
+std::string token_list(const xtr::TokenBatch& row) {
+  std::string s = "[";
+  for (xtr::Index t = 0; t < row.length; ++t) s += (t ? ", " : "") + std::to_string(row(0, t));
+  return s + "]";
+}
+
+/// The printed object; `extra` (", \"key\": value" pairs) goes before the closing brace.
+void print_result(double loss, double logits_sum, const xtr::TokenBatch* greedy, const std::string& extra = "") {
+  std::printf("{\"loss\": %.17g, \"logits_sum\": %.17g, \"greedy\": %s%s}\n", loss, logits_sum,
+              greedy ? token_list(*greedy).c_str() : "null", extra.c_str());
 }
 
 struct Options {
-  std::string config, weights, tokens, export_path, ignore;
+  std::string config, weights, tokens, export_path, ignore, fixture;
   long prompt_len = 8, new_tokens = 16;
 };
+
+/// A golden fixture's tensors (fixture.* and grad.*), read once.
+struct Fixture {
+  xtr::safetensors::File file;
+  [[nodiscard]] const xtr::safetensors::TensorRecord& at(const std::string& name) const {
+    for (const auto& t : file.tensors)
+      if (t.name == name) return t;
+    throw xtr::Error("--fixture: no tensor '" + name + "' (tests/fixtures/README.md lists what a fixture holds)");
+  }
+  [[nodiscard]] xtr::TokenBatch tokens(const std::string& name) const {
+    const auto& t = at(name);
+    xtr::require(t.shape.size() == 2, "--fixture: '", name, "' must be 2-D (rows, tokens)");
+    xtr::TokenBatch out(xtr::Index(t.shape[0]), xtr::Index(t.shape[1]));
+    out.data = xtr::safetensors::to_vector<std::int32_t>(t);  // I64 or I32; a value outside int32 is an error
+    for (const std::int32_t id : out.data)
+      xtr::require(id >= 0, "--fixture: '", name, "' holds ", id, ", not a token id");
+    return out;
+  }
+};
+
+/// The golden comparison of tests/unit/test_golden_options.cpp on a causal model: logits, loss, every gradient,
+/// greedy with and without the cache. Returns the JSON members to print; `passed` says whether all held.
+template <class Model>
+std::string check_fixture(Model& model, const Fixture& f, bool& passed) {
+  constexpr double tolerance = 1e-4;
+  const xtr::TokenBatch tokens = f.tokens("fixture.tokens");
+  xtr::require(tokens.length >= 2, "--fixture: fixture.tokens rows need >= 2 tokens");
+  model.eval();
+  const auto expected_logits = xtr::safetensors::to_vector<double>(f.at("fixture.logits"));
+  const auto logits = model.net.forward(prefix(tokens, tokens.batch, tokens.length - 1));
+  xtr::require(logits.size() == xtr::Index(expected_logits.size()), "--fixture: fixture.logits holds ",
+               expected_logits.size(), " values, the model gives ", logits.size());
+  double logits_error = 0;
+  for (xtr::Index i = 0; i < logits.size(); ++i)
+    logits_error = std::max(logits_error, std::abs(double(logits.data()[i]) - expected_logits[std::size_t(i)]) /
+                                              std::max(std::abs(expected_logits[std::size_t(i)]), 1.0));
+  model.train();
+  auto& params = model.parameters();
+  params.zero_grad();
+  const auto loss = model(tokens);
+  const double expected_loss = xtr::safetensors::to_vector<double>(f.at("fixture.loss")).at(0);
+  const double loss_error = std::abs(loss.item() - expected_loss) / std::max(std::abs(expected_loss), 1e-30);
+  loss.backward();
+  double largest = 0;
+  for (const auto& t : f.file.tensors)
+    if (t.name.starts_with("grad."))
+      for (double g : xtr::safetensors::to_vector<double>(t)) largest = std::max(largest, std::abs(g));
+  double gradient_error = 0;
+  std::string worst = "", missing;
+  std::size_t with_reference = 0;
+  for (const auto& e : params.entries()) {
+    const xtr::safetensors::TensorRecord* ref = nullptr;
+    for (const auto& t : f.file.tensors)
+      if (t.name == "grad." + e.name) ref = &t;
+    if (!ref) {
+      missing += (missing.empty() ? "" : ", ") + e.name;
+      continue;
+    }
+    ++with_reference;
+    const auto expected = xtr::safetensors::to_vector<double>(*ref);
+    xtr::require(xtr::Index(expected.size()) == e.shape.numel(), "--fixture: grad.", e.name, " holds ",
+                 expected.size(), " values, the parameter ", e.shape.numel());
+    double diff = 0, scale = 0;
+    for (xtr::Index i = 0; i < e.shape.numel(); ++i) {
+      diff = std::max(diff, std::abs(double(params.grads()[e.offset + i]) - expected[std::size_t(i)]));
+      scale = std::max(scale, std::abs(expected[std::size_t(i)]));
+    }
+    if (scale < 1e-4 * largest) scale = largest;  // 0 up to x-transformers' fp32 noise
+    const double err = scale > 0 ? diff / scale : diff;
+    if (err >= gradient_error) gradient_error = err, worst = e.name;
+  }
+  xtr::require(missing.empty(), "--fixture: no grad.<name> for ", missing);
+  model.eval();
+  const xtr::TokenBatch prompt = f.tokens("fixture.prompt"), greedy = f.tokens("fixture.greedy");
+  const bool cached = model.generate(prompt, greedy.length, {.temperature = 0}).data == greedy.data;
+  const bool uncached = model.generate(prompt, greedy.length, {.temperature = 0, .cache_kv = false}).data == greedy.data;
+  passed = logits_error <= tolerance && loss_error <= tolerance && gradient_error <= tolerance && cached && uncached &&
+           with_reference > 0;
+  char text[512];
+  std::snprintf(text, sizeof text,
+                ", \"fixture\": {\"logits_error\": %.3g, \"loss_error\": %.3g, \"gradient_error\": %.3g, "
+                "\"worst_gradient\": \"%s\", \"greedy_cached\": %s, \"greedy_uncached\": %s, \"passed\": %s}",
+                logits_error, loss_error, gradient_error, worst.c_str(), cached ? "true" : "false",
+                uncached ? "true" : "false", passed ? "true" : "false");
+  return text;
+}
 
 void usage_text(std::FILE* out) {
   std::fprintf(out,
@@ -206,10 +303,11 @@ void usage_text(std::FILE* out) {
                "\"src_mask\": rows}\n");
 }
 
-/// A Decoder or an Encoder: loss, logits_sum, greedy (null for an Encoder); the export.
+/// A Decoder or an Encoder: loss, logits_sum, greedy (null for an Encoder); the export; the fixture's check.
+/// Returns false when a --fixture check failed.
 template <class Net>
-void evaluate(Net& net, const xt::ModelDescription& description, const xtr::safetensors::File& weights,
-              const xtr::TokenBatch& tokens, const Options& o) {
+bool evaluate(Net& net, const xt::ModelDescription& description, const xtr::safetensors::File& weights,
+              const xtr::TokenBatch& tokens, const Options& o, const Fixture* fixture) {
   constexpr std::int32_t ignore_index = -100, pad_value = 0;  // AutoregressiveWrapper's defaults
   xt::load(net, weights, "'" + o.weights + "'", description.conventions);
   net.eval();
@@ -220,14 +318,22 @@ void evaluate(Net& net, const xt::ModelDescription& description, const xtr::safe
     xtr::AutoregressiveWrapper<Net> model(std::move(net), {ignore_index, pad_value});
     const double loss = model(tokens).item();
     const auto greedy = model.generate(prefix(tokens, 1, o.prompt_len), o.new_tokens, {.temperature = 0});
+    const auto recomputed =
+        model.generate(prefix(tokens, 1, o.prompt_len), o.new_tokens, {.temperature = 0, .cache_kv = false});
     if (!o.export_path.empty())
       xtr::safetensors::write(o.export_path, xt::export_state_dict(model.net, &weights, description.conventions));
-    print_result(loss, logits_sum, &greedy);
+    std::string extra = ", \"greedy_uncached\": " + token_list(recomputed);
+    bool passed = true;
+    if (fixture) extra += check_fixture(model, *fixture, passed);
+    print_result(loss, logits_sum, &greedy, extra);
+    return passed;
   } else {  // x-transformers' AutoregressiveWrapper runs the net on the whole row and drops the last position
+    xtr::require(!fixture, "--fixture checks a Decoder (golden fixtures decode greedily); this is an Encoder");
     const double loss = next_token_loss(net.forward(as_input(tokens, ignore_index, pad_value)), tokens, ignore_index);
     if (!o.export_path.empty())
       xtr::safetensors::write(o.export_path, xt::export_state_dict(net, &weights, description.conventions));
     print_result(loss, logits_sum, nullptr);
+    return true;
   }
 }
 
@@ -275,10 +381,11 @@ int main(int argc, char** argv) {
           .bind("--prompt-len", &o.prompt_len)
           .bind("--new-tokens", &o.new_tokens)
           .bind("--export", &o.export_path)
-          .bind("--ignore", &o.ignore);
+          .bind("--ignore", &o.ignore)
+          .bind("--fixture", &o.fixture);
   flags.parse(argc, argv);
-  if (o.config.empty() || o.weights.empty() || o.tokens.empty())
-    flags.fail("--config, --weights and --tokens are required");
+  if (o.config.empty() || o.weights.empty() || (o.tokens.empty() && o.fixture.empty()))
+    flags.fail("--config, --weights and --tokens (or --fixture) are required");
   if (o.prompt_len < 1) flags.fail("--prompt-len " + std::to_string(o.prompt_len) + " must be >= 1");
   if (o.new_tokens < 0) flags.fail("--new-tokens " + std::to_string(o.new_tokens) + " must be >= 0");
   try {
@@ -288,6 +395,13 @@ int main(int argc, char** argv) {
     std::stringstream list(o.ignore);
     for (std::string p; std::getline(list, p, ',');)
       if (!p.empty()) prefixes.push_back(p);
+    std::optional<Fixture> fixture;
+    if (!o.fixture.empty()) {
+      fixture.emplace();
+      fixture->file = xtr::safetensors::read(o.fixture);
+      prefixes.push_back("fixture.");  // a fixture's own tensors are not the model's
+      prefixes.push_back("grad.");
+    }
     std::erase_if(weights.tensors, [&](const xtr::safetensors::TensorRecord& t) {
       return std::any_of(prefixes.begin(), prefixes.end(), [&](const auto& p) { return t.name.starts_with(p); });
     });
@@ -297,19 +411,36 @@ int main(int argc, char** argv) {
       xt::match_layout(description.decoder, weights, "decoder.net.");
       description.config.encoder = description.encoder.config;
       description.config.decoder = description.decoder.config;
+      xtr::require(!fixture, "--fixture checks a Decoder description; XTransformer fixtures are checked by the tests");
       const auto tokens = read_paired_tokens(o.tokens);
       AnyXTransformer model(description.config);
       evaluate_xtransformer(model, weights, tokens, o, description.conventions());
     } else {
       auto description = xt::parse_description(root);
       xt::match_layout(description, weights);  // torch < 2.1 files of 1.27.1 – 1.30.x
-      const auto rows = xtr::json::parse(read_text(o.tokens));
-      xtr::require(!rows.is_object(), o.tokens, ": ", description.stack == "Encoder" ? "an Encoder" : "a Decoder",
-                   " takes a JSON list of token rows; the {\"src\", \"tgt\"} object is for XTransformer descriptions");
-      const auto tokens = token_rows(rows, o.tokens);
-      xtr::require(o.prompt_len <= tokens.length, "--prompt-len ", o.prompt_len, " must be in [1, ", tokens.length,
+      xtr::TokenBatch tokens;
+      Options run = o;
+      if (!o.tokens.empty()) {
+        const auto rows = xtr::json::parse(read_text(o.tokens));
+        xtr::require(!rows.is_object(), o.tokens, ": ", description.stack == "Encoder" ? "an Encoder" : "a Decoder",
+                     " takes a JSON list of token rows; the {\"src\", \"tgt\"} object is for XTransformer descriptions");
+        tokens = token_rows(rows, o.tokens);
+      } else {  // the fixture's rows, prompt and greedy length
+        tokens = fixture->tokens("fixture.tokens");
+        run.prompt_len = long(fixture->tokens("fixture.prompt").length);
+        run.new_tokens = long(fixture->tokens("fixture.greedy").length);
+      }
+      xtr::require(run.prompt_len <= tokens.length, "--prompt-len ", run.prompt_len, " must be in [1, ", tokens.length,
                    "]");
-      xt::with_model(description, [&](auto& net) { evaluate(net, description, weights, tokens, o); });
+      bool passed = true;
+      xt::with_model(description, [&](auto& net) {
+        passed = evaluate(net, description, weights, tokens, run, fixture ? &*fixture : nullptr);
+      });
+      if (!passed) {
+        std::fprintf(stderr, "xt_eval: the model does not reproduce the fixture '%s' (see \"fixture\" above)\n",
+                     o.fixture.c_str());
+        return 1;
+      }
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "xt_eval: %s\n", e.what());

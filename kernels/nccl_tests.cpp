@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "../tests/distributed/training_setup.hpp"
 #include "xtr/backend/cuda/backend.hpp"
 #include "xtr/distributed.hpp"
 #include "xtr/distributed/nccl.hpp"
@@ -47,24 +48,7 @@ static_assert(dist::DataParallelCommunicator<dist::Communicator>);
 static_assert(dist::detail::reduces_on_device<dist::NcclCommunicator>);
 static_assert(!dist::detail::reduces_on_device<dist::Communicator>);
 
-TransformerConfig small_config(double dropout) {
-  return {.num_tokens = 64,
-          .max_seq_len = 32,
-          .emb_dropout = dropout,
-          .layers = {.dim = 32, .depth = 2, .heads = 2, .dim_head = 16, .attn_dropout = dropout, .ff_dropout = dropout},
-          .seed = 3};
-}
-
-TextDataset synthetic_text() {
-  std::vector<std::uint8_t> bytes;
-  const std::string words[] = {"the cat ", "sat on ", "a mat. ", "dogs run ", "fast! "};
-  RandomStream rs{9, 0};
-  for (int i = 0; i < 3000; ++i)
-    for (char c : words[rs.below(std::uint64_t(i), 5)]) bytes.push_back(std::uint8_t(c) % 64);
-  return TextDataset(std::move(bytes));
-}
-
-constexpr Index kBatch = 3, kSeqLen = 24, kAccumulate = 2;
+using namespace xtr::testing::data_parallel;  // the model, text and sizes of the MPI checks
 
 template <class Model, class DP>
 void train(Model& model, BatchLoader& loader, int steps, DP* dp) {

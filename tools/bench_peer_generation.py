@@ -11,10 +11,12 @@ tokens_per_s = 64 / best_s (new tokens of the returned best beam per second). xt
 the same.
 """
 import argparse
+import importlib.metadata
 import json
 import time
 
 import torch
+
 import x_transformers
 from x_transformers import AutoregressiveWrapper, Decoder, TransformerWrapper
 
@@ -33,8 +35,8 @@ def bench_beam(name, beams=4, new_tokens=64, prompt=16):
         t = time.perf_counter()
         model.beam_search(p, new_tokens, beams=beams, cache_kv=True)
         best = min(best, time.perf_counter() - t)
-    print(json.dumps({"peer": "x-transformers", "x_transformers": x_transformers.__version__ if hasattr(
-        x_transformers, "__version__") else None, "torch": torch.__version__, "bench": "beam_search", "config": name,
+    print(json.dumps({"peer": "x-transformers", "x_transformers": importlib.metadata.version("x-transformers"),
+        "torch": torch.__version__, "bench": "beam_search", "config": name,
         "batch": 1, "beams": beams, "new_tokens": new_tokens, "best_s": round(best, 4),
         "tokens_per_s": round(new_tokens / best, 1)}), flush=True)
 

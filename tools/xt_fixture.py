@@ -267,6 +267,11 @@ OPTION_CONFIGS = {
         description="Decoder with cosine-sim attention (attn_qk_norm=True): q and k l2-normalised per head, logits "
                     "= 10 * q.k (qk_norm_scale 10, a constant, replaces dim_head ** -0.5); no new parameters.",
     ),
+    "decoder_qk_norm_scale": dict(
+        config=option_decoder({"attn_qk_norm": True, "attn_qk_norm_scale": 6}),
+        description="Decoder with cosine-sim attention at a non-default scale (attn_qk_norm=True, "
+                    "attn_qk_norm_scale=6): q and k l2-normalised per head, logits = 6 * q.k; no new parameters.",
+    ),
     "decoder_qk_norm_dim_scale": dict(
         config=option_decoder({"attn_qk_norm": True, "attn_qk_norm_dim_scale": True}),
         description="Decoder with qk norm and learned per-dimension scales (attn_qk_norm_dim_scale=True): q, k "
@@ -1041,7 +1046,7 @@ def check_option_behaviour(name, config, weights, tokens):
             if al.get("attn_qk_norm_dim_scale"):
                 assert a.attend.scale == dh ** -0.5
             else:
-                assert a.attend.scale == 10 and a.qk_norm_q_scale == 1
+                assert a.attend.scale == al.get("attn_qk_norm_scale", 10) and a.qk_norm_q_scale == 1
         groups = al.get("attn_qk_norm_groups", 1)
         assert all(a.qk_norm_groups == groups for a in attns)
         if groups > 1:
@@ -1066,7 +1071,8 @@ def check_option_behaviour(name, config, weights, tokens):
                              f"Attend inputs: every group has norm 1 before the scale, each head sqrt({groups})), then "
                              f"* q_scale / k_scale (init dim_head ** 0.25 = {dh ** 0.25:g}), logits * dim_head ** -0.5")
         else:
-            lines.append("qk norm: q, k l2-normalised per head, logits = 10 * q.k (constant qk_norm_scale)")
+            scale = al.get("attn_qk_norm_scale", 10)
+            lines.append(f"qk norm: q, k l2-normalised per head, logits = {scale} * q.k (constant qk_norm_scale)")
     if al.get("attn_num_mem_kv"):
         with torch.no_grad():
             _, inter = net(x_in, return_intermediates=True)

@@ -18,6 +18,7 @@
 #include <thread>
 #include <unistd.h>
 
+#include "training_setup.hpp"
 #include "xtr/distributed.hpp"
 #include "xtr/xtr.hpp"
 
@@ -33,24 +34,7 @@ void check(bool ok, const std::string& what) {
   std::fflush(stdout);
 }
 
-TransformerConfig small_config(double dropout, Index dim = 32) {
-  return {.num_tokens = 64,
-          .max_seq_len = 32,
-          .emb_dropout = dropout,
-          .layers = {.dim = dim, .depth = 2, .heads = 2, .dim_head = 16, .attn_dropout = dropout, .ff_dropout = dropout},
-          .seed = 3};
-}
-
-TextDataset synthetic_text() {
-  std::vector<std::uint8_t> bytes;
-  const std::string words[] = {"the cat ", "sat on ", "a mat. ", "dogs run ", "fast! "};
-  RandomStream rs{9, 0};
-  for (int i = 0; i < 3000; ++i)
-    for (char c : words[rs.below(std::uint64_t(i), 5)]) bytes.push_back(std::uint8_t(c) % 64);
-  return TextDataset(std::move(bytes));
-}
-
-constexpr Index kBatch = 3, kSeqLen = 24, kAccumulate = 2;
+using namespace xtr::testing::data_parallel;
 
 /// K steps of the training loop train_enwik8 runs; with `dp`, data-parallel. Returns the per-step global losses.
 template <class Model, class DP>

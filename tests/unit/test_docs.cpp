@@ -42,11 +42,10 @@ TEST_CASE("every field of every options struct is documented in docs/policies.md
   const std::string doc = policies_doc();
   check_documented<TransformerConfig>(doc, "TransformerConfig");
   check_documented<LayersConfig>(doc, "LayersConfig");
-  check_documented<Rotary>(doc, "Rotary");
-  check_documented<MultiHeadAttention>(doc, "MultiHeadAttention");
-  check_documented<ALiBi>(doc, "ALiBi");
-  check_documented<RelativePositionBias>(doc, "RelativePositionBias");
-  check_documented<DynamicPositionBias>(doc, "DynamicPositionBias");
+  const LayersConfig layers;
+  LayersConfig::for_each_policy_options(layers, [&](std::string_view key, const auto& options) {
+    check_documented<std::remove_cvref_t<decltype(options)>>(doc, std::string(key).c_str());
+  });
   // and every policy a run-time slot can name
   for (const auto& name : {Positions::names(), Norms::names(), FeedForwards::names(), ScoreBiases::names()}) {
     std::stringstream list(name);

@@ -229,17 +229,22 @@ TEST_CASE("stochastic beam search: seeded, varies with the seed, scores are log-
   CHECK(model.beam_search(prompts, 8, cold).tokens.data == model.beam_search(prompts, 8, {.beams = 3}).tokens.data);
 }
 
+/// A small encoder-decoder over 13 tokens with sharpened weights (decisive greedy choices).
+using SmallSeq2Seq = XTransformer<Encoder<Rotary, LayerNorm, GELU>, Decoder<Rotary, LayerNorm, GELU, CrossAttend>,
+                                  Cpu<double>>;
+SmallSeq2Seq small_seq2seq(std::uint64_t seed, Index decoder_max_seq_len) {
+  SmallSeq2Seq model({.dim = 16,
+                      .encoder = {.num_tokens = 13, .max_seq_len = 12, .layers = {.depth = 1, .heads = 2, .dim_head = 8}},
+                      .decoder = {.num_tokens = 13, .max_seq_len = decoder_max_seq_len,
+                                  .layers = {.depth = 2, .heads = 2, .dim_head = 8}},
+                      .seed = seed});
+  sharpen(model.parameters(), 5, 0.4);
+  return model;
+}
+
 TEST_CASE("XTransformer beam search: beams = 1 is greedy, cached = recomputed", "[generation][beam][seq2seq]") {
   const SerialOpenMP serial;
-  using Enc = Encoder<Rotary, LayerNorm, GELU>;
-  using Dec = Decoder<Rotary, LayerNorm, GELU, CrossAttend>;
-  XTransformer<Enc, Dec, Cpu<double>> model({.dim = 16,
-                                             .encoder = {.num_tokens = 13, .max_seq_len = 12,
-                                                         .layers = {.depth = 1, .heads = 2, .dim_head = 8}},
-                                             .decoder = {.num_tokens = 13, .max_seq_len = 12,
-                                                         .layers = {.depth = 2, .heads = 2, .dim_head = 8}},
-                                             .seed = 3});
-  sharpen(model.parameters(), 5, 0.4);
+  auto model = small_seq2seq(3, 12);
   const auto src = random_tokens(2, 7, 13, 1);
   Mask src_mask(2, 7);
   src_mask(1, 6) = src_mask(1, 5) = 0;
@@ -251,6 +256,63 @@ TEST_CASE("XTransformer beam search: beams = 1 is greedy, cached = recomputed", 
   for (std::size_t j = 0; j < 3; ++j) {
     CHECK(cached.beams[j].data == recomputed.beams[j].data);
     for (std::size_t b = 0; b < 2; ++b) CHECK(cached.scores[j][b] == Approx(recomputed.scores[j][b]).epsilon(1e-10));
+  }
+}
+
+TEST_CASE("XTransformer generation: ragged start tokens, streaming, a contrastive amateur and a draft",
+          "[generation][seq2seq]") {
+  // The encoder-decoder's generate() takes the same Sampling as AutoregressiveWrapper: every strategy runs with the
+  // encoding as the decoder's context. Amateurs and drafts are decoder-only language models over the target tokens
+  // (they see the target prefix, not the source).
+  const SerialOpenMP serial;
+  auto model = small_seq2seq(4, 16);
+  const auto src = random_tokens(2, 7, 13, 1);
+  Mask src_mask(2, 7);
+  src_mask(1, 6) = 0;
+  const auto start = random_tokens(2, 3, 13, 2);
+  for (const bool cache : {true, false}) {
+    INFO("cache_kv " << cache);
+    const auto plain = model.generate(src, start, 8, src_mask, {.temperature = 0, .cache_kv = cache});
+    // ragged: row 1's start is its first token only; each row equals that row generated alone
+    Sampling ragged{.temperature = 0, .cache_kv = cache};
+    ragged.prompt_lens = {3, 1};
+    const auto both = model.generate(src, start, 8, src_mask, ragged);
+    for (Index r = 0; r < 2; ++r) {
+      const Index len = r == 0 ? 3 : 1;
+      TokenBatch src_r(1, 7), start_r(1, len);
+      Mask mask_r(1, 7);
+      for (Index t = 0; t < 7; ++t) {
+        src_r.data[std::size_t(t)] = src.data[std::size_t(r * 7 + t)];
+        mask_r(0, t) = src_mask(r, t);
+      }
+      for (Index t = 0; t < len; ++t) start_r.data[std::size_t(t)] = start.data[std::size_t(r * 3 + t)];
+      const auto alone = model.generate(src_r, start_r, 8, mask_r, {.temperature = 0, .cache_kv = cache});
+      CHECK(both.row(r) == alone.row(0));
+    }
+    // streaming: the callback sees exactly the tokens returned, in order
+    Sampling streamed{.temperature = 0, .cache_kv = cache};
+    std::vector<std::vector<std::int32_t>> seen(2);
+    streamed.on_tokens = [&](Index row, std::span<const std::int32_t> t) {
+      seen[std::size_t(row)].insert(seen[std::size_t(row)].end(), t.begin(), t.end());
+      return true;
+    };
+    (void)model.generate(src, start, 8, src_mask, streamed);
+    for (Index r = 0; r < 2; ++r) CHECK(seen[std::size_t(r)] == plain.row(r));
+    // a decoder-only model over the target vocabulary as amateur (β = 0 leaves greedy unchanged) and as draft
+    // (greedy speculative decoding gives the model's own tokens)
+    Model<RotaryLayers> lm(TransformerWrapper<RotaryLayers, Cpu<double>>(
+        {.num_tokens = 13, .max_seq_len = 16, .layers = {.dim = 16, .depth = 1, .heads = 2, .dim_head = 8}, .seed = 9}));
+    Sampling contrastive{.temperature = 0, .cache_kv = cache};
+    contrastive.amateurs.emplace_back(lm, 0.1, 0.0);
+    CHECK(model.generate(src, start, 8, src_mask, contrastive).data == plain.data);
+    contrastive.amateurs.clear();
+    contrastive.amateurs.emplace_back(lm, 0.1, 0.5);
+    const auto contrasted = model.generate(src, start, 8, src_mask, contrastive);
+    CHECK(contrasted.batch == 2);
+    Sampling speculative{.temperature = 0, .cache_kv = cache};
+    speculative.draft.emplace(lm);
+    speculative.draft_tokens = 3;
+    CHECK(model.generate(src, start, 8, src_mask, speculative).data == plain.data);
   }
 }
 
@@ -517,8 +579,9 @@ TEST_CASE("generation errors name the value and the limit", "[generation][errors
   REQUIRE_THROWS_WITH(model.generate(prompts, 3, lens), Contains("prompt_lens has 1 entries for 2 prompts"));
   const std::vector<std::vector<std::int32_t>> with_empty = {{1, 2}, {}};
   REQUIRE_THROWS_WITH(model.generate(with_empty, 3), Contains("prompt 1 is empty"));
-  // a prompt longer than the context: absolute positions cannot decode it with the cache, recomputing keeps the last
-  // max_seq_len tokens (the window), as x-transformers' restrict_to_max_seq_len
+  // left-padded rows: a start past a row's last token is an error (a prompt longer than the context is not one: it is
+  // windowed to the last max_seq_len tokens as x-transformers' restrict_to_max_seq_len, cached = recomputed, tested in
+  // test_properties.cpp "past max_seq_len"; examples/generate refuses it, ctest example.generate.long_prompt)
   TransformerWrapper<RotaryLayers, Cpu<double>> ragged_net(config(11, 16));
   const std::vector<Index> bad_start = {0, 3};
   REQUIRE_THROWS_WITH(ragged_net.forward_left_padded(prompts, bad_start),

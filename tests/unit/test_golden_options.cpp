@@ -51,7 +51,7 @@ const std::vector<std::string>& option_fixtures() {
       "decoder_l2norm_embed",   "decoder_memory_tokens",
       // sub-options and combinations
       "decoder_dpb_norm_log", "decoder_qk_norm_groups", "decoder_value_residual_fixed_gqa", "decoder_alibi_rotary_all",
-      "decoder_combo", "decoder_mem_kv_t5"};
+      "decoder_combo", "decoder_mem_kv_t5", "decoder_qk_norm_scale"};
   return names;
 }
 

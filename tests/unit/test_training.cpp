@@ -2,6 +2,7 @@
 // identical logits, resume → identical loss trajectory, mismatches and corrupt files), no allocation per step.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
@@ -493,6 +494,35 @@ TEST_CASE("checkpoints carry a CRC-32C of their tensors: a flipped byte is an er
   safetensors::write(path, file);
   CHECK(load_checkpoint(path, other.net, opt_other).step == 1);
   std::filesystem::remove(path);
+}
+
+TEST_CASE("issue 13's corrupt checkpoints in the fuzz corpus are refused, naming what is wrong", "[training][checkpoint][errors]") {
+  // tests/fuzz/corpus/checkpoint/issue13_*.safetensors (tests/fuzz/make_regressions.py): the fuzz harness replays
+  // them at every CI run; here each must be refused with its own message, the model and optimizer unchanged.
+  using Net = TransformerWrapper<Decoder<Rotary, LayerNorm, GELU>>;
+  Net net({.num_tokens = 16, .max_seq_len = 8, .layers = {.dim = 8, .depth = 1, .heads = 2, .dim_head = 4}});
+  auto optimizer = Adam(net.parameters());
+  const std::vector<float> before(net.parameters().values().data(),
+                                  net.parameters().values().data() + net.parameters().count());
+  const std::filesystem::path dir = std::filesystem::path(XTR_SOURCE_DIR) / "tests/fuzz/corpus/checkpoint";
+  const std::pair<const char*, const char*> cases[] = {
+      {"nan_weight", "tensor 'token_emb.emb.weight' [3] = nan is not finite"},
+      {"inf_moment", "tensor 'optimizer.exp_avg_sq.to_logits.weight' [0] = inf is not finite"},
+      {"flipped_byte", "is corrupt: its tensor data has CRC-32C"},
+      {"beta1_one", "beta1 must be in [0, 1), got 1"},
+      {"negative_lr", "learning rate must be >= 0, got -5"},
+      {"steps_int64_max", "'optimizer.steps' = 9223372036854775807 exceeds the limit 2^53"},
+      {"random_state_sign", "'xtr.random_state' item 0 ('+5,0') is not a count: '+5'"},
+      {"step_letters", "metadata 'step' is not a count: 'abc'"},
+      {"step_negative", "metadata 'data_position' is not a count: '-1'"}};
+  for (const auto& [name, message] : cases) {
+    INFO(name);
+    REQUIRE_THROWS_WITH(load_checkpoint(dir / ("issue13_" + std::string(name) + ".safetensors"), net, optimizer),
+                        Catch::Contains(message));
+    CHECK(std::equal(before.begin(), before.end(), net.parameters().values().data()));
+    CHECK(optimizer.steps() == 0);
+  }
+  (void)load_checkpoint(dir / "small.safetensors", net, optimizer);  // the file they were made from loads
 }
 
 TEST_CASE("two models train and generate in two threads at once, each exactly as alone", "[training][threads]") {

@@ -115,6 +115,31 @@ TEST_CASE("descriptions map keywords to policies", "[x-transformers]") {
                         "norm_add_unit_offset": false}})").config.layers.norm_unit_offset);
 }
 
+TEST_CASE("keywords that change no number are accepted and change nothing", "[x-transformers]") {
+  // attn_flash, attn_onnxable and verbose (AttentionLayers) and XTransformer's return_tgt_loss select an
+  // implementation or a print in x-transformers, not a formula: a description with them builds the same model.
+  const auto base = xt::parse_description(json::parse(R"({"num_tokens": 50, "max_seq_len": 16, "attn_layers":
+      {"type": "Decoder", "dim": 32, "depth": 2, "heads": 4, "attn_dim_head": 8, "rotary_pos_emb": true}})"));
+  const auto with = xt::parse_description(json::parse(R"({"num_tokens": 50, "max_seq_len": 16, "attn_layers":
+      {"type": "Decoder", "dim": 32, "depth": 2, "heads": 4, "attn_dim_head": 8, "rotary_pos_emb": true,
+       "attn_flash": true, "attn_onnxable": true, "verbose": false}})"));
+  CHECK(to_json(with.config).dump() == to_json(base.config).dump());
+  CHECK(with.position == base.position);
+  CHECK(with.norm == base.norm);
+  CHECK(with.feedforward == base.feedforward);
+  CHECK(with.score_bias == base.score_bias);
+  const std::string seq2seq = R"({"dim": 16, "enc_num_tokens": 20, "enc_depth": 1, "enc_heads": 2, "enc_max_seq_len": 8,
+      "dec_num_tokens": 20, "dec_depth": 1, "dec_heads": 2, "dec_max_seq_len": 8)";
+  const auto plain = xt::parse_xtransformer_description(json::parse(seq2seq + "}"));
+  const auto flagged = xt::parse_xtransformer_description(
+      json::parse(seq2seq + R"(, "return_tgt_loss": true, "enc_attn_flash": true, "dec_attn_flash": true})"));
+  CHECK(to_json(flagged.config).dump() == to_json(plain.config).dump());
+  // a keyword that does change numbers is still refused
+  REQUIRE_THROWS_WITH(xt::parse_description(json::parse(R"({"num_tokens": 5, "max_seq_len": 4, "attn_layers":
+      {"type": "Decoder", "dim": 8, "depth": 1, "attn_talking_heads": true}})")),
+                      Catch::Contains("attn_talking_heads"));
+}
+
 TEST_CASE("unsupported descriptions and misfit buffers are errors naming what is wrong", "[x-transformers][errors]") {
   auto parse = [](const std::string& text) { return xt::parse_description(json::parse(text)); };
   REQUIRE_THROWS_WITH(xt::parse_xtransformer_description(json::parse(R"({"dim": 8, "ignore_index": 4294967296,

@@ -24,7 +24,9 @@ class Arena {
   /// `count` uninitialised elements of U, 64-byte aligned, valid until the next reset().
   template <class U>
   U* allocate(Index count) {
-    const std::size_t bytes = round_up(sizeof(U) * static_cast<std::size_t>(std::max<Index>(count, 1)));
+    require(count >= 0, "Arena: negative element count ", count);
+    const Index elements = checked_mul(std::max<Index>(count, 1), Index(sizeof(U)), "Arena: bytes of an allocation");
+    const std::size_t bytes = round_up(static_cast<std::size_t>(elements));
     if (blocks_.empty() || used_ + bytes > blocks_.back().size) {
       grow(bytes);
     }
@@ -37,7 +39,7 @@ class Arena {
   /// A (rows, cols) row-major view of fresh, uninitialised memory.
   template <class T>
   MatrixView<T> matrix(Index rows, Index cols) {
-    return {allocate<T>(rows * cols), rows, cols};
+    return {allocate<T>(checked_mul(rows, cols, "Arena: a (rows, cols) matrix")), rows, cols};
   }
   template <class T>
   MatrixView<T> zeros(Index rows, Index cols) {

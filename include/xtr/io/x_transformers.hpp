@@ -153,11 +153,8 @@ inline ModelDescription parse_description(const json::Value& root) {
   auto& L = c.layers;
   seen.assign(std::begin(detail::layers_keywords), std::end(detail::layers_keywords));
   detail::read_fields(layers, L, seen);
-  detail::read_fields(layers, L.rotary, seen);
-  detail::read_fields(layers, L.attention, seen);
-  detail::read_fields(layers, L.alibi, seen);
-  detail::read_fields(layers, L.rel_pos_bias, seen);
-  detail::read_fields(layers, L.dynamic_pos_bias, seen);
+  LayersConfig::for_each_policy_options(
+      L, [&](std::string_view, auto& options) { detail::read_fields(layers, options, seen); });
   {
     std::string unknown;
     for (const auto& [key, value] : layers.as_object())

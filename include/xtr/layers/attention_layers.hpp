@@ -11,8 +11,10 @@
 #include <boost/hana/type.hpp>
 
 #include <string>
+#include <string_view>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 
 #include "xtr/core/fields.hpp"
 #include "xtr/core/tensor.hpp"
@@ -67,6 +69,23 @@ struct LayersConfig {
   RelativePositionBias rel_pos_bias{};     // RelativePositionBias's options
   DynamicPositionBias dynamic_pos_bias{};  // DynamicPositionBias's options
   PolicyNames policies{};        // the choice of each Any<...> slot
+
+  /// The policies' options structs held above, each under its key: the one list that validation ("layers.<key>."),
+  /// the checkpoint metadata (JSON "layers": {"<key>": {...}}), description parsing and the docs test iterate, so a
+  /// new options struct is a member and a line here.
+  static constexpr auto policy_options() {
+    using L = LayersConfig;
+    return std::tuple{std::pair{"rotary", &L::rotary}, std::pair{"attention", &L::attention},
+                      std::pair{"alibi", &L::alibi}, std::pair{"rel_pos_bias", &L::rel_pos_bias},
+                      std::pair{"dynamic_pos_bias", &L::dynamic_pos_bias}};
+  }
+  /// f(key, options) for each entry of policy_options(), on `config`'s structs (const or not).
+  template <class Config, class F>
+    requires std::is_same_v<std::remove_cvref_t<Config>, LayersConfig>
+  static constexpr void for_each_policy_options(Config& config, F&& f) {
+    std::apply([&](const auto&... entry) { (f(std::string_view(entry.first), config.*(entry.second)), ...); },
+               policy_options());
+  }
 
   static constexpr auto fields() {
     using L = LayersConfig;

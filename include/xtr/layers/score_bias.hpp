@@ -79,6 +79,10 @@ class ScoreBiasLayer {
     return visit_policy<Slot>(kind_, []<class P>() { return P::has_table; });
   }
   [[nodiscard]] std::string_view policy() const { return policy_name<Slot>(kind_); }
+  /// Whether x-transformers runs this score bias beside custom (rotary) positions (the policy's with_rotary).
+  [[nodiscard]] bool with_rotary() const {
+    return visit_policy<Slot>(kind_, []<class P>() { return P::with_rotary; });
+  }
 
   /// The table for q_len queries at q_offset.. over k_len keys. While decoding, `memo` keeps the dynamic position
   /// bias's MLP output by distance across steps (it depends on the distance only), grown by doubling, so a step

@@ -86,10 +86,11 @@ class TransformerWrapper {
   static_assert(detail::one_of<typename Layers::position, AbsoluteLearned, Rotary, NoPosition, AnyPosition>,
                 "xtr: the Cpu backend implements the positions AbsoluteLearned, Rotary and NoPosition; add a kernel "
                 "for this position policy or use one of those");
-  static_assert(detail::one_of<typename Layers::score_bias, NoScoreBias, ALiBi, RelativePositionBias,
-                                DynamicPositionBias, AnyScoreBias>,
-                "xtr: the score-bias sublayer computes the tables of NoScoreBias, ALiBi, RelativePositionBias and "
-                "DynamicPositionBias; add this score bias's table to layers/score_bias.hpp or use one of those");
+  static_assert(ScoreBiases::contains<typename Layers::score_bias> ||
+                    std::is_same_v<typename Layers::score_bias, AnyScoreBias>,
+                "xtr: the score-bias sublayer computes the tables of the score biases of policies/any.hpp's "
+                "ScoreBiases (NoScoreBias, ALiBi, RelativePositionBias, DynamicPositionBias); add this score bias's "
+                "table to layers/score_bias.hpp and its name to that list, or use one of those");
   static_assert(Layers::self_attend || !std::is_same_v<typename Layers::position, Rotary>,
                 "xtr: a CrossAttender has no self-attention for Rotary to act on; use AbsoluteLearned or NoPosition");
 
@@ -524,11 +525,9 @@ class TransformerWrapper {
     const auto& L = c.layers;
     check_fields(c, "");
     check_fields(L, "layers.");
-    check_fields(L.rotary, "layers.rotary.");
-    check_fields(L.attention, "layers.attention.");
-    check_fields(L.alibi, "layers.alibi.");
-    check_fields(L.rel_pos_bias, "layers.rel_pos_bias.");
-    check_fields(L.dynamic_pos_bias, "layers.dynamic_pos_bias.");
+    LayersConfig::for_each_policy_options(L, [&](std::string_view key, const auto& options) {
+      check_fields(options, ("layers." + std::string(key) + ".").c_str());
+    });
     const Index kv = L.kv_heads ? L.kv_heads : L.heads;
     require(kv > 0 && L.heads % kv == 0, "layers.heads ", L.heads, " must be a multiple of layers.kv_heads ", kv);
     require(L.heads > 1 || L.dim_head == L.dim, "with heads = 1 there is no output projection (as in x-transformers), "
@@ -547,9 +546,9 @@ class TransformerWrapper {
             "layers.attention.value_residual with learned_value_residual_mix needs kv_heads = heads (x-transformers "
             "fails on grouped-query attention there); kv_heads ", kv, ", heads ", L.heads,
             " (set learned_value_residual_mix = false for a fixed 0.5 mix)");
-    require(L.alibi.num_heads <= L.heads, "layers.alibi.num_heads ", L.alibi.num_heads, " > heads ", L.heads);
-    require(L.rel_pos_bias.num_buckets <= L.rel_pos_bias.max_distance, "layers.rel_pos_bias.num_buckets ",
-            L.rel_pos_bias.num_buckets, " must be <= max_distance ", L.rel_pos_bias.max_distance);
+    LayersConfig::for_each_policy_options(L, [&](std::string_view, const auto& options) {
+      if constexpr (requires { options.check(L); }) options.check(L);  // what a policy's options say of the stack
+    });
     if constexpr (Layers::cross_attend)
       require(!A.qk_norm && A.num_mem_kv == 0 && !A.gate_values && !A.head_scale && !A.value_residual,
               "the attention options (qk_norm, num_mem_kv, gate_values, head_scale, value_residual) are not supported "
@@ -572,7 +571,7 @@ class TransformerWrapper {
               "unscaled memory keys make x-transformers' scores depend on the sequence length, which xtr does not "
               "reproduce");
       require(L.rotary.base_rescale_factor == 1 || r > 2, "layers.rotary.base_rescale_factor needs rotary_dim > 2");
-      require(bias == NoScoreBias::name || bias == ALiBi::name, "Rotary with ", bias,
+      require(score_bias_.with_rotary(), "Rotary with ", bias,
               ": x-transformers cannot run this combination (only ALiBi goes with custom positions)");
     }
     require(Layers::self_attend || bias == NoScoreBias::name, "a CrossAttender has no self-attention for ", bias);

@@ -29,6 +29,8 @@ namespace xtr {
 template <class... Ps>
 struct PolicyList {
   static constexpr int size = int(sizeof...(Ps));
+  template <class P>
+  static constexpr bool contains = (std::is_same_v<P, Ps> || ...);
   /// "A, B, C"
   static std::string names() {
     std::string s;

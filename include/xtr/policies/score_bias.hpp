@@ -21,6 +21,7 @@
 #include <cmath>
 #include <vector>
 
+#include "xtr/core/error.hpp"
 #include "xtr/core/fields.hpp"
 #include "xtr/policies/concepts.hpp"
 
@@ -30,6 +31,7 @@ struct NoScoreBias {
   using axis = axis::score_bias;
   static constexpr std::string_view name = "NoScoreBias";
   static constexpr bool has_table = false;
+  static constexpr bool with_rotary = true;
   static constexpr auto fields() { return std::tuple{}; }
 };
 
@@ -37,12 +39,18 @@ struct ALiBi {
   using axis = axis::score_bias;
   static constexpr std::string_view name = "ALiBi";
   static constexpr bool has_table = true;
+  static constexpr bool with_rotary = true;  // x-transformers allows ALiBi beside custom (rotary) positions
 
   std::int64_t num_heads = 0;  // alibi_num_heads: heads with a bias, the first ones; 0 = all
 
   static constexpr auto fields() {
     return std::tuple{field("num_heads", "alibi_num_heads", &ALiBi::num_heads, rules::non_negative,
                             "heads with a bias (the first ones); 0 = every head")};
+  }
+  /// What the stack's configuration (a LayersConfig) decides beyond each field's rule.
+  template <class Layers>
+  void check(const Layers& layers) const {
+    require(num_heads <= layers.heads, "layers.alibi.num_heads ", num_heads, " > heads ", layers.heads);
   }
   /// x-transformers' slopes for n heads.
   static std::vector<double> slopes(std::int64_t n) {
@@ -65,6 +73,7 @@ struct RelativePositionBias {
   using axis = axis::score_bias;
   static constexpr std::string_view name = "RelativePositionBias";
   static constexpr bool has_table = true;
+  static constexpr bool with_rotary = false;  // x-transformers refuses it beside custom (rotary) positions
 
   std::int64_t num_buckets = 32;    // rel_pos_num_buckets
   std::int64_t max_distance = 128;  // rel_pos_max_distance
@@ -75,6 +84,11 @@ struct RelativePositionBias {
               "T5 buckets of the relative distance"),
         field("max_distance", "rel_pos_max_distance", &RelativePositionBias::max_distance, rules::positive,
               "distances from here on share the last bucket")};
+  }
+  template <class Layers>
+  void check(const Layers&) const {
+    require(num_buckets <= max_distance, "layers.rel_pos_bias.num_buckets ", num_buckets,
+            " must be <= max_distance ", max_distance);
   }
   /// T5's bucket of distance n = query − key (causal: future keys get bucket 0; bidirectional: half the buckets per
   /// sign, the upper half for keys after the query).
@@ -100,6 +114,7 @@ struct DynamicPositionBias {
   using axis = axis::score_bias;
   static constexpr std::string_view name = "DynamicPositionBias";
   static constexpr bool has_table = true;
+  static constexpr bool with_rotary = false;  // x-transformers refuses it beside custom (rotary) positions
 
   std::int64_t mlp_depth = 2;  // dynamic_pos_bias_mlp_depth
   bool log_distance = false;   // dynamic_pos_bias_log_distance

@@ -44,11 +44,9 @@ json::Value fields_to_json(const S& options) {
 /// of TransformerConfig, LayersConfig and the policies' options, and the policy names of Any slots.
 inline json::Value to_json(const TransformerConfig& c) {
   auto layers = fields_to_json(c.layers);
-  layers.set("rotary", fields_to_json(c.layers.rotary));
-  layers.set("attention", fields_to_json(c.layers.attention));
-  layers.set("alibi", fields_to_json(c.layers.alibi));
-  layers.set("rel_pos_bias", fields_to_json(c.layers.rel_pos_bias));
-  layers.set("dynamic_pos_bias", fields_to_json(c.layers.dynamic_pos_bias));
+  LayersConfig::for_each_policy_options(c.layers, [&](std::string_view key, const auto& options) {
+    layers.set(std::string(key), fields_to_json(options));
+  });
   auto policies = json::Value::object();
   for (const auto& [key, value] : {std::pair{"position", &c.layers.policies.position},
                                    std::pair{"norm", &c.layers.policies.norm},
@@ -105,13 +103,10 @@ inline TransformerConfig transformer_config_from_json(const json::Value& v) {
   fields_from_json(v, c, "config");
   const json::Value& layers = v.at("layers");
   fields_from_json(layers, c.layers, "config.layers");
-  if (const auto* x = layers.find("rotary")) fields_from_json(*x, c.layers.rotary, "config.layers.rotary");
-  if (const auto* x = layers.find("attention")) fields_from_json(*x, c.layers.attention, "config.layers.attention");
-  if (const auto* x = layers.find("alibi")) fields_from_json(*x, c.layers.alibi, "config.layers.alibi");
-  if (const auto* x = layers.find("rel_pos_bias"))
-    fields_from_json(*x, c.layers.rel_pos_bias, "config.layers.rel_pos_bias");
-  if (const auto* x = layers.find("dynamic_pos_bias"))
-    fields_from_json(*x, c.layers.dynamic_pos_bias, "config.layers.dynamic_pos_bias");
+  LayersConfig::for_each_policy_options(c.layers, [&](std::string_view key, auto& options) {
+    if (const auto* x = layers.find(std::string(key)))
+      fields_from_json(*x, options, "config.layers." + std::string(key));
+  });
   if (const auto* p = layers.find("policies"))
     for (const auto& [key, target] : {std::pair{"position", &c.layers.policies.position},
                                       std::pair{"norm", &c.layers.policies.norm},
@@ -308,16 +303,8 @@ TrainingState load_checkpoint(const std::filesystem::path& path, Net& net, AdamW
     while (begin <= list.size()) {
       const std::size_t end = std::min(list.find(',', begin), list.size());
       const std::string item = list.substr(begin, end - begin);
-      std::size_t used = 0;
-      unsigned long long v = 0;
-      try {
-        v = std::stoull(item, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      require(!item.empty() && used == item.size() && item[0] != '-', what, " metadata 'xtr.random_state' is not a "
-              "list of counters: '", list, "'");
-      random_state.push_back(std::uint64_t(v));
+      random_state.push_back(parse_count(item, what + " metadata 'xtr.random_state' item " +
+                                                   std::to_string(random_state.size()) + " ('" + list + "')"));
       begin = end + 1;
     }
     require(random_state.size() == net.random_state().size(), what, " holds ", random_state.size(),

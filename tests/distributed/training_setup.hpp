@@ -1,0 +1,32 @@
+#pragma once
+// The small model, text and batch sizes the data-parallel checks train on: tests/distributed/data_parallel_check.cpp
+// (over MPI) and kernels/nccl_tests.cpp (over NCCL) compare N ranks with one process on exactly these.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "xtr/xtr.hpp"
+
+namespace xtr::testing::data_parallel {
+
+inline TransformerConfig small_config(double dropout, Index dim = 32) {
+  return {.num_tokens = 64,
+          .max_seq_len = 32,
+          .emb_dropout = dropout,
+          .layers = {.dim = dim, .depth = 2, .heads = 2, .dim_head = 16, .attn_dropout = dropout, .ff_dropout = dropout},
+          .seed = 3};
+}
+
+/// 3000 words from five, drawn from a fixed stream, as bytes below 64.
+inline TextDataset synthetic_text() {
+  std::vector<std::uint8_t> bytes;
+  const std::string words[] = {"the cat ", "sat on ", "a mat. ", "dogs run ", "fast! "};
+  RandomStream rs{9, 0};
+  for (int i = 0; i < 3000; ++i)
+    for (char c : words[rs.below(std::uint64_t(i), 5)]) bytes.push_back(std::uint8_t(c) % 64);
+  return TextDataset(std::move(bytes));
+}
+
+inline constexpr Index kBatch = 3, kSeqLen = 24, kAccumulate = 2;
+
+}  // namespace xtr::testing::data_parallel
