@@ -22,14 +22,9 @@
 namespace {
 
 using namespace xtr;
+using namespace xtr::testing::data_parallel;  // check(), and the model, text and sizes of the MPI checks
 namespace dist = xtr::distributed;
 
-int failures = 0;
-void check(bool ok, const std::string& what) {
-  if (!ok) ++failures;
-  std::printf("%s: %s\n", ok ? "ok" : "FAIL", what.c_str());
-  std::fflush(stdout);
-}
 
 template <class F>
 bool throws_containing(F&& f, const std::string& needle) {
@@ -48,7 +43,6 @@ static_assert(dist::DataParallelCommunicator<dist::Communicator>);
 static_assert(dist::detail::reduces_on_device<dist::NcclCommunicator>);
 static_assert(!dist::detail::reduces_on_device<dist::Communicator>);
 
-using namespace xtr::testing::data_parallel;  // the model, text and sizes of the MPI checks
 
 template <class Model, class DP>
 void train(Model& model, BatchLoader& loader, int steps, DP* dp) {

@@ -27,12 +27,6 @@ namespace {
 using namespace xtr;
 namespace dist = xtr::distributed;
 
-int failures = 0;
-void check(bool ok, const std::string& what) {
-  if (!ok) ++failures;
-  std::printf("%s: %s\n", ok ? "ok" : "FAIL", what.c_str());
-  std::fflush(stdout);
-}
 
 using namespace xtr::testing::data_parallel;
 

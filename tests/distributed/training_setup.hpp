@@ -2,12 +2,21 @@
 // The small model, text and batch sizes the data-parallel checks train on: tests/distributed/data_parallel_check.cpp
 // (over MPI) and kernels/nccl_tests.cpp (over NCCL) compare N ranks with one process on exactly these.
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <vector>
 
 #include "xtr/xtr.hpp"
 
 namespace xtr::testing::data_parallel {
+
+/// Failed checks so far; check() prints each verdict at once (a rank that dies later has said what it saw).
+inline int failures = 0;
+inline void check(bool ok, const std::string& what) {
+  if (!ok) ++failures;
+  std::printf("%s: %s\n", ok ? "ok" : "FAIL", what.c_str());
+  std::fflush(stdout);
+}
 
 inline TransformerConfig small_config(double dropout, Index dim = 32) {
   return {.num_tokens = 64,
