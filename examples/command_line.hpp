@@ -83,11 +83,11 @@ class CommandLine {
 
  private:
   const char* program_;
-  mutable std::set<std::string> given_;
   const char* summary_;
   void (*usage_text_)(std::FILE*);
   std::map<std::string, Target> targets_;
   std::map<std::string, bool*> switches_;
+  mutable std::set<std::string> given_;  // the flags parse() saw
 };
 
 }  // namespace examples

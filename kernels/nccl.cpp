@@ -21,7 +21,7 @@ namespace xtr::distributed::nccl {
 struct Comm {
   ncclComm_t comm = nullptr;
   cudaStream_t stream = nullptr;
-  int device = 0, rank = 0, size = 1;
+  int size = 1;  // ranks (a broadcast's root is checked against it)
 };
 
 namespace {
@@ -53,7 +53,8 @@ std::chrono::steady_clock::time_point after(double seconds) {
 
 /// Enqueuing a collective on a non-blocking communicator: settles at once in practice; an hour is a bound, not a wait.
 void enqueued(Comm* c, ncclResult_t status, const char* what) {
-  if (!settle(c->comm, status, what, after(3600))) fail(std::string(what) + " (still in progress after an hour)", ncclInProgress);
+  if (!settle(c->comm, status, what, after(3600)))
+    fail(std::string(what) + " (still in progress after an hour)", ncclInProgress);
 }
 
 void require_device_memory(const void* data, const char* what) {
@@ -94,7 +95,7 @@ Comm* create(const UniqueId& id, int rank, int size, int device, double timeout_
   require(concurrent != 0, "NcclCommunicator: device ", device,
           " has no concurrent managed access (cudaDevAttrConcurrentManagedAccess = 0), which the Cuda backend's "
           "host-side bookkeeping needs while NCCL reduces gradients on its own stream");
-  auto* c = new Comm{.device = device, .rank = rank, .size = size};
+  auto* c = new Comm{.size = size};
   try {
     XTR_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     ncclUniqueId nid;
@@ -171,7 +172,8 @@ bool wait(Comm* c, double timeout_seconds) {
     if (s == cudaSuccess) return true;
     if (s != cudaErrorNotReady) XTR_CUDA_CHECK(s);
     ncclResult_t async = ncclSuccess;
-    if (const ncclResult_t q = ncclCommGetAsyncError(c->comm, &async); q != ncclSuccess) fail("a collective", q, c->comm);
+    if (const ncclResult_t q = ncclCommGetAsyncError(c->comm, &async); q != ncclSuccess)
+      fail("a collective", q, c->comm);
     if (async != ncclSuccess && async != ncclInProgress) fail("a collective", async, c->comm);
     if (std::chrono::steady_clock::now() > deadline) return false;
     if (spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));

@@ -43,23 +43,11 @@ static_assert(dist::DataParallelCommunicator<dist::Communicator>);
 static_assert(dist::detail::reduces_on_device<dist::NcclCommunicator>);
 static_assert(!dist::detail::reduces_on_device<dist::Communicator>);
 
-
 template <class Model, class DP>
 void train(Model& model, BatchLoader& loader, int steps, DP* dp) {
   AdamW<float, Cuda<float>> optimizer(model.parameters(), {.lr = 3e-3});
   model.train();
-  for (int s = 0; s < steps; ++s) {
-    for (Index m = 0; m < kAccumulate; ++m) {
-      auto loss = model(loader.next()) / double(kAccumulate);
-      if (dp)
-        dp->backward(loss, m == kAccumulate - 1);
-      else
-        loss.backward();
-    }
-    clip_grad_norm(model.parameters(), 0.5);
-    optimizer.step();
-    optimizer.zero_grad();
-  }
+  for (int s = 0; s < steps; ++s) (void)train_step(model, loader, optimizer, dp);
 }
 
 void without_device() {
@@ -87,7 +75,8 @@ void collectives(const dist::NcclCommunicator& gpus) {
   gpus.wait("the test's average");
   double worst = 0;
   for (int i = 0; i < n; ++i) worst = std::max(worst, std::fabs(data[i] - (i + (gpus.size() - 1) / 2.0)));
-  check(worst <= 1e-4, "an average over " + std::to_string(gpus.size()) + " ranks (max error " + std::to_string(worst) + ")");
+  check(worst <= 1e-4,
+        "an average over " + std::to_string(gpus.size()) + " ranks (max error " + std::to_string(worst) + ")");
   Cuda<float>::memory().deallocate(data);
   std::vector<float> host(16, 1.0f);
   check(throws_containing([&] { gpus.start_average(host.data(), 16); }, "is host memory"),

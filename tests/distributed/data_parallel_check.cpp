@@ -38,18 +38,7 @@ std::vector<double> train(Model& model, BatchLoader& loader, int steps, DP* dp,
   std::vector<double> losses;
   model.train();
   for (int s = 0; s < steps; ++s) {
-    double loss_sum = 0;
-    for (Index m = 0; m < kAccumulate; ++m) {
-      auto loss = model(loader.next()) / double(kAccumulate);
-      loss_sum += loss.item();
-      if (dp)
-        dp->backward(loss, m == kAccumulate - 1);
-      else
-        loss.backward();
-    }
-    clip_grad_norm(model.parameters(), 0.5);
-    optimizer.step();
-    optimizer.zero_grad();
+    const double loss_sum = train_step(model, loader, optimizer, dp);
     losses.push_back(dp ? comm.mean(loss_sum) : loss_sum);
   }
   return losses;

@@ -38,4 +38,23 @@ inline TextDataset synthetic_text() {
 
 inline constexpr Index kBatch = 3, kSeqLen = 24, kAccumulate = 2;
 
+/// One optimizer step of the loop train_enwik8 runs: kAccumulate micro-batches (through `dp` when it is not null: the
+/// last one synchronises the gradients), clipping at 0.5. Returns this rank's loss summed over the micro-batches.
+template <class Model, class Optimizer, class DP>
+double train_step(Model& model, BatchLoader& loader, Optimizer& optimizer, DP* dp) {
+  double loss_sum = 0;
+  for (Index m = 0; m < kAccumulate; ++m) {
+    auto loss = model(loader.next()) / double(kAccumulate);
+    loss_sum += loss.item();
+    if (dp)
+      dp->backward(loss, m == kAccumulate - 1);
+    else
+      loss.backward();
+  }
+  clip_grad_norm(model.parameters(), 0.5);
+  optimizer.step();
+  optimizer.zero_grad();
+  return loss_sum;
+}
+
 }  // namespace xtr::testing::data_parallel

@@ -24,8 +24,8 @@ class Arena {
   /// `count` uninitialised elements of U, 64-byte aligned, valid until the next reset().
   template <class U>
   U* allocate(Index count) {
-    require(count >= 0, "Arena: negative element count ", count);
-    const Index elements = checked_mul(std::max<Index>(count, 1), Index(sizeof(U)), "Arena: bytes of an allocation");
+    const Index elements = std::max<Index>(checked_mul(count, Index(sizeof(U)), "Arena: bytes of an allocation"),
+                                           Index(sizeof(U)));  // checked_mul refuses a negative count
     const std::size_t bytes = round_up(static_cast<std::size_t>(elements));
     if (blocks_.empty() || used_ + bytes > blocks_.back().size) {
       grow(bytes);

@@ -96,10 +96,6 @@ concept DataParallelCommunicator = requires(const Comm& c, std::span<float> valu
   c.all_reduce_sum(numbers);
 };
 
-namespace detail {
-
-}  // namespace detail
-
 /// Averages a ParameterStore's gradients over the ranks of a communicator, bucket by bucket: MPI_Iallreduce on host
 /// memory (Communicator), or NCCL's average on the device (NcclCommunicator).
 template <class T, DataParallelCommunicator Comm = Communicator>

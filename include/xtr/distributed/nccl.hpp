@@ -117,7 +117,9 @@ class NcclCommunicator {
     wait("broadcast of " + std::to_string(data.size_bytes()) + " bytes");
   }
   // Host values (a signature, losses): over the host communicator.
-  [[nodiscard]] std::string broadcast_string(std::string text) const { return host_->broadcast_string(std::move(text)); }
+  [[nodiscard]] std::string broadcast_string(std::string text) const {
+    return host_->broadcast_string(std::move(text));
+  }
   void all_reduce_sum(std::span<double> values) const { host_->all_reduce_sum(values); }
   [[nodiscard]] double mean(double value) const { return host_->mean(value); }
   [[nodiscard]] double max(double value) const { return host_->max(value); }

@@ -83,7 +83,8 @@ class TransformerWrapper {
                                           std::is_same_v<typename Backend::scalar, double>),
                 "xtr: TransformerWrapper computes in float or double: use Cpu<float>, Cpu<double>, Reference<float> "
                 "or Reference<double>");
-  static_assert(detail::one_of<typename Layers::position, AbsoluteLearned, Rotary, NoPosition, AnyPosition>,
+  static_assert(Positions::contains<typename Layers::position> ||
+                    std::is_same_v<typename Layers::position, AnyPosition>,
                 "xtr: the Cpu backend implements the positions AbsoluteLearned, Rotary and NoPosition; add a kernel "
                 "for this position policy or use one of those");
   static_assert(ScoreBiases::contains<typename Layers::score_bias> ||
