@@ -4,6 +4,7 @@
 //             [--weights f32|bf16|int8|q4|auto]   (generate_kv: decode from the model's copy in that format, with the
 //             weight bytes per token and their fraction of the measured DRAM bandwidth) [--bf16-weights] (per call)
 //             [--activations auto|f32|int8]   (int8 / q4 weights: what they multiply; auto: int8 on AVX512-VNNI builds)
+//             [--kv-cache f32|f16]   (generate_kv, decode_batch: what the KV cache keeps keys and values in)
 //   xtr_bench --bench decode_batch [--config small|enwik8] [--weights …]   batch 1/8/32: prefill and decoding step
 //             times with their GEMM FLOP rates
 //   xtr_bench --bench quality --checkpoint F [--data D]   bpc and greedy agreement of f32, bf16, int8 and q4 weights
@@ -121,41 +122,46 @@ double weight_bytes_per_token(const Net& net) {
 }
 
 // K and V bytes the attention of one decoded token reads, averaged over a 256-token generation after a 16-token
-// prompt (every layer, every head, float cache: the token at step i attends over 16 + i + 1 keys)
-double kv_bytes_per_token(const BenchConfig& c) {
+// prompt (every layer, every head, 4 bytes a value in a float cache and 2 in an f16 one: the token at step i attends
+// over 16 + i + 1 keys)
+double kv_bytes_per_token(const BenchConfig& c, xtr::KVFormat kv) {
   const double mean_keys = 16 + (256 + 1) / 2.0;
-  return 2.0 * double(c.depth) * double(c.dim) * sizeof(float) * mean_keys;
+  return 2.0 * double(c.depth) * double(c.dim) * (kv == xtr::KVFormat::f16 ? 2.0 : 4.0) * mean_keys;
 }
 
 void generate_kv(const BenchConfig& c, int repeats, bool bf16, const std::string& weights,
-                 xtr::ActivationFormat activations) {
+                 xtr::ActivationFormat activations, xtr::KVFormat kv_format) {
   auto model = make(c);
   if (weights != "auto") xtr::quantize(model, xtr::parse_weight_format(weights), 32, activations);  // auto: the default
+  xtr::use_kv_format(model, kv_format);
   const std::string acts(xtr::activation_name(model.net.decode_weights() ? model.net.decode_weights()->activations
                                                                          : xtr::ActivationFormat::f32));
   const double tokens_per_s = time_generate(model, repeats, bf16);
   const std::string name = bf16      ? "bf16-per-call"
                            : weights == "auto" ? "auto-" + std::string(xtr::format_name(model.net.weight_format()))
                                                : weights;
-  const double bytes = weight_bytes_per_token(model.net) * (bf16 ? 0.5 : 1.0), kv = kv_bytes_per_token(c);
+  const double bytes = weight_bytes_per_token(model.net) * (bf16 ? 0.5 : 1.0), kv = kv_bytes_per_token(c, kv_format);
   const double bandwidth = triad_gb_per_s();
   std::printf(
       "{\"impl\": \"xtr\", \"bench\": \"generate_kv\", \"config\": \"%s\", \"threads\": %d, \"batch\": 1, "
       "\"new_tokens\": %d, \"weights\": \"%s\", \"activations\": \"%s\", \"best_s\": %.4f, \"tokens_per_s\": %.1f, "
       "\"weight_mb_per_token\": %.2f, \"gb_per_s\": %.1f, \"triad_gb_per_s\": %.1f, \"dram_fraction\": %.2f, "
-      "\"kv_mb_per_token\": %.2f, \"dram_fraction_with_kv\": %.2f}\n",
+      "\"kv_cache\": \"%s\", \"kv_mb_per_token\": %.2f, \"dram_fraction_with_kv\": %.2f}\n",
       c.name, omp_get_max_threads(), 256, name.c_str(), acts.c_str(), 256 / tokens_per_s, tokens_per_s, bytes / 1e6,
-      bytes * tokens_per_s / 1e9, bandwidth, bytes * tokens_per_s / 1e9 / bandwidth, kv / 1e6,
+      bytes * tokens_per_s / 1e9, bandwidth, bytes * tokens_per_s / 1e9 / bandwidth,
+      std::string(xtr::kv_format_name(kv_format)).c_str(), kv / 1e6,
       (bytes + kv) * tokens_per_s / 1e9 / bandwidth);
 }
 
 // Batched decoding and prefill: for batch 1, 8 and 32 (16-token prompts), the prefill (generate(prompt, 1)) and one
 // decoding step ((generate(prompt, 65) − prefill) / 64), best of `repeats`, with the GEMM FLOPs of each (2 · the GEMM
 // weights per row: every parameter but the gathered token embedding) per second of the whole prefill or step.
-void decode_batch(const BenchConfig& c, int repeats, const std::string& weights, xtr::ActivationFormat activations) {
+void decode_batch(const BenchConfig& c, int repeats, const std::string& weights, xtr::ActivationFormat activations,
+                  xtr::KVFormat kv_format) {
   auto model = make(c);
   model.eval();
   if (weights != "auto") xtr::quantize(model, xtr::parse_weight_format(weights), 32, activations);
+  xtr::use_kv_format(model, kv_format);
   const std::string acts(xtr::activation_name(model.net.decode_weights() ? model.net.decode_weights()->activations
                                                                          : xtr::ActivationFormat::f32));
   const double gemm_weights = double(model.parameters().count() - 256 * c.dim);
@@ -175,10 +181,10 @@ void decode_batch(const BenchConfig& c, int repeats, const std::string& weights,
     }
     const double step = (best - best_prefill) / 64;
     std::printf("{\"impl\": \"xtr\", \"bench\": \"decode_batch\", \"config\": \"%s\", \"threads\": %d, "
-                "\"weights\": \"%s\", \"activations\": \"%s\", \"batch\": %ld, \"prefill_rows\": %ld, \"prefill_ms\": %.2f, "
+                "\"weights\": \"%s\", \"activations\": \"%s\", \"kv_cache\": \"%s\", \"batch\": %ld, \"prefill_rows\": %ld, \"prefill_ms\": %.2f, "
                 "\"prefill_gflop_per_s\": %.1f, \"step_ms\": %.3f, \"tokens_per_s\": %.0f, \"step_gflop_per_s\": %.1f}\n",
                 c.name, omp_get_max_threads(), std::string(xtr::format_name(model.net.weight_format())).c_str(), acts.c_str(),
-                long(B), long(B * 16),
+                std::string(xtr::kv_format_name(kv_format)).c_str(), long(B), long(B * 16),
                 best_prefill * 1e3, 2 * gemm_weights * double(B * 16) / best_prefill * 1e-9, step * 1e3,
                 double(B) / step, 2 * gemm_weights * double(B) / step * 1e-9);
   }
@@ -482,7 +488,7 @@ int main(int argc, char** argv) {
   std::string bench = "train_step", config = "small", only;
   int steps = -1;
   bool bf16 = false;
-  std::string weights = "f32", activations = "auto", checkpoint, data = "../shared/data/enwik8-4M.gz";
+  std::string weights = "f32", activations = "auto", kv_cache = "f32", checkpoint, data = "../shared/data/enwik8-4M.gz";
   long draft_depth = 1;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -500,6 +506,7 @@ int main(int argc, char** argv) {
     else if (arg == "--bf16-weights") bf16 = true;
     else if (arg == "--weights") weights = value();
     else if (arg == "--activations") activations = value();
+    else if (arg == "--kv-cache") kv_cache = value();
     else if (arg == "--checkpoint") checkpoint = value();
     else if (arg == "--data") data = value();
     else if (arg == "--only") only = value();
@@ -508,6 +515,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr,
                    "usage: xtr_bench --bench train_step|generate_kv|decode_batch|gemm|bandwidth [--config small|enwik8] "
                    "[--threads N] [--steps N] [--weights f32|bf16|int8|q4|auto] [--activations auto|f32|int8] [--bf16-weights]\n"
+                   "                 [--kv-cache f32|f16]\n"
                    "       xtr_bench --bench quality --checkpoint F [--data D] [--config small|enwik8] [--steps WINDOWS]\n"
                    "       xtr_bench --bench seq2seq_train|seq2seq_generate [--config copy|copy_b32]\n"
                    "       xtr_bench --bench option_cost [--config small|enwik8] [--steps N] [--only OPTION]\n"
@@ -541,8 +549,10 @@ int main(int argc, char** argv) {
   }
   try {
     if (bench == "train_step") train_step(*c, steps > 0 ? steps : (config == "small" ? 5 : 2));
-    else if (bench == "generate_kv") generate_kv(*c, steps > 0 ? steps : 3, bf16, weights, xtr::parse_activation_format(activations));
-    else if (bench == "decode_batch") decode_batch(*c, steps > 0 ? steps : 3, weights, xtr::parse_activation_format(activations));
+    else if (bench == "generate_kv") generate_kv(*c, steps > 0 ? steps : 3, bf16, weights, xtr::parse_activation_format(activations),
+                                                   xtr::parse_kv_format(kv_cache));
+    else if (bench == "decode_batch") decode_batch(*c, steps > 0 ? steps : 3, weights, xtr::parse_activation_format(activations),
+                                                     xtr::parse_kv_format(kv_cache));
     else if (bench == "option_cost") option_cost(*c, steps > 0 ? steps : 3, only);
     else if (bench == "beam_search") beam_search(*c, steps > 0 ? steps : 3);
     else if (bench == "speculative") speculative(*c, steps > 0 ? steps : 3, draft_depth);

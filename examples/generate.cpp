@@ -1,7 +1,7 @@
 // Generates text from a `train_enwik8 --save` checkpoint, streaming the new bytes to stdout as they are produced:
 //   generate --checkpoint C --prompt TEXT --length N [--temperature T --top-k K --top-p P --min-p M --seed S
 //            --beams B --amateur C2 --alpha A --beta B --draft C3 --draft-tokens K --no-cache --json --threads N
-//            --weights auto|f32|bf16|int8|q4 --activations auto|f32|int8]
+//            --weights auto|f32|bf16|int8|q4 --activations auto|f32|int8 --kv-cache f32|f16]
 // Sampling by default (x-transformers' defaults: temperature 1, top-k keeping 10% of the vocabulary); --temperature 0
 // is greedy; --beams B runs beam search (the best beam is printed at the end); --amateur C2 contrastive decoding
 // against a second checkpoint (α --alpha, β --beta); --draft C3 speculative decoding with a small draft checkpoint
@@ -10,7 +10,8 @@
 // (bytes that are not valid UTF-8 appear in "text" as U+FFFD). --weights: what the KV-cached decoding reads (auto: the
 // model's default, bf16 when the float weights exceed the last-level cache; int8 and q4 quantise per group of 32).
 // --activations (int8 and q4 weights): what the weights multiply; auto is int8 per chunk of 32 values where the build
-// has the integer kernel (AVX512-VNNI), float elsewhere.
+// has the integer kernel (AVX512-VNNI), float elsewhere. --kv-cache f16 keeps the cached keys and values (of the model,
+// and of --amateur and --draft) in half precision: half the bytes each step's attention reads.
 #include <omp.h>
 
 #include <chrono>
@@ -32,7 +33,8 @@ using Net = xtr::TransformerWrapper<xtr::Decoder<xtr::Rotary, xtr::LayerNorm, xt
 using Model = xtr::AutoregressiveWrapper<Net>;
 
 struct Options {
-  std::string checkpoint, prompt, amateur, draft, weights = "auto", activations = "auto";
+  std::string checkpoint, prompt, amateur, draft, weights = "auto", activations = "auto",
+              kv_cache = "f32";
   static constexpr long unset = std::numeric_limits<long>::min();
   long length = 256, seed = -1, top_k = -1, beams = unset, draft_tokens = 4;
   double temperature = 1.0, top_p = 0, min_p = 0, alpha = 0.1, beta = 0.5;
@@ -46,7 +48,7 @@ void usage_text(std::FILE* out) {
                "usage: generate --checkpoint C --prompt TEXT [--length N (256)] [--temperature T (1)] [--top-k K]\n"
                "  [--top-p P] [--min-p M] [--seed S] [--beams B] [--amateur C2 [--alpha A (0.1)] [--beta B (0.5)]]\n"
                "  [--draft C3 [--draft-tokens K (4)]] [--no-cache] [--json] [--threads N]\n"
-               "  [--weights auto|f32|bf16|int8|q4 (auto)] [--activations auto|f32|int8 (auto)]\n"
+               "  [--weights auto|f32|bf16|int8|q4 (auto)] [--activations auto|f32|int8 (auto)] [--kv-cache f32|f16 (f32)]\n"
                "With --beams the best beam is printed at the end; --temperature, --top-k, --top-p or --min-p with it\n"
                "make the beams stochastic (x-transformers' beam_search(stochastic=True)).\n");
 }
@@ -68,6 +70,7 @@ Options parse(int argc, char** argv) {
           .bind("--alpha", &o.alpha)
           .bind("--weights", &o.weights)
           .bind("--activations", &o.activations)
+          .bind("--kv-cache", &o.kv_cache)
           .bind("--beta", &o.beta)
           .bind("--draft", &o.draft)
           .bind("--draft-tokens", &o.draft_tokens)
@@ -97,6 +100,8 @@ Options parse(int argc, char** argv) {
     flags.fail("--activations must be auto, f32 or int8, got '" + o.activations + "'");
   if (o.activations != "auto" && (o.weights == "auto" || o.weights == "f32" || o.weights == "bf16"))
     flags.fail("--activations " + o.activations + " needs --weights int8 or q4 (float and bf16 weights multiply float activations)");
+  if (o.kv_cache != "f32" && o.kv_cache != "f16") flags.fail("--kv-cache must be f32 or f16, got '" + o.kv_cache + "'");
+  if (o.kv_cache == "f16" && o.no_cache) flags.fail("--kv-cache f16 needs the KV cache: drop --no-cache");
   return o;
 }
 
@@ -153,6 +158,9 @@ int main(int argc, char** argv) {
     std::optional<Model> amateur, draft;
     if (!o.amateur.empty()) amateur.emplace(load_model(o.amateur));
     if (!o.draft.empty()) draft.emplace(load_model(o.draft));
+    const xtr::KVFormat kv = xtr::parse_kv_format(o.kv_cache);
+    for (Model* m : {&model, amateur ? &*amateur : nullptr, draft ? &*draft : nullptr})
+      if (m) xtr::use_kv_format(*m, kv);
 
     std::vector<std::int32_t> tokens;
     const auto started = std::chrono::steady_clock::now();

@@ -735,7 +735,18 @@ RandomStream attention_stream() { return RandomStream{77, 5}.fork(11); }
 
 /// Forward and backward on backend B. dQ, dK, dV start at zero (the kernels' contract: the caller zeroes them); the
 /// memory-key and bias-table gradients start at random values (the backward adds to them).
-template <class B>
+/// A buffer's values as halves, in the same layout (the values are halves already; NaN padding stays NaN).
+template <class T>
+std::vector<Half> halves_of(const std::vector<T>& buf) {
+  std::vector<Half> out(buf.size());
+  for (std::size_t i = 0; i < buf.size(); ++i)
+    out[i].bits = std::isnan(buf[i]) ? std::uint16_t(0x7E00) : xtr::detail::float_to_half_bits_nearest(float(buf[i]));
+  return out;
+}
+
+/// Forward and backward on backend B (`Halves`: the forward only, its keys and values read from halves, as from an
+/// f16 KV cache).
+template <class B, bool Halves = false>
 AttentionOutputs run_attention(const AttentionCase& c, const AttentionInputs& in) {
   using T = typename B::scalar;
   using K = kernel<B, ops::Attention<NoScoreBias>>;
@@ -774,6 +785,12 @@ AttentionOutputs run_attention(const AttentionCase& c, const AttentionInputs& in
   HeadsStorage<T> o({}, Bn, c.q_len, HD);
   std::vector<T> lse(sz(Bn * c.heads * c.q_len), nan_v<T>);
   Arena arena;
+  if constexpr (Halves) {
+    const std::vector<Half> kh = halves_of(k.buf), vh = halves_of(v.buf);
+    K::forward(p, q.cview(), {kh.data(), k.cview().batch_stride, k.row_stride},
+               {vh.data(), v.cview().batch_stride, v.row_stride}, o.view(), lse.data(), arena);
+    return {widen(o.buf), widen(lse)};
+  }
   K::forward(p, q.cview(), k.cview(), v.cview(), o.view(), lse.data(), arena);
 
   const std::vector<double> zq(sz(Bn * c.q_len * HD), 0.0), zk(sz(Bn * c.k_len * GD), 0.0);
@@ -853,6 +870,39 @@ TEST_CASE("Attention: Cpu equals Reference (masks, GQA, decoding offsets, length
   for (const auto& c : cases) {
     compare_attention<double>(c, seed += 20);
     compare_attention<float>(c, seed += 20);
+  }
+}
+
+TEST_CASE("Attention over an f16 KV cache: Cpu reading halves equals Reference over the same values",
+          "[backends][attention][kv_cache]") {
+  // a single query with whole vectors per head (the fused loops convert the halves in registers: 16-value vectors on
+  // AVX-512, 8 on AVX2), heads that are not (dh 24 on AVX-512), several queries (tiles widened from halves), masks,
+  // memory keys and a bias table
+  std::vector<AttentionCase> cases = {
+      decoding(1, 300, 64, 2),
+      decoding(1, 7, 32, 1),
+      decoding(1, 65, 24, 2),
+      with(decoding(1, 131, 80, 4), [](auto& c) { c.key_mask = KeyMask::holes; }),
+      decoding(5, 130, 24, 2),
+      with(decoding(63, 130, 16, 1), [](auto& c) { c.key_mask = KeyMask::holes; }),
+      with(decoding(1, 70, 32, 2), [](auto& c) { c.mem_len = 5, c.bias = true; }),
+      with(decoding(3, 66, 16, 1), [](auto& c) { c.bias = true, c.mem_len = 3, c.query_mask = true; }),
+  };
+  std::uint64_t seed = 6000;
+  const auto check = [&]<class T>(const AttentionCase& c, T) {
+    const std::string p = precision_name<T>;
+    INFO(c.str() << " in " << p);
+    auto in = attention_inputs<T>(c, seed += 20);
+    for (auto* values : {&in.k, &in.v})  // keys and values that halves hold exactly
+      for (double& x : *values) x = xtr::detail::half_bits_to_float(xtr::detail::float_to_half_bits_nearest(float(x)));
+    const auto ref = run_attention<Ref>(c, in);
+    const auto cpu = run_attention<Cpu<T>, true>(c, in);
+    check_close("O", cpu.o, ref.o, BackendTolerance<T>::op, "Attention over halves " + p);
+    check_close("lse", cpu.lse, ref.lse, BackendTolerance<T>::op, "Attention over halves " + p);
+  };
+  for (const auto& c : cases) {
+    check(c, double{});
+    check(c, float{});
   }
 }
 

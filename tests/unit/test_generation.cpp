@@ -182,29 +182,43 @@ TEST_CASE("beam search: beams = 1 is greedy decoding, cached = recomputed, the c
           Approx(sequence_log_prob(model, prompts.row(b), short_run.tokens.row(b))).epsilon(1e-10));
   }
   // the row reordering of the cache itself: rows continue their parents' keys and values, (batch 4, 2 heads,
-  // capacity 3, dim_head 2), live rows 1 and 2 of each head
-  KVCache<double> c;
-  c.batch = 4;
-  c.capacity = 3;
-  c.start = 1;
-  c.length = 2;
-  c.k.emplace_back(Shape{4, 2, 3, 2});
-  c.v.emplace_back(Shape{4, 2, 3, 2});
-  for (Index i = 0; i < 48; ++i) c.k[0][i] = c.v[0][i] = double(i);
-  std::vector<double> scratch;
-  const std::vector<Index> parent = {1, 1, 3, 2};
-  c.reorder_rows(parent, 2, scratch);
+  // capacity 3, dim_head 2), live rows 1 and 2 of each head; a cache of halves moves the same way
   const auto at = [](Index r, Index h, Index j, Index d) { return ((r * 2 + h) * 3 + j) * 2 + d; };
-  for (Index r = 0; r < 4; ++r)
-    for (Index h = 0; h < 2; ++h)
-      for (Index j = 0; j < 3; ++j)
-        for (Index d = 0; d < 2; ++d) {
-          const Index from = j == 0 ? r : parent[std::size_t(r)];  // rows outside the live ones are not touched
-          CHECK(c.k[0][at(r, h, j, d)] == double(at(from, h, j, d)));
-          CHECK(c.v[0][at(r, h, j, d)] == double(at(from, h, j, d)));
-        }
-  const std::vector<Index> across = {2, 1, 3, 2};
-  REQUIRE_THROWS_WITH(c.reorder_rows(across, 2, scratch), Contains("row 0 cannot continue row 2 (outside its group of 2"));
+  const std::vector<Index> parent = {1, 1, 3, 2};
+  std::vector<std::byte> scratch;
+  for (const KVFormat format : {KVFormat::f32, KVFormat::f16}) {
+    INFO(kv_format_name(format));
+    KVCache<double> c;
+    c.batch = 4;
+    c.capacity = 3;
+    c.start = 1;
+    c.length = 2;
+    c.format = format;
+    std::vector<double> k_values, v_values;  // read back from either storage
+    if (format == KVFormat::f32) {
+      c.k.emplace_back(Shape{4, 2, 3, 2});
+      c.v.emplace_back(Shape{4, 2, 3, 2});
+      for (Index i = 0; i < 48; ++i) c.k[0][i] = c.v[0][i] = double(i);
+    } else {
+      c.k_half.emplace_back(Shape{4, 2, 3, 2}, Uninitialized{});
+      c.v_half.emplace_back(Shape{4, 2, 3, 2}, Uninitialized{});
+      for (Index i = 0; i < 48; ++i) c.k_half[0][i] = c.v_half[0][i] = {xtr::detail::float_to_half_bits_nearest(float(i))};
+    }
+    c.reorder_rows(parent, 2, scratch);
+    const auto value = [&](const auto& layers, const auto& halves, Index i) {
+      return format == KVFormat::f32 ? layers[0][i] : double(xtr::detail::half_bits_to_float(halves[0][i].bits));
+    };
+    for (Index r = 0; r < 4; ++r)
+      for (Index h = 0; h < 2; ++h)
+        for (Index j = 0; j < 3; ++j)
+          for (Index d = 0; d < 2; ++d) {
+            const Index from = j == 0 ? r : parent[std::size_t(r)];  // rows outside the live ones are not touched
+            CHECK(value(c.k, c.k_half, at(r, h, j, d)) == double(at(from, h, j, d)));
+            CHECK(value(c.v, c.v_half, at(r, h, j, d)) == double(at(from, h, j, d)));
+          }
+    const std::vector<Index> across = {2, 1, 3, 2};
+    REQUIRE_THROWS_WITH(c.reorder_rows(across, 2, scratch), Contains("row 0 cannot continue row 2 (outside its group of 2"));
+  }
 }
 
 TEST_CASE("stochastic beam search: seeded, varies with the seed, scores are log-probabilities, temperature 0 is "

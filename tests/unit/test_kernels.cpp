@@ -11,6 +11,7 @@
 #include <limits>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "testing.hpp"
@@ -439,6 +440,106 @@ TEST_CASE("attention: fully masked query rows give zero output, +inf lse and zer
       for (Index h = 0; h < c.heads; ++h)
         for (Index d = 0; d < c.dim_head; ++d) REQUIRE(run.out.o[sz(h * c.dim_head + d)] == 0.0);
   }
+}
+
+namespace {
+/// A single query's fused loops on instruction set Isa over rows of E (float, or halves holding the same values)
+/// against the formula in double: 11 rows (four at a time, then the rest), rows `ld` apart with padding between.
+template <class Isa, class E>
+void check_fused_single_query(Index d) {
+  const Index n = 11, ld = d + 8;
+  const auto q = random_values(d, 31), k = random_values(n * ld, 32), v = random_values(n * ld, 33),
+             p = random_values(n, 34), acc0 = random_values(d, 35);
+  std::vector<float> qf(q.begin(), q.end()), pf(p.begin(), p.end()), acc(acc0.begin(), acc0.end()), dots(sz(n));
+  std::vector<E> ke(sz(n * ld)), ve(sz(n * ld));
+  std::vector<double> kd(sz(n * ld)), vd(sz(n * ld));  // the values the rows hold
+  for (Index i = 0; i < n * ld; ++i) {
+    if constexpr (std::is_same_v<E, Half>) {
+      ke[sz(i)].bits = xtr::detail::float_to_half_bits_nearest(float(k[sz(i)]));
+      ve[sz(i)].bits = xtr::detail::float_to_half_bits_nearest(float(v[sz(i)]));
+      kd[sz(i)] = xtr::detail::half_bits_to_float(ke[sz(i)].bits);
+      vd[sz(i)] = xtr::detail::half_bits_to_float(ve[sz(i)].bits);
+    } else {
+      kd[sz(i)] = ke[sz(i)] = float(k[sz(i)]);
+      vd[sz(i)] = ve[sz(i)] = float(v[sz(i)]);
+    }
+  }
+  cpu::simd::scaled_dots<Isa>(qf.data(), ke.data(), ld, n, d, 0.25f, dots.data());
+  cpu::simd::weighted_rows<Isa>(pf.data(), ve.data(), ld, n, d, acc.data());
+  for (Index j = 0; j < n; ++j) {
+    double dot = 0;
+    for (Index c = 0; c < d; ++c) dot += double(qf[sz(c)]) * kd[sz(j * ld + c)];
+    CHECK(dots[sz(j)] == Approx(0.25 * dot).margin(1e-5));
+  }
+  for (Index c = 0; c < d; ++c) {
+    double sum = double(float(acc0[sz(c)]));
+    for (Index j = 0; j < n; ++j) sum += double(pf[sz(j)]) * vd[sz(j * ld + c)];
+    CHECK(acc[sz(c)] == Approx(sum).margin(1e-5));
+  }
+}
+template <class Isa>
+void check_fused_single_query_paths() {
+  for (const Index d : {Isa::width, 2 * Isa::width, 5 * Isa::width, 8 * Isa::width}) {
+    INFO(Isa::name << ", dim_head " << d);
+    check_fused_single_query<Isa, float>(d);
+    check_fused_single_query<Isa, Half>(d);
+  }
+}
+}  // namespace
+
+TEST_CASE("attention: a single query's fused loops on every compiled instruction set, over floats and halves",
+          "[kernels][attention][kv_cache]") {
+  Index paths = 0;
+#if defined(XTR_SIMD_AVX512)
+  check_fused_single_query_paths<cpu::simd::Avx512>();
+  ++paths;
+#endif
+#if defined(XTR_SIMD_AVX2)
+  check_fused_single_query_paths<cpu::simd::Avx2>();
+  ++paths;
+#endif
+  if (paths == 0) WARN("this build has no AVX2 or AVX-512 path: the fused loops are not compiled");
+}
+
+TEST_CASE("f16 KV cache writes: the nearest half of every value (F16C and the scalar definition agree), values "
+          "beyond ±65504 and non-finite ones refused by index", "[kernels][kv_cache]") {
+  // normal, subnormal and tie values, both signs, in vectors of 8 and a scalar tail
+  std::vector<float> x;
+  for (int e = -26; e <= 15; ++e)
+    for (const float m : {1.0f, 1.3f, 1.0009765625f + 0.00048828125f, 1.99951171875f, 1.5f + 0.000244140625f})
+      for (const float sign : {1.0f, -1.0f})
+        if (std::ldexp(m, e) <= 65504.0f) x.push_back(sign * std::ldexp(m, e));
+  x.push_back(65504.0f);
+  x.push_back(-65504.0f);
+  x.push_back(0.0f);
+  x.push_back(-0.0f);
+  x.push_back(std::ldexp(1.0f, -25));                 // half of the smallest subnormal: ties to 0
+  x.push_back(std::ldexp(3.0f, -25));                 // 1.5 units: ties to 2 units
+  std::vector<Half> out(x.size());
+  REQUIRE(cpu::simd::to_halves(x.data(), Index(x.size()), out.data()) == Index(x.size()));
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    INFO(x[i]);
+    CHECK(out[i].bits == xtr::detail::float_to_half_bits_nearest(x[i]));
+    const float back = xtr::detail::half_bits_to_float(out[i].bits);
+    if (std::fabs(x[i]) >= std::ldexp(1.0f, -14))
+      CHECK(std::fabs(back - x[i]) <= std::fabs(x[i]) * std::ldexp(1.0f, -11));  // half a unit in the last place
+  }
+  std::vector<double> xd(x.begin(), x.end());
+  std::vector<Half> out_d(x.size());
+  REQUIRE(cpu::simd::to_halves(xd.data(), Index(xd.size()), out_d.data()) == Index(x.size()));
+  for (std::size_t i = 0; i < x.size(); ++i) CHECK(out_d[i].bits == out[i].bits);
+  // the first value outside the range, in the vector part and in the tail
+  for (const float bad : {65505.0f, -1e6f, std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()})
+    for (const Index at : {Index(3), Index(13)}) {
+      std::vector<float> y(16, 1.0f);
+      y[sz(at)] = bad;
+      y[15] = bad;
+      std::vector<Half> h(16);
+      INFO(bad << " at " << at);
+      CHECK(cpu::simd::to_halves(y.data(), 16, h.data()) == at);
+      std::vector<double> yd(y.begin(), y.end());
+      CHECK(cpu::simd::to_halves(yd.data(), 16, h.data()) == at);
+    }
 }
 
 TEST_CASE("attention: dropout output equals naive attention with the same keep mask", "[kernels][attention]") {

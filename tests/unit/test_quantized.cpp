@@ -626,3 +626,86 @@ TEST_CASE("the blocked kernel with more rows of x than one pass takes equals the
 }
 
 }  // namespace test_quantized
+
+namespace test_quantized {
+
+TEST_CASE("f16 KV cache: decoding within the halves' rounding of the float cache, the same greedy tokens and beams, "
+          "past max_seq_len too, and refused where it cannot hold the values or the backend cannot read it",
+          "[quantized][generation][kv_cache]") {
+  const auto prompts = testing::random_tokens(3, 4, 40, 21);
+  SECTION("float and q4 weights: the logits of every step within the rounding, the same tokens and beams") {
+    Model model{Net{quant_config()}};
+    model.eval();
+    CHECK(model.net.kv_format() == KVFormat::f32);
+    // a prompt, single tokens and chunks, 110 tokens in all: the window (48) slides and the live rows move to the front
+    // of the buffer (capacity 96) twice; the worst logit difference between a float and an f16 cache
+    const auto worst_difference = [&] {
+      use_kv_format(model, KVFormat::f32);
+      Net::Cache full = model.net.make_cache(2);
+      use_kv_format(model, KVFormat::f16);
+      Net::Cache half = model.net.make_cache(2);
+      REQUIRE(half.format == KVFormat::f16);
+      CHECK((half.k.empty() && half.k_half.size() == 2 && half.v_half.size() == 2));
+      double worst = 0;
+      Index step = 0, total = 0;
+      while (total < 110) {
+        const Index n = total == 0 ? 5 : step % 7 == 3 ? 3 : 1;
+        const auto tokens = testing::random_tokens(2, n, 40, 100 + std::uint64_t(step++));
+        const auto a = model.net.forward_cached(tokens, full, n);
+        const std::vector<float> expected(a.data(), a.data() + a.size());
+        const auto b = model.net.forward_cached(tokens, half, n);
+        REQUIRE(b.size() == Index(expected.size()));
+        for (Index i = 0; i < b.size(); ++i)
+          worst = std::max(worst, double(std::fabs(b.data()[i] - expected[std::size_t(i)])));
+        total += n;
+      }
+      return worst;
+    };
+    const double float_weights = worst_difference();
+    CHECK_THAT(model.net.decoding(), Contains("; f16 KV cache"));
+    quantize(model, WeightFormat::q4, 32, ActivationFormat::f32);
+    const double q4_weights = worst_difference();
+    INFO("worst logit difference: float weights " << float_weights << ", q4 weights " << q4_weights);
+    CHECK((float_weights > 0 && q4_weights > 0));  // the halves were read
+    CHECK(float_weights < 5e-3);
+    CHECK(q4_weights < 5e-3);
+    // generation and beam search (rows repeated and reordered in halves) give the float cache's tokens
+    quantize(model, WeightFormat::f32);
+    use_kv_format(model, KVFormat::f16);
+    const auto greedy_half = model.generate(prompts, 20, {.temperature = 0});
+    const auto beams_half = model.beam_search(prompts, 10, {.beams = 3});
+    use_kv_format(model, KVFormat::f32);
+    CHECK(model.generate(prompts, 20, {.temperature = 0}).data == greedy_half.data);
+    const auto beams_full = model.beam_search(prompts, 10, {.beams = 3});
+    for (std::size_t j = 0; j < 3; ++j) {
+      CHECK(beams_full.beams[j].data == beams_half.beams[j].data);
+      for (std::size_t b = 0; b < 3; ++b) CHECK(beams_full.scores[j][b] == Approx(beams_half.scores[j][b]).epsilon(1e-3));
+    }
+  }
+  SECTION("a value beyond the half range is refused, naming the layer") {
+    Model big{Net{quant_config()}};
+    use_kv_format(big, KVFormat::f16);
+    for (const auto& e : big.net.parameters().entries())
+      if (e.name.find("layers.2.1.to_v") != std::string::npos)  // the second attention layer's values
+        for (Index i = 0; i < e.shape.numel(); ++i) big.net.parameters().values().data()[e.offset + i] *= 1e7f;
+    CHECK_THROWS_WITH(big.generate(prompts, 2), Contains("layer 1: a value of") &&
+                                                    Contains("outside the f16 KV cache's range (±65504)") &&
+                                                    Contains("KVFormat::f32"));
+    use_kv_format(big, KVFormat::f32);
+    CHECK(big.generate(prompts, 2).length == 2);  // the float cache holds them
+  }
+  SECTION("a backend whose attention does not read halves refuses the format") {
+    TransformerWrapper<Decoder<Rotary, LayerNorm, GELU>, Reference<float>> reference(quant_config());
+    CHECK_THROWS_WITH(reference.use_kv_format(KVFormat::f16),
+                      Contains("an f16 KV cache needs a backend whose attention reads halves") &&
+                          Contains("Reference<float>"));
+    CHECK(reference.kv_format() == KVFormat::f32);
+  }
+  SECTION("format names") {
+    CHECK(parse_kv_format("f16") == KVFormat::f16);
+    CHECK(parse_kv_format("f32") == KVFormat::f32);
+    CHECK_THROWS_WITH(parse_kv_format("f8"), Contains("unknown KV cache format 'f8' (f32, f16)"));
+  }
+}
+
+}  // namespace test_quantized

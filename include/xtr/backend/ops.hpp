@@ -26,6 +26,7 @@
 #include <string_view>
 #include <type_traits>
 
+#include "xtr/core/half.hpp"
 #include "xtr/core/rng.hpp"
 #include "xtr/core/view.hpp"
 
@@ -188,6 +189,20 @@ struct RotarySpec {
 /// Attention with a score-bias policy (NoScoreBias or a relative-position table).
 template <class ScoreBias>
 struct Attention {};
+
+}  // namespace ops
+class Arena;  // core/arena.hpp (this header stays free of Eigen: the CUDA sources include it)
+namespace ops {
+
+/// Whether attention kernel K (kernel<Backend, Attention<...>>) also reads keys and values from an f16 KV cache: a
+/// forward over halves, and to_halves(x, n, out) writing the nearest halves of n values and returning the index of the
+/// first one outside the half range (or n). The CPU backend's does; a cache of another backend keeps its scalar type.
+template <class K, class T>
+concept HalfKeyValues = requires(const AttentionProblem<T>& p, HeadsView<const T> q, HeadsView<const Half> kv,
+                                 HeadsView<T> o, T* lse, Arena& arena, const T* x, Half* out) {
+  K::forward(p, q, kv, kv, o, lse, arena);
+  { K::to_halves(x, Index{}, out) } -> std::same_as<Index>;
+};
 
 /// Token (and absolute position) embedding lookup.
 struct Embedding {};

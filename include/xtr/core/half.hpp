@@ -1,7 +1,7 @@
 #pragma once
 // IEEE 754 half precision (binary16) bits ↔ float, in software: the quantised weights' per-group scales (as ggml's
-// Q4_0 / Q8_0 keep them) and safetensors' F16 tensors. The kernels convert with F16C instructions where the build has
-// them; these are the definition and the path everywhere else.
+// Q4_0 / Q8_0 keep them), safetensors' F16 tensors and the f16 KV cache (xtr::Half). The kernels convert with F16C
+// instructions where the build has them; these are the definition and the path everywhere else.
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -41,4 +41,20 @@ inline std::uint16_t float_to_half_bits(float f, bool up) {
   return std::uint16_t(h);
 }
 
+/// The nearest half to a finite f with |f| ≤ kHalfMax (ties to even), sign included: what F16C's vcvtps2ph gives.
+inline std::uint16_t float_to_half_bits_nearest(float f) {
+  const std::uint16_t sign = std::signbit(f) ? 0x8000u : 0u;
+  return std::uint16_t(sign | float_to_half_bits(std::fabs(f), false));
+}
+
 }  // namespace xtr::detail
+
+namespace xtr {
+
+/// One IEEE binary16 value as stored (the f16 KV cache, layers/kv_cache.hpp): its bits. A distinct type, so that a
+/// buffer of halves is never read as bfloat16 or integers.
+struct Half {
+  std::uint16_t bits;
+};
+
+}  // namespace xtr

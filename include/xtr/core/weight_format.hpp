@@ -53,6 +53,19 @@ enum class WeightFormat { f32, bf16, int8, q4 };
   if (const auto f = find_weight_format(text)) return *f;
   throw Error(detail::cat("xtr: unknown weight format '", text, "' (f32, bf16, int8, q4)"));
 }
+/// What a KV cache keeps keys and values in: the model's scalar type (f32: float, or double for a double model), or
+/// IEEE half precision (f16, as llama.cpp's default cache): half the bytes each decoding step's attention reads, the
+/// values rounded to 11 significant bits (relative 2^-12). Written by TransformerWrapper::use_kv_format(); f32 unless
+/// asked (x-transformers keeps the model's dtype).
+enum class KVFormat { f32, f16 };
+
+[[nodiscard]] constexpr std::string_view kv_format_name(KVFormat f) { return f == KVFormat::f16 ? "f16" : "f32"; }
+[[nodiscard]] inline KVFormat parse_kv_format(std::string_view text) {
+  for (auto f : {KVFormat::f32, KVFormat::f16})
+    if (kv_format_name(f) == text) return f;
+  throw Error(detail::cat("xtr: unknown KV cache format '", text, "' (f32, f16)"));
+}
+
 /// What the activations entering a GEMM over int8 / q4 weights are: float (the product is exactly that of the
 /// dequantised weights, to float rounding), or int8 per chunk of 32 values of a row (llama.cpp's Q8_0): then the dot
 /// product is an integer one (AVX512-VNNI's vpdpbusd, 64 multiply-adds an instruction) scaled once per group.

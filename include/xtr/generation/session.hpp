@@ -5,6 +5,7 @@
 // per model; beam search also repeats and reorders its rows. Ragged prompts arrive left-padded: each sequence's
 // padding is hidden and its positions count from its first real token, so every row decodes as it would alone.
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -153,7 +154,8 @@ class DecodeSession {
   std::vector<T> context_values_;
   std::vector<std::uint8_t> context_mask_;
   std::vector<std::int32_t> window_;
-  std::vector<T> last_, scratch_;
+  std::vector<T> last_;
+  std::vector<std::byte> scratch_;  // reorder_rows' copies
   std::vector<Index> starts_, window_starts_;
 };
 

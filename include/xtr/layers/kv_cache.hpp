@@ -3,13 +3,20 @@
 // the context's keys and values, projected once).
 // Beam search moves sequences between rows: repeat_rows() makes each row `times` consecutive rows (after the prompt)
 // and reorder_rows() makes row r continue row parent[r], copying only the live keys of the rows that change.
+// The keys and values are of T, or halves (KVFormat::f16: k_half and v_half instead of k and v); every move below
+// treats both alike.
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include "xtr/core/error.hpp"
+#include "xtr/core/half.hpp"
 #include "xtr/core/tensor.hpp"
+#include "xtr/core/weight_format.hpp"
 
 namespace xtr {
 
@@ -20,6 +27,8 @@ struct KVCache {
   Index position = 0;             // position of the next token (keeps counting past max_seq_len)
   std::vector<Tensor<T>> k, v;    // per layer (batch, kv_heads, capacity, dim_head): each head's rows together,
                                   // read as one run per head; rows outside the live ones are undefined (never read)
+  KVFormat format = KVFormat::f32;         // f16: the keys and values are in k_half and v_half (k and v empty)
+  std::vector<Tensor<Half>> k_half, v_half;  // per layer, the layout of k and v
   std::vector<std::uint16_t> bf16_weights;  // when set: the parameters rounded to bfloat16, same layout
   const void* checked_weights = nullptr;     // the weight copy found fresh (not stale) at this cache's first step
   // CrossAttend: the context's keys and values, projected once per sequence
@@ -34,9 +43,23 @@ struct KVCache {
 
   /// Row 0 of head h of sequence b in a per-layer K or V tensor (batch, kv_heads, capacity, dim_head): each head's
   /// rows are consecutive, `capacity` rows of dim_head values.
-  static T* head_rows(Tensor<T>& t, Index b, Index h) {
+  template <class E>
+  static E* head_rows(Tensor<E>& t, Index b, Index h) {
     const Index heads = t.shape().extent[1], rows = t.shape().extent[2], dh = t.shape().extent[3];
     return t.data() + (b * heads + h) * rows * dh;
+  }
+
+  /// The live rows moved to the front of each head's run (start = 0): the sliding window reached the buffer's end.
+  void slide_to_front() {
+    for_each_layer_tensor([&](auto& t) {
+      const Index heads = t.shape().extent[1], dh = t.shape().extent[3];
+      for (Index b = 0; b < batch; ++b)
+        for (Index h = 0; h < heads; ++h) {
+          auto* base = head_rows(t, b, h);
+          std::memmove(base, base + start * dh, sizeof(*base) * std::size_t(length * dh));
+        }
+    });
+    start = 0;
   }
 
   /// Row b becomes rows [b · times, (b + 1) · times), each a copy (the context's keys and values too).
@@ -52,16 +75,15 @@ struct KVCache {
                       out.data() + ((b * times + i) * rows_per_sequence + first_row) * width);
       t = std::move(out);
     };
-    for (auto* layers : {&k, &v})
-      for (auto& t : *layers) {
-        const Index heads = t.shape().extent[1], dh = t.shape().extent[3];
-        Tensor<T> out(Shape{batch * times, heads, capacity, dh}, Uninitialized{}, t.memory());
-        for (Index b = 0; b < batch; ++b)
-          for (Index i = 0; i < times; ++i)
-            for (Index h = 0; h < heads; ++h)
-              std::copy_n(head_rows(t, b, h) + start * dh, length * dh, head_rows(out, b * times + i, h) + start * dh);
-        t = std::move(out);
-      }
+    for_each_layer_tensor([&](auto& t) {
+      const Index heads = t.shape().extent[1], dh = t.shape().extent[3];
+      std::remove_reference_t<decltype(t)> out(Shape{batch * times, heads, capacity, dh}, Uninitialized{}, t.memory());
+      for (Index b = 0; b < batch; ++b)
+        for (Index i = 0; i < times; ++i)
+          for (Index h = 0; h < heads; ++h)
+            std::copy_n(head_rows(t, b, h) + start * dh, length * dh, head_rows(out, b * times + i, h) + start * dh);
+      t = std::move(out);
+    });
     for (auto& t : context_kv) repeat(t, context_length, 0, context_length);
     if (!context_mask.empty()) {
       std::vector<std::uint8_t> mask(std::size_t(batch * times * context_length));
@@ -82,7 +104,7 @@ struct KVCache {
   /// Row r continues the sequence of row parent[r] (parent.size() == batch). Parents stay within groups of `group`
   /// consecutive rows (the beams of one prompt), whose context is the same and is not copied. Only rows whose parent
   /// is another row are written; the live keys of the rows they read are saved first (`scratch`, reused).
-  void reorder_rows(std::span<const Index> parent, Index group, std::vector<T>& scratch) {
+  void reorder_rows(std::span<const Index> parent, Index group, std::vector<std::byte>& scratch) {
     require(Index(parent.size()) == batch, "reorder_rows: ", parent.size(), " parents for a cache of ", batch,
             " rows");
     require(group >= 1 && batch % group == 0, "reorder_rows: group ", group, " does not divide the batch ", batch);
@@ -103,21 +125,30 @@ struct KVCache {
       for (Index r = 0; r < batch; ++r) seq_start[std::size_t(r)] = starts[std::size_t(parent[std::size_t(r)])];
     }
     if (length == 0) return;
-    for (auto* layers : {&k, &v})
-      for (auto& t : *layers) {
-        const Index heads = t.shape().extent[1], dh = t.shape().extent[3], live = length * dh;
-        const auto rows_of = [&](Index sequence, Index h) { return head_rows(t, sequence, h) + start * dh; };
-        scratch.resize(std::size_t(Index(source.size()) * heads * live));
-        for (std::size_t s = 0; s < source.size(); ++s)
-          for (Index h = 0; h < heads; ++h)
-            std::copy_n(rows_of(source[s], h), live, scratch.data() + (Index(s) * heads + h) * live);
-        for (Index r = 0; r < batch; ++r) {
-          const Index p = parent[std::size_t(r)];
-          if (p != r)
-            for (Index h = 0; h < heads; ++h)
-              std::copy_n(scratch.data() + (slot[std::size_t(p)] * heads + h) * live, live, rows_of(r, h));
-        }
+    for_each_layer_tensor([&](auto& t) {
+      const Index heads = t.shape().extent[1], dh = t.shape().extent[3];
+      const std::size_t live = sizeof(*t.data()) * std::size_t(length * dh);  // bytes of one head's live rows
+      const auto rows_of = [&](Index sequence, Index h) { return head_rows(t, sequence, h) + start * dh; };
+      scratch.resize(source.size() * std::size_t(heads) * live);
+      const auto saved = [&](Index s, Index h) { return scratch.data() + std::size_t(s * heads + h) * live; };
+      for (std::size_t s = 0; s < source.size(); ++s)
+        for (Index h = 0; h < heads; ++h) std::memcpy(saved(Index(s), h), rows_of(source[s], h), live);
+      for (Index r = 0; r < batch; ++r) {
+        const Index p = parent[std::size_t(r)];
+        if (p != r)
+          for (Index h = 0; h < heads; ++h) std::memcpy(rows_of(r, h), saved(slot[std::size_t(p)], h), live);
       }
+    });
+  }
+
+ private:
+  /// f(t) for every layer's K and V tensor, of T or of halves.
+  template <class F>
+  void for_each_layer_tensor(F&& f) {
+    for (auto* layers : {&k, &v})
+      for (auto& t : *layers) f(t);
+    for (auto* layers : {&k_half, &v_half})
+      for (auto& t : *layers) f(t);
   }
 };
 

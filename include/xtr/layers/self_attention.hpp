@@ -174,24 +174,13 @@ class SelfAttention {
   }
 
   /// One decoding step of n new rows per sequence (pass.length = n, pass.position = the cache's position): appends
-  /// their keys and values to layer `in.layer` of the cache and attends over the live rows; out (+)= the result.
-  /// `first_values` receives this layer's values when it is the value residual's first layer.
+  /// their keys and values to layer `in.layer` of the cache (of T, or halves: KVFormat::f16) and attends over the live
+  /// rows; out (+)= the result. `first_values` receives this layer's values when it is the value residual's first layer.
   void decode(Pass<Backend>& pass, const Inputs& in, ConstView<T> h, View<T> out, bool accumulate) const {
     KVCache<T>& cache = *in.cache;
-    const Index B = pass.batch, n = pass.length, N = B * n, dh = dim_head_, run = cache.capacity * dh;
+    const Index B = pass.batch, n = pass.length, N = B * n;
     View<T> qkv = pass.allocate(N, qkv_width());
     prepare(pass, in, h, qkv, n, pass.position, nullptr);
-    const Index row0 = cache.start + cache.length;  // where the new keys go
-    Tensor<T>& K = cache.k[std::size_t(in.layer)];
-    Tensor<T>& V = cache.v[std::size_t(in.layer)];
-    for (Index b = 0; b < B; ++b)  // K, V (batch, kv_heads, capacity, dim_head)
-      for (Index t = 0; t < n; ++t) {
-        const T* row = qkv.row(b * n + t);
-        for (Index g = 0; g < kv_heads_; ++g) {
-          std::copy_n(row + HD() + g * dh, dh, KVCache<T>::head_rows(K, b, g) + (row0 + t) * dh);
-          std::copy_n(row + HD() + KD() + g * dh, dh, KVCache<T>::head_rows(V, b, g) + (row0 + t) * dh);
-        }
-      }
     ops::AttentionProblem<T> p = problem(pass, in);
     p.k_len = cache.length + n;
     p.q_offset = cache.length;
@@ -202,15 +191,55 @@ class SelfAttention {
     p.causal = true;
     memory(pass, p, nullptr);
     View<T> o = pass.allocate(N, HD());
-    Attend::forward(p, heads(qkv.data, 0, n), {K.data() + cache.start * dh, kv_heads_ * run, dh, run},
-                    {V.data() + cache.start * dh, kv_heads_ * run, dh, run}, {o.data, n * HD(), HD()}, nullptr,
-                    pass.arena);
+    const std::size_t layer = std::size_t(in.layer);
+    if (cache.format == KVFormat::f16) {
+      if constexpr (ops::HalfKeyValues<Attend, T>) {
+        attend_cached(pass, cache, p, qkv, o, cache.k_half[layer], cache.v_half[layer], in.layer);
+      } else {
+        require(false, "internal: an f16 KV cache on ", Backend::name, " (use_kv_format refuses it)");
+      }
+    } else {
+      attend_cached(pass, cache, p, qkv, o, cache.k[layer], cache.v[layer], in.layer);
+    }
     finish(pass, h, o, out, accumulate, nullptr);
   }
 
   [[nodiscard]] Index kv_width() const { return KD(); }
 
  private:
+  /// The new rows' keys and values (in qkv) written into the cache's tensors K and V (of T, or halves: each value
+  /// rounded to the nearest, a value beyond the half range refused), then attention over the live rows into o.
+  template <class E>
+  void attend_cached(Pass<Backend>& pass, const KVCache<T>& cache, const ops::AttentionProblem<T>& p,
+                     View<T> qkv, View<T> o, Tensor<E>& K, Tensor<E>& V, Index layer) const {
+    const Index B = pass.batch, n = pass.length, dh = dim_head_, run = cache.capacity * dh;
+    const Index row0 = cache.start + cache.length;  // where the new keys go
+    for (Index b = 0; b < B; ++b)  // K, V (batch, kv_heads, capacity, dim_head)
+      for (Index t = 0; t < n; ++t) {
+        const T* row = qkv.row(b * n + t);
+        for (Index g = 0; g < kv_heads_; ++g) {
+          const T* key = row + HD() + g * dh;
+          const T* value = row + HD() + KD() + g * dh;
+          E* k_out = KVCache<T>::head_rows(K, b, g) + (row0 + t) * dh;
+          E* v_out = KVCache<T>::head_rows(V, b, g) + (row0 + t) * dh;
+          if constexpr (std::is_same_v<E, T>) {
+            std::copy_n(key, dh, k_out);
+            std::copy_n(value, dh, v_out);
+          } else {
+            for (const auto& [x, y] : {std::pair{key, k_out}, std::pair{value, v_out}}) {
+              const Index bad = Attend::to_halves(x, dh, y);
+              require(bad == dh, "layer ", layer, ": a ", x == key ? "key" : "value", " of ", double(x[bad]),
+                      " is outside the f16 KV cache's range (±", double(detail::kHalfMax),
+                      "): use KVFormat::f32");
+            }
+          }
+        }
+      }
+    Attend::forward(p, heads(qkv.data, 0, n), {K.data() + cache.start * dh, kv_heads_ * run, dh, run},
+                    {V.data() + cache.start * dh, kv_heads_ * run, dh, run}, {o.data, n * HD(), HD()}, nullptr,
+                    pass.arena);
+  }
+
   [[nodiscard]] Index HD() const { return heads_ * dim_head_; }
   [[nodiscard]] Index KD() const { return kv_heads_ * dim_head_; }
   [[nodiscard]] Index qkv_width() const { return HD() + 2 * KD(); }

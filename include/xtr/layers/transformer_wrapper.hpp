@@ -405,6 +405,16 @@ class TransformerWrapper {
     automatic_ = true;
     decode_weights_ = nullptr;
   }
+  /// What the caches made from now on (make_cache(), every generate()) keep keys and values in: KVFormat::f32 (the
+  /// default: the model's scalar type) or f16 (half the bytes each decoding step's attention reads; backends whose
+  /// attention reads halves only, ops::HalfKeyValues).
+  void use_kv_format(KVFormat format) {
+    if constexpr (!ops::HalfKeyValues<kernel<Backend, ops::Attention<typename Layers::score_bias>>, T>)
+      require(format == KVFormat::f32, "an f16 KV cache needs a backend whose attention reads halves (the CPU "
+              "backend); this model runs on ", Backend::name);
+    kv_format_ = format;
+  }
+  [[nodiscard]] KVFormat kv_format() const { return kv_format_; }
   /// The decoding copy, or null (float weights).
   [[nodiscard]] const std::shared_ptr<const WeightCopy>& decode_weights() const { return decode_weights_; }
   /// The format KV-cached decoding reads the weights in (the automatic choice included: see decoding()).
@@ -414,17 +424,19 @@ class TransformerWrapper {
   }
   /// The format KV-cached decoding reads and why, e.g. "bf16 (automatic: 300.0 MiB of float weights > 260.0 MiB
   /// last-level cache)" or "int8, groups of 32 (quantize())": the examples print it with the model.
+  /// An f16 KV cache (use_kv_format) adds "; f16 KV cache".
   [[nodiscard]] std::string decoding() const {
+    const std::string cache = kv_format_ == KVFormat::f16 ? "; f16 KV cache" : "";
     if (automatic_) {
       const auto choice = decode_choice();
-      return std::string(format_name(choice.format)) + " (" + choice.reason + ")";
+      return std::string(format_name(choice.format)) + " (" + choice.reason + ")" + cache;
     }
-    if (!decode_weights_) return "f32 (quantize())";
+    if (!decode_weights_) return "f32 (quantize())" + cache;
     std::string text(format_name(decode_weights_->format));
     if (decode_weights_->quantized())
       text += ", groups of " + std::to_string(decode_weights_->group) + ", " +
               std::string(activation_name(decode_weights_->activations)) + " activations";
-    return text + " (quantize())";
+    return text + " (quantize())" + cache;
   }
 
   /// Appends `tokens` (batch, n) to the cached sequence and returns the logits of the last `outputs` new positions
@@ -618,9 +630,15 @@ class TransformerWrapper {
     c.batch = batch;
     c.capacity = 2 * config_.max_seq_len + config_.num_memory_tokens;
     const Shape kv{batch, kv_heads(), c.capacity, config_.layers.dim_head};  // each head's rows together
-    for (std::size_t l = 0; l < blocks_.size(); ++l) {
-      c.k.emplace_back(kv, Uninitialized{}, memory_of<Backend>());  // rows are written before they are read
-      c.v.emplace_back(kv, Uninitialized{}, memory_of<Backend>());
+    c.format = kv_format_;
+    for (std::size_t l = 0; l < blocks_.size(); ++l) {  // rows are written before they are read
+      if (kv_format_ == KVFormat::f16) {
+        c.k_half.emplace_back(kv, Uninitialized{}, memory_of<Backend>());
+        c.v_half.emplace_back(kv, Uninitialized{}, memory_of<Backend>());
+      } else {
+        c.k.emplace_back(kv, Uninitialized{}, memory_of<Backend>());
+        c.v.emplace_back(kv, Uninitialized{}, memory_of<Backend>());
+      }
     }
     return c;
   }
@@ -711,6 +729,7 @@ class TransformerWrapper {
   Index sequence_offset_ = 0;
   std::shared_ptr<const WeightCopy> decode_weights_;  // what cached decoding reads, or null (the parameters)
   bool automatic_ = true;                             // no quantize() / use_weights(): decode_choice() decides
+  KVFormat kv_format_ = KVFormat::f32;                // what make_cache() keeps keys and values in
 
   /// The automatic choice for these parameters: float unless a Cpu<float> model's weights exceed the cache.
   [[nodiscard]] std::int64_t float_weight_bytes() const { return std::int64_t(params_->count()) * std::int64_t(sizeof(T)); }
@@ -953,17 +972,7 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
     cache.start += drop;
     cache.length -= drop;
   }
-  if (cache.start + cache.length + rows > cache.capacity) {
-    const Index dh = config_.layers.dim_head;
-    for (std::size_t l = 0; l < blocks_.size(); ++l)
-      for (Tensor<T>* t : {&cache.k[l], &cache.v[l]})
-        for (Index b = 0; b < B; ++b)
-          for (Index h = 0; h < kv_heads(); ++h) {
-            T* base = Cache::head_rows(*t, b, h);
-            std::memmove(base, base + cache.start * dh, sizeof(T) * cache.length * dh);
-          }
-    cache.start = 0;
-  }
+  if (cache.start + cache.length + rows > cache.capacity) cache.slide_to_front();
   if (uses_rotary()) kernel<Backend, ops::Rotate>::ensure(rotary_, cache.position + rows);
 
   ++forward_count_;

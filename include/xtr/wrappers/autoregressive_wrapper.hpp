@@ -528,4 +528,17 @@ void quantize(Model& model, WeightFormat format, Index group = WeightCopy::kDefa
   }
 }
 
+/// Makes a model's KV caches keep keys and values in `format` (TransformerWrapper::use_kv_format on its net, or on
+/// the decoder's of an XTransformer): `xtr::use_kv_format(model, xtr::KVFormat::f16)`.
+template <class Model>
+void use_kv_format(Model& model, KVFormat format) {
+  if constexpr (requires { model.net.use_kv_format(format); }) {
+    model.net.use_kv_format(format);
+  } else if constexpr (requires { model.decoder.net.use_kv_format(format); }) {
+    model.decoder.net.use_kv_format(format);
+  } else {
+    model.use_kv_format(format);
+  }
+}
+
 }  // namespace xtr

@@ -89,38 +89,54 @@ bool query_masked(const AttentionProblem<T>& p, Index b, Index i) {
 }
 }  // namespace detail
 
-/// O and lse (batch, heads, q_len; may be null) from Q, K, V (and the memory keys and values, the score bias).
-template <class T>
-void attention_forward(const AttentionProblem<T>& p, HeadsView<const T> q, HeadsView<const T> k,
-                       HeadsView<const T> v, HeadsView<T> o, T* lse, Arena& arena) {
+/// The instruction set of a single query's fused loops (simd.hpp): the widest the build has.
+#if defined(XTR_SIMD_AVX512)
+using FusedIsa = simd::Avx512;
+#elif defined(XTR_SIMD_AVX2)
+using FusedIsa = simd::Avx2;
+#endif
+
+/// O and lse (batch, heads, q_len; may be null) from Q, K, V (and the memory keys and values, the score bias). The
+/// keys and values are of T or, from the f16 KV cache, halves (E = Half): a single query's fused loops convert them in
+/// registers, every other path widens them a tile at a time.
+template <class T, class E = T>
+void attention_forward(const AttentionProblem<T>& p, HeadsView<const T> q, HeadsView<const E> k,
+                       HeadsView<const E> v, HeadsView<T> o, T* lse, Arena& arena) {
   using detail::tile_k;
   using detail::tile_q;
   using Tile = Eigen::Map<RowMatrix<T>>;
-#if defined(XTR_SIMD_AVX512)
+  constexpr bool halves = std::is_same_v<E, Half>;
+  static_assert(std::is_same_v<E, T> || halves, "attention keys and values are of the scalar type or halves");
+#if defined(XTR_SIMD_AVX512) || defined(XTR_SIMD_AVX2)
   constexpr bool simd_path = std::is_same_v<T, float>;
 #else
   constexpr bool simd_path = false;
 #endif
   const Index dh = p.dim_head;
-  const Index scratch = 2 * tile_q * tile_k + tile_q * dh + 2 * tile_q;
+  const Index widened = halves ? 2 * tile_k * dh : 0;  // a tile of keys and one of values, widened from halves
+  const Index scratch = 2 * tile_q * tile_k + tile_q * dh + 2 * tile_q + widened;
   T* per_thread = arena.allocate<T>(Index(max_threads()) * scratch);
   const T neg_inf = -std::numeric_limits<T>::infinity();
   const HeadsView<const T> mem_k{p.mem_k, 0, p.memory_ld()}, mem_v{p.mem_v, 0, p.memory_ld()};
-  // a single query's two products as fused AVX-512 loops (float, whole 16-value vectors per head); each returns
-  // whether it ran (otherwise Eigen's products do the work)
-  const bool fused_single_query = simd_path && dh % 16 == 0;
-  auto fused_scores = [&](bool single, const T* q_row, const T* keys, Index ld, Index n, T* out) {
-#if defined(XTR_SIMD_AVX512)
+  // a single query's two products as fused loops (float, whole vectors per head, keys of floats or halves); each
+  // returns whether it ran (otherwise Eigen's products do the work)
+#if defined(XTR_SIMD_AVX512) || defined(XTR_SIMD_AVX2)
+  const bool fused_single_query = simd_path && dh % FusedIsa::width == 0;
+#else
+  const bool fused_single_query = false;
+#endif
+  auto fused_scores = [&](bool single, const T* q_row, const auto* keys, Index ld, Index n, T* out) {
+#if defined(XTR_SIMD_AVX512) || defined(XTR_SIMD_AVX2)
     if constexpr (simd_path) {
-      if (single) simd::scaled_dots(q_row, keys, ld, n, dh, p.scale, out);
+      if (single) simd::scaled_dots<FusedIsa>(q_row, keys, ld, n, dh, p.scale, out);
     }
 #endif
     return simd_path && single;
   };
-  auto fused_values = [&](bool single, const T* probs, const T* values, Index ld, Index n, T* out) {
-#if defined(XTR_SIMD_AVX512)
+  auto fused_values = [&](bool single, const T* probs, const auto* values, Index ld, Index n, T* out) {
+#if defined(XTR_SIMD_AVX512) || defined(XTR_SIMD_AVX2)
     if constexpr (simd_path) {
-      if (single) simd::weighted_rows(probs, values, ld, n, dh, out);
+      if (single) simd::weighted_rows<FusedIsa>(probs, values, ld, n, dh, out);
     }
 #endif
     return simd_path && single;
@@ -129,14 +145,15 @@ void attention_forward(const AttentionProblem<T>& p, HeadsView<const T> q, Heads
   parallel_tasks(p.batch * p.heads, 4 * p.q_len * (p.k_len + p.mem_len) * dh, [&](Index task, int thread) {
     const Index b = task / p.heads, h = task % p.heads, g = h % p.kv_heads;
     T* mem = per_thread + Index(thread) * scratch;
+    T* wide = mem + 2 * tile_q * tile_k + tile_q * dh + 2 * tile_q;  // the widened tiles (halves only)
     for (Index i0 = 0; i0 < p.q_len; i0 += tile_q) {
       const Index bq = std::min(tile_q, p.q_len - i0);
-      // a single query (a decoding step) takes its keys 8,192 at a time: the score buffer of a whole tile holds them,
-      // and two products per head replace two per 64 keys
-      const Index bk_max = bq == 1 ? 2 * tile_q * tile_k : tile_k;
-      // and, in float with whole 16-value vectors per head, its scores and weighted values are fused AVX-512 loops
-      // (backend/cpu/simd.hpp) rather than two matrix-vector products
+      // and, in float with whole vectors per head, its scores and weighted values are fused loops (backend/cpu/simd.hpp)
+      // rather than two matrix-vector products
       const bool single_query = bq == 1 && fused_single_query;
+      // a single query (a decoding step) takes its keys 8,192 at a time: the score buffer of a whole tile holds them,
+      // and two products per head replace two per 64 keys (halves outside the fused loops: a widened tile at a time)
+      const Index bk_max = bq == 1 && (single_query || !halves) ? 2 * tile_q * tile_k : tile_k;
       ConstStridedView<T> Q(q.at(b, i0, h, dh), bq, dh, Eigen::OuterStride<>(q.row_stride));
       Tile acc(mem + 2 * tile_q * tile_k, bq, dh);
       T* m = mem + 2 * tile_q * tile_k + tile_q * dh;
@@ -145,12 +162,26 @@ void attention_forward(const AttentionProblem<T>& p, HeadsView<const T> q, Heads
       std::fill_n(m, bq, neg_inf);
       std::fill_n(l, bq, T(0));
       // one key tile: the memory keys first (key0 < mem_len, no mask, no bias), then the regular ones
-      auto visit = [&](HeadsView<const T> keys, HeadsView<const T> values, Index j0, Index bk, bool regular) {
-        ConstStridedView<T> K(keys.at(b, j0, g, dh), bk, dh, Eigen::OuterStride<>(keys.row_stride));
-        ConstStridedView<T> V(values.at(b, j0, g, dh), bk, dh, Eigen::OuterStride<>(values.row_stride));
+      auto visit = [&](auto keys, auto values, Index j0, Index bk, bool regular) {
+        using X = std::remove_const_t<std::remove_pointer_t<decltype(keys.data)>>;
+        const X* kx = keys.at(b, j0, g, dh);
+        const X* vx = values.at(b, j0, g, dh);
+        // the rows as T for Eigen's products: the operands, or halves widened into this thread's scratch
+        const T* kt = nullptr;
+        const T* vt = nullptr;
+        Index kld = keys.row_stride, vld = values.row_stride;
+        if constexpr (std::is_same_v<X, T>) {
+          kt = kx, vt = vx;
+        } else if (!single_query) {
+          for (Index r = 0; r < bk; ++r) {
+            simd::widen(kx + r * kld, dh, wide + r * dh);
+            simd::widen(vx + r * vld, dh, wide + (tile_k + r) * dh);
+          }
+          kt = wide, vt = wide + tile_k * dh, kld = vld = dh;
+        }
         Tile S(mem, bq, bk);
-        if (!fused_scores(single_query, Q.data(), K.data(), keys.row_stride, bk, S.data()))
-          S.noalias() = p.scale * (Q * K.transpose());
+        if (!fused_scores(single_query, Q.data(), kx, keys.row_stride, bk, S.data()))
+          S.noalias() = p.scale * (Q * ConstStridedView<T>(kt, bk, dh, Eigen::OuterStride<>(kld)).transpose());
         if (regular && p.bias) detail::bias_tile(p, h, i0, j0, S);
         if (regular && detail::tile_needs_mask(p, i0, j0 + bk)) detail::mask_tile(p, b, i0, j0, S);
         for (Index r = 0; r < bq; ++r) {
@@ -166,7 +197,8 @@ void attention_forward(const AttentionProblem<T>& p, HeadsView<const T> q, Heads
           m[r] = m_new;
         }
         if (p.dropout > 0) detail::drop_tile(p, b, h, i0, regular ? p.mem_len + j0 : j0, S);
-        if (!fused_values(single_query, S.data(), V.data(), values.row_stride, bk, acc.data())) acc.noalias() += S * V;
+        if (!fused_values(single_query, S.data(), vx, values.row_stride, bk, acc.data()))
+          acc.noalias() += S * ConstStridedView<T>(vt, bk, dh, Eigen::OuterStride<>(vld));
       };
       for (Index j0 = 0; j0 < p.mem_len; j0 += bk_max) visit(mem_k, mem_v, j0, std::min(bk_max, p.mem_len - j0), false);
       const Index j_end = detail::key_end(p, i0 + bq);

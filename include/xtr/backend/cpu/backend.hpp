@@ -408,6 +408,12 @@ struct kernel<Cpu<T>, ops::Attention<ScoreBias>> {
                       ops::HeadsView<const T> v, ops::HeadsView<T> o, T* lse, Arena& arena) {
     cpu::attention_forward<T>(p, q, k, v, o, lse, arena);
   }
+  /// Keys and values from an f16 KV cache (ops::HalfKeyValues).
+  static void forward(const ops::AttentionProblem<T>& p, ops::HeadsView<const T> q, ops::HeadsView<const Half> k,
+                      ops::HeadsView<const Half> v, ops::HeadsView<T> o, T* lse, Arena& arena) {
+    cpu::attention_forward<T, Half>(p, q, k, v, o, lse, arena);
+  }
+  static Index to_halves(const T* x, Index n, Half* out) { return cpu::simd::to_halves(x, n, out); }
   static void backward(const ops::AttentionProblem<T>& p, ops::HeadsView<const T> q, ops::HeadsView<const T> k,
                        ops::HeadsView<const T> v, ops::HeadsView<const T> o, const T* lse,
                        ops::HeadsView<const T> dout, ops::HeadsView<T> dq, ops::HeadsView<T> dk, ops::HeadsView<T> dv,
