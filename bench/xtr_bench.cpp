@@ -8,7 +8,8 @@
 //   xtr_bench --bench decode_batch [--config small|enwik8] [--weights …]   batch 1/8/32: prefill and decoding step
 //             times with their GEMM FLOP rates
 //   xtr_bench --bench quality --checkpoint F [--data D]   bpc and greedy agreement of f32, bf16, int8 and q4 weights
-//             on a train_enwik8 checkpoint of the config's sizes (held-out windows of D, default enwik8-4M.gz)
+//             on a train_enwik8 checkpoint of the config's sizes (held-out windows of D, default enwik8-4M.gz),
+//             and of the f16 KV cache with f32 and q4 × int8
 //   xtr_bench --bench seq2seq_train|seq2seq_generate [--config copy|copy_b32]   (tools/bench_peer_seq2seq.py's
 //             XTransformer copy model and measurement)
 //   xtr_bench --bench beam_search|speculative [--config small|enwik8] [--draft-depth N]   beam search (4 beams) and
@@ -415,11 +416,19 @@ void quality(const BenchConfig& c, const std::string& checkpoint, const std::str
   text.insert(text.end(), greedy.data.begin(), greedy.data.end());
   double f32_bpc = 0;
   using A = xtr::ActivationFormat;
-  const std::pair<xtr::WeightFormat, A> variants[] = {
-      {xtr::WeightFormat::f32, A::f32}, {xtr::WeightFormat::bf16, A::f32}, {xtr::WeightFormat::int8, A::f32},
-      {xtr::WeightFormat::int8, A::int8}, {xtr::WeightFormat::q4, A::f32}, {xtr::WeightFormat::q4, A::int8}};
-  for (const auto& [format, activations] : variants) {
+  using W = xtr::WeightFormat;
+  using K = xtr::KVFormat;
+  struct Variant {
+    W weights;
+    A activations;
+    K kv;
+  };
+  const Variant variants[] = {{W::f32, A::f32, K::f32},   {W::bf16, A::f32, K::f32}, {W::int8, A::f32, K::f32},
+                              {W::int8, A::int8, K::f32}, {W::q4, A::f32, K::f32},   {W::q4, A::int8, K::f32},
+                              {W::f32, A::f32, K::f16},   {W::q4, A::int8, K::f16}};
+  for (const auto& [format, activations, kv_format] : variants) {
     xtr::quantize(model, format, 32, activations);
+    xtr::use_kv_format(model, kv_format);
     double nll = 0, count = 0;
     for (const auto& batch : batches) {
       xtr::TokenBatch input(B, L);
@@ -437,7 +446,7 @@ void quality(const BenchConfig& c, const std::string& checkpoint, const std::str
         }
     }
     const double bpc = nll / count / std::log(2.0);
-    if (format == xtr::WeightFormat::f32) f32_bpc = bpc;
+    if (format == W::f32 && kv_format == K::f32) f32_bpc = bpc;
     xtr::DecodeSession<Net> session(model.net, 1, true, false);
     int agree = 0;
     for (std::size_t len = 128; len < text.size(); ++len) {
@@ -445,11 +454,12 @@ void quality(const BenchConfig& c, const std::string& checkpoint, const std::str
       agree += std::max_element(logits, logits + V) - logits == text[len];
     }
     std::printf("{\"impl\": \"xtr\", \"bench\": \"quality\", \"config\": \"%s\", \"weights\": \"%s\", "
-                "\"activations\": \"%s\", "
+                "\"activations\": \"%s\", \"kv_cache\": \"%s\", "
                 "\"windows\": %ld, \"bpc\": %.4f, \"bpc_delta\": %.4f, \"greedy_agreement\": %.4f, "
                 "\"tokens_compared\": %ld}\n",
                 c.name, std::string(xtr::format_name(format)).c_str(),
-                std::string(xtr::activation_name(activations)).c_str(), long(batches.size() * B), bpc, bpc - f32_bpc,
+                std::string(xtr::activation_name(activations)).c_str(),
+                std::string(xtr::kv_format_name(kv_format)).c_str(), long(batches.size() * B), bpc, bpc - f32_bpc,
                 double(agree) / double(text.size() - 128), long(text.size() - 128));
     std::fflush(stdout);
   }

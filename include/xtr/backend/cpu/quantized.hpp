@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__) || defined(__AVX2__) || defined(__F16C__)
@@ -63,6 +64,22 @@ struct QuantizedMatrix {
 };
 
 namespace detail {
+
+/// f(std::integral_constant<int, N>{}) for the run-time number of rows of x R in 1…8 (more: 8): the kernels take their
+/// rows of x as a template argument, one instantiation each.
+template <class F>
+void with_rows(Index R, F&& f) {
+  switch (R) {
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    default: return f(std::integral_constant<int, 8>{});
+  }
+}
 
 /// A scale's value (the F16C instruction where the build has it).
 inline float scale_at(const std::uint16_t* s) {
@@ -510,16 +527,7 @@ void rows_avx2_int_r(const QuantizedMatrix& m, const BytewiseActivations& a, Ind
 /// Output rows [begin, end) for R ≤ 8 prepared rows of x starting at row r0.
 inline void rows_avx2_int(const QuantizedMatrix& m, const BytewiseActivations& a, Index r0, Index R, float* y, Index ldy,
                           bool add, Index begin, Index end) {
-  switch (R) {
-    case 1: return rows_avx2_int_r<1>(m, a, r0, y, ldy, add, begin, end);
-    case 2: return rows_avx2_int_r<2>(m, a, r0, y, ldy, add, begin, end);
-    case 3: return rows_avx2_int_r<3>(m, a, r0, y, ldy, add, begin, end);
-    case 4: return rows_avx2_int_r<4>(m, a, r0, y, ldy, add, begin, end);
-    case 5: return rows_avx2_int_r<5>(m, a, r0, y, ldy, add, begin, end);
-    case 6: return rows_avx2_int_r<6>(m, a, r0, y, ldy, add, begin, end);
-    case 7: return rows_avx2_int_r<7>(m, a, r0, y, ldy, add, begin, end);
-    default: return rows_avx2_int_r<8>(m, a, r0, y, ldy, add, begin, end);
-  }
+  return with_rows(R, [&](auto n) { rows_avx2_int_r<decltype(n)::value>(m, a, r0, y, ldy, add, begin, end); });
 }
 #endif
 
@@ -819,16 +827,7 @@ void rows_vnni_as(const QuantizedMatrix& m, const IntegerActivations& a, Index r
 /// Output rows [begin, end) for R ≤ 8 prepared rows of x starting at row r0.
 inline void rows_vnni(const QuantizedMatrix& m, const IntegerActivations& a, Index r0, Index R, float* y, Index ldy,
                       bool add, Index begin, Index end) {
-  switch (R) {
-    case 1: return rows_vnni_as<1>(m, a, r0, y, ldy, add, begin, end);
-    case 2: return rows_vnni_as<2>(m, a, r0, y, ldy, add, begin, end);
-    case 3: return rows_vnni_as<3>(m, a, r0, y, ldy, add, begin, end);
-    case 4: return rows_vnni_as<4>(m, a, r0, y, ldy, add, begin, end);
-    case 5: return rows_vnni_as<5>(m, a, r0, y, ldy, add, begin, end);
-    case 6: return rows_vnni_as<6>(m, a, r0, y, ldy, add, begin, end);
-    case 7: return rows_vnni_as<7>(m, a, r0, y, ldy, add, begin, end);
-    default: return rows_vnni_as<8>(m, a, r0, y, ldy, add, begin, end);
-  }
+  return with_rows(R, [&](auto n) { rows_vnni_as<decltype(n)::value>(m, a, r0, y, ldy, add, begin, end); });
 }
 #endif
 
@@ -839,29 +838,11 @@ inline void rows(Isa isa, const QuantizedMatrix& m, const float* x, Index R, flo
 #if defined(__AVX512F__) && defined(__AVX512BW__)
     case Isa::avx512:
     case Isa::avx512_vnni:  // float activations
-      switch (R) {
-        case 1: return rows_avx512<1>(m, x, y, ldy, add, begin, end);
-        case 2: return rows_avx512<2>(m, x, y, ldy, add, begin, end);
-        case 3: return rows_avx512<3>(m, x, y, ldy, add, begin, end);
-        case 4: return rows_avx512<4>(m, x, y, ldy, add, begin, end);
-        case 5: return rows_avx512<5>(m, x, y, ldy, add, begin, end);
-        case 6: return rows_avx512<6>(m, x, y, ldy, add, begin, end);
-        case 7: return rows_avx512<7>(m, x, y, ldy, add, begin, end);
-        default: return rows_avx512<8>(m, x, y, ldy, add, begin, end);
-      }
+      return with_rows(R, [&](auto n) { rows_avx512<decltype(n)::value>(m, x, y, ldy, add, begin, end); });
 #endif
 #if defined(__AVX2__) && defined(__FMA__)
     case Isa::avx2:
-      switch (R) {
-        case 1: return rows_avx2<1>(m, x, y, ldy, add, begin, end);
-        case 2: return rows_avx2<2>(m, x, y, ldy, add, begin, end);
-        case 3: return rows_avx2<3>(m, x, y, ldy, add, begin, end);
-        case 4: return rows_avx2<4>(m, x, y, ldy, add, begin, end);
-        case 5: return rows_avx2<5>(m, x, y, ldy, add, begin, end);
-        case 6: return rows_avx2<6>(m, x, y, ldy, add, begin, end);
-        case 7: return rows_avx2<7>(m, x, y, ldy, add, begin, end);
-        default: return rows_avx2<8>(m, x, y, ldy, add, begin, end);
-      }
+      return with_rows(R, [&](auto n) { rows_avx2<decltype(n)::value>(m, x, y, ldy, add, begin, end); });
 #endif
     default: return rows_scalar(m, x, R, y, ldy, add, begin, end);
   }
