@@ -1,7 +1,8 @@
 #pragma once
 // IEEE 754 half precision (binary16) bits ↔ float, in software: the quantised weights' per-group scales (as ggml's
 // Q4_0 / Q8_0 keep them), safetensors' F16 tensors and the f16 KV cache (xtr::Half). The kernels convert with F16C
-// instructions where the build has them; these are the definition and the path everywhere else.
+// instructions where the build has them; these are the definition and the path everywhere else. Also bfloat16 (the
+// upper half of a float): the bf16 weight copies and safetensors' BF16 tensors.
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -45,6 +46,15 @@ inline std::uint16_t float_to_half_bits(float f, bool up) {
 inline std::uint16_t float_to_half_bits_nearest(float f) {
   const std::uint16_t sign = std::signbit(f) ? 0x8000u : 0u;
   return std::uint16_t(sign | float_to_half_bits(std::fabs(f), false));
+}
+
+/// bfloat16 bits → float: exact (the bits are a float's upper half).
+inline float bf16_bits_to_float(std::uint16_t h) { return std::bit_cast<float>(std::uint32_t(h) << 16); }
+/// float → bfloat16 bits, rounded to nearest even; a NaN stays a (quiet) NaN.
+inline std::uint16_t float_to_bf16_bits(float f) {
+  const std::uint32_t bits = std::bit_cast<std::uint32_t>(f);
+  if ((bits & 0x7F800000u) == 0x7F800000u && (bits & 0x7FFFFFu)) return std::uint16_t((bits >> 16) | 0x40);  // NaN
+  return std::uint16_t((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
 }
 
 }  // namespace xtr::detail

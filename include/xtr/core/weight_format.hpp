@@ -215,21 +215,6 @@ struct DecodeWeightsChoice {
                          mib(cache_bytes), " last-level cache")};
 }
 
-namespace detail {
-inline float bf16_bits_to_float(std::uint16_t h) {
-  const std::uint32_t bits = std::uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
-}
-inline std::uint16_t float_to_bf16_bits(float f) {
-  std::uint32_t bits;
-  std::memcpy(&bits, &f, sizeof bits);
-  if ((bits & 0x7F800000u) == 0x7F800000u && (bits & 0x7FFFFFu)) return std::uint16_t((bits >> 16) | 0x40);  // NaN
-  return std::uint16_t((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
-}
-}  // namespace detail
-
 /// One store's parameters in a decoding format. Build it with WeightCopy::make (or load it, io/quantized.hpp).
 struct WeightCopy {
   static constexpr std::int64_t kDefaultGroup = 32;

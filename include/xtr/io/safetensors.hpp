@@ -299,7 +299,6 @@ inline void write_all(int fd, const void* data, std::size_t n, std::string_view 
 }
 
 inline float half_to_float(std::uint16_t h) { return xtr::detail::half_bits_to_float(h); }
-inline float bf16_to_float(std::uint16_t h) { return std::bit_cast<float>(static_cast<std::uint32_t>(h) << 16); }
 
 template <class S>
 S load(const std::byte* p) {
@@ -460,7 +459,7 @@ template <class T>
       case Dtype::F64: convert(load<double>); return out;
       case Dtype::F32: convert(load<float>); return out;
       case Dtype::F16: convert([](const std::byte* b) { return detail::half_to_float(load<std::uint16_t>(b)); }); return out;
-      case Dtype::BF16: convert([](const std::byte* b) { return detail::bf16_to_float(load<std::uint16_t>(b)); }); return out;
+      case Dtype::BF16: convert([](const std::byte* b) { return xtr::detail::bf16_bits_to_float(load<std::uint16_t>(b)); }); return out;
       default: break;
     }
   } else {
