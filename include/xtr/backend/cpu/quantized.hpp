@@ -357,61 +357,83 @@ inline float quantize_chunk_avx2(const float* x, std::int8_t* q) {
   return top / 127.0f;
 }
 
-/// int8 activations laid out for the AVX2 integer kernels (groups of 32 = chunks of 32), R rows, each padded to whole
-/// steps (zeros). A step is one group (32 values) against int8 weights, two groups (64 values) against 4-bit ones:
-///   q:    q8: the values in row order; q4: per step the first halves (values 0–15) of its two chunks, then their
-///         second halves — the order of the low and high nibbles of 32 bytes of packed weights;
-///   corr: q4 only: per step, −8 times the sum of the values each 32-bit lane multiplies (turns the nibbles, stored
-///         as q + 8, into q);
-///   s:    per step, each chunk's scale repeated over the lanes its products land in (8 for q8, 4 for q4);
-///   sc:   each chunk's scale once, the row padded to whole blocks of 8 chunks (zeros).
+/// int8 activations laid out for the AVX2 integer kernels (groups of 32 = chunks of 32), R rows in panels of up to 8
+/// (the last panel holds the rest), each row padded to whole steps (zeros). A step is one group (32 values) against
+/// int8 weights, two groups (64 values) against 4-bit ones. Within a panel the rows of a step lie side by side, so a
+/// kernel walking a row of W reads every row of x at a fixed distance from one pointer:
+///   q:  per panel, per step, per row: q8: the step's values in order; q4: the first halves (values 0–15) of its two
+///       chunks, then their second halves — the order of the low and high nibbles of 32 bytes of packed weights;
+///   s:  per panel, per step, per row: each chunk's scale repeated over the lanes its products land in (8 for q8, 4
+///       for q4);
+///   cx: q4 only: per panel, per block of 8 chunks, per row: each chunk's −8 · scale · (the sum of its values), the
+///       product the nibbles' offset (stored as q + 8) adds, which the kernels take away once per block of 8 groups
+///       (times the weights' scales) instead of once per step;
+///   sc: per row, each chunk's scale once, padded to whole blocks of 8 chunks (zeros): one row of x.
 struct BytewiseActivations {
   std::vector<std::int8_t> q;
-  std::vector<float> s, sc;
-  std::vector<std::int32_t> corr;
+  std::vector<float> s, sc, cx;
   Index steps = 0;   // per row
-  Index chunks = 0;  // per row in sc
-  [[nodiscard]] Index q_stride(bool q4) const { return steps * (q4 ? 64 : 32); }
+  Index chunks = 0;  // per row in sc and cx (whole blocks of 8)
+  Index step_values = 0;
+  /// Where panel p (rows 8p …) starts in q, s and cx: the panels before it are full.
+  [[nodiscard]] const std::int8_t* panel_q(Index p) const { return q.data() + 8 * p * steps * step_values; }
+  [[nodiscard]] const float* panel_s(Index p) const { return s.data() + 8 * p * steps * 8; }
+  [[nodiscard]] const float* panel_cx(Index p) const { return cx.data() + 8 * p * chunks; }
 };
 
-/// Prepares R rows of m.in activations (m.in a multiple of 32) for the AVX2 kernels of m's format.
-inline void prepare_bytewise_activations(const QuantizedMatrix& m, const float* x, Index R, BytewiseActivations& a) {
+/// Sizes a for R rows of m.in activations (m.in a multiple of 32) in the layout of m's format, padding zeroed.
+inline void shape_bytewise_activations(const QuantizedMatrix& m, Index R, BytewiseActivations& a) {
   const bool q4 = m.q4 != nullptr;
-  const Index groups = q4 ? 2 : 1, step = 32 * groups, chunks = m.in / kActivationChunk;
+  const Index groups = q4 ? 2 : 1, chunks = m.in / kActivationChunk;
+  a.step_values = 32 * groups;
   a.steps = (chunks + groups - 1) / groups;
   a.chunks = (chunks + 7) / 8 * 8;
-  a.q.assign(std::size_t(R * a.steps * step), 0);
+  a.q.assign(std::size_t(R * a.steps * a.step_values), 0);
   a.s.assign(std::size_t(R * a.steps * 8), 0.0f);
   a.sc.assign(std::size_t(R * a.chunks), 0.0f);
-  if (q4) a.corr.assign(std::size_t(R * a.steps * 8), 0);
+  a.cx.assign(q4 ? std::size_t(R * a.chunks) : 0, 0.0f);
+}
+
+/// Quantises rows [begin, end) of the R rows of x into a (shaped for them): each row writes only its own places, so
+/// threads may fill disjoint ranges of rows at once.
+inline void fill_bytewise_activations(const QuantizedMatrix& m, const float* x, Index R, Index begin, Index end,
+                                      BytewiseActivations& a) {
+  const bool q4 = m.q4 != nullptr;
+  const Index groups = q4 ? 2 : 1, chunks = m.in / kActivationChunk;
   alignas(32) std::int8_t chunk[32];
-  for (Index r = 0; r < R; ++r) {
-    std::int8_t* q = a.q.data() + r * a.steps * step;
-    float* s = a.s.data() + r * a.steps * 8;
+  const __m256i ones8 = _mm256_set1_epi8(1);
+  for (Index r = begin; r < end; ++r) {
+    const Index p = r / 8, n = std::min<Index>(8, R - 8 * p), i = r % 8;  // panel, its rows, this row's place in it
     for (Index c = 0; c < chunks; ++c) {
       const float scale = quantize_chunk_avx2(x + r * m.in + c * kActivationChunk, chunk);
       a.sc[std::size_t(r * a.chunks + c)] = scale;
-      if (q4) {  // chunk c is the (c % 2)-th of step c / 2
-        std::copy_n(chunk, 16, q + (c / 2) * 64 + (c % 2) * 16);
-        std::copy_n(chunk + 16, 16, q + (c / 2) * 64 + 32 + (c % 2) * 16);
-        for (int l = 0; l < 4; ++l) s[(c / 2) * 8 + (c % 2) * 4 + l] = scale;
+      const Index t = c / groups, h = c % groups;  // chunk c is the h-th of step t
+      std::int8_t* q = a.q.data() + (8 * p * a.steps + t * n + i) * a.step_values;
+      float* s = a.s.data() + (8 * p * a.steps + t * n + i) * 8;
+      if (q4) {
+        std::copy_n(chunk, 16, q + h * 16);
+        std::copy_n(chunk + 16, 16, q + 32 + h * 16);
+        std::fill_n(s + h * 4, 4, scale);
+        // the sum of the chunk's values: byte pairs, then 16-bit pairs, then the eight lanes
+        const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(chunk));
+        const __m256i sums = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, v), _mm256_set1_epi16(1));
+        __m128i h4 = _mm_add_epi32(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
+        h4 = _mm_add_epi32(h4, _mm_shuffle_epi32(h4, 0x4E));
+        h4 = _mm_add_epi32(h4, _mm_shuffle_epi32(h4, 0xB1));
+        float* cx = a.cx.data() + 8 * p * a.chunks + ((c / 8) * n + i) * 8 + c % 8;
+        *cx = -8.0f * float(_mm_cvtsi128_si32(h4)) * scale;
       } else {
-        std::copy_n(chunk, 32, q + c * 32);
-        for (int l = 0; l < 8; ++l) s[c * 8 + l] = scale;
-      }
-    }
-    if (q4) {  // −8 · (the sum of each lane's four first-half values and four second-half values)
-      const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
-      for (Index t = 0; t < a.steps; ++t) {
-        const std::int8_t* p = q + t * 64;
-        const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-        const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32));
-        const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(ones8, lo), _mm256_maddubs_epi16(ones8, hi));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.corr.data() + (r * a.steps + t) * 8),
-                            _mm256_mullo_epi32(_mm256_madd_epi16(pairs, ones16), _mm256_set1_epi32(-8)));
+        std::copy_n(chunk, 32, q);
+        std::fill_n(s, 8, scale);
       }
     }
   }
+}
+
+/// Prepares R rows of m.in activations (m.in a multiple of 32) for the AVX2 kernels of m's format, on this thread.
+inline void prepare_bytewise_activations(const QuantizedMatrix& m, const float* x, Index R, BytewiseActivations& a) {
+  shape_bytewise_activations(m, R, a);
+  fill_bytewise_activations(m, x, R, 0, R, a);
 }
 
 /// The 8 scales of groups g … g + 7 of a row (fewer at the row's end: zeros), as floats.
@@ -426,7 +448,7 @@ inline __m256 eight_scales(const std::uint16_t* row, Index g, Index G) {
 /// 16-bit pairs, then vpmaddwd into 32-bit lanes).
 ///   q4: 32 packed bytes = two groups; the low nibbles (q + 8, unsigned) against the activations' first halves, the
 ///       high nibbles against their second halves; the two 16-bit sums stay below 2 · 2 · 15 · 127 < 2¹⁵; lanes 0–3
-///       hold the first group's products, 4–7 the second's, started from the activations' correction;
+///       hold the first group's products, 4–7 the second's (the offset of 8 is taken away by the activations' cx);
 ///   q8: 32 signed weights = one group: |w| (unsigned) against the activations with w's sign (vpsignb), a pair's sum
 ///       at most 2 · 127 · 127 < 2¹⁵ (weights and activations lie in [−127, 127]).
 struct Avx2Q4 {
@@ -442,12 +464,11 @@ struct Avx2Q4 {
     const __m256i nibble = _mm256_set1_epi8(0x0F);
     return {_mm256_and_si256(v, nibble), _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble)};
   }
-  static __m256i dot(const W& w, const std::int8_t* x, const std::int32_t* corr) {
+  static __m256i dot(const W& w, const std::int8_t* x) {
     const __m256i xlo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
     const __m256i xhi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32));
     const __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(w.lo, xlo), _mm256_maddubs_epi16(w.hi, xhi));
-    return _mm256_add_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)),
-                            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(corr)));
+    return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
   }
 };
 struct Avx2Q8 {
@@ -459,23 +480,27 @@ struct Avx2Q8 {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m.q8 + row * m.in + g * 32));
     return {v, _mm256_abs_epi8(v)};
   }
-  static __m256i dot(const W& w, const std::int8_t* x, const std::int32_t*) {
+  static __m256i dot(const W& w, const std::int8_t* x) {
     const __m256i xs = _mm256_sign_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)), w.w);
     return _mm256_madd_epi16(_mm256_maddubs_epi16(w.magnitude, xs), _mm256_set1_epi16(1));
   }
 };
 
-/// J rows of W × R rows of x with the integer products of format F, a step at a time; each lane's integer sum is
-/// converted and scaled by its group's weight scale × activation scale. One row of x: the 8 weight scales of a block
-/// of 8 groups are read at once and multiplied by the activation scales once per block, then spread over the lanes
-/// of each step by a permutation; several rows: each step reads its weight scales and multiplies them by the
-/// activation scales, repeated over the lanes.
+/// J rows of W × the R rows of x of panel p with the integer products of format F, a step at a time; each lane's
+/// integer sum is converted and scaled by its group's weight scale × activation scale. The 8 weight scales of a block
+/// of 8 groups are read at once (and take away the q4 offset's products with the activations' cx) and spread over the
+/// lanes of each step by a permutation; one row of x multiplies them by its 8 activation scales once per block,
+/// several rows multiply each step's weight scales by each row's activation scales. A panel's rows of a step lie
+/// R · step_values bytes apart from one pointer, so the loop over the rows is loads at fixed offsets.
 template <class F, int J, int R>
-void block_avx2_int(const QuantizedMatrix& m, const BytewiseActivations& a, Index r0, float* y, Index ldy, bool add,
+void block_avx2_int(const QuantizedMatrix& m, const BytewiseActivations& a, Index p, float* y, Index ldy, bool add,
                     Index j0) {
   constexpr Index step_values = 32 * F::groups;
-  const Index G = m.in / 32, qs = a.steps * step_values;
-  const std::int32_t* corr = a.corr.empty() ? nullptr : a.corr.data();
+  const Index G = m.in / 32;
+  const std::int8_t* xq = a.panel_q(p);
+  const float* s = a.panel_s(p);
+  const float* cx = F::groups == 2 ? a.panel_cx(p) : nullptr;
+  const float* sc = a.sc.data() + 8 * p * a.chunks;  // R = 1 only
   __m256 acc[J][R];
   for (int j = 0; j < J; ++j)
     for (int r = 0; r < R; ++r) acc[j][r] = _mm256_setzero_ps();
@@ -483,21 +508,23 @@ void block_avx2_int(const QuantizedMatrix& m, const BytewiseActivations& a, Inde
     __m256 sw8[J];  // the block's weight scales (one row of x: times the activation scales)
     for (int j = 0; j < J; ++j) {
       sw8[j] = eight_scales(m.scales + (j0 + j) * G, g0, G);
-      if constexpr (R == 1) sw8[j] = _mm256_mul_ps(sw8[j], _mm256_loadu_ps(a.sc.data() + r0 * a.chunks + g0));
+      if constexpr (F::groups == 2)
+        for (int r = 0; r < R; ++r) acc[j][r] = _mm256_fmadd_ps(sw8[j], _mm256_loadu_ps(cx + (g0 / 8 * R + r) * 8), acc[j][r]);
+      if constexpr (R == 1) sw8[j] = _mm256_mul_ps(sw8[j], _mm256_loadu_ps(sc + g0));
     }
     for (Index u = 0; u < 8 / F::groups && g0 + F::groups * u < G; ++u) {
       const Index g = g0 + F::groups * u, t = g / F::groups;
       const bool whole = g + F::groups <= G;
       const __m256i lanes = F::groups == 2 ? _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1) : _mm256_setzero_si256();
       const __m256i spread = _mm256_add_epi32(lanes, _mm256_set1_epi32(int(F::groups * u)));
+      const std::int8_t* xt = xq + t * R * step_values;
+      const float* st = s + t * R * 8;
       for (int j = 0; j < J; ++j) {
         const typename F::W w = F::load(m, j0 + j, g, whole);
         const __m256 sw = _mm256_permutevar8x32_ps(sw8[j], spread);
         for (int r = 0; r < R; ++r) {
-          const std::int8_t* xq = a.q.data() + (r0 + r) * qs + t * step_values;
-          const std::int32_t* c = corr ? corr + ((r0 + r) * a.steps + t) * 8 : nullptr;
-          const __m256 scale = R == 1 ? sw : _mm256_mul_ps(sw, _mm256_loadu_ps(a.s.data() + ((r0 + r) * a.steps + t) * 8));
-          acc[j][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(F::dot(w, xq, c)), scale, acc[j][r]);
+          const __m256 scale = R == 1 ? sw : _mm256_mul_ps(sw, _mm256_loadu_ps(st + r * 8));
+          acc[j][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(F::dot(w, xt + r * step_values)), scale, acc[j][r]);
         }
       }
     }
@@ -511,23 +538,23 @@ void block_avx2_int(const QuantizedMatrix& m, const BytewiseActivations& a, Inde
 }
 
 template <class F, int R>
-void rows_avx2_int_as(const QuantizedMatrix& m, const BytewiseActivations& a, Index r0, float* y, Index ldy, bool add,
+void rows_avx2_int_as(const QuantizedMatrix& m, const BytewiseActivations& a, Index p, float* y, Index ldy, bool add,
                       Index begin, Index end) {
   constexpr int J = R == 1 ? 4 : R == 2 ? 2 : 1;
   Index j = begin;
-  for (; j + J <= end; j += J) block_avx2_int<F, J, R>(m, a, r0, y, ldy, add, j);
-  for (; j < end; ++j) block_avx2_int<F, 1, R>(m, a, r0, y, ldy, add, j);
+  for (; j + J <= end; j += J) block_avx2_int<F, J, R>(m, a, p, y, ldy, add, j);
+  for (; j < end; ++j) block_avx2_int<F, 1, R>(m, a, p, y, ldy, add, j);
 }
 template <int R>
-void rows_avx2_int_r(const QuantizedMatrix& m, const BytewiseActivations& a, Index r0, float* y, Index ldy, bool add,
+void rows_avx2_int_r(const QuantizedMatrix& m, const BytewiseActivations& a, Index p, float* y, Index ldy, bool add,
                      Index begin, Index end) {
-  if (m.q4) return rows_avx2_int_as<Avx2Q4, R>(m, a, r0, y, ldy, add, begin, end);
-  rows_avx2_int_as<Avx2Q8, R>(m, a, r0, y, ldy, add, begin, end);
+  if (m.q4) return rows_avx2_int_as<Avx2Q4, R>(m, a, p, y, ldy, add, begin, end);
+  rows_avx2_int_as<Avx2Q8, R>(m, a, p, y, ldy, add, begin, end);
 }
-/// Output rows [begin, end) for R ≤ 8 prepared rows of x starting at row r0.
+/// Output rows [begin, end) for the R ≤ 8 prepared rows of x of the panel starting at row r0 (a multiple of 8).
 inline void rows_avx2_int(const QuantizedMatrix& m, const BytewiseActivations& a, Index r0, Index R, float* y, Index ldy,
                           bool add, Index begin, Index end) {
-  return with_rows(R, [&](auto n) { rows_avx2_int_r<decltype(n)::value>(m, a, r0, y, ldy, add, begin, end); });
+  return with_rows(R, [&](auto n) { rows_avx2_int_r<decltype(n)::value>(m, a, r0 / 8, y, ldy, add, begin, end); });
 }
 #endif
 
@@ -874,8 +901,11 @@ void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, Index ldy
   // rows of W per block: about 48 KiB of the matrix as stored, at least 4
   const Index row_bytes = m.f32 ? 4 * m.in : m.bf16 ? 2 * m.in : m.q8 ? m.in : m.in / 2;
   const Index block = std::max<Index>(4, (Index(48) << 10) / row_bytes);
-  const auto run = [&](auto&& rows8) {  // rows8(r0, rows, y, begin, end): ≤ 8 rows of x from row r0
-    parallel_rows(m.out, 2 * R * m.in, [&](Index begin, Index end) {
+  // rows8(r0, rows, y, begin, end): ≤ 8 rows of x from row r0, after first(begin, end) on every thread's share of
+  // the R rows of x
+  const auto nothing_first = [](Index, Index) {};
+  const auto run = [&](auto&& rows8, auto&& first) {
+    parallel_rows_after(R, first, m.out, 2 * R * m.in, [&](Index begin, Index end) {
       if (R <= 8) {
         rows8(Index{0}, R, y, begin, end);
       } else {
@@ -895,18 +925,19 @@ void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, Index ldy
                                                        // a thread_local: each thread would name its own)
       run([&](Index r0, Index rows, float* yr, Index begin, Index end) {
         detail::rows_vnni(m, *a, r0, rows, yr, ldy, add, begin, end);
-      });
+      }, nothing_first);
       return;
     }
 #endif
 #if defined(XTR_QUANTIZED_AVX2_INT)
     if (isa == Isa::avx2 && (m.q8 || m.q4) && m.group == 32) {
       thread_local detail::BytewiseActivations scratch;
-      detail::prepare_bytewise_activations(m, x, R, scratch);
-      const detail::BytewiseActivations* a = &scratch;
+      detail::shape_bytewise_activations(m, R, scratch);
+      detail::BytewiseActivations* a = &scratch;
+      // the threads quantise their shares of the rows of x, wait for one another, then multiply
       run([&](Index r0, Index rows, float* yr, Index begin, Index end) {
         detail::rows_avx2_int(m, *a, r0, rows, yr, ldy, add, begin, end);
-      });
+      }, [&](Index begin, Index end) { detail::fill_bytewise_activations(m, x, R, begin, end, *a); });
       return;
     }
 #endif
@@ -918,7 +949,7 @@ void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, Index ldy
   if (isa == Isa::avx512_vnni) isa = Isa::avx512;
   run([&](Index r0, Index rows, float* yr, Index begin, Index end) {
     detail::rows(isa, m, x + r0 * m.in, rows, yr, ldy, add, begin, end);
-  });
+  }, nothing_first);
 }
 
 /// The ISA paths compiled into this build (the scalar one always).
