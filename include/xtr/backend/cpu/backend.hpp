@@ -75,14 +75,15 @@ void with_maps(F&& f, Views... views) {
 inline constexpr Index kFewRows = 32;
 
 /// y (+)= x Wᵀ as the blocked kernel of backend/cpu/quantized.hpp when it applies (decoding and short prompts;
-/// bfloat16 and float weights only on AVX-512, elsewhere gemm_forward's other paths are faster), each thread then
-/// calling tail(c0, c1) on the columns [c0, c1) of y it wrote: true. False, with nothing done, otherwise.
+/// bfloat16 and float weights where the build has its AVX2 or AVX-512 kernels, a scalar build leaving them to
+/// gemm_forward's other paths), each thread calling tail(c0, c1) on the columns [c0, c1) of y it wrote after each
+/// block: true. False, with nothing done, otherwise.
 template <class T, class Tail = quantized::NoTail>
 bool few_rows_product(View<const T> x, const ops::Weights<T>& w, View<T> y, bool accumulate, Arena& arena,
                       const Tail& tail = {}) {
   if constexpr (std::is_same_v<T, float>) {
-    const bool wide = quantized::is_avx512(quantized::best_isa());
-    if (x.rows <= kFewRows && (w.quantized() || (wide && (w.bf16 || w.w.contiguous())))) {
+    const bool vector = quantized::best_isa() != quantized::Isa::scalar;  // AVX2 or AVX-512 kernels for plain ones
+    if (x.rows <= kFewRows && (w.quantized() || (vector && (w.bf16 || w.w.contiguous())))) {
       quantized::QuantizedMatrix m{w.q8, w.q4, w.scales, w.w.rows, w.w.cols, w.group};
       if (w.bf16 && !w.quantized()) m.bf16 = w.bf16;
       if (!w.bf16 && !w.quantized()) m.f32 = w.w.data;

@@ -16,14 +16,32 @@ inline int max_threads() { return omp_get_max_threads(); }
 /// loaded machine waiting for one the OS has parked), so the work runs on the calling thread.
 inline constexpr Index parallel_work_threshold = Index{1} << 16;
 
-/// parallel_rows(n, work_per_row, f) after first(b, e) has run on every thread's share [b, e) of [0, n_first) and
-/// every thread has finished it (a barrier): a job whose input the threads make together, in one parallel region.
-/// Serially: first(0, n_first), then f(0, n).
-template <class First, class F>
-void parallel_rows_after(Index n_first, First&& first, Index n, Index work_per_row, F&& f) {
+/// Calls f(begin, end) over [0, n) split into contiguous chunks, one per thread, when n · work_per_row is worth it.
+template <class F>
+void parallel_rows(Index n, Index work_per_row, F&& f) {
   if (n < 2 || n * work_per_row < parallel_work_threshold || max_threads() == 1 || omp_in_parallel()) {
-    first(Index{0}, n_first);
     f(Index{0}, n);
+    return;
+  }
+#pragma omp parallel
+  {
+    const Index threads = omp_get_num_threads(), id = omp_get_thread_num();
+    const Index chunk = (n + threads - 1) / threads;
+    const Index begin = std::min(n, id * chunk), end = std::min(n, begin + chunk);
+    if (begin < end) f(begin, end);
+  }
+}
+
+/// Calls f(begin, end) on the blocks [0, block), [block, 2·block), … of [0, n), handed to the threads as each asks for
+/// its next (a thread slowed by the machine takes fewer), after first(b, e) has run on every thread's share [b, e) of
+/// [0, n_first) and every thread has finished it: a job whose input the threads make together, in one parallel
+/// region. Serially (small work, one thread, inside a parallel region): first(0, n_first), then the blocks in order.
+template <class First, class F>
+void parallel_blocks_after(Index n_first, First&& first, Index n, Index block, Index work_per_row, F&& f) {
+  const Index blocks = (n + block - 1) / block;
+  if (blocks < 2 || n * work_per_row < parallel_work_threshold || max_threads() == 1 || omp_in_parallel()) {
+    first(Index{0}, n_first);
+    for (Index i = 0; i < blocks; ++i) f(i * block, std::min(n, (i + 1) * block));
     return;
   }
 #pragma omp parallel
@@ -35,16 +53,9 @@ void parallel_rows_after(Index n_first, First&& first, Index n, Index work_per_r
     if (n_first > 0) {  // the same on every thread: all of them reach the barrier or none
 #pragma omp barrier
     }
-    const Index chunk = (n + threads - 1) / threads;
-    const Index begin = std::min(n, id * chunk), end = std::min(n, begin + chunk);
-    if (begin < end) f(begin, end);
+#pragma omp for schedule(dynamic, 1)
+    for (Index i = 0; i < blocks; ++i) f(i * block, std::min(n, (i + 1) * block));
   }
-}
-
-/// Calls f(begin, end) over [0, n) split into contiguous chunks, one per thread, when n · work_per_row is worth it.
-template <class F>
-void parallel_rows(Index n, Index work_per_row, F&& f) {
-  parallel_rows_after(0, [](Index, Index) {}, n, work_per_row, f);
 }
 
 /// Calls f(task, thread) for every task in [0, n), dynamically scheduled (attention: (batch, head) pairs), in

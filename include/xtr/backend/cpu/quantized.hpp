@@ -1,8 +1,8 @@
 #pragma once
 // y (+)= x Wᵀ for a few rows of x (decoding) with W quantised per group (core/weight_format.hpp): int8 or 4-bit values
 // and one half-precision scale per group, dequantized in registers inside the dot product — the matrix is read once,
-// in its small form, and each group's values serve every row of x (bfloat16 and float matrices use the same AVX-512
-// blocking, unscaled). With int8 activations (core/weight_format.hpp's ActivationFormat) the AVX512-VNNI path multiplies the
+// in its small form, and each group's values serve every row of x (bfloat16 and float matrices use the same blocking,
+// unscaled, on AVX-512 and AVX2). With int8 activations (core/weight_format.hpp's ActivationFormat) the AVX512-VNNI path multiplies the
 // activations' int8 values with the weights' as integers (vpdpbusd), one scale per group and chunk, and so does the
 // AVX2 path with byte products (vpmaddubsw, vpmaddwd, as ggml does); the AVX-512 path without VNNI and the scalar one
 // multiply the values the int8 activations stand for. Paths: AVX512-VNNI, AVX-512 (16 floats a vector), AVX2 + FMA
@@ -59,8 +59,8 @@ struct QuantizedMatrix {
   const std::uint8_t* q4 = nullptr;
   const std::uint16_t* scales = nullptr;  // (out, in / group) halves (IEEE binary16 bits)
   Index out = 0, in = 0, group = 32;
-  const std::uint16_t* bf16 = nullptr;  // or bfloat16 values (out, in), no scales: the AVX-512 kernel reads them too
-  const float* f32 = nullptr;           // or float values (out, in): the few-row GEMM of decoding (AVX-512 only)
+  const std::uint16_t* bf16 = nullptr;  // or bfloat16 values (out, in), no scales
+  const float* f32 = nullptr;           // or float values (out, in): the few-row GEMM of decoding
 };
 
 namespace detail {
@@ -80,6 +80,9 @@ void with_rows(Index R, F&& f) {
     default: return f(std::integral_constant<int, 8>{});
   }
 }
+
+/// How a matrix holds its values: quantised per group (int8, 4-bit) or plain (bfloat16, float).
+enum class Packed { q8, q4, bf16, f32 };
 
 /// A scale's value (the F16C instruction where the build has it).
 inline float scale_at(const std::uint16_t* s) {
@@ -142,7 +145,6 @@ inline void rows_scalar(const QuantizedMatrix& m, const float* x, Index R, float
 /// J·R accumulation chains run side by side (one chain is bound by the FMA latency, not by the ports). Per group of
 /// 32 values and row: two vectors of 16 weights, made floats in registers (int8: sign-extend, convert; q4: the nibble
 /// picks its value from a 16-entry table, vpermps), multiplied into a partial sum, scaled once into the accumulator.
-enum class Packed { q8, q4, bf16, f32 };
 
 /// y[r, j0 + j] (+)= the sum of acc[j][r]'s lanes.
 template <int J, int R>
@@ -324,6 +326,61 @@ void rows_avx2(const QuantizedMatrix& m, const float* x, float* y, Index ldy, bo
     }
   }
 }
+
+/// Unscaled matrices (bfloat16, float) on AVX2: J output rows × R ≤ 4 rows of x, 8 values a step, so that J·R
+/// accumulators, J weight vectors and one x vector fit the 16 registers; each weight vector serves R rows of x and
+/// each x vector J rows of W. The tail of a row that is not a whole number of 8-value steps is added in scalar code.
+template <int J, int R, Packed P>
+void dense_avx2(const QuantizedMatrix& m, const float* x, float* y, Index ldy, bool add, Index j0) {
+  static_assert(R <= 4 && J * R + J + 1 <= 16, "dense_avx2: J·R accumulators, J weights and one x in 16 registers");
+  const Index in = m.in, steps = in / 8;
+  __m256 acc[J][R];
+  for (int j = 0; j < J; ++j)
+    for (int r = 0; r < R; ++r) acc[j][r] = _mm256_setzero_ps();
+  for (Index s = 0; s < steps; ++s) {
+    const Index k = s * 8;
+    __m256 w[J];
+    for (int j = 0; j < J; ++j) {
+      const Index at = (j0 + j) * in + k;
+      if constexpr (P == Packed::f32) {
+        w[j] = _mm256_loadu_ps(m.f32 + at);
+      } else {  // bfloat16: the upper half of a float
+        w[j] = _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m.bf16 + at))), 16));
+      }
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m256 xv = _mm256_loadu_ps(x + r * in + k);
+      for (int j = 0; j < J; ++j) acc[j][r] = _mm256_fmadd_ps(w[j], xv, acc[j][r]);
+    }
+  }
+  for (int j = 0; j < J; ++j)
+    for (int r = 0; r < R; ++r) {
+      float v = hsum256(acc[j][r]);
+      for (Index i = steps * 8; i < in; ++i) {
+        const Index at = (j0 + j) * in + i;
+        v += (P == Packed::f32 ? m.f32[at] : xtr::detail::bf16_bits_to_float(m.bf16[at])) * x[r * in + i];
+      }
+      float& out = y[r * ldy + j0 + j];
+      out = add ? out + v : v;
+    }
+}
+
+/// Output rows [begin, end) of a bfloat16 or float W for R ≤ 8 rows of x: the rows of x four at a time (the rest
+/// after), blocks of J rows of W, the remainder one by one.
+template <int R, Packed P>
+void rows_avx2_dense_as(const QuantizedMatrix& m, const float* x, float* y, Index ldy, bool add, Index begin,
+                        Index end) {
+  if constexpr (R > 4) {
+    rows_avx2_dense_as<4, P>(m, x, y, ldy, add, begin, end);
+    rows_avx2_dense_as<R - 4, P>(m, x + 4 * m.in, y + 4 * ldy, ldy, add, begin, end);
+  } else {
+    constexpr int J = R <= 2 ? 4 : R == 3 ? 3 : 2;
+    Index j = begin;
+    for (; j + J <= end; j += J) dense_avx2<J, R, P>(m, x, y, ldy, add, j);
+    for (; j < end; ++j) dense_avx2<1, R, P>(m, x, y, ldy, add, j);
+  }
+}
 #endif
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -381,21 +438,23 @@ struct BytewiseActivations {
   [[nodiscard]] const float* panel_cx(Index p) const { return cx.data() + 8 * p * chunks; }
 };
 
-/// Sizes a for R rows of m.in activations (m.in a multiple of 32) in the layout of m's format, padding zeroed.
+/// Sizes a for R rows of m.in activations (m.in a multiple of 32) in the layout of m's format (the rows' places are
+/// written by fill_bytewise_activations, padding included).
 inline void shape_bytewise_activations(const QuantizedMatrix& m, Index R, BytewiseActivations& a) {
   const bool q4 = m.q4 != nullptr;
   const Index groups = q4 ? 2 : 1, chunks = m.in / kActivationChunk;
   a.step_values = 32 * groups;
   a.steps = (chunks + groups - 1) / groups;
   a.chunks = (chunks + 7) / 8 * 8;
-  a.q.assign(std::size_t(R * a.steps * a.step_values), 0);
-  a.s.assign(std::size_t(R * a.steps * 8), 0.0f);
-  a.sc.assign(std::size_t(R * a.chunks), 0.0f);
-  a.cx.assign(q4 ? std::size_t(R * a.chunks) : 0, 0.0f);
+  a.q.resize(std::size_t(R * a.steps * a.step_values));
+  a.s.resize(std::size_t(R * a.steps * 8));
+  a.sc.resize(std::size_t(R * a.chunks));
+  a.cx.resize(q4 ? std::size_t(R * a.chunks) : 0);
 }
 
-/// Quantises rows [begin, end) of the R rows of x into a (shaped for them): each row writes only its own places, so
-/// threads may fill disjoint ranges of rows at once.
+/// Quantises rows [begin, end) of the R rows of x into a (shaped for them), zeros in their padding (the half of a
+/// q4 row's last step past an odd number of chunks, and the chunks past the last whole block of 8 in sc and cx):
+/// each row writes only its own places, so threads may fill disjoint ranges of rows at once.
 inline void fill_bytewise_activations(const QuantizedMatrix& m, const float* x, Index R, Index begin, Index end,
                                       BytewiseActivations& a) {
   const bool q4 = m.q4 != nullptr;
@@ -426,6 +485,17 @@ inline void fill_bytewise_activations(const QuantizedMatrix& m, const float* x, 
         std::copy_n(chunk, 32, q);
         std::fill_n(s, 8, scale);
       }
+    }
+    if (q4 && chunks % 2 == 1) {  // the missing second chunk of the last step
+      const Index t = a.steps - 1;
+      std::int8_t* q = a.q.data() + (8 * p * a.steps + t * n + i) * a.step_values;
+      std::fill_n(q + 16, 16, std::int8_t{0});
+      std::fill_n(q + 48, 16, std::int8_t{0});
+      std::fill_n(a.s.data() + (8 * p * a.steps + t * n + i) * 8 + 4, 4, 0.0f);
+    }
+    for (Index c = chunks; c < a.chunks; ++c) {  // the last block's missing chunks
+      a.sc[std::size_t(r * a.chunks + c)] = 0.0f;
+      if (q4) a.cx[std::size_t(8 * p * a.chunks + ((c / 8) * n + i) * 8 + c % 8)] = 0.0f;
     }
   }
 }
@@ -869,7 +939,12 @@ inline void rows(Isa isa, const QuantizedMatrix& m, const float* x, Index R, flo
 #endif
 #if defined(__AVX2__) && defined(__FMA__)
     case Isa::avx2:
-      return with_rows(R, [&](auto n) { rows_avx2<decltype(n)::value>(m, x, y, ldy, add, begin, end); });
+      return with_rows(R, [&](auto n) {
+        constexpr int rows = decltype(n)::value;
+        if (m.f32) return rows_avx2_dense_as<rows, Packed::f32>(m, x, y, ldy, add, begin, end);
+        if (m.bf16) return rows_avx2_dense_as<rows, Packed::bf16>(m, x, y, ldy, add, begin, end);
+        rows_avx2<rows>(m, x, y, ldy, add, begin, end);
+      });
 #endif
     default: return rows_scalar(m, x, R, y, ldy, add, begin, end);
   }
@@ -877,13 +952,14 @@ inline void rows(Isa isa, const QuantizedMatrix& m, const float* x, Index R, flo
 }  // namespace detail
 
 /// Y (R rows, ldy apart) ← (or +=, with `add`) X (R rows of m.in floats, contiguous) Wᵀ with the quantised (or
-/// bfloat16, or float) W, any R ≥ 1, on the given path (best_isa() unless a test asks for another). Threads split W's
-/// rows; each thread walks its rows in blocks small enough to stay in the L1/L2 cache while every 8 rows of x pass
-/// over them, so the matrix is read from memory once however many rows x has. With `int8_activations` the rows of x
-/// are quantised per chunk of 32 (core/weight_format.hpp) first: the avx512_vnni and avx2 paths multiply them as
-/// integers against int8 / q4 weights in groups of 32; the others multiply the values they stand for. Each thread
-/// then calls tail(begin, end) on the columns [begin, end) of Y it wrote (a GEMM's elementwise epilogue, run while
-/// they are in that thread's cache and without another parallel region).
+/// bfloat16, or float) W, any R ≥ 1, on the given path (best_isa() unless a test asks for another). Threads take
+/// blocks of W's rows as they ask for them, blocks small enough to stay in the L1/L2 cache while every 8 rows of x
+/// pass over them, so the matrix is read from memory once however many rows x has. With `int8_activations` the rows
+/// of x are quantised per chunk of 32 (core/weight_format.hpp) first (on the avx2 path by the threads together): the
+/// avx512_vnni and avx2 paths multiply them as integers against int8 / q4 weights in groups of 32; the others
+/// multiply the values they stand for. After each block the thread calls tail(begin, end) on the columns
+/// [begin, end) of Y it wrote (a GEMM's elementwise epilogue, run while they are in that thread's cache and without
+/// another parallel region).
 struct NoTail {
   void operator()(Index, Index) const {}
 };
@@ -891,28 +967,23 @@ template <class Tail = NoTail>
 void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, Index ldy, bool add = false,
           Isa isa = best_isa(), bool int8_activations = false, const Tail& tail = {}) {
   require(R >= 1, "quantized gemv takes at least one row, got ", R);
-  if (m.bf16 || m.f32) {
-    if (isa == Isa::avx2) isa = Isa::scalar;  // bfloat16 and float: the AVX-512 kernel or the scalar loop
-  } else {
+  if (!(m.bf16 || m.f32)) {
     require(m.group >= 2 && m.in % m.group == 0, "quantized gemv: rows of ", m.in, " values are not whole groups of ",
             m.group);
     if (m.group % 32 != 0) isa = Isa::scalar;  // the vector paths take groups of 32, 64, …
   }
-  // rows of W per block: about 48 KiB of the matrix as stored, at least 4
+  // rows of W per block: about 48 KiB of the matrix as stored (each 8 rows of x pass over it while it is in the L1 /
+  // L2 cache), and at least 4 blocks a thread, so that a thread the machine slows takes fewer of them; a multiple of
+  // 4 rows (the kernels' widest block of W's rows), at least 4
   const Index row_bytes = m.f32 ? 4 * m.in : m.bf16 ? 2 * m.in : m.q8 ? m.in : m.in / 2;
-  const Index block = std::max<Index>(4, (Index(48) << 10) / row_bytes);
+  const Index cached = (Index(48) << 10) / row_bytes, balanced = (m.out + 4 * max_threads() - 1) / (4 * max_threads());
+  const Index block = std::max<Index>(4, (std::min(cached, balanced) + 3) / 4 * 4);
   // rows8(r0, rows, y, begin, end): ≤ 8 rows of x from row r0, after first(begin, end) on every thread's share of
   // the R rows of x
   const auto nothing_first = [](Index, Index) {};
   const auto run = [&](auto&& rows8, auto&& first) {
-    parallel_rows_after(R, first, m.out, 2 * R * m.in, [&](Index begin, Index end) {
-      if (R <= 8) {
-        rows8(Index{0}, R, y, begin, end);
-      } else {
-        for (Index j = begin; j < end; j += block)
-          for (Index r = 0; r < R; r += 8)
-            rows8(r, std::min<Index>(8, R - r), y + r * ldy, j, std::min(end, j + block));
-      }
+    parallel_blocks_after(R, first, m.out, block, 2 * R * m.in, [&](Index begin, Index end) {
+      for (Index r = 0; r < R; r += 8) rows8(r, std::min<Index>(8, R - r), y + r * ldy, begin, end);
       tail(begin, end);
     });
   };
