@@ -75,15 +75,18 @@ void with_maps(F&& f, Views... views) {
 inline constexpr Index kFewRows = 32;
 
 /// y (+)= x Wᵀ as the blocked kernel of backend/cpu/quantized.hpp when it applies (decoding and short prompts;
-/// bfloat16 and float weights where the build has its AVX2 or AVX-512 kernels, a scalar build leaving them to
-/// gemm_forward's other paths), each thread calling tail(c0, c1) on the columns [c0, c1) of y it wrote after each
+/// bfloat16 and float weights on AVX-512, and on AVX2 from two rows of x; elsewhere gemm_forward's other paths), each
+/// thread calling tail(c0, c1) on the columns [c0, c1) of y it wrote after each
 /// block: true. False, with nothing done, otherwise.
 template <class T, class Tail = quantized::NoTail>
 bool few_rows_product(View<const T> x, const ops::Weights<T>& w, View<T> y, bool accumulate, Arena& arena,
                       const Tail& tail = {}) {
   if constexpr (std::is_same_v<T, float>) {
-    const bool vector = quantized::best_isa() != quantized::Isa::scalar;  // AVX2 or AVX-512 kernels for plain ones
-    if (x.rows <= kFewRows && (w.quantized() || (vector && (w.bf16 || w.w.contiguous())))) {
+    // plain (bf16, float) matrices: the AVX-512 kernel for every few-row product, the AVX2 one from two rows (one
+    // row streams the matrix faster through Eigen's GEMV or linear_forward_bf16 there: bench/RESULTS.md)
+    const auto isa = quantized::best_isa();
+    const bool plain = quantized::is_avx512(isa) || (isa == quantized::Isa::avx2 && x.rows >= 2);
+    if (x.rows <= kFewRows && (w.quantized() || (plain && (w.bf16 || w.w.contiguous())))) {
       quantized::QuantizedMatrix m{w.q8, w.q4, w.scales, w.w.rows, w.w.cols, w.group};
       if (w.bf16 && !w.quantized()) m.bf16 = w.bf16;
       if (!w.bf16 && !w.quantized()) m.f32 = w.w.data;

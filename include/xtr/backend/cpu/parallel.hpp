@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "xtr/core/tensor.hpp"
 
@@ -16,18 +17,30 @@ inline int max_threads() { return omp_get_max_threads(); }
 /// loaded machine waiting for one the OS has parked), so the work runs on the calling thread.
 inline constexpr Index parallel_work_threshold = Index{1} << 16;
 
+/// Whether `work` elementary operations over `units` independent pieces are worth a parallel region: at least two
+/// pieces, enough work, more than one thread, and not already inside a region.
+inline bool worth_threads(Index units, Index work) {
+  return units >= 2 && work >= parallel_work_threshold && max_threads() > 1 && !omp_in_parallel();
+}
+
+/// Inside a parallel region: the calling thread's contiguous share [begin, end) of [0, n).
+inline std::pair<Index, Index> thread_share(Index n) {
+  const Index threads = omp_get_num_threads(), id = omp_get_thread_num();
+  const Index chunk = (n + threads - 1) / threads;
+  const Index begin = std::min(n, id * chunk);
+  return {begin, std::min(n, begin + chunk)};
+}
+
 /// Calls f(begin, end) over [0, n) split into contiguous chunks, one per thread, when n · work_per_row is worth it.
 template <class F>
 void parallel_rows(Index n, Index work_per_row, F&& f) {
-  if (n < 2 || n * work_per_row < parallel_work_threshold || max_threads() == 1 || omp_in_parallel()) {
+  if (!worth_threads(n, n * work_per_row)) {
     f(Index{0}, n);
     return;
   }
 #pragma omp parallel
   {
-    const Index threads = omp_get_num_threads(), id = omp_get_thread_num();
-    const Index chunk = (n + threads - 1) / threads;
-    const Index begin = std::min(n, id * chunk), end = std::min(n, begin + chunk);
+    const auto [begin, end] = thread_share(n);
     if (begin < end) f(begin, end);
   }
 }
@@ -39,16 +52,14 @@ void parallel_rows(Index n, Index work_per_row, F&& f) {
 template <class First, class F>
 void parallel_blocks_after(Index n_first, First&& first, Index n, Index block, Index work_per_row, F&& f) {
   const Index blocks = (n + block - 1) / block;
-  if (blocks < 2 || n * work_per_row < parallel_work_threshold || max_threads() == 1 || omp_in_parallel()) {
+  if (!worth_threads(blocks, n * work_per_row)) {
     first(Index{0}, n_first);
     for (Index i = 0; i < blocks; ++i) f(i * block, std::min(n, (i + 1) * block));
     return;
   }
 #pragma omp parallel
   {
-    const Index threads = omp_get_num_threads(), id = omp_get_thread_num();
-    const Index share = (n_first + threads - 1) / threads;
-    const Index b = std::min(n_first, id * share), e = std::min(n_first, b + share);
+    const auto [b, e] = thread_share(n_first);
     if (b < e) first(b, e);
     if (n_first > 0) {  // the same on every thread: all of them reach the barrier or none
 #pragma omp barrier
@@ -62,7 +73,7 @@ void parallel_blocks_after(Index n_first, First&& first, Index n, Index block, I
 /// parallel when n · work_per_task is worth it.
 template <class F>
 void parallel_tasks(Index n, Index work_per_task, F&& f) {
-  const bool parallel = n > 1 && n * work_per_task >= parallel_work_threshold && max_threads() > 1 && !omp_in_parallel();
+  const bool parallel = worth_threads(n, n * work_per_task);
 #pragma omp parallel for schedule(dynamic, 1) if (parallel)
   for (Index task = 0; task < n; ++task) f(task, omp_get_thread_num());
 }
