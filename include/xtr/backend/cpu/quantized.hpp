@@ -460,50 +460,39 @@ inline void fill_bytewise_activations(const QuantizedMatrix& m, const float* x, 
   const bool q4 = m.q4 != nullptr;
   const Index groups = q4 ? 2 : 1, chunks = m.in / kActivationChunk;
   alignas(32) std::int8_t chunk[32];
-  const __m256i ones8 = _mm256_set1_epi8(1);
   for (Index r = begin; r < end; ++r) {
     const Index p = r / 8, n = std::min<Index>(8, R - 8 * p), i = r % 8;  // panel, its rows, this row's place in it
+    const auto slot = [&](Index t) { return 8 * p * a.steps + t * n + i; };  // step t of this row, in q and s
+    const auto cx_at = [&](Index c) { return std::size_t(8 * p * a.chunks + ((c / 8) * n + i) * 8 + c % 8); };
     for (Index c = 0; c < chunks; ++c) {
       const float scale = quantize_chunk_avx2(x + r * m.in + c * kActivationChunk, chunk);
       a.sc[std::size_t(r * a.chunks + c)] = scale;
       const Index t = c / groups, h = c % groups;  // chunk c is the h-th of step t
-      std::int8_t* q = a.q.data() + (8 * p * a.steps + t * n + i) * a.step_values;
-      float* s = a.s.data() + (8 * p * a.steps + t * n + i) * 8;
+      std::int8_t* q = a.q.data() + slot(t) * a.step_values;
+      float* s = a.s.data() + slot(t) * 8;
       if (q4) {
         std::copy_n(chunk, 16, q + h * 16);
         std::copy_n(chunk + 16, 16, q + 32 + h * 16);
         std::fill_n(s + h * 4, 4, scale);
-        // the sum of the chunk's values: byte pairs, then 16-bit pairs, then the eight lanes
-        const __m256i v = _mm256_load_si256(reinterpret_cast<const __m256i*>(chunk));
-        const __m256i sums = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, v), _mm256_set1_epi16(1));
-        __m128i h4 = _mm_add_epi32(_mm256_castsi256_si128(sums), _mm256_extracti128_si256(sums, 1));
-        h4 = _mm_add_epi32(h4, _mm_shuffle_epi32(h4, 0x4E));
-        h4 = _mm_add_epi32(h4, _mm_shuffle_epi32(h4, 0xB1));
-        float* cx = a.cx.data() + 8 * p * a.chunks + ((c / 8) * n + i) * 8 + c % 8;
-        *cx = -8.0f * float(_mm_cvtsi128_si32(h4)) * scale;
+        int sum = 0;  // of the chunk's values
+        for (int k = 0; k < 32; ++k) sum += chunk[k];
+        a.cx[cx_at(c)] = -8.0f * float(sum) * scale;
       } else {
         std::copy_n(chunk, 32, q);
         std::fill_n(s, 8, scale);
       }
     }
     if (q4 && chunks % 2 == 1) {  // the missing second chunk of the last step
-      const Index t = a.steps - 1;
-      std::int8_t* q = a.q.data() + (8 * p * a.steps + t * n + i) * a.step_values;
+      std::int8_t* q = a.q.data() + slot(a.steps - 1) * a.step_values;
       std::fill_n(q + 16, 16, std::int8_t{0});
       std::fill_n(q + 48, 16, std::int8_t{0});
-      std::fill_n(a.s.data() + (8 * p * a.steps + t * n + i) * 8 + 4, 4, 0.0f);
+      std::fill_n(a.s.data() + slot(a.steps - 1) * 8 + 4, 4, 0.0f);
     }
     for (Index c = chunks; c < a.chunks; ++c) {  // the last block's missing chunks
       a.sc[std::size_t(r * a.chunks + c)] = 0.0f;
-      if (q4) a.cx[std::size_t(8 * p * a.chunks + ((c / 8) * n + i) * 8 + c % 8)] = 0.0f;
+      if (q4) a.cx[cx_at(c)] = 0.0f;
     }
   }
-}
-
-/// Prepares R rows of m.in activations (m.in a multiple of 32) for the AVX2 kernels of m's format, on this thread.
-inline void prepare_bytewise_activations(const QuantizedMatrix& m, const float* x, Index R, BytewiseActivations& a) {
-  shape_bytewise_activations(m, R, a);
-  fill_bytewise_activations(m, x, R, 0, R, a);
 }
 
 /// The 8 scales of groups g … g + 7 of a row (fewer at the row's end: zeros), as floats.
