@@ -12,8 +12,9 @@
 
 #include <cmath>
 #include <cstring>
-#include <limits>
 #include <filesystem>
+#include <limits>
+#include <utility>
 #include <vector>
 
 #include "testing.hpp"
@@ -126,7 +127,7 @@ TEST_CASE("quantised GEMV on every compiled ISA path equals the float GEMV of th
                                    group};
         std::vector<double> deq(std::size_t(out * in));
         for (Index i = 0; i < out * in; ++i) deq[std::size_t(i)] = copy.value(store, 0, i);
-        for (Index R : {1, 3, 8, 13}) {
+        for (Index R : {1, 3, 8, 13, 45}) {  // 45: more rows than a step's batch (a prefill)
           std::vector<float> x(std::size_t(R * in));
           for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(rs.fork(R).normal(i));
           x[5] = 0;  // a zero and a large value among the activations
@@ -425,23 +426,28 @@ TEST_CASE("quantised decoding: the fused CPU kernels equal the reference backend
 TEST_CASE("int8 activations: the CPU Linear (integer kernel, prefill GEMM) equals the reference backend's on the same "
           "inputs", "[quantized][backends]") {
   using E = epilogue::Bias<epilogue::Acc>;
-  const Index out = 48, in = 96;  // 96: three groups, not whole steps of the integer kernels
-  RandomStream rs{12, 7};
-  ParameterStore<float> store;
-  const auto id = store.add("w", {out, in}, Init::fill(0));
-  store.allocate(0);
-  for (Index i = 0; i < out * in; ++i) store.value(id).data()[i] = float(rs.normal(std::uint64_t(i))) * 0.2f;
-  std::vector<float> bias(static_cast<std::size_t>(out));
-  for (Index i = 0; i < out; ++i) bias[std::size_t(i)] = float(rs.fork(1).normal(std::uint64_t(i)));
+  // groups of 32 in rows of 96 (three groups, not whole steps of the integer kernels); groups of 64, which no integer
+  // kernel takes (rounded activations through the float kernel, or a prefill GEMM over the widened matrix)
+  for (const auto& [in, group] : {std::pair<Index, Index>{96, 32}, {128, 64}})
   for (auto format : {WeightFormat::int8, WeightFormat::q4}) {
-    const auto copy = WeightCopy::make(store, format, 32);
+    const Index out = 48;
+    RandomStream rs{12, 7};
+    ParameterStore<float> store;
+    const auto id = store.add("w", {out, in}, Init::fill(0));
+    store.allocate(0);
+    for (Index i = 0; i < out * in; ++i) store.value(id).data()[i] = float(rs.normal(std::uint64_t(i))) * 0.2f;
+    std::vector<float> bias(static_cast<std::size_t>(out));
+    for (Index i = 0; i < out; ++i) bias[std::size_t(i)] = float(rs.fork(1).normal(std::uint64_t(i)));
+    const auto copy = WeightCopy::make(store, format, group);
     ops::Weights<float> w{View<const float>(store.value(id).data(), out, in)};
     if (format == WeightFormat::int8) w.q8 = copy.q8.data();
     else w.q4 = copy.q4.data();
     w.scales = copy.scales.data();
-    w.group = 32;
+    w.group = group;
     w.int8_activations = true;
-    for (Index N : {1, 5, 40}) {  // 40 rows: the prefill GEMM over the widened matrix
+    // 40 and 77 rows: a prefill, through the integer kernel where it takes any number of rows
+    // (integer_kernel_takes_any_rows), through a GEMM over the widened matrix elsewhere
+    for (Index N : {1, 5, 40, 77}) {
       std::vector<float> x(std::size_t(N * in)), y_cpu(std::size_t(N * out)), y_ref(std::size_t(N * out));
       for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(rs.fork(2 + N).normal(i)) * float(1 + i % 3);
       epilogue::Operands<float> o;
@@ -462,7 +468,8 @@ TEST_CASE("int8 activations: the CPU Linear (integer kernel, prefill GEMM) equal
         worst = std::max(worst, double(std::fabs(y_cpu[i] - y_ref[i])) / (1 + std::fabs(y_ref[i])));
         moved = std::max(moved, double(std::fabs(y_float[i] - y_ref[i])));
       }
-      INFO(format_name(format) << " rows " << N << ": worst " << worst << ", rounding moved " << moved);
+      INFO(format_name(format) << " group " << group << " rows " << N << ": worst " << worst << ", rounding moved "
+                               << moved);
       CHECK(worst < 1e-5);
       CHECK(moved > 1e-4);
     }

@@ -75,7 +75,8 @@ void with_maps(F&& f, Views... views) {
 inline constexpr Index kFewRows = 32;
 
 /// y (+)= x Wᵀ as the blocked kernel of backend/cpu/quantized.hpp when it applies (decoding and short prompts;
-/// bfloat16 and float weights on AVX-512, and on AVX2 from two rows of x; elsewhere gemm_forward's other paths), each
+/// bfloat16 and float weights on AVX-512, and on AVX2 from two rows of x; prompts of any length where the integer
+/// kernel takes them, integer_kernel_takes_any_rows; elsewhere gemm_forward's other paths), each
 /// thread calling tail(c0, c1) on the columns [c0, c1) of y it wrote after each
 /// block: true. False, with nothing done, otherwise.
 template <class T, class Tail = quantized::NoTail>
@@ -86,7 +87,8 @@ bool few_rows_product(View<const T> x, const ops::Weights<T>& w, View<T> y, bool
     // row streams the matrix faster through Eigen's GEMV or linear_forward_bf16 there: bench/RESULTS.md)
     const auto isa = quantized::best_isa();
     const bool plain = quantized::is_avx512(isa) || (isa == quantized::Isa::avx2 && x.rows >= 2);
-    if (x.rows <= kFewRows && (w.quantized() || (plain && (w.bf16 || w.w.contiguous())))) {
+    const bool any_rows = w.quantized() && w.int8_activations && quantized::integer_kernel_takes_any_rows(isa, w.group);
+    if ((x.rows <= kFewRows && (w.quantized() || (plain && (w.bf16 || w.w.contiguous())))) || any_rows) {
       quantized::QuantizedMatrix m{w.q8, w.q4, w.scales, w.w.rows, w.w.cols, w.group};
       if (w.bf16 && !w.quantized()) m.bf16 = w.bf16;
       if (!w.bf16 && !w.quantized()) m.f32 = w.w.data;
@@ -147,9 +149,11 @@ void gemm_forward(View<const T> x, const ops::Weights<T>& w, View<T> y, bool acc
       for (Index r = 0; r < x.rows; ++r) std::copy_n(x.row(r), x.cols, rows + r * x.cols);
     }
     linear_forward_bf16<T>(MatrixView<T>(rows, x.rows, x.cols), w.bf16, out, in, map(y), accumulate);
-  } else {  // a prefill: widen the block once, then one GEMM
+  } else {  // a prefill: widen the matrix once (the threads a share of its rows each), then one GEMM
     T* wide = arena.allocate<T>(out * in);
-    for (Index i = 0; i < out * in; ++i) wide[i] = T(bf16_to_float(w.bf16[i]));
+    parallel_rows(out, 2 * in, [&](Index begin, Index end) {
+      for (Index i = begin * in; i < end * in; ++i) wide[i] = T(bf16_to_float(w.bf16[i]));
+    });
     linear_forward<T>(map(x), map(View<const T>(wide, out, in)), map(y), accumulate);
   }
 }

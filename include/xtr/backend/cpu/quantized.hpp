@@ -52,6 +52,15 @@ enum class Isa { scalar, avx2, avx512, avx512_vnni };
 /// Whether the path runs the AVX-512 float kernels (avx512, and avx512_vnni for float activations).
 [[nodiscard]] constexpr bool is_avx512(Isa isa) { return isa == Isa::avx512 || isa == Isa::avx512_vnni; }
 
+/// Whether gemv's integer kernel on `isa` takes a GEMM of any number of rows of x (a long prompt's prefill) with
+/// int8 activations against int8 / q4 weights in groups of `group`, rather than a packed GEMM over the matrix widened
+/// to floats: AVX2's byte products, measured ahead of Eigen's GEMM at 128 and 512 rows on the enwik8 shapes
+/// (bench/RESULTS.md, issue 15's ninth part). The AVX512-VNNI kernel quantises x on the calling thread and was not
+/// measured against the GEMM beyond 32 rows: it keeps the widened GEMM there.
+[[nodiscard]] constexpr bool integer_kernel_takes_any_rows(Isa isa, Index group) {
+  return isa == Isa::avx2 && group == 32 && has_integer_dot_products();
+}
+
 /// The quantised matrix: (out, in) with `group` values per scale along each row; int8 values (q8, out·in) or
 /// packed 4-bit values (q4, out·in/2 bytes: per group, byte k holds values k and k + group/2).
 struct QuantizedMatrix {
