@@ -242,9 +242,9 @@ TEST_CASE("cached decoding from quantised weights equals recomputation with the 
 
 TEST_CASE("int8 activations: token-by-token decoding agrees with one prefill of the whole sequence",
           "[quantized][generation]") {
-  // The one-row steps take the integer kernel (VNNI builds), the prefill of 2 × 20 rows widens the matrix for a GEMM
-  // on the rounded activations: the same arithmetic, so the logits agree but where a rounding boundary falls between
-  // the two paths' float sums (below).
+  // The one-row steps take the integer kernel (VNNI and AVX2 builds); the prefill of 2 × 20 rows takes it too on AVX2
+  // (integer_kernel_takes_any_rows) and elsewhere widens the matrix for a GEMM on the rounded activations: the same
+  // arithmetic, so the logits agree but where a rounding boundary falls between the two paths' float sums (below).
   for (auto format : {WeightFormat::int8, WeightFormat::q4}) {
     Model model{Net{quant_config()}};
     model.eval();
