@@ -83,12 +83,17 @@ template <class T, class Tail = quantized::NoTail>
 bool few_rows_product(View<const T> x, const ops::Weights<T>& w, View<T> y, bool accumulate, Arena& arena,
                       const Tail& tail = {}) {
   if constexpr (std::is_same_v<T, float>) {
-    // plain (bf16, float) matrices: the AVX-512 kernel for every few-row product, the AVX2 one from two rows (one
-    // row streams the matrix faster through Eigen's GEMV or linear_forward_bf16 there: bench/RESULTS.md)
+    // quantised matrices: up to kFewRows rows, or any number where the integer kernel takes them; plain (bf16,
+    // float) ones: the AVX-512 kernel for every few-row product, the AVX2 one from two rows (one row streams the
+    // matrix faster through Eigen's GEMV or linear_forward_bf16 there: bench/RESULTS.md)
     const auto isa = quantized::best_isa();
-    const bool plain = quantized::is_avx512(isa) || (isa == quantized::Isa::avx2 && x.rows >= 2);
-    const bool any_rows = w.quantized() && w.int8_activations && quantized::integer_kernel_takes_any_rows(isa, w.group);
-    if ((x.rows <= kFewRows && (w.quantized() || (plain && (w.bf16 || w.w.contiguous())))) || any_rows) {
+    const bool few = x.rows <= kFewRows;
+    const bool takes =
+        w.quantized()
+            ? few || (w.int8_activations && quantized::integer_kernel_takes_any_rows(isa, w.group))
+            : few && (quantized::is_avx512(isa) || (isa == quantized::Isa::avx2 && x.rows >= 2)) &&
+                  (w.bf16 || w.w.contiguous());
+    if (takes) {
       quantized::QuantizedMatrix m{w.q8, w.q4, w.scales, w.w.rows, w.w.cols, w.group};
       if (w.bf16 && !w.quantized()) m.bf16 = w.bf16;
       if (!w.bf16 && !w.quantized()) m.f32 = w.w.data;

@@ -33,6 +33,9 @@ enum class Isa { scalar, avx2, avx512, avx512_vnni };
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
 #define XTR_QUANTIZED_VNNI 1
 #endif
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define XTR_QUANTIZED_AVX2_INT 1  // AVX2's integer kernels (byte products) for int8 activations
+#endif
 
 /// The paths this build has, widest first.
 [[nodiscard]] constexpr Isa best_isa() {
@@ -52,13 +55,18 @@ enum class Isa { scalar, avx2, avx512, avx512_vnni };
 /// Whether the path runs the AVX-512 float kernels (avx512, and avx512_vnni for float activations).
 [[nodiscard]] constexpr bool is_avx512(Isa isa) { return isa == Isa::avx512 || isa == Isa::avx512_vnni; }
 
-/// Whether gemv's integer kernel on `isa` takes a GEMM of any number of rows of x (a long prompt's prefill) with
-/// int8 activations against int8 / q4 weights in groups of `group`, rather than a packed GEMM over the matrix widened
-/// to floats: AVX2's byte products, measured ahead of Eigen's GEMM at 128 and 512 rows on the enwik8 shapes
-/// (bench/RESULTS.md, issue 15's ninth part). The AVX512-VNNI kernel quantises x on the calling thread and was not
-/// measured against the GEMM beyond 32 rows: it keeps the widened GEMM there.
+/// Whether gemv multiplies int8 activations against int8 / q4 weights in groups of `group` on `isa` with AVX2's
+/// integer kernel (byte products), which also takes a GEMM of any number of rows of x (a long prompt's prefill)
+/// rather than a packed GEMM over the matrix widened to floats: measured ahead of Eigen's GEMM at 128 and 512 rows on
+/// the enwik8 shapes (bench/RESULTS.md, issue 15's ninth part). The AVX512-VNNI kernel quantises x on the calling
+/// thread and was not measured against the GEMM beyond 32 rows: it keeps the widened GEMM there.
 [[nodiscard]] constexpr bool integer_kernel_takes_any_rows(Isa isa, Index group) {
-  return isa == Isa::avx2 && group == 32 && has_integer_dot_products();
+#if defined(XTR_QUANTIZED_AVX2_INT)
+  return isa == Isa::avx2 && group == 32;
+#else
+  (void)isa, (void)group;
+  return false;
+#endif
 }
 
 /// The quantised matrix: (out, in) with `group` values per scale along each row; int8 values (q8, out·in) or
@@ -392,8 +400,7 @@ void rows_avx2_dense_as(const QuantizedMatrix& m, const float* x, float* y, Inde
 }
 #endif
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#define XTR_QUANTIZED_AVX2_INT 1
+#if defined(XTR_QUANTIZED_AVX2_INT)
 /// One whole chunk of 32 activations quantised as core/weight_format.hpp's quantize_activation_chunk, bit for bit
 /// (the same IEEE operations; vcvtps2dq rounds to nearest even as std::nearbyint does): the 32 values into q, and the
 /// scale.
@@ -977,10 +984,10 @@ void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, Index ldy
   const Index cached = (Index(48) << 10) / row_bytes, balanced = (m.out + 4 * max_threads() - 1) / (4 * max_threads());
   const Index block = std::max<Index>(4, (std::min(cached, balanced) + 3) / 4 * 4);
   // rows8(r0, rows, y, begin, end): ≤ 8 rows of x from row r0, after first(begin, end) on every thread's share of
-  // the R rows of x
+  // the first n_first rows of x (0: nothing to wait for)
   const auto nothing_first = [](Index, Index) {};
-  const auto run = [&](auto&& rows8, auto&& first) {
-    parallel_blocks_after(R, first, m.out, block, 2 * R * m.in, [&](Index begin, Index end) {
+  const auto run = [&](auto&& rows8, Index n_first, auto&& first) {
+    parallel_blocks_after(n_first, first, m.out, block, 2 * R * m.in, [&](Index begin, Index end) {
       for (Index r = 0; r < R; r += 8) rows8(r, std::min<Index>(8, R - r), y + r * ldy, begin, end);
       tail(begin, end);
     });
@@ -994,19 +1001,19 @@ void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, Index ldy
                                                        // a thread_local: each thread would name its own)
       run([&](Index r0, Index rows, float* yr, Index begin, Index end) {
         detail::rows_vnni(m, *a, r0, rows, yr, ldy, add, begin, end);
-      }, nothing_first);
+      }, 0, nothing_first);
       return;
     }
 #endif
 #if defined(XTR_QUANTIZED_AVX2_INT)
-    if (isa == Isa::avx2 && (m.q8 || m.q4) && m.group == 32) {
+    if (integer_kernel_takes_any_rows(isa, m.group) && (m.q8 || m.q4)) {
       thread_local detail::BytewiseActivations scratch;
       detail::shape_bytewise_activations(m, R, scratch);
       detail::BytewiseActivations* a = &scratch;
       // the threads quantise their shares of the rows of x, wait for one another, then multiply
       run([&](Index r0, Index rows, float* yr, Index begin, Index end) {
         detail::rows_avx2_int(m, *a, r0, rows, yr, ldy, add, begin, end);
-      }, [&](Index begin, Index end) { detail::fill_bytewise_activations(m, x, R, begin, end, *a); });
+      }, R, [&](Index begin, Index end) { detail::fill_bytewise_activations(m, x, R, begin, end, *a); });
       return;
     }
 #endif
@@ -1018,7 +1025,7 @@ void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, Index ldy
   if (isa == Isa::avx512_vnni) isa = Isa::avx512;
   run([&](Index r0, Index rows, float* yr, Index begin, Index end) {
     detail::rows(isa, m, x + r0 * m.in, rows, yr, ldy, add, begin, end);
-  }, nothing_first);
+  }, 0, nothing_first);
 }
 
 /// The ISA paths compiled into this build (the scalar one always).
