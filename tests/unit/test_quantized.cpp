@@ -401,7 +401,8 @@ TEST_CASE("quantised decoding: the fused CPU kernels equal the reference backend
     quantize(ref, format, 32, activations);
     auto c_cache = cpu.net.make_cache(2);
     auto r_cache = ref.net.make_cache(2);
-    const auto prompt = testing::random_tokens(2, 6, 40, 21);
+    // 2 prompts of 9: a prefill of 18 rows (bf16: the AVX2 panel kernel's 16 rows and 2 through dense_avx2)
+    const auto prompt = testing::random_tokens(2, 9, 40, 21);
     double worst = 0, scale = 0;
     for (Index step = 0; step < 5; ++step) {
       const auto tokens = step == 0 ? prompt : testing::random_tokens(2, 1, 40, 30 + std::uint64_t(step));
@@ -488,7 +489,7 @@ TEST_CASE("bfloat16 matrices through the blocked GEMV equal the float GEMV of th
     m.bf16 = w.data();
     m.out = out;
     m.in = in;
-    for (Index R : {1, 2, 5, 8}) {
+    for (Index R : {1, 2, 5, 8, 16, 37}) {  // 16, 37: AVX2's panel kernel (and 5 rows after two panels)
       std::vector<float> x(std::size_t(R * in));
       for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(rs.fork(R + in).normal(i));
       for (auto isa : q::compiled_isas()) {
@@ -608,7 +609,9 @@ TEST_CASE("the blocked kernel with more rows of x than one pass takes equals the
     const auto weight = [&](Index j, Index k) {
       return format == WeightFormat::f32 ? double(w[std::size_t(j * in + k)]) : copy.value(store, 0, j * in + k);
     };
-    for (Index R : {9, 17, 32}) {
+    // 17, 32, 45, 100: the panel kernel for bf16 and float on AVX2 (whole 16s of rows, the rest through dense_avx2;
+    // 203 rows of W: blocks of 6 and a remainder)
+    for (Index R : {9, 17, 32, 45, 100}) {
       std::vector<float> x(std::size_t(R * in));
       for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(rs.fork(R).normal(i));
       for (auto isa : q::compiled_isas()) {

@@ -76,7 +76,8 @@ inline constexpr Index kFewRows = 32;
 
 /// y (+)= x Wᵀ as the blocked kernel of backend/cpu/quantized.hpp when it applies (decoding and short prompts;
 /// bfloat16 and float weights on AVX-512, and on AVX2 from two rows of x; prompts of any length where the integer
-/// kernel takes them, integer_kernel_takes_any_rows; elsewhere gemm_forward's other paths), each
+/// kernel takes them, integer_kernel_takes_any_rows, and bfloat16 ones where the panel kernel takes them,
+/// panel_kernel_takes; elsewhere gemm_forward's other paths), each
 /// thread calling tail(c0, c1) on the columns [c0, c1) of y it wrote after each
 /// block: true. False, with nothing done, otherwise.
 template <class T, class Tail = quantized::NoTail>
@@ -85,13 +86,15 @@ bool few_rows_product(View<const T> x, const ops::Weights<T>& w, View<T> y, bool
   if constexpr (std::is_same_v<T, float>) {
     // quantised matrices: up to kFewRows rows, or any number where the integer kernel takes them; plain (bf16,
     // float) ones: the AVX-512 kernel for every few-row product, the AVX2 one from two rows (one row streams the
-    // matrix faster through Eigen's GEMV or linear_forward_bf16 there: bench/RESULTS.md)
+    // matrix faster through Eigen's GEMV or linear_forward_bf16 there: bench/RESULTS.md); bf16 ones of any number
+    // of rows where the panel kernel takes them (float ones beyond kFewRows stay with Eigen's GEMM: training's)
     const auto isa = quantized::best_isa();
     const bool few = x.rows <= kFewRows;
     const bool takes =
         w.quantized()
             ? few || (w.int8_activations && quantized::integer_kernel_takes_any_rows(isa, w.group))
-            : few && (quantized::is_avx512(isa) || (isa == quantized::Isa::avx2 && x.rows >= 2)) &&
+            : ((few && (quantized::is_avx512(isa) || (isa == quantized::Isa::avx2 && x.rows >= 2))) ||
+               (w.bf16 && quantized::panel_kernel_takes(isa, x.rows))) &&
                   (w.bf16 || w.w.contiguous());
     if (takes) {
       quantized::QuantizedMatrix m{w.q8, w.q4, w.scales, w.w.rows, w.w.cols, w.group};

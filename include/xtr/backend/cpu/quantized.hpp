@@ -36,6 +36,9 @@ enum class Isa { scalar, avx2, avx512, avx512_vnni };
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define XTR_QUANTIZED_AVX2_INT 1  // AVX2's integer kernels (byte products) for int8 activations
 #endif
+#if defined(__AVX2__) && defined(__FMA__) && defined(__GNUC__)
+#define XTR_QUANTIZED_AVX2_PANELS 1  // AVX2's panel kernel for plain matrices (GNU inline assembly; clang too)
+#endif
 
 /// The paths this build has, widest first.
 [[nodiscard]] constexpr Isa best_isa() {
@@ -65,6 +68,19 @@ enum class Isa { scalar, avx2, avx512, avx512_vnni };
   return isa == Isa::avx2 && group == 32;
 #else
   (void)isa, (void)group;
+  return false;
+#endif
+}
+
+/// Whether gemv multiplies a plain (bfloat16, float) matrix by R rows of x with AVX2's panel kernel (x transposed
+/// into panels, 6 × 16 outer-product tiles: detail::rows_avx2_panels) rather than dense_avx2's dot products: from 16
+/// rows, where it measured ahead of both dense_avx2 and the widened matrix's packed GEMM (bench/RESULTS.md, issue 15's
+/// tenth part). Measured on AVX2 only: AVX-512 keeps its kernels.
+[[nodiscard]] constexpr bool panel_kernel_takes(Isa isa, Index R) {
+#if defined(XTR_QUANTIZED_AVX2_PANELS)
+  return isa == Isa::avx2 && R >= 16;
+#else
+  (void)isa, (void)R;
   return false;
 #endif
 }
@@ -398,6 +414,155 @@ void rows_avx2_dense_as(const QuantizedMatrix& m, const float* x, float* y, Inde
     for (; j < end; ++j) dense_avx2<1, R, P>(m, x, y, ldy, add, j);
   }
 }
+
+#if defined(XTR_QUANTIZED_AVX2_PANELS)
+/// Plain (bfloat16, float) matrices on AVX2 for 16 rows of x or more: the rows of x transposed once per call into
+/// panels of 8 (value k of the panel's 8 rows side by side), and a 6 × 16 outer-product tile — 6 rows of W, each value
+/// broadcast, times two panels — accumulating in 12 registers with no horizontal sums: 12 FMAs to 2 vector loads
+/// and 6 broadcasts per value of the row. Written in assembly because GCC keeps the 12 accumulators of the
+/// intrinsics version in memory as well as in registers (a store each per FMA: half the rate; bench/RESULTS.md,
+/// issue 15's tenth part). AT&T syntax, the compilers' default on x86-64 (not -masm=intel).
+struct Panels {
+  std::vector<float> values;  // panel p (rows 8p … 8p + 7 of x): value k of its rows at (p·in + k)·8
+  Index rows = 0;             // rows of x in whole panels of 16
+};
+/// The rows of x that go through the tile kernel (whole 16s; the rest go through dense_avx2), space for them.
+inline void shape_panels(Index R, Index in, Panels& p) {
+  p.rows = R / 16 * 16;
+  p.values.resize(std::size_t(p.rows * in));
+}
+/// Rows [begin, end) of x (of the first p.rows) into their panels.
+inline void fill_panels(const float* x, Index in, Index begin, Index end, Panels& p) {
+  for (Index r = begin; r < std::min(end, p.rows); ++r) {
+    float* panel = p.values.data() + (r / 8) * in * 8 + r % 8;
+    const float* row = x + r * in;
+    for (Index k = 0; k < in; ++k) panel[k * 8] = row[k];
+  }
+}
+/// t[j][i] = Σ_k w[j·ld + k] · x_i[k] for the 6 rows of W at w (rows ld floats apart) and the 16 rows of x in the
+/// two panels from `panel` (in ≥ 1 values each). Meanwhile the `in` · `step` bytes from `next` (6 rows of the matrix
+/// further on, as stored) are prefetched, `step` bytes a value: a short prompt reads each row from memory once, and
+/// this overlaps that read with the arithmetic (bf16 prefill of 16 rows: ~10 % less time in a /tmp measurement).
+inline void tile_6x16(const float* w, Index ld, const float* panel, Index in, const void* next, Index step,
+                      float (&t)[6][16]) {
+  const float* w3 = w + 3 * ld;
+  const Index ld_bytes = ld * Index(sizeof(float)), panel_bytes = in * 8 * Index(sizeof(float));
+  Index n = in;
+  const char* ahead = static_cast<const char*>(next);
+  asm volatile(
+      "vxorps %%ymm4, %%ymm4, %%ymm4\n\t"
+      "vxorps %%ymm5, %%ymm5, %%ymm5\n\t"
+      "vxorps %%ymm6, %%ymm6, %%ymm6\n\t"
+      "vxorps %%ymm7, %%ymm7, %%ymm7\n\t"
+      "vxorps %%ymm8, %%ymm8, %%ymm8\n\t"
+      "vxorps %%ymm9, %%ymm9, %%ymm9\n\t"
+      "vxorps %%ymm10, %%ymm10, %%ymm10\n\t"
+      "vxorps %%ymm11, %%ymm11, %%ymm11\n\t"
+      "vxorps %%ymm12, %%ymm12, %%ymm12\n\t"
+      "vxorps %%ymm13, %%ymm13, %%ymm13\n\t"
+      "vxorps %%ymm14, %%ymm14, %%ymm14\n\t"
+      "vxorps %%ymm15, %%ymm15, %%ymm15\n\t"
+      ".p2align 4\n"
+      "1:\n\t"
+      "vmovups (%[x]), %%ymm0\n\t"  // value k of the first panel's 8 rows
+      "vmovups (%[x],%[panel]), %%ymm1\n\t"  // and of the second's
+      "vbroadcastss (%[w]), %%ymm2\n\t"
+      "vfmadd231ps %%ymm0, %%ymm2, %%ymm4\n\t"
+      "vfmadd231ps %%ymm1, %%ymm2, %%ymm5\n\t"
+      "vbroadcastss (%[w],%[ld]), %%ymm3\n\t"
+      "vfmadd231ps %%ymm0, %%ymm3, %%ymm6\n\t"
+      "vfmadd231ps %%ymm1, %%ymm3, %%ymm7\n\t"
+      "vbroadcastss (%[w],%[ld],2), %%ymm2\n\t"
+      "vfmadd231ps %%ymm0, %%ymm2, %%ymm8\n\t"
+      "vfmadd231ps %%ymm1, %%ymm2, %%ymm9\n\t"
+      "vbroadcastss (%[w3]), %%ymm3\n\t"
+      "vfmadd231ps %%ymm0, %%ymm3, %%ymm10\n\t"
+      "vfmadd231ps %%ymm1, %%ymm3, %%ymm11\n\t"
+      "vbroadcastss (%[w3],%[ld]), %%ymm2\n\t"
+      "vfmadd231ps %%ymm0, %%ymm2, %%ymm12\n\t"
+      "vfmadd231ps %%ymm1, %%ymm2, %%ymm13\n\t"
+      "vbroadcastss (%[w3],%[ld],2), %%ymm3\n\t"
+      "vfmadd231ps %%ymm0, %%ymm3, %%ymm14\n\t"
+      "vfmadd231ps %%ymm1, %%ymm3, %%ymm15\n\t"
+      "prefetcht0 (%[ahead])\n\t"
+      "add %[step], %[ahead]\n\t"
+      "add $4, %[w]\n\t"
+      "add $4, %[w3]\n\t"
+      "add $32, %[x]\n\t"
+      "dec %[n]\n\t"
+      "jnz 1b\n\t"
+      "vmovups %%ymm4, (%[t])\n\t"
+      "vmovups %%ymm5, 32(%[t])\n\t"
+      "vmovups %%ymm6, 64(%[t])\n\t"
+      "vmovups %%ymm7, 96(%[t])\n\t"
+      "vmovups %%ymm8, 128(%[t])\n\t"
+      "vmovups %%ymm9, 160(%[t])\n\t"
+      "vmovups %%ymm10, 192(%[t])\n\t"
+      "vmovups %%ymm11, 224(%[t])\n\t"
+      "vmovups %%ymm12, 256(%[t])\n\t"
+      "vmovups %%ymm13, 288(%[t])\n\t"
+      "vmovups %%ymm14, 320(%[t])\n\t"
+      "vmovups %%ymm15, 352(%[t])\n\t"
+      : [w] "+r"(w), [w3] "+r"(w3), [x] "+r"(panel), [n] "+r"(n), [ahead] "+r"(ahead)
+      : [ld] "r"(ld_bytes), [panel] "r"(panel_bytes), [t] "r"(&t[0][0]), [step] "r"(step)
+      : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
+        "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+}
+/// Output rows [begin, end) of a bfloat16 or float W for all R rows of x: the first p.rows through the tile kernel
+/// (6 rows of W at a time, widened from bfloat16 — or copied, for the last rows of a block that are not 6 — into a
+/// thread's buffer of 6 rows; each set of 6 serves every panel while it is in the L1 / L2 cache), the rest through
+/// dense_avx2.
+template <Packed P>
+void rows_avx2_panels(const QuantizedMatrix& m, const Panels& p, const float* x, Index R, float* y, Index ldy,
+                      bool add, Index begin, Index end) {
+  const Index in = m.in;
+  thread_local std::vector<float> six;  // this thread's 6 rows of W as floats
+  six.resize(std::size_t(6 * in));
+  float t[6][16];
+  for (Index j0 = begin; j0 < end && p.rows > 0; j0 += 6) {
+    const Index J = std::min<Index>(6, end - j0);
+    const float* w = six.data();
+    if (P == Packed::f32 && J == 6) {
+      w = m.f32 + j0 * in;
+    } else {
+      for (Index j = 0; j < 6; ++j) {
+        float* row = six.data() + j * in;
+        if (j >= J) {
+          std::fill_n(row, in, 0.0f);
+        } else if constexpr (P == Packed::f32) {
+          std::copy_n(m.f32 + (j0 + j) * in, in, row);
+        } else {
+          const std::uint16_t* b = m.bf16 + (j0 + j) * in;
+          Index k = 0;
+          for (; k + 8 <= in; k += 8)
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + k),
+                                _mm256_slli_epi32(_mm256_cvtepu16_epi32(
+                                                      _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + k))),
+                                                  16));
+          for (; k < in; ++k) row[k] = xtr::detail::bf16_bits_to_float(b[k]);
+        }
+      }
+    }
+    // the rows 12 on as stored (two tiles ahead: measured a little ahead of one for float; past the block's end, the
+    // next block's, which this thread may take next)
+    constexpr Index bytes = P == Packed::f32 ? 4 : 2;
+    const void* next = P == Packed::f32 ? static_cast<const void*>(m.f32 + std::min(j0 + 12, m.out - 1) * in)
+                                        : static_cast<const void*>(m.bf16 + std::min(j0 + 12, m.out - 1) * in);
+    for (Index r0 = 0; r0 < p.rows; r0 += 16) {
+      tile_6x16(w, in, p.values.data() + r0 * in, in, next, r0 == 0 ? 6 * bytes : 0, t);
+      for (Index i = 0; i < 16; ++i)
+        for (Index j = 0; j < J; ++j) {
+          float& out = y[(r0 + i) * ldy + j0 + j];
+          out = add ? out + t[j][i] : t[j][i];
+        }
+    }
+  }
+  for (Index r = p.rows; r < R; r += 8)
+    with_rows(std::min<Index>(8, R - r), [&](auto n) {
+      rows_avx2_dense_as<decltype(n)::value, P>(m, x + r * in, y + r * ldy, ldy, add, begin, end);
+    });
+}
+#endif  // XTR_QUANTIZED_AVX2_PANELS
 #endif
 
 #if defined(XTR_QUANTIZED_AVX2_INT)
@@ -980,9 +1145,14 @@ void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, Index ldy
   // rows of W per block: about 48 KiB of the matrix as stored (each 8 rows of x pass over it while it is in the L1 /
   // L2 cache), and at least 4 blocks a thread, so that a thread the machine slows takes fewer of them; a multiple of
   // 4 rows (the kernels' widest block of W's rows), at least 4
+  // (the panel kernel: a multiple of its 6)
   const Index row_bytes = m.f32 ? 4 * m.in : m.bf16 ? 2 * m.in : m.q8 ? m.in : m.in / 2;
-  const Index cached = (Index(48) << 10) / row_bytes, balanced = (m.out + 4 * max_threads() - 1) / (4 * max_threads());
-  const Index block = std::max<Index>(4, (std::min(cached, balanced) + 3) / 4 * 4);
+  const Index cached = (Index(48) << 10) / std::max<Index>(1, row_bytes),
+              balanced = (m.out + 4 * max_threads() - 1) / (4 * max_threads());
+  const auto rows_per_block = [&](Index multiple) {
+    return std::max(multiple, (std::min(cached, balanced) + multiple - 1) / multiple * multiple);
+  };
+  const Index block = rows_per_block(4);
   // rows8(r0, rows, y, begin, end): ≤ 8 rows of x from row r0, after first(begin, end) on every thread's share of
   // the first n_first rows of x (0: nothing to wait for)
   const auto nothing_first = [](Index, Index) {};
@@ -1022,6 +1192,24 @@ void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, Index ldy
     detail::round_activation_rows(rounded.data(), R, m.in);
     x = rounded.data();
   }
+#if defined(XTR_QUANTIZED_AVX2_PANELS)
+  if ((m.bf16 || m.f32) && m.in > 0 && panel_kernel_takes(isa, R)) {
+    thread_local detail::Panels scratch;
+    detail::shape_panels(R, m.in, scratch);
+    detail::Panels* p = &scratch;
+    // the threads transpose their shares of the rows of x into panels, wait for one another, then multiply
+    parallel_blocks_after(p->rows, [&](Index begin, Index end) { detail::fill_panels(x, m.in, begin, end, *p); },
+                          m.out, rows_per_block(6), 2 * R * m.in, [&](Index begin, Index end) {
+                            if (m.f32) {
+                              detail::rows_avx2_panels<detail::Packed::f32>(m, *p, x, R, y, ldy, add, begin, end);
+                            } else {
+                              detail::rows_avx2_panels<detail::Packed::bf16>(m, *p, x, R, y, ldy, add, begin, end);
+                            }
+                            tail(begin, end);
+                          });
+    return;
+  }
+#endif
   if (isa == Isa::avx512_vnni) isa = Isa::avx512;
   run([&](Index r0, Index rows, float* yr, Index begin, Index end) {
     detail::rows(isa, m, x + r0 * m.in, rows, yr, ldy, add, begin, end);
