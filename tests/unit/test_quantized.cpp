@@ -480,8 +480,9 @@ TEST_CASE("int8 activations: the CPU Linear (integer kernel, prefill GEMM) equal
 TEST_CASE("bfloat16 matrices through the blocked GEMV equal the float GEMV of the bfloat16 values on every path", "[quantized]") {
   namespace q = cpu::quantized;
   RandomStream rs{5, 2};
-  for (Index in : {64, 96, 100, 200}) {  // 200: not a whole number of 32-value blocks; 100: nor of the AVX-512
-                                          // kernel's 16-value steps, nor of AVX2's 8 (the scalar tails)
+  // 200: not a whole number of 32-value blocks; 100: nor of the AVX-512 kernel's 16-value steps, nor of AVX2's 8
+  // (the scalar tails); 2048: AVX2's panel kernel takes 53 rows as chunks of 32 and 16 panel rows, then 5 more rows
+  for (Index in : {64, 96, 100, 200, 2048}) {
     const Index out = 13;
     std::vector<std::uint16_t> w(std::size_t(out * in));
     for (std::size_t i = 0; i < w.size(); ++i) w[i] = detail::float_to_bf16_bits(float(rs.normal(i)));
@@ -489,7 +490,7 @@ TEST_CASE("bfloat16 matrices through the blocked GEMV equal the float GEMV of th
     m.bf16 = w.data();
     m.out = out;
     m.in = in;
-    for (Index R : {1, 2, 5, 8, 16, 37}) {  // 16, 37: AVX2's panel kernel (and 5 rows after two panels)
+    for (Index R : {1, 2, 5, 8, 16, 37, 53}) {  // from 16: AVX2's panel kernel (and the rows after whole 16s)
       std::vector<float> x(std::size_t(R * in));
       for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(rs.fork(R + in).normal(i));
       for (auto isa : q::compiled_isas()) {

@@ -87,14 +87,16 @@ bool few_rows_product(View<const T> x, const ops::Weights<T>& w, View<T> y, bool
     // quantised matrices: up to kFewRows rows, or any number where the integer kernel takes them; plain (bf16,
     // float) ones: the AVX-512 kernel for every few-row product, the AVX2 one from two rows (one row streams the
     // matrix faster through Eigen's GEMV or linear_forward_bf16 there: bench/RESULTS.md); bf16 ones of any number
-    // of rows where the panel kernel takes them (float ones beyond kFewRows stay with Eigen's GEMM: training's)
+    // of rows where the panel kernel takes them and x's panels stay in the cache (float ones beyond kFewRows stay
+    // with Eigen's GEMM: training's)
     const auto isa = quantized::best_isa();
     const bool few = x.rows <= kFewRows;
     const bool takes =
         w.quantized()
             ? few || (w.int8_activations && quantized::integer_kernel_takes_any_rows(isa, w.group))
             : ((few && (quantized::is_avx512(isa) || (isa == quantized::Isa::avx2 && x.rows >= 2))) ||
-               (w.bf16 && quantized::panel_kernel_takes(isa, x.rows))) &&
+               (w.bf16 && quantized::panel_kernel_takes(isa, x.rows) &&
+                (few || quantized::panels_stay_cached(x.rows, x.cols)))) &&
                   (w.bf16 || w.w.contiguous());
     if (takes) {
       quantized::QuantizedMatrix m{w.q8, w.q4, w.scales, w.w.rows, w.w.cols, w.group};

@@ -85,6 +85,14 @@ enum class Isa { scalar, avx2, avx512, avx512_vnni };
 #endif
 }
 
+/// Whether the panels of R rows of x (R · in floats) take at most a quarter of the last-level cache, so that the
+/// blocks of W, which the threads take one after another, read them from the cache: beyond, each block reads them
+/// from memory again (measured: 4,096 rows of 2,048 values at or below the widened matrix's packed GEMM, and 4,096
+/// of 512 ahead of it; bench/RESULTS.md, issue 15's tenth part).
+[[nodiscard]] inline bool panels_stay_cached(Index R, Index in) {
+  return R * in * Index(sizeof(float)) <= last_level_cache_bytes() / 4;
+}
+
 /// The quantised matrix: (out, in) with `group` values per scale along each row; int8 values (q8, out·in) or
 /// packed 4-bit values (q4, out·in/2 bytes: per group, byte k holds values k and k + group/2).
 struct QuantizedMatrix {
@@ -508,53 +516,57 @@ inline void tile_6x16(const float* w, Index ld, const float* panel, Index in, co
       : "cc", "memory", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10",
         "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
 }
-/// Output rows [begin, end) of a bfloat16 or float W for all R rows of x: the first p.rows through the tile kernel
-/// (6 rows of W at a time, widened from bfloat16 — or copied, for the last rows of a block that are not 6 — into a
-/// thread's buffer of 6 rows; each set of 6 serves every panel while it is in the L1 / L2 cache), the rest through
-/// dense_avx2.
+/// Output rows [begin, end) of a bfloat16 or float W for all R rows of x: the first p.rows through the tile kernel,
+/// the rest through dense_avx2. The panels go in chunks of about 256 KiB (they stay in the L2 cache while the block of
+/// W passes over them: a long prompt's panels, megabytes, would otherwise be read from memory again for every 6 rows
+/// of W); per chunk, 6 rows of W at a time, widened from bfloat16 — or copied, for the last rows of a block that are
+/// not 6 — into a thread's buffer of 6 rows, each set of 6 serving every panel of the chunk.
 template <Packed P>
 void rows_avx2_panels(const QuantizedMatrix& m, const Panels& p, const float* x, Index R, float* y, Index ldy,
                       bool add, Index begin, Index end) {
-  const Index in = m.in;
+  const Index in = m.in, chunk = std::max<Index>(16, (Index(64) << 10) / in / 16 * 16);
+  constexpr Index bytes = P == Packed::f32 ? 4 : 2;
   thread_local std::vector<float> six;  // this thread's 6 rows of W as floats
   six.resize(std::size_t(6 * in));
   float t[6][16];
-  for (Index j0 = begin; j0 < end && p.rows > 0; j0 += 6) {
-    const Index J = std::min<Index>(6, end - j0);
-    const float* w = six.data();
-    if (P == Packed::f32 && J == 6) {
-      w = m.f32 + j0 * in;
-    } else {
-      for (Index j = 0; j < 6; ++j) {
-        float* row = six.data() + j * in;
-        if (j >= J) {
-          std::fill_n(row, in, 0.0f);
-        } else if constexpr (P == Packed::f32) {
-          std::copy_n(m.f32 + (j0 + j) * in, in, row);
-        } else {
-          const std::uint16_t* b = m.bf16 + (j0 + j) * in;
-          Index k = 0;
-          for (; k + 8 <= in; k += 8)
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + k),
-                                _mm256_slli_epi32(_mm256_cvtepu16_epi32(
-                                                      _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + k))),
-                                                  16));
-          for (; k < in; ++k) row[k] = xtr::detail::bf16_bits_to_float(b[k]);
+  for (Index c0 = 0; c0 < p.rows; c0 += chunk) {
+    const Index c1 = std::min(p.rows, c0 + chunk);
+    for (Index j0 = begin; j0 < end; j0 += 6) {
+      const Index J = std::min<Index>(6, end - j0);
+      const float* w = six.data();
+      if (P == Packed::f32 && J == 6) {
+        w = m.f32 + j0 * in;
+      } else {
+        for (Index j = 0; j < 6; ++j) {
+          float* row = six.data() + j * in;
+          if (j >= J) {
+            std::fill_n(row, in, 0.0f);
+          } else if constexpr (P == Packed::f32) {
+            std::copy_n(m.f32 + (j0 + j) * in, in, row);
+          } else {
+            const std::uint16_t* b = m.bf16 + (j0 + j) * in;
+            Index k = 0;
+            for (; k + 8 <= in; k += 8)
+              _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + k),
+                                  _mm256_slli_epi32(_mm256_cvtepu16_epi32(
+                                                        _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + k))),
+                                                    16));
+            for (; k < in; ++k) row[k] = xtr::detail::bf16_bits_to_float(b[k]);
+          }
         }
       }
-    }
-    // the rows 12 on as stored (two tiles ahead: measured a little ahead of one for float; past the block's end, the
-    // next block's, which this thread may take next)
-    constexpr Index bytes = P == Packed::f32 ? 4 : 2;
-    const void* next = P == Packed::f32 ? static_cast<const void*>(m.f32 + std::min(j0 + 12, m.out - 1) * in)
-                                        : static_cast<const void*>(m.bf16 + std::min(j0 + 12, m.out - 1) * in);
-    for (Index r0 = 0; r0 < p.rows; r0 += 16) {
-      tile_6x16(w, in, p.values.data() + r0 * in, in, next, r0 == 0 ? 6 * bytes : 0, t);
-      for (Index i = 0; i < 16; ++i)
-        for (Index j = 0; j < J; ++j) {
-          float& out = y[(r0 + i) * ldy + j0 + j];
-          out = add ? out + t[j][i] : t[j][i];
-        }
+      // the rows 12 on as stored (two tiles ahead: measured a little ahead of one for float; past the block's end,
+      // the next block's, which this thread may take next)
+      const void* next = P == Packed::f32 ? static_cast<const void*>(m.f32 + std::min(j0 + 12, m.out - 1) * in)
+                                          : static_cast<const void*>(m.bf16 + std::min(j0 + 12, m.out - 1) * in);
+      for (Index r0 = c0; r0 < c1; r0 += 16) {
+        tile_6x16(w, in, p.values.data() + r0 * in, in, next, r0 == c0 ? 6 * bytes : 0, t);
+        for (Index i = 0; i < 16; ++i)
+          for (Index j = 0; j < J; ++j) {
+            float& out = y[(r0 + i) * ldy + j0 + j];
+            out = add ? out + t[j][i] : t[j][i];
+          }
+      }
     }
   }
   for (Index r = p.rows; r < R; r += 8)
