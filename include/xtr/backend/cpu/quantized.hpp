@@ -368,6 +368,12 @@ void rows_avx2(const QuantizedMatrix& m, const float* x, float* y, Index ldy, bo
   }
 }
 
+/// Eight bfloat16 values as floats (the upper halves of the floats).
+inline __m256 bf16x8(const std::uint16_t* v) {
+  return _mm256_castsi256_ps(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v))), 16));
+}
+
 /// Unscaled matrices (bfloat16, float) on AVX2: J output rows × R ≤ 4 rows of x, 8 values a step, so that J·R
 /// accumulators, J weight vectors and one x vector fit the 16 registers; each weight vector serves R rows of x and
 /// each x vector J rows of W. The tail of a row that is not a whole number of 8-value steps is added in scalar code.
@@ -383,12 +389,7 @@ void dense_avx2(const QuantizedMatrix& m, const float* x, float* y, Index ldy, b
     __m256 w[J];
     for (int j = 0; j < J; ++j) {
       const Index at = (j0 + j) * in + k;
-      if constexpr (P == Packed::f32) {
-        w[j] = _mm256_loadu_ps(m.f32 + at);
-      } else {  // bfloat16: the upper half of a float
-        w[j] = _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m.bf16 + at))), 16));
-      }
+      w[j] = P == Packed::f32 ? _mm256_loadu_ps(m.f32 + at) : bf16x8(m.bf16 + at);
     }
     for (int r = 0; r < R; ++r) {
       const __m256 xv = _mm256_loadu_ps(x + r * in + k);
@@ -546,19 +547,16 @@ void rows_avx2_panels(const QuantizedMatrix& m, const Panels& p, const float* x,
           } else {
             const std::uint16_t* b = m.bf16 + (j0 + j) * in;
             Index k = 0;
-            for (; k + 8 <= in; k += 8)
-              _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + k),
-                                  _mm256_slli_epi32(_mm256_cvtepu16_epi32(
-                                                        _mm_loadu_si128(reinterpret_cast<const __m128i*>(b + k))),
-                                                    16));
+            for (; k + 8 <= in; k += 8) _mm256_storeu_ps(row + k, bf16x8(b + k));
             for (; k < in; ++k) row[k] = xtr::detail::bf16_bits_to_float(b[k]);
           }
         }
       }
       // the rows 12 on as stored (two tiles ahead: measured a little ahead of one for float; past the block's end,
       // the next block's, which this thread may take next)
-      const void* next = P == Packed::f32 ? static_cast<const void*>(m.f32 + std::min(j0 + 12, m.out - 1) * in)
-                                          : static_cast<const void*>(m.bf16 + std::min(j0 + 12, m.out - 1) * in);
+      const char* stored = P == Packed::f32 ? reinterpret_cast<const char*>(m.f32)
+                                            : reinterpret_cast<const char*>(m.bf16);
+      const void* next = stored + std::min(j0 + 12, m.out - 1) * in * bytes;
       for (Index r0 = c0; r0 < c1; r0 += 16) {
         tile_6x16(w, in, p.values.data() + r0 * in, in, next, r0 == c0 ? 6 * bytes : 0, t);
         for (Index i = 0; i < 16; ++i)
@@ -1156,8 +1154,7 @@ void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, Index ldy
   }
   // rows of W per block: about 48 KiB of the matrix as stored (each 8 rows of x pass over it while it is in the L1 /
   // L2 cache), and at least 4 blocks a thread, so that a thread the machine slows takes fewer of them; a multiple of
-  // 4 rows (the kernels' widest block of W's rows), at least 4
-  // (the panel kernel: a multiple of its 6)
+  // 4 rows (the kernels' widest block of W's rows; the panel kernel's: 6), at least that
   const Index row_bytes = m.f32 ? 4 * m.in : m.bf16 ? 2 * m.in : m.q8 ? m.in : m.in / 2;
   const Index cached = (Index(48) << 10) / std::max<Index>(1, row_bytes),
               balanced = (m.out + 4 * max_threads() - 1) / (4 * max_threads());
@@ -1165,13 +1162,19 @@ void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, Index ldy
     return std::max(multiple, (std::min(cached, balanced) + multiple - 1) / multiple * multiple);
   };
   const Index block = rows_per_block(4);
-  // rows8(r0, rows, y, begin, end): ≤ 8 rows of x from row r0, after first(begin, end) on every thread's share of
-  // the first n_first rows of x (0: nothing to wait for)
+  // blocks(rows, n_first, first, body): body(begin, end) then tail(begin, end) on blocks of `rows` rows of W, after
+  // first(begin, end) on every thread's share of the first n_first rows of x (0: nothing to wait for);
+  // run(rows8, …): the same with body calling rows8(r0, rows, y, begin, end) on ≤ 8 rows of x from row r0 at a time
   const auto nothing_first = [](Index, Index) {};
-  const auto run = [&](auto&& rows8, Index n_first, auto&& first) {
-    parallel_blocks_after(n_first, first, m.out, block, 2 * R * m.in, [&](Index begin, Index end) {
-      for (Index r = 0; r < R; r += 8) rows8(r, std::min<Index>(8, R - r), y + r * ldy, begin, end);
+  const auto blocks = [&](Index rows, Index n_first, auto&& first, auto&& body) {
+    parallel_blocks_after(n_first, first, m.out, rows, 2 * R * m.in, [&](Index begin, Index end) {
+      body(begin, end);
       tail(begin, end);
+    });
+  };
+  const auto run = [&](auto&& rows8, Index n_first, auto&& first) {
+    blocks(block, n_first, first, [&](Index begin, Index end) {
+      for (Index r = 0; r < R; r += 8) rows8(r, std::min<Index>(8, R - r), y + r * ldy, begin, end);
     });
   };
   if (int8_activations) {
@@ -1210,15 +1213,11 @@ void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, Index ldy
     detail::shape_panels(R, m.in, scratch);
     detail::Panels* p = &scratch;
     // the threads transpose their shares of the rows of x into panels, wait for one another, then multiply
-    parallel_blocks_after(p->rows, [&](Index begin, Index end) { detail::fill_panels(x, m.in, begin, end, *p); },
-                          m.out, rows_per_block(6), 2 * R * m.in, [&](Index begin, Index end) {
-                            if (m.f32) {
-                              detail::rows_avx2_panels<detail::Packed::f32>(m, *p, x, R, y, ldy, add, begin, end);
-                            } else {
-                              detail::rows_avx2_panels<detail::Packed::bf16>(m, *p, x, R, y, ldy, add, begin, end);
-                            }
-                            tail(begin, end);
-                          });
+    blocks(rows_per_block(6), p->rows, [&](Index begin, Index end) { detail::fill_panels(x, m.in, begin, end, *p); },
+           [&](Index begin, Index end) {
+             if (m.f32) return detail::rows_avx2_panels<detail::Packed::f32>(m, *p, x, R, y, ldy, add, begin, end);
+             detail::rows_avx2_panels<detail::Packed::bf16>(m, *p, x, R, y, ldy, add, begin, end);
+           });
     return;
   }
 #endif
