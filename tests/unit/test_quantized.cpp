@@ -10,6 +10,9 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -512,6 +515,49 @@ TEST_CASE("bfloat16 matrices through the blocked GEMV equal the float GEMV of th
       }
     }
   }
+}
+
+TEST_CASE("parallel_blocks_ahead runs every block once, after the first job on every share, each told the block its "
+          "thread runs next", "[quantized]") {
+  // the panel kernel's schedule: what it prefetches is only as right as `next`
+  for (const Index n : {Index(1), Index(6), Index(100), Index(203)})
+    for (const Index work : {Index(1), Index(100000)}) {  // serial, and (from two threads) in parallel
+      const Index block = 6, blocks = (n + block - 1) / block, n_first = 37;
+      std::vector<std::vector<std::array<Index, 4>>> runs(std::size_t(cpu::max_threads()));
+      std::vector<int> firsts(std::size_t(n_first), 0);
+      std::atomic<Index> early{0};  // blocks run before every share of `first` was done
+      std::atomic<Index> first_done{0};
+      cpu::parallel_blocks_ahead(
+          n_first,
+          [&](Index b, Index e) {
+            for (Index i = b; i < e; ++i) ++firsts[std::size_t(i)];
+            first_done += e - b;
+          },
+          n, block, work, [&](Index b, Index e, Index nb, Index ne) {
+            if (first_done.load() != n_first) ++early;
+            runs[std::size_t(omp_get_thread_num())].push_back({b, e, nb, ne});
+          });
+      INFO("n " << n << " work per row " << work);
+      CHECK(early.load() == 0);
+      CHECK(std::count(firsts.begin(), firsts.end(), 1) == n_first);
+      std::vector<int> seen(std::size_t(blocks), 0);
+      for (const auto& thread : runs)
+        for (std::size_t k = 0; k < thread.size(); ++k) {
+          const auto [b, e, nb, ne] = thread[k];
+          REQUIRE(b % block == 0);
+          REQUIRE(b / block < blocks);
+          ++seen[std::size_t(b / block)];
+          CHECK(e == std::min(n, b + block));
+          if (k + 1 < thread.size()) {  // the block this thread ran next
+            CHECK(nb == thread[k + 1][0]);
+            CHECK(ne == thread[k + 1][1]);
+          } else {  // none: an empty range at the end
+            CHECK(nb == n);
+            CHECK(ne == n);
+          }
+        }
+      CHECK(std::count(seen.begin(), seen.end(), 1) == blocks);
+    }
 }
 
 TEST_CASE("automatic decoding weights: bf16 above the last-level cache, f32 below, the environment and quantize() override it", "[quantized][generation]") {

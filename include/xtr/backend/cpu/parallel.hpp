@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <utility>
 
 #include "xtr/core/tensor.hpp"
@@ -66,6 +67,38 @@ void parallel_blocks_after(Index n_first, First&& first, Index n, Index block, I
     }
 #pragma omp for schedule(dynamic, 1)
     for (Index i = 0; i < blocks; ++i) f(i * block, std::min(n, (i + 1) * block));
+  }
+}
+
+/// As parallel_blocks_after, but each thread claims its next block before it runs the current one, and
+/// f(begin, end, next_begin, next_end) learns which ([n, n) when it has none): a kernel that streams its blocks from
+/// memory prefetches the start of its next block while it finishes the current one (omp's dynamic schedule hides
+/// which block a thread takes next). Still dynamic: a thread the machine slows holds at most one block besides the
+/// one it runs. Serially: every block in order, each told the one after it.
+template <class First, class F>
+void parallel_blocks_ahead(Index n_first, First&& first, Index n, Index block, Index work_per_row, F&& f) {
+  const Index blocks = (n + block - 1) / block;
+  const auto run = [&](Index i, Index next) {
+    f(i * block, std::min(n, (i + 1) * block), std::min(n, next * block), std::min(n, (next + 1) * block));
+  };
+  if (!worth_threads(blocks, n * work_per_row)) {
+    first(Index{0}, n_first);
+    for (Index i = 0; i < blocks; ++i) run(i, i + 1);
+    return;
+  }
+  std::atomic<Index> claimed{0};
+#pragma omp parallel
+  {
+    const auto [b, e] = thread_share(n_first);
+    if (b < e) first(b, e);
+    if (n_first > 0) {  // the same on every thread: all of them reach the barrier or none
+#pragma omp barrier
+    }
+    for (Index i = claimed.fetch_add(1, std::memory_order_relaxed); i < blocks;) {
+      const Index next = claimed.fetch_add(1, std::memory_order_relaxed);
+      run(i, next);
+      i = next;
+    }
   }
 }
 

@@ -524,7 +524,7 @@ inline void tile_6x16(const float* w, Index ld, const float* panel, Index in, co
 /// not 6 — into a thread's buffer of 6 rows, each set of 6 serving every panel of the chunk.
 template <Packed P>
 void rows_avx2_panels(const QuantizedMatrix& m, const Panels& p, const float* x, Index R, float* y, Index ldy,
-                      bool add, Index begin, Index end) {
+                      bool add, Index begin, Index end, Index next_begin, Index next_end) {
   const Index in = m.in, chunk = std::max<Index>(16, (Index(64) << 10) / in / 16 * 16);
   constexpr Index bytes = P == Packed::f32 ? 4 : 2;
   thread_local std::vector<float> six;  // this thread's 6 rows of W as floats
@@ -552,13 +552,17 @@ void rows_avx2_panels(const QuantizedMatrix& m, const Panels& p, const float* x,
           }
         }
       }
-      // the rows 12 on as stored (two tiles ahead: measured a little ahead of one for float; past the block's end,
-      // the next block's, which this thread may take next)
+      // the rows 12 on in this thread's order (two tiles ahead: measured a little ahead of one for float), past the
+      // block's end those of the block it takes next (its first rows when it has fewer than 12 left); none after the
+      // last block
       const char* stored = P == Packed::f32 ? reinterpret_cast<const char*>(m.f32)
                                             : reinterpret_cast<const char*>(m.bf16);
-      const void* next = stored + std::min(j0 + 12, m.out - 1) * in * bytes;
+      Index ahead = j0 + 12;
+      if (ahead >= end) ahead = std::max(next_begin, std::min(next_begin + (ahead - end), next_end - 6));
+      const bool fetch = ahead < m.out;
+      const void* next = stored + (fetch ? ahead : j0) * in * bytes;
       for (Index r0 = c0; r0 < c1; r0 += 16) {
-        tile_6x16(w, in, p.values.data() + r0 * in, in, next, r0 == c0 ? 6 * bytes : 0, t);
+        tile_6x16(w, in, p.values.data() + r0 * in, in, next, fetch && r0 == c0 ? 6 * bytes : 0, t);
         for (Index i = 0; i < 16; ++i)
           for (Index j = 0; j < J; ++j) {
             float& out = y[(r0 + i) * ldy + j0 + j];
@@ -1213,11 +1217,17 @@ void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, Index ldy
     detail::shape_panels(R, m.in, scratch);
     detail::Panels* p = &scratch;
     // the threads transpose their shares of the rows of x into panels, wait for one another, then multiply
-    blocks(rows_per_block(6), p->rows, [&](Index begin, Index end) { detail::fill_panels(x, m.in, begin, end, *p); },
-           [&](Index begin, Index end) {
-             if (m.f32) return detail::rows_avx2_panels<detail::Packed::f32>(m, *p, x, R, y, ldy, add, begin, end);
-             detail::rows_avx2_panels<detail::Packed::bf16>(m, *p, x, R, y, ldy, add, begin, end);
-           });
+    // (each thread told the block it takes next, whose first rows it prefetches while it finishes this one)
+    parallel_blocks_ahead(
+        p->rows, [&](Index begin, Index end) { detail::fill_panels(x, m.in, begin, end, *p); }, m.out,
+        rows_per_block(6), 2 * R * m.in, [&](Index begin, Index end, Index next_begin, Index next_end) {
+          if (m.f32) {
+            detail::rows_avx2_panels<detail::Packed::f32>(m, *p, x, R, y, ldy, add, begin, end, next_begin, next_end);
+          } else {
+            detail::rows_avx2_panels<detail::Packed::bf16>(m, *p, x, R, y, ldy, add, begin, end, next_begin, next_end);
+          }
+          tail(begin, end);
+        });
     return;
   }
 #endif
