@@ -221,6 +221,82 @@ TEST_CASE("beam search: beams = 1 is greedy decoding, cached = recomputed, the c
   }
 }
 
+TEST_CASE("the KV cache grows with what is decoded: doubled up to its full size, the live rows kept, then slides",
+          "[generation]") {
+  SECTION("make_room: 3 live rows at row 2 of a 5-row run move to the front of a 10-row one, for floats and halves") {
+    const auto at = [](Index capacity, Index r, Index h, Index j) { return (r * 2 + h) * capacity + j; };  // dim_head 1
+    for (const KVFormat format : {KVFormat::f32, KVFormat::f16}) {
+      INFO(kv_format_name(format));
+      KVCache<double> c;
+      c.batch = 2;
+      c.capacity = 5;
+      c.start = 2;
+      c.length = 3;
+      c.format = format;
+      const auto value = [&](Index i) {
+        return format == KVFormat::f32 ? c.v[0][i] : double(xtr::detail::half_bits_to_float(c.v_half[0][i].bits));
+      };
+      if (format == KVFormat::f32) {
+        c.k.emplace_back(Shape{2, 2, 5, 1});
+        c.v.emplace_back(Shape{2, 2, 5, 1});
+        for (Index i = 0; i < 20; ++i) c.v[0][i] = double(i);
+      } else {
+        c.k_half.emplace_back(Shape{2, 2, 5, 1}, Uninitialized{});
+        c.v_half.emplace_back(Shape{2, 2, 5, 1}, Uninitialized{});
+        for (Index i = 0; i < 20; ++i) c.v_half[0][i] = {xtr::detail::float_to_half_bits_nearest(float(i))};
+      }
+      c.make_room(0, 12);  // fits: nothing moves
+      CHECK(c.capacity == 5);
+      CHECK(c.start == 2);
+      c.make_room(1, 12);  // 2 + 3 + 1 > 5: doubled to 10, the live rows at the front
+      REQUIRE(c.capacity == 10);
+      CHECK(c.start == 0);
+      CHECK(c.length == 3);
+      const auto& t = format == KVFormat::f32 ? c.v[0].shape() : c.v_half[0].shape();
+      CHECK(t.extent[2] == 10);
+      for (Index r = 0; r < 2; ++r)
+        for (Index h = 0; h < 2; ++h)
+          for (Index j = 0; j < 3; ++j) CHECK(value(at(10, r, h, j)) == double(at(5, r, h, j + 2)));
+      c.make_room(8, 12);  // 3 + 8 rows: grown to the full size, 12, not 20
+      CHECK(c.capacity == 12);
+      CHECK(c.start == 0);
+      for (Index r = 0; r < 2; ++r)
+        for (Index h = 0; h < 2; ++h)
+          for (Index j = 0; j < 3; ++j) CHECK(value(at(12, r, h, j)) == double(at(5, r, h, j + 2)));
+      c.start = 8;  // at its full size the live rows (rows 8…10 here) move to the front of the same run
+      const double* before = format == KVFormat::f32 ? c.v[0].data() : nullptr;
+      c.make_room(2, 12);
+      CHECK(c.capacity == 12);
+      CHECK(c.start == 0);
+      if (before) CHECK(c.v[0].data() == before);
+      CHECK_THROWS_WITH(c.make_room(10, 12), Contains("3 live rows and 10 new ones exceed its 12 rows"));
+    }
+  }
+  SECTION("a model's cache: empty when made, then as long as the decoded rows need, until 2 · max_seq_len") {
+    const SerialOpenMP serial;
+    TransformerWrapper<RotaryLayers, Cpu<double>> net(config(17, 8));  // full size: 16 rows per head
+    auto cache = net.make_cache(1);
+    CHECK(cache.capacity == 0);
+    const auto tokens = random_tokens(1, 40, 17, 2);
+    const auto step = [&](Index from, Index n) {
+      (void)net.forward_cached(TokensView{tokens.data.data() + from, 1, n}, cache);
+    };
+    step(0, 3);
+    CHECK(cache.capacity == 3);
+    step(3, 1);
+    CHECK(cache.capacity == 6);
+    step(4, 3);
+    CHECK(cache.capacity == 12);
+    for (Index i = 7; i < 30; ++i) step(i, 1);  // the window slides over a buffer of its full size
+    CHECK(cache.capacity == 16);
+    CHECK(cache.length == 8);
+    // the rows a caller expects (generate: prompt and new tokens) are the first size, at most the full one
+    CHECK(net.make_cache(2, 5).capacity == 5);
+    CHECK(net.make_cache(2, 50).capacity == 16);
+    CHECK_THROWS_WITH(net.make_cache(2, -1), Contains("make_cache: rows -1 < 0"));
+  }
+}
+
 TEST_CASE("stochastic beam search: seeded, varies with the seed, scores are log-probabilities, temperature 0 is "
           "deterministic beam search", "[generation][beam]") {
   const SerialOpenMP serial;

@@ -695,8 +695,8 @@ TEST_CASE("f16 KV cache: decoding within the halves' rounding of the float cache
     Model model{Net{quant_config()}};
     model.eval();
     CHECK(model.net.kv_format() == KVFormat::f32);
-    // a prompt, single tokens and chunks, 110 tokens in all: the window (48) slides and the live rows move to the front
-    // of the buffer (capacity 96) twice; the worst logit difference between a float and an f16 cache
+    // a prompt, single tokens and chunks, 110 tokens in all: the buffer grows to its full size (96), the window (48)
+    // slides and the live rows move to the buffer's front; the worst logit difference between a float and an f16 cache
     const auto worst_difference = [&] {
       use_kv_format(model, KVFormat::f32);
       Net::Cache full = model.net.make_cache(2);

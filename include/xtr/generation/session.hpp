@@ -27,9 +27,10 @@ class DecodeSession {
 
   /// A session over `batch` sequences; `context` (cross-attending nets only) has `batch` rows. With bf16_weights the
   /// cached steps read a bfloat16 copy of the weights. `seq_start` (empty, or one per sequence): left padding — the
-  /// position of each sequence's first real token in the histories next() reads.
+  /// position of each sequence's first real token in the histories next() reads. `rows`: the tokens per sequence the
+  /// caller expects (prompt and new ones; 0: unknown), the KV cache's first size (make_cache).
   DecodeSession(Net& net, Index batch, bool cache_kv, bool bf16_weights, Context context = {},
-                std::span<const Index> seq_start = {})
+                std::span<const Index> seq_start = {}, Index rows = 0)
       : net_(net), batch_(batch), use_cache_(cache_kv), context_(context) {
     if (std::any_of(seq_start.begin(), seq_start.end(), [](Index s) { return s != 0; }))
       starts_.assign(seq_start.begin(), seq_start.end());
@@ -43,9 +44,9 @@ class DecodeSession {
     }
     if (use_cache_) {
       if constexpr (cross_attends) {
-        cache_ = net_.make_cache(batch, context);
+        cache_ = net_.make_cache(batch, context, rows);
       } else {
-        cache_ = net_.make_cache(batch);
+        cache_ = net_.make_cache(batch, rows);
       }
       if (bf16_weights) net_.round_weights_to_bf16(cache_);
       cache_.seq_start = starts_;

@@ -22,7 +22,8 @@ namespace xtr {
 
 template <class T>
 struct KVCache {
-  Index batch = 0, capacity = 0;  // rows per sequence held (2 · max_seq_len: a sliding window moves rarely)
+  Index batch = 0, capacity = 0;  // rows per head's run: grown with what is decoded (make_room), at most
+                                  // 2 · max_seq_len (+ memory tokens: a sliding window moves rarely)
   Index start = 0, length = 0;    // live rows [start, start + length)
   Index position = 0;             // position of the next token (keeps counting past max_seq_len)
   std::vector<Tensor<T>> k, v;    // per layer (batch, kv_heads, capacity, dim_head): each head's rows together,
@@ -62,6 +63,22 @@ struct KVCache {
     start = 0;
   }
 
+  /// Room for `rows` more rows after the live ones in every head's run of at most `full` rows: a buffer at its full
+  /// size moves the live rows to the front (slide_to_front); a smaller one grows (doubles, at least to fit, at most
+  /// to `full`) with the live rows copied to the front of the new one. A cache starts empty, so a short prompt's
+  /// generate() touches a small buffer, which the allocator recycles from call to call, rather than first-touching
+  /// pages of a 2 · max_seq_len one on every call (bench/RESULTS.md, issue 15's eleventh part).
+  void make_room(Index rows, Index full) {
+    require(length + rows <= full, "KV cache: ", length, " live rows and ", rows, " new ones exceed its ", full,
+            " rows");
+    if (start + length + rows <= capacity) return;
+    if (capacity >= full) return slide_to_front();
+    const Index grown = std::min(full, std::max(2 * capacity, length + rows));
+    copy_live_rows(1, grown, 0);
+    capacity = grown;
+    start = 0;
+  }
+
   /// Row b becomes rows [b · times, (b + 1) · times), each a copy (the context's keys and values too).
   void repeat_rows(Index times) {
     require(times >= 1, "repeat_rows: times must be >= 1, got ", times);
@@ -75,15 +92,7 @@ struct KVCache {
                       out.data() + ((b * times + i) * rows_per_sequence + first_row) * width);
       t = std::move(out);
     };
-    for_each_layer_tensor([&](auto& t) {
-      const Index heads = t.shape().extent[1], dh = t.shape().extent[3];
-      std::remove_reference_t<decltype(t)> out(Shape{batch * times, heads, capacity, dh}, Uninitialized{}, t.memory());
-      for (Index b = 0; b < batch; ++b)
-        for (Index i = 0; i < times; ++i)
-          for (Index h = 0; h < heads; ++h)
-            std::copy_n(head_rows(t, b, h) + start * dh, length * dh, head_rows(out, b * times + i, h) + start * dh);
-      t = std::move(out);
-    });
+    copy_live_rows(times, capacity, start);
     for (auto& t : context_kv) repeat(t, context_length, 0, context_length);
     if (!context_mask.empty()) {
       std::vector<std::uint8_t> mask(std::size_t(batch * times * context_length));
@@ -142,6 +151,20 @@ struct KVCache {
   }
 
  private:
+  /// Every layer's K and V into new tensors of `rows` rows per head's run: the live rows of sequence b copied to
+  /// sequences b · times … (b + 1) · times − 1, from row `to` of each run (the other rows undefined, as ever).
+  void copy_live_rows(Index times, Index rows, Index to) {
+    for_each_layer_tensor([&](auto& t) {
+      const Index heads = t.shape().extent[1], dh = t.shape().extent[3];
+      std::remove_reference_t<decltype(t)> out(Shape{batch * times, heads, rows, dh}, Uninitialized{}, t.memory());
+      for (Index b = 0; b < batch; ++b)
+        for (Index i = 0; i < times; ++i)
+          for (Index h = 0; h < heads; ++h)
+            std::copy_n(head_rows(t, b, h) + start * dh, length * dh, head_rows(out, b * times + i, h) + to * dh);
+      t = std::move(out);
+    });
+  }
+
   /// f(t) for every layer's K and V tensor, of T or of halves.
   template <class F>
   void for_each_layer_tensor(F&& f) {

@@ -341,20 +341,22 @@ class TransformerWrapper {
     return {record_.context_grad, record_.batch * record_.context_length, dim_context()};
   }
 
-  /// A cache for generating `batch` sequences.
-  [[nodiscard]] Cache make_cache(Index batch) const
+  /// A cache for generating `batch` sequences. `rows`: the tokens per sequence the caller expects to decode (prompt
+  /// and new ones; 0: unknown): the buffer starts that large (at most its full size, 2 · max_seq_len) and grows
+  /// beyond it as forward_cached needs (KVCache::make_room).
+  [[nodiscard]] Cache make_cache(Index batch, Index rows = 0) const
     requires(Layers::causal && !Layers::cross_attend)
   {
-    return empty_cache(batch);
+    return empty_cache(batch, rows);
   }
   /// A cache for generating `batch` sequences that cross-attend to `context`: its keys and values are projected
-  /// here, once per sequence, and read at every step.
-  [[nodiscard]] Cache make_cache(Index batch, ContextView<scalar> context) const
+  /// here, once per sequence, and read at every step. `rows` as above.
+  [[nodiscard]] Cache make_cache(Index batch, ContextView<scalar> context, Index rows = 0) const
     requires(Layers::causal && Layers::cross_attend)
   {
     require(context.batch == batch, "context batch ", context.batch, " does not match the cache batch ", batch);
     check_context(batch, context);
-    Cache c = empty_cache(batch);
+    Cache c = empty_cache(batch, rows);
     const Index S = context.length, KD = kv_heads() * config_.layers.dim_head;
     c.context_length = S;
     if (!context.mask.empty()) c.context_mask.assign(context.mask.data, context.mask.data + batch * S);
@@ -625,10 +627,17 @@ class TransformerWrapper {
               context.length, ")");
   }
 
-  [[nodiscard]] Cache empty_cache(Index batch) const {
+  /// Rows per head's run of a cache at its full size (the sliding window's buffer): 2 · max_seq_len and the memory
+  /// tokens.
+  [[nodiscard]] Index full_cache_rows() const { return 2 * config_.max_seq_len + config_.num_memory_tokens; }
+
+  /// A cache of room for `rows` tokens per sequence (and the memory tokens; at most the full size), none yet
+  /// (forward_cached grows it as it needs: KVCache::make_room).
+  [[nodiscard]] Cache empty_cache(Index batch, Index rows) const {
+    require(rows >= 0, "make_cache: rows ", rows, " < 0 (0: unknown, the cache grows as it needs)");
     Cache c;
     c.batch = batch;
-    c.capacity = 2 * config_.max_seq_len + config_.num_memory_tokens;
+    c.capacity = rows > 0 ? std::min(full_cache_rows(), rows + config_.num_memory_tokens) : 0;
     const Shape kv{batch, kv_heads(), c.capacity, config_.layers.dim_head};  // each head's rows together
     c.format = kv_format_;
     for (std::size_t l = 0; l < blocks_.size(); ++l) {  // rows are written before they are read
@@ -965,14 +974,15 @@ auto TransformerWrapper<Layers, Backend>::forward_cached(TokensView tokens, Cach
   require(cache.bf16_weights.empty() || Index(cache.bf16_weights.size()) == params_->count(),
           "cache holds bfloat16 weights of ", cache.bf16_weights.size(), " parameters, the model has ",
           params_->count());
-  // Sliding window: keep at most max_seq_len keys including the new ones; move the live rows to the front when the
-  // end of the buffer is reached (amortised: once per max_seq_len tokens).
+  // Sliding window: keep at most max_seq_len keys including the new ones; grow the buffer while it is smaller than
+  // its full size, then move the live rows to the front when its end is reached (amortised: once per max_seq_len
+  // tokens).
   if (cache.length + rows > config_.max_seq_len + M) {
     const Index drop = cache.length + rows - config_.max_seq_len - M;
     cache.start += drop;
     cache.length -= drop;
   }
-  if (cache.start + cache.length + rows > cache.capacity) cache.slide_to_front();
+  cache.make_room(rows, full_cache_rows());
   if (uses_rotary()) kernel<Backend, ops::Rotate>::ensure(rotary_, cache.position + rows);
 
   ++forward_count_;

@@ -171,7 +171,7 @@ class AutoregressiveWrapper {
       speculative(out, starts, length, s, sampler, stops, context);
       return stops.result(out, length);
     }
-    DecodeSession<Net> session(net, B, s.cache_kv, s.bf16_weights, context, starts);
+    DecodeSession<Net> session(net, B, s.cache_kv, s.bf16_weights, context, starts, W);
     OpenSessions amateurs;
     for (const auto& a : s.amateurs) amateurs.sessions.push_back(a.open(B, s.cache_kv, starts));
     std::vector<scalar> contrasted;
@@ -226,7 +226,7 @@ class AutoregressiveWrapper {
     const Index W = P + length;
     TokenBatch out(B, W), previous;
     const std::vector<Index> starts = place_prompts(prompts, options.prompt_lens, out);
-    DecodeSession<Net> session(net, B, options.cache_kv, false, context, starts);
+    DecodeSession<Net> session(net, B, options.cache_kv, false, context, starts, W);
     std::vector<Index> parent;
     std::vector<std::int32_t> token;
     for (Index step = 0; step < length; ++step) {
@@ -349,7 +349,7 @@ class AutoregressiveWrapper {
         row_context = {context.data + b * context.length * context.dim, 1, context.length, context.dim,
                        context.mask.empty() ? MaskView{} : MaskView{context.mask.data + b * context.length, 1,
                                                                     context.length}};
-      DecodeSession<Net> target(net, 1, s.cache_kv, s.bf16_weights, row_context);
+      DecodeSession<Net> target(net, 1, s.cache_kv, s.bf16_weights, row_context, {}, W);
       OpenSessions open;
       open.sessions.push_back(s.draft->open(1, s.cache_kv));
       auto& draft = *open.sessions[0];
