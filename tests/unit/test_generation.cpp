@@ -64,6 +64,31 @@ double sequence_log_prob(M& model, const std::vector<std::int32_t>& prompt, cons
   return total;
 }
 
+/// A one-layer KV cache (batch, heads, capacity, dim_head) = `shape` in `format` whose K and V hold the value i at
+/// element i, rows [start, start + length) of each head live; cached_value(c.k, c.k_half, i) reads either storage back.
+KVCache<double> numbered_cache(KVFormat format, Shape shape, Index start, Index length) {
+  KVCache<double> c;
+  c.batch = shape.extent[0];
+  c.capacity = shape.extent[2];
+  c.start = start;
+  c.length = length;
+  c.format = format;
+  if (format == KVFormat::f32) {
+    c.k.emplace_back(shape);
+    c.v.emplace_back(shape);
+    for (Index i = 0; i < shape.numel(); ++i) c.k[0][i] = c.v[0][i] = double(i);
+  } else {
+    c.k_half.emplace_back(shape, Uninitialized{});
+    c.v_half.emplace_back(shape, Uninitialized{});
+    for (Index i = 0; i < shape.numel(); ++i)
+      c.k_half[0][i] = c.v_half[0][i] = {xtr::detail::float_to_half_bits_nearest(float(i))};
+  }
+  return c;
+}
+double cached_value(const std::vector<Tensor<double>>& layers, const std::vector<Tensor<Half>>& halves, Index i) {
+  return layers.empty() ? double(xtr::detail::half_bits_to_float(halves[0][i].bits)) : layers[0][i];
+}
+
 template <class M>
 TokenBatch greedy(M& model, TokensView prompts, Index n, bool cache = true) {
   return model.generate(prompts, n, {.temperature = 0, .cache_kv = cache});
@@ -188,33 +213,15 @@ TEST_CASE("beam search: beams = 1 is greedy decoding, cached = recomputed, the c
   std::vector<std::byte> scratch;
   for (const KVFormat format : {KVFormat::f32, KVFormat::f16}) {
     INFO(kv_format_name(format));
-    KVCache<double> c;
-    c.batch = 4;
-    c.capacity = 3;
-    c.start = 1;
-    c.length = 2;
-    c.format = format;
-    std::vector<double> k_values, v_values;  // read back from either storage
-    if (format == KVFormat::f32) {
-      c.k.emplace_back(Shape{4, 2, 3, 2});
-      c.v.emplace_back(Shape{4, 2, 3, 2});
-      for (Index i = 0; i < 48; ++i) c.k[0][i] = c.v[0][i] = double(i);
-    } else {
-      c.k_half.emplace_back(Shape{4, 2, 3, 2}, Uninitialized{});
-      c.v_half.emplace_back(Shape{4, 2, 3, 2}, Uninitialized{});
-      for (Index i = 0; i < 48; ++i) c.k_half[0][i] = c.v_half[0][i] = {xtr::detail::float_to_half_bits_nearest(float(i))};
-    }
+    KVCache<double> c = numbered_cache(format, Shape{4, 2, 3, 2}, 1, 2);
     c.reorder_rows(parent, 2, scratch);
-    const auto value = [&](const auto& layers, const auto& halves, Index i) {
-      return format == KVFormat::f32 ? layers[0][i] : double(xtr::detail::half_bits_to_float(halves[0][i].bits));
-    };
     for (Index r = 0; r < 4; ++r)
       for (Index h = 0; h < 2; ++h)
         for (Index j = 0; j < 3; ++j)
           for (Index d = 0; d < 2; ++d) {
             const Index from = j == 0 ? r : parent[std::size_t(r)];  // rows outside the live ones are not touched
-            CHECK(value(c.k, c.k_half, at(r, h, j, d)) == double(at(from, h, j, d)));
-            CHECK(value(c.v, c.v_half, at(r, h, j, d)) == double(at(from, h, j, d)));
+            CHECK(cached_value(c.k, c.k_half, at(r, h, j, d)) == double(at(from, h, j, d)));
+            CHECK(cached_value(c.v, c.v_half, at(r, h, j, d)) == double(at(from, h, j, d)));
           }
     const std::vector<Index> across = {2, 1, 3, 2};
     REQUIRE_THROWS_WITH(c.reorder_rows(across, 2, scratch), Contains("row 0 cannot continue row 2 (outside its group of 2"));
@@ -227,24 +234,7 @@ TEST_CASE("the KV cache grows with what is decoded: doubled up to its full size,
     const auto at = [](Index capacity, Index r, Index h, Index j) { return (r * 2 + h) * capacity + j; };  // dim_head 1
     for (const KVFormat format : {KVFormat::f32, KVFormat::f16}) {
       INFO(kv_format_name(format));
-      KVCache<double> c;
-      c.batch = 2;
-      c.capacity = 5;
-      c.start = 2;
-      c.length = 3;
-      c.format = format;
-      const auto value = [&](Index i) {
-        return format == KVFormat::f32 ? c.v[0][i] : double(xtr::detail::half_bits_to_float(c.v_half[0][i].bits));
-      };
-      if (format == KVFormat::f32) {
-        c.k.emplace_back(Shape{2, 2, 5, 1});
-        c.v.emplace_back(Shape{2, 2, 5, 1});
-        for (Index i = 0; i < 20; ++i) c.v[0][i] = double(i);
-      } else {
-        c.k_half.emplace_back(Shape{2, 2, 5, 1}, Uninitialized{});
-        c.v_half.emplace_back(Shape{2, 2, 5, 1}, Uninitialized{});
-        for (Index i = 0; i < 20; ++i) c.v_half[0][i] = {xtr::detail::float_to_half_bits_nearest(float(i))};
-      }
+      KVCache<double> c = numbered_cache(format, Shape{2, 2, 5, 1}, 2, 3);
       c.make_room(0, 12);  // fits: nothing moves
       CHECK(c.capacity == 5);
       CHECK(c.start == 2);
@@ -256,13 +246,16 @@ TEST_CASE("the KV cache grows with what is decoded: doubled up to its full size,
       CHECK(t.extent[2] == 10);
       for (Index r = 0; r < 2; ++r)
         for (Index h = 0; h < 2; ++h)
-          for (Index j = 0; j < 3; ++j) CHECK(value(at(10, r, h, j)) == double(at(5, r, h, j + 2)));
+          for (Index j = 0; j < 3; ++j) {
+            CHECK(cached_value(c.k, c.k_half, at(10, r, h, j)) == double(at(5, r, h, j + 2)));
+            CHECK(cached_value(c.v, c.v_half, at(10, r, h, j)) == double(at(5, r, h, j + 2)));
+          }
       c.make_room(8, 12);  // 3 + 8 rows: grown to the full size, 12, not 20
       CHECK(c.capacity == 12);
       CHECK(c.start == 0);
       for (Index r = 0; r < 2; ++r)
         for (Index h = 0; h < 2; ++h)
-          for (Index j = 0; j < 3; ++j) CHECK(value(at(12, r, h, j)) == double(at(5, r, h, j + 2)));
+          for (Index j = 0; j < 3; ++j) CHECK(cached_value(c.v, c.v_half, at(12, r, h, j)) == double(at(5, r, h, j + 2)));
       c.start = 8;  // at its full size the live rows (rows 8…10 here) move to the front of the same run
       const double* before = format == KVFormat::f32 ? c.v[0].data() : nullptr;
       c.make_room(2, 12);
