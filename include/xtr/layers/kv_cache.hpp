@@ -65,9 +65,10 @@ struct KVCache {
 
   /// Room for `rows` more rows after the live ones in every head's run of at most `full` rows: a buffer at its full
   /// size moves the live rows to the front (slide_to_front); a smaller one grows (doubles, at least to fit, at most
-  /// to `full`) with the live rows copied to the front of the new one. A cache starts empty, so a short prompt's
-  /// generate() touches a small buffer, which the allocator recycles from call to call, rather than first-touching
-  /// pages of a 2 · max_seq_len one on every call (bench/RESULTS.md, issue 15's eleventh part).
+  /// to `full`) with the live rows copied to the front of the new one. A cache starts at the rows its maker expects
+  /// (make_cache's `rows`; generate() passes prompt + new tokens) or empty, so a short prompt's generate() touches a
+  /// small buffer, which the allocator recycles from call to call, rather than first-touching pages of a
+  /// 2 · max_seq_len one on every call (bench/RESULTS.md, issue 15's eleventh part).
   void make_room(Index rows, Index full) {
     require(length + rows <= full, "KV cache: ", length, " live rows and ", rows, " new ones exceed its ", full,
             " rows");
