@@ -32,6 +32,18 @@ inline std::pair<Index, Index> thread_share(Index n) {
   return {begin, std::min(n, begin + chunk)};
 }
 
+/// Inside a parallel region: first(begin, end) on the calling thread's share of [0, n_first), then a barrier, so that
+/// every thread sees what all of them made (none when n_first is 0: the same on every thread, so all of them reach
+/// the barrier or none).
+template <class First>
+void share_then_wait(Index n_first, First& first) {
+  const auto [b, e] = thread_share(n_first);
+  if (b < e) first(b, e);
+  if (n_first > 0) {
+#pragma omp barrier
+  }
+}
+
 /// Calls f(begin, end) over [0, n) split into contiguous chunks, one per thread, when n · work_per_row is worth it.
 template <class F>
 void parallel_rows(Index n, Index work_per_row, F&& f) {
@@ -60,11 +72,7 @@ void parallel_blocks_after(Index n_first, First&& first, Index n, Index block, I
   }
 #pragma omp parallel
   {
-    const auto [b, e] = thread_share(n_first);
-    if (b < e) first(b, e);
-    if (n_first > 0) {  // the same on every thread: all of them reach the barrier or none
-#pragma omp barrier
-    }
+    share_then_wait(n_first, first);
 #pragma omp for schedule(dynamic, 1)
     for (Index i = 0; i < blocks; ++i) f(i * block, std::min(n, (i + 1) * block));
   }
@@ -89,11 +97,7 @@ void parallel_blocks_ahead(Index n_first, First&& first, Index n, Index block, I
   std::atomic<Index> claimed{0};
 #pragma omp parallel
   {
-    const auto [b, e] = thread_share(n_first);
-    if (b < e) first(b, e);
-    if (n_first > 0) {  // the same on every thread: all of them reach the barrier or none
-#pragma omp barrier
-    }
+    share_then_wait(n_first, first);
     for (Index i = claimed.fetch_add(1, std::memory_order_relaxed); i < blocks;) {
       const Index next = claimed.fetch_add(1, std::memory_order_relaxed);
       run(i, next);

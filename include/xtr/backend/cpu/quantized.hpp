@@ -527,6 +527,7 @@ void rows_avx2_panels(const QuantizedMatrix& m, const Panels& p, const float* x,
                       bool add, Index begin, Index end, Index next_begin, Index next_end) {
   const Index in = m.in, chunk = std::max<Index>(16, (Index(64) << 10) / in / 16 * 16);
   constexpr Index bytes = P == Packed::f32 ? 4 : 2;
+  const char* stored = P == Packed::f32 ? reinterpret_cast<const char*>(m.f32) : reinterpret_cast<const char*>(m.bf16);
   thread_local std::vector<float> six;  // this thread's 6 rows of W as floats
   six.resize(std::size_t(6 * in));
   float t[6][16];
@@ -555,8 +556,6 @@ void rows_avx2_panels(const QuantizedMatrix& m, const Panels& p, const float* x,
       // the rows 12 on in this thread's order (two tiles ahead: measured a little ahead of one for float), past the
       // block's end those of the block it takes next (its first rows when it has fewer than 12 left); none after the
       // last block
-      const char* stored = P == Packed::f32 ? reinterpret_cast<const char*>(m.f32)
-                                            : reinterpret_cast<const char*>(m.bf16);
       Index ahead = j0 + 12;
       if (ahead >= end) ahead = std::max(next_begin, std::min(next_begin + (ahead - end), next_end - 6));
       const bool fetch = ahead < m.out;
@@ -1166,19 +1165,14 @@ void gemv(const QuantizedMatrix& m, const float* x, Index R, float* y, Index ldy
     return std::max(multiple, (std::min(cached, balanced) + multiple - 1) / multiple * multiple);
   };
   const Index block = rows_per_block(4);
-  // blocks(rows, n_first, first, body): body(begin, end) then tail(begin, end) on blocks of `rows` rows of W, after
-  // first(begin, end) on every thread's share of the first n_first rows of x (0: nothing to wait for);
-  // run(rows8, …): the same with body calling rows8(r0, rows, y, begin, end) on ≤ 8 rows of x from row r0 at a time
+  // run(rows8, n_first, first): on each block of W, rows8(r0, rows, y, begin, end) on ≤ 8 rows of x from row r0 at a
+  // time, then tail(begin, end), after first(begin, end) on every thread's share of the first n_first rows of x (0:
+  // nothing to wait for)
   const auto nothing_first = [](Index, Index) {};
-  const auto blocks = [&](Index rows, Index n_first, auto&& first, auto&& body) {
-    parallel_blocks_after(n_first, first, m.out, rows, 2 * R * m.in, [&](Index begin, Index end) {
-      body(begin, end);
-      tail(begin, end);
-    });
-  };
   const auto run = [&](auto&& rows8, Index n_first, auto&& first) {
-    blocks(block, n_first, first, [&](Index begin, Index end) {
+    parallel_blocks_after(n_first, first, m.out, block, 2 * R * m.in, [&](Index begin, Index end) {
       for (Index r = 0; r < R; r += 8) rows8(r, std::min<Index>(8, R - r), y + r * ldy, begin, end);
+      tail(begin, end);
     });
   };
   if (int8_activations) {
